@@ -1,0 +1,279 @@
+"""Settings and where they come from.
+
+One :func:`resolve` applies the precedence: explicit argument > pytest option/ini (a layer the
+plugin installs) > environment variable > default. The environment is read when resolving, never
+at import time, and "not given" is the :data:`UNSET` sentinel so ``0``, ``""`` and ``False`` count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from ._errors import ConfigError
+
+__all__ = [
+    "PROFILES",
+    "UNSET",
+    "ExternalEndpoint",
+    "Settings",
+    "resolve",
+    "run_id",
+]
+
+
+class _Unset(enum.Enum):
+    UNSET = "UNSET"
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset.UNSET
+"""Marks an argument that was not given (distinct from ``None``, ``0`` and ``""``)."""
+
+PROFILES: Final[Mapping[str, int]] = {"dev": 5, "ci-fast": 10, "ci-thorough": 20, "production": 50}
+"""Default pool capacity (concurrent leases per resource and process) of each profile."""
+
+_T = TypeVar("_T")
+
+# Installed by the pytest plugin from its options and ini values; consulted after explicit arguments.
+_layer: dict[str, Any] = {}
+
+
+def set_layer(values: Mapping[str, Any]) -> None:
+    """Install the values of a framework layer (pytest options/ini), dropping unset ones."""
+    _layer.clear()
+    _layer.update({k: v for k, v in values.items() if v is not UNSET and v is not None})
+
+
+def _truthy(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a boolean; use 1/0, true/false, yes/no or on/off")
+
+
+def _positive_float(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds; use e.g. {name}=30") from None
+    if value <= 0:
+        raise ConfigError(f"{name}={raw!r} must be greater than 0 seconds")
+    return value
+
+
+def _capacity(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a whole number; use e.g. {name}=10") from None
+    if value < 1:
+        raise ConfigError(
+            f"{name}={raw!r}: capacity must be at least 1 (it is how many tests may hold a resource at "
+            f"once); use a profile ({', '.join(PROFILES)}) or a positive number"
+        )
+    return value
+
+
+def _profile(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in PROFILES:
+        raise ConfigError(
+            f"{name}={raw!r} is not a known profile; choose one of "
+            + ", ".join(f"{p} (capacity {c})" for p, c in PROFILES.items())
+        )
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Resolved settings of one environment or resource."""
+
+    profile: str
+    capacity: int
+    lease_timeout: float
+    teardown_timeout: float
+    require_services: bool
+    state_dir: Path
+
+
+def _default_state_dir() -> Path:
+    # tmpfs: server data and sockets churn there (ext4 made cluster copies 10x slower), and the
+    # path stays short enough for a unix socket (at most 107 bytes with the socket's own name).
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else Path(
+        tempfile.gettempdir()
+    )
+    return base / f"isolated-env-{os.getuid()}"
+
+
+def _lookup(key: str, explicit: Any, env_name: str, parse: Callable[[str, str], _T], default: _T) -> _T:
+    if explicit is not UNSET:
+        value: Any = explicit
+        source = f"argument {key}"
+    elif key in _layer:
+        value = _layer[key]
+        source = f"pytest option {key}"
+    elif env_name in os.environ:
+        return parse(env_name, os.environ[env_name])
+    else:
+        return default
+    if isinstance(value, str):
+        return parse(source, value)
+    return value  # type: ignore[no-any-return]
+
+
+def resolve(
+    *,
+    profile: str | _Unset = UNSET,
+    capacity: int | None | _Unset = UNSET,
+    lease_timeout: float | _Unset = UNSET,
+    teardown_timeout: float | _Unset = UNSET,
+    require_services: bool | _Unset = UNSET,
+    state_dir: str | Path | _Unset = UNSET,
+) -> Settings:
+    """Resolve every setting once, validating each with a message that says how to fix it."""
+    ci = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
+    prof = _lookup("profile", profile, "ISOLATED_ENV_PROFILE", _profile, "ci-fast" if ci else "dev")
+    if prof not in PROFILES:
+        _profile("profile", str(prof))
+    cap = _lookup("capacity", capacity, "ISOLATED_ENV_CAPACITY", _capacity, None)
+    if cap is None:
+        cap = PROFILES[prof]
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        _capacity("capacity", str(cap))
+    lease = _lookup("lease_timeout", lease_timeout, "ISOLATED_ENV_LEASE_TIMEOUT", _positive_float, 120.0)
+    teardown = _lookup(
+        "teardown_timeout", teardown_timeout, "ISOLATED_ENV_TEARDOWN_TIMEOUT", _positive_float, 30.0
+    )
+    for key, val in (("lease_timeout", lease), ("teardown_timeout", teardown)):
+        if not isinstance(val, (int, float)) or val <= 0:
+            raise ConfigError(f"{key}={val!r} must be a number of seconds greater than 0")
+    require = _lookup("require_services", require_services, "ISOLATED_ENV_REQUIRE", _truthy, ci)
+    sdir = _lookup("state_dir", state_dir, "ISOLATED_ENV_STATE_DIR", lambda _n, raw: Path(raw), None)
+    return Settings(
+        profile=prof,
+        capacity=cap,
+        lease_timeout=float(lease),
+        teardown_timeout=float(teardown),
+        require_services=bool(require),
+        state_dir=Path(sdir) if sdir is not None else _default_state_dir(),
+    )
+
+
+_RUN_ID: str | None = None
+
+
+def run_id() -> str:
+    """A short id shared by every process of one test run; every name we create carries it.
+
+    pytest-xdist workers share ``PYTEST_XDIST_TESTRUNUID``; ``ISOLATED_ENV_RUN_ID`` overrides.
+    """
+    global _RUN_ID
+    if _RUN_ID is None:
+        raw = os.environ.get("ISOLATED_ENV_RUN_ID") or os.environ.get("PYTEST_XDIST_TESTRUNUID") or ""
+        cleaned = "".join(ch for ch in raw.lower() if ch.isalnum())[:8]
+        _RUN_ID = cleaned or uuid.uuid4().hex[:8]
+    return _RUN_ID
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+@dataclasses.dataclass(frozen=True)
+class ExternalEndpoint:
+    """A server named by the environment: used as is, never started or stopped by us."""
+
+    scheme: str
+    host: str
+    port: int | None
+    user: str | None
+    password: str | None
+    database: str | None
+    source: str  # which variables named it, for messages
+    params: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def redacted(self) -> str:
+        auth = f"{self.user}:***@" if self.password else (f"{self.user}@" if self.user else "")
+        port = f":{self.port}" if self.port else ""
+        db = f"/{self.database}" if self.database else ""
+        return f"{self.scheme}://{auth}{self.host}{port}{db}"
+
+
+def _parse_url(var: str, raw: str, schemes: tuple[str, ...], example: str) -> ExternalEndpoint:
+    try:
+        parts = urlsplit(raw.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"{var}={raw!r} is not a valid URL ({exc}); use e.g. {var}={example}") from None
+    if parts.scheme not in schemes:
+        raise ConfigError(
+            f"{var}={raw!r} has scheme {parts.scheme or '(none)'!r}; expected one of "
+            f"{', '.join(s + '://' for s in schemes)} as in {var}={example}"
+        )
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    host = unquote(parts.hostname or "") or query.get("host", "")
+    if not host:
+        raise ConfigError(f"{var}={raw!r} names no host; use e.g. {var}={example}")
+    path = unquote(parts.path.lstrip("/"))
+    return ExternalEndpoint(
+        scheme=parts.scheme,
+        host=host,
+        port=port,
+        user=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        database=path or None,
+        source=var,
+        params=query,
+    )
+
+
+def _port(var: str, raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a port number; use e.g. {var}=5432") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"{var}={raw!r} is out of range; a port is between 1 and 65535")
+    return port
+
+
+def external_endpoint(
+    kind: str, *, schemes: tuple[str, ...], port_var: str, example: str
+) -> ExternalEndpoint | None:
+    """The external server of ``kind`` named by ``TEST_<KIND>_URL`` or ``TEST_<KIND>_HOST``/port vars."""
+    prefix = f"TEST_{kind.upper()}_"
+    env = os.environ
+    if env.get(prefix + "URL"):
+        return _parse_url(prefix + "URL", env[prefix + "URL"], schemes, example)
+    if env.get(prefix + "HOST"):
+        port_raw = env.get(prefix + port_var)
+        db = env.get(prefix + "DB") or env.get(prefix + "DATABASE")
+        return ExternalEndpoint(
+            scheme=schemes[0],
+            host=env[prefix + "HOST"],
+            port=_port(prefix + port_var, port_raw) if port_raw else None,
+            user=env.get(prefix + "USER") or None,
+            password=env.get(prefix + "PASSWORD"),
+            database=db or None,
+            source=f"{prefix}HOST",
+        )
+    for var in (prefix + port_var, prefix + "USER", prefix + "PASSWORD"):
+        if env.get(var):
+            raise ConfigError(
+                f"{var} is set but {prefix}HOST is not; set {prefix}HOST too (or {prefix}URL), "
+                f"or unset {var} to use the embedded server"
+            )
+    return None

@@ -1,0 +1,114 @@
+"""The exception tree.
+
+Every error raised by isolated_env derives from :class:`IsolatedEnvError` and also from the closest
+builtin, so ``except TimeoutError`` or ``except ValueError`` keeps working::
+
+    IsolatedEnvError
+    ├── ConfigError (ValueError)               bad argument, option or environment variable
+    │   └── UnsafePath                         a path would leave an isolated directory
+    ├── MissingDependencyError (ImportError)   an optional extra is not installed
+    ├── ServiceUnavailable (RuntimeError)      no server could be found, started or reached
+    ├── PoolError
+    │   ├── LeaseTimeout (TimeoutError)        capacity stayed exhausted past lease_timeout
+    │   └── PoolClosed (RuntimeError)          the pool was closed while a lease was wanted
+    ├── IsolationBroken (AssertionError)       a test's data escaped its isolation (e.g. a COMMIT)
+    ├── TemplateError (RuntimeError)           a PostgreSQL template could not be built
+    ├── ResourceCheckFailed (AssertionError)   an in-process server saw errors or unmet expectations
+    ├── BudgetExceeded (RuntimeError)          an LLM call would exceed the cost or rate budget
+    └── TeardownError (RuntimeError)           cleanup failed or timed out
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "BudgetExceeded",
+    "ConfigError",
+    "IsolatedEnvError",
+    "IsolationBroken",
+    "LeaseTimeout",
+    "MissingDependencyError",
+    "PoolClosed",
+    "PoolError",
+    "ResourceCheckFailed",
+    "ServiceUnavailable",
+    "TeardownError",
+    "TemplateError",
+    "UnsafePath",
+]
+
+
+class IsolatedEnvError(Exception):
+    """Root of every error raised by isolated_env."""
+
+
+class ConfigError(IsolatedEnvError, ValueError):
+    """A setting is malformed or out of range; the message names the setting and the fix."""
+
+
+class UnsafePath(ConfigError):
+    """A relative path given to an isolated directory would resolve outside it."""
+
+
+class MissingDependencyError(IsolatedEnvError, ImportError):
+    """An optional driver is not installed; the message names the pip extra that brings it."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{purpose} needs the {package!r} package, which is not installed; "
+            f"install it with: pip install 'isolated-env[{extra}]'"
+        )
+
+
+class ServiceUnavailable(IsolatedEnvError, RuntimeError):
+    """No server of a kind could be found, started or reached.
+
+    ``tried`` lists what was attempted, ``fix`` says what to do about it.
+    """
+
+    def __init__(self, service: str, problem: str, *, tried: Sequence[str] = (), fix: str = "") -> None:
+        self.service = service
+        self.problem = problem
+        self.tried = tuple(tried)
+        self.fix = fix
+        text = f"{service} is unavailable: {problem}"
+        if self.tried:
+            text += " (tried: " + "; ".join(self.tried) + ")"
+        if fix:
+            text += f". Fix: {fix}"
+        super().__init__(text)
+
+
+class PoolError(IsolatedEnvError):
+    """A resource pool could not hand out a lease."""
+
+
+class LeaseTimeout(PoolError, TimeoutError):
+    """Every slot of a pool stayed leased for longer than the configured lease timeout."""
+
+
+class PoolClosed(PoolError, RuntimeError):
+    """The pool was closed (its event loop ended or the process is shutting down)."""
+
+
+class IsolationBroken(IsolatedEnvError, AssertionError):
+    """A test's changes escaped its isolation; the resource was restored, but the test is wrong."""
+
+
+class TemplateError(IsolatedEnvError, RuntimeError):
+    """A PostgreSQL template could not be built; nothing half-built is left behind."""
+
+
+class ResourceCheckFailed(IsolatedEnvError, AssertionError):
+    """An in-process server recorded handler errors, unexpected requests or unmet expectations."""
+
+
+class BudgetExceeded(IsolatedEnvError, RuntimeError):
+    """An LLM call would exceed the configured cost, token or request budget."""
+
+
+class TeardownError(IsolatedEnvError, RuntimeError):
+    """Cleanup of a resource failed or did not finish within the teardown timeout."""

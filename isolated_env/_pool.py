@@ -1,0 +1,208 @@
+"""Pool: a capacity limiter plus an idle list, one per resource key and event loop.
+
+lease → reuse an idle instance or create one → yield → reset under a shield → back to idle.
+A failed reset destroys the instance: a dirty instance is never handed out again.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Generic, TypeVar
+
+import anyio
+
+from . import _metrics
+from ._errors import LeaseTimeout, PoolClosed
+from ._metrics import percentile
+
+__all__ = ["Lease", "Pool", "PoolStatistics"]
+
+T = TypeVar("T")
+
+_SAMPLES = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolStatistics:
+    """A snapshot of one pool's counters; wait times are in milliseconds."""
+
+    name: str
+    capacity: int
+    created: int
+    reused: int
+    destroyed: int
+    reset_failures: int
+    leased: int
+    idle: int
+    max_concurrent: int
+    waits: int
+    wait_p50_ms: float
+    wait_p95_ms: float
+
+    @property
+    def leases(self) -> int:
+        return self.created + self.reused
+
+    @property
+    def hit_ratio(self) -> float:
+        """Share of leases served by an idle instance rather than a new one."""
+        return self.reused / self.leases if self.leases else 0.0
+
+
+class Lease(Generic[T]):
+    """One instance on loan from a pool; ``discard()`` makes the pool destroy it on return."""
+
+    __slots__ = ("discarded", "fresh", "value")
+
+    def __init__(self, value: T, fresh: bool) -> None:
+        self.value = value
+        self.fresh = fresh
+        self.discarded = False
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+class Pool(Generic[T]):
+    """Capacity-limited pool of expensive instances (connections, slots, databases).
+
+    ``create`` makes an instance, ``reset`` returns a used one to pristine state (raise to have it
+    destroyed), ``destroy`` frees it for good, ``validate`` is a cheap check of an idle instance.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        create: Callable[[], Awaitable[T]],
+        destroy: Callable[[T], Awaitable[None]],
+        reset: Callable[[T], Awaitable[None]] | None = None,
+        validate: Callable[[T], bool] | None = None,
+        capacity: int,
+        lease_timeout: float,
+        reset_timeout: float = 30.0,
+    ) -> None:
+        self.name = name
+        self.capacity = capacity
+        self.lease_timeout = lease_timeout
+        self._create = create
+        self._destroy = destroy
+        self._reset = reset
+        self._validate = validate
+        self._reset_timeout = reset_timeout
+        self._limiter = anyio.CapacityLimiter(capacity)
+        self._idle: list[T] = []
+        self._closed = False
+        self._created = self._reused = self._destroyed = self._reset_failures = 0
+        self._leased = self._max_concurrent = self._waits = 0
+        self._wait_ms: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
+        self.errors: list[BaseException] = []
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @asynccontextmanager
+    async def lease(self) -> AsyncIterator[Lease[T]]:
+        """Borrow an instance; waits for capacity, raises LeaseTimeout past ``lease_timeout``."""
+        if self._closed:
+            raise PoolClosed(f"pool {self.name!r} is closed; create a new Environment in a running event loop")
+        token = object()
+        contended = self._limiter.available_tokens < 1
+        started = time.perf_counter()
+        try:
+            with anyio.fail_after(self.lease_timeout):
+                await self._limiter.acquire_on_behalf_of(token)
+        except TimeoutError:
+            raise LeaseTimeout(
+                f"no {self.name} became free within {self.lease_timeout:g} s: all {self.capacity} are leased. "
+                f"Raise the capacity (ISOLATED_ENV_CAPACITY or a larger ISOLATED_ENV_PROFILE), or "
+                f"ISOLATED_ENV_LEASE_TIMEOUT, or look for tests that hold resources without releasing them"
+            ) from None
+        try:
+            if contended:
+                self._waits += 1
+            self._wait_ms.append((time.perf_counter() - started) * 1000)
+            lease = await self._checkout()
+            self._leased += 1
+            self._max_concurrent = max(self._max_concurrent, self._leased)
+            try:
+                yield lease
+            finally:
+                self._leased -= 1
+                # A cancelled test must still hand its instance back clean (or destroy it).
+                with anyio.CancelScope(shield=True):
+                    await self._checkin(lease)
+        finally:
+            self._limiter.release_on_behalf_of(token)
+
+    async def _checkout(self) -> Lease[T]:
+        while self._idle:
+            item = self._idle.pop()
+            if self._validate is None or self._validate(item):
+                self._reused += 1
+                _metrics.record_lease(self.name, reused=True)
+                return Lease(item, fresh=False)
+            with anyio.CancelScope(shield=True):
+                await self._destroy_quietly(item)
+        # Creation is shielded so a cancel cannot leave a half-made instance (a slot leased on a
+        # server, a connection opened) that nobody owns; it is bounded by the lease timeout.
+        with anyio.CancelScope(shield=True):
+            with anyio.fail_after(self.lease_timeout):
+                item = await self._create()
+        self._created += 1
+        _metrics.record_lease(self.name, reused=False)
+        return Lease(item, fresh=True)
+
+    async def _checkin(self, lease: Lease[T]) -> None:
+        item = lease.value
+        if lease.discarded or self._closed:
+            await self._destroy_quietly(item)
+            return
+        if self._reset is not None:
+            try:
+                with anyio.fail_after(self._reset_timeout):
+                    await self._reset(item)
+            except Exception as exc:  # noqa: BLE001 - any failed reset means the instance is dirty
+                self._reset_failures += 1
+                self.errors.append(exc)
+                await self._destroy_quietly(item)
+                return
+        self._idle.append(item)
+
+    async def _destroy_quietly(self, item: T) -> None:
+        self._destroyed += 1
+        try:
+            with anyio.fail_after(self._reset_timeout):
+                await self._destroy(item)
+        except Exception as exc:  # noqa: BLE001 - recorded; destroying must not mask the test's error
+            self.errors.append(exc)
+
+    async def aclose(self) -> None:
+        """Destroy idle instances; leased ones are destroyed when they come back."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        with anyio.CancelScope(shield=True):
+            for item in idle:
+                await self._destroy_quietly(item)
+
+    def statistics(self) -> PoolStatistics:
+        waits = sorted(self._wait_ms)
+        return PoolStatistics(
+            name=self.name,
+            capacity=self.capacity,
+            created=self._created,
+            reused=self._reused,
+            destroyed=self._destroyed,
+            reset_failures=self._reset_failures,
+            leased=self._leased,
+            idle=len(self._idle),
+            max_concurrent=self._max_concurrent,
+            waits=self._waits,
+            wait_p50_ms=percentile(waits, 0.5),
+            wait_p95_ms=percentile(waits, 0.95),
+        )
