@@ -1,0 +1,1 @@
+"""How servers are found, started, shared between processes and reaped."""

@@ -1,0 +1,132 @@
+"""Helpers shared by the embedded server starters: binaries, users, readiness waits."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .._errors import ServiceUnavailable
+
+__all__ = ["ServerUser", "log_tail", "readable_copy", "server_user", "wait_ready"]
+
+
+class ServerUser:
+    """The account a server runs as: ourselves, or an unprivileged one when we are root."""
+
+    def __init__(self, entry: pwd.struct_passwd | None) -> None:
+        self.entry = entry
+
+    @property
+    def uid(self) -> int:
+        return self.entry.pw_uid if self.entry else os.getuid()
+
+    @property
+    def gid(self) -> int:
+        return self.entry.pw_gid if self.entry else os.getgid()
+
+    @property
+    def name(self) -> str | None:
+        return self.entry.pw_name if self.entry else None
+
+    def chown(self, path: Path) -> None:
+        if self.entry is None:
+            return
+        os.chown(path, self.uid, self.gid)
+        for root, dirs, files in os.walk(path):
+            for name in dirs + files:
+                os.chown(os.path.join(root, name), self.uid, self.gid, follow_symlinks=False)
+
+
+def server_user(prefer: str = "postgres") -> ServerUser:
+    """PostgreSQL refuses to run as root: pick ``prefer`` if it exists, else ``nobody``."""
+    if os.geteuid() != 0:
+        return ServerUser(None)
+    for name in (prefer, "nobody"):
+        try:
+            return ServerUser(pwd.getpwnam(name))
+        except KeyError:
+            continue
+    raise ServiceUnavailable(
+        "postgres",
+        "running as root and no unprivileged user exists to run the server as",
+        tried=[f"user {prefer!r}", "user 'nobody'"],
+        fix="create one (useradd postgres) or run the tests as a normal user",
+    )
+
+
+def _traversable_by_others(path: Path) -> bool:
+    for parent in [path, *path.parents]:
+        try:
+            mode = parent.stat().st_mode
+        except OSError:
+            return False
+        if not mode & stat.S_IXOTH:
+            return False
+    return True
+
+
+def readable_copy(prefix: Path, cache_root: Path, user: ServerUser) -> Path:
+    """``prefix`` itself when the server user can reach it, else a copy in a readable cache.
+
+    Binaries installed by pip under a 0700 home (root's) cannot be executed by the server user.
+    """
+    if user.entry is None or _traversable_by_others(prefix):
+        return prefix
+    digest = hashlib.sha1(str(prefix).encode()).hexdigest()[:10]
+    target = cache_root / f"bin-{digest}"
+    if not (target / ".complete").exists():
+        tmp = cache_root / f"bin-{digest}.tmp{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(prefix, tmp, symlinks=True)
+        (tmp / ".complete").touch()
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return target
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "(no log)"
+    return "\n".join(text[-lines:]) or "(empty log)"
+
+
+def wait_ready(
+    service: str,
+    proc: subprocess.Popen[bytes],
+    probe: Callable[[], bool],
+    log: Path,
+    timeout: float = 60.0,
+) -> None:
+    """Poll ``probe`` (a real connection) until it succeeds; fail with the server's log if it dies."""
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        if proc.poll() is not None:
+            raise ServiceUnavailable(
+                service,
+                f"the embedded server exited with code {proc.returncode} while starting; its log says:\n"
+                + log_tail(log),
+                fix="read the log above; set ISOLATED_ENV_STATE_DIR to a writable tmpfs directory if it is a "
+                "permissions or disk problem",
+            )
+        if probe():
+            return
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise ServiceUnavailable(
+                service,
+                f"the embedded server did not accept connections within {timeout:g} s; its log says:\n"
+                + log_tail(log),
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.05)

