@@ -15,6 +15,7 @@ builtin, so ``except TimeoutError`` or ``except ValueError`` keeps working::
     ├── TemplateError (RuntimeError)           a PostgreSQL template could not be built
     ├── ResourceCheckFailed (AssertionError)   an in-process server saw errors or unmet expectations
     ├── BudgetExceeded (RuntimeError)          an LLM call would exceed the cost or rate budget
+    ├── CircuitOpen (RuntimeError)             a circuit breaker failed a call fast, without sending it
     └── TeardownError (RuntimeError)           cleanup failed or timed out
 """
 
@@ -24,6 +25,7 @@ from collections.abc import Sequence
 
 __all__ = [
     "BudgetExceeded",
+    "CircuitOpen",
     "ConfigError",
     "IsolatedEnvError",
     "IsolationBroken",
@@ -108,6 +110,16 @@ class ResourceCheckFailed(IsolatedEnvError, AssertionError):
 
 class BudgetExceeded(IsolatedEnvError, RuntimeError):
     """An LLM call would exceed the configured cost, token or request budget."""
+
+
+class CircuitOpen(IsolatedEnvError, RuntimeError):
+    """A circuit breaker is open (or its half-open probe is in flight): the call was refused without
+    reaching the server. ``retry_in`` says how many seconds remain until a probe is allowed."""
+
+    def __init__(self, message: str, *, name: str, retry_in: float) -> None:
+        self.name = name
+        self.retry_in = retry_in
+        super().__init__(message)
 
 
 class TeardownError(IsolatedEnvError, RuntimeError):

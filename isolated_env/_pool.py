@@ -19,11 +19,16 @@ from . import _metrics
 from ._errors import LeaseTimeout, PoolClosed
 from ._metrics import percentile
 
-__all__ = ["Lease", "Pool", "PoolStatistics"]
+__all__ = ["Lease", "Pool", "PoolStatistics", "TryLater"]
 
 T = TypeVar("T")
 
 _SAMPLES = 10_000
+
+
+class TryLater(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by ``create`` when the backing store is momentarily full (another process holds every
+    slot): the pool waits, looks at its idle list again, and retries until the lease timeout."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +117,8 @@ class Pool(Generic[T]):
         if self._closed:
             raise PoolClosed(f"pool {self.name!r} is closed; create a new Environment in a running event loop")
         token = object()
-        contended = self._limiter.available_tokens < 1
+        if self._limiter.available_tokens < 1:
+            self._waits += 1
         started = time.perf_counter()
         try:
             with anyio.fail_after(self.lease_timeout):
@@ -124,8 +130,6 @@ class Pool(Generic[T]):
                 f"ISOLATED_ENV_LEASE_TIMEOUT, or look for tests that hold resources without releasing them"
             ) from None
         try:
-            if contended:
-                self._waits += 1
             self._wait_ms.append((time.perf_counter() - started) * 1000)
             lease = await self._checkout()
             self._leased += 1
@@ -141,22 +145,33 @@ class Pool(Generic[T]):
             self._limiter.release_on_behalf_of(token)
 
     async def _checkout(self) -> Lease[T]:
-        while self._idle:
-            item = self._idle.pop()
-            if self._validate is None or self._validate(item):
-                self._reused += 1
-                _metrics.record_lease(self.name, reused=True)
-                return Lease(item, fresh=False)
-            with anyio.CancelScope(shield=True):
-                await self._destroy_quietly(item)
-        # Creation is shielded so a cancel cannot leave a half-made instance (a slot leased on a
-        # server, a connection opened) that nobody owns; it is bounded by the lease timeout.
-        with anyio.CancelScope(shield=True):
-            with anyio.fail_after(self.lease_timeout):
-                item = await self._create()
-        self._created += 1
-        _metrics.record_lease(self.name, reused=False)
-        return Lease(item, fresh=True)
+        deadline = anyio.current_time() + self.lease_timeout
+        delay = 0.002
+        while True:
+            while self._idle:
+                item = self._idle.pop()
+                if self._validate is None or self._validate(item):
+                    self._reused += 1
+                    _metrics.record_lease(self.name, reused=True)
+                    return Lease(item, fresh=False)
+                with anyio.CancelScope(shield=True):
+                    await self._destroy_quietly(item)
+            try:
+                # Shielded so a cancel cannot leave a half-made instance (a slot leased on a
+                # server, a connection opened) that nobody owns; bounded by the lease timeout.
+                with anyio.CancelScope(shield=True):
+                    with anyio.fail_after(max(0.001, deadline - anyio.current_time())):
+                        item = await self._create()
+            except TryLater as exc:
+                if anyio.current_time() + delay > deadline:
+                    raise LeaseTimeout(f"no {self.name} became free within {self.lease_timeout:g} s: {exc}") from None
+                # Our own instances may come back meanwhile (they are preferred to new ones).
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+                continue
+            self._created += 1
+            _metrics.record_lease(self.name, reused=False)
+            return Lease(item, fresh=True)
 
     async def _checkin(self, lease: Lease[T]) -> None:
         item = lease.value

@@ -10,15 +10,14 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
 
 from .._config import run_id
-from .._errors import LeaseTimeout, MissingDependencyError, ServiceUnavailable
-from .._pool import Pool
+from .._errors import MissingDependencyError, ServiceUnavailable
+from .._pool import Pool, TryLater
 from .._resource import current_settings, resource
 from .._runtime import current_scope
 from .._servers import redis as servers
@@ -163,10 +162,12 @@ async def _reap(control: Any, last: int) -> int:
 class _Slots:
     """Leases logical databases from one server for one event loop."""
 
-    def __init__(self, server: RedisServer, lease_timeout: float) -> None:
+    def __init__(self, server: RedisServer) -> None:
         self.server = server
-        self.lease_timeout = lease_timeout
         self.control = _aredis().Redis(**server.client_kwargs(0))
+        # One control connection is plenty (each call is a microsecond script); a lock keeps a burst
+        # of 200 concurrent leases from opening 200 connections.
+        self.lock = anyio.Lock()
         self.reaped = False
 
     async def create(self) -> _Slot:
@@ -176,23 +177,18 @@ class _Slots:
                 "Redis", f"the server at {self.server.url(0)} has a single database; isolated_redis needs at "
                 "least 2 (database 0 holds the leases)", fix="start it with --databases 1024",
             )
-        if not self.reaped:
-            self.reaped = True
-            await _reap(self.control, last)
-        deadline = time.monotonic() + self.lease_timeout
-        delay = 0.005
-        while True:
+        async with self.lock:
+            if not self.reaped:
+                self.reaped = True
+                await _reap(self.control, last)
             slot = int(await self.control.eval(_ACQUIRE, 0, _OWNER, LEASE_TTL_MS, 1, last))
-            if slot > 0:
-                break
-            if time.monotonic() > deadline:
-                raise LeaseTimeout(
-                    f"all {last} Redis databases of {self.server.url(0)} stayed leased by other processes for "
-                    f"{self.lease_timeout:g} s; run fewer workers or use a server with more databases"
-                )
-            if await _reap(self.control, last) == 0:
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 0.25)
+            if slot < 0 and await _reap(self.control, last):
+                slot = int(await self.control.eval(_ACQUIRE, 0, _OWNER, LEASE_TTL_MS, 1, last))
+        if slot < 0:
+            raise TryLater(
+                f"all {last} Redis databases of {self.server.url(0)} are leased (by this and other processes); "
+                "run fewer workers, lower the capacity, or use a server with more databases"
+            )
         _heartbeat.add(self.server, slot)
         client = _aredis().Redis(**self.server.client_kwargs(slot))
         try:
@@ -214,7 +210,8 @@ class _Slots:
 
     async def _release(self, db: int, client: Any) -> None:
         try:
-            await self.control.eval(_RELEASE, 1, f"ie:slot:{db}", _OWNER)
+            async with self.lock:
+                await self.control.eval(_RELEASE, 1, f"ie:slot:{db}", _OWNER)
         finally:
             _heartbeat.remove(self.server, db)
             await client.aclose()
@@ -232,7 +229,7 @@ async def isolated_redis() -> AsyncIterator[RedisHandle]:
     key = ("redis", server.url(0), settings.capacity)
     pool: Pool[_Slot] | None = scope.pools.get(key)
     if pool is None or pool.closed:
-        slots = _Slots(server, settings.lease_timeout)
+        slots = _Slots(server)
         capacity = max(1, min(settings.capacity, server.databases - 1))
         pool = scope.pool(
             key,
