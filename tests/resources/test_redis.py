@@ -1,0 +1,204 @@
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+import redis.asyncio as aredis
+
+import isolated_env as ie
+from isolated_env._servers.redis import find_binary
+
+
+async def test_keys_are_private_and_flushed_on_release() -> None:
+    async with ie.isolated_redis() as r:
+        await r.set("user:1", "alice", ex=60)
+        assert await r.get("user:1") == b"alice"
+        assert await r.ttl("user:1") > 0
+        url, db = r.url, r.db
+        other = aredis.Redis.from_url(url)
+        try:
+            assert await other.get("user:1") == b"alice"  # .url reaches the same database
+        finally:
+            await other.aclose()
+    check = aredis.Redis.from_url(url)
+    try:
+        assert await check.dbsize() == 0
+    finally:
+        await check.aclose()
+    assert db >= 1  # database 0 holds the leases
+
+
+async def test_concurrent_tests_get_distinct_databases() -> None:
+    dbs: list[int] = []
+
+    async def one(n: int) -> None:
+        async with ie.Environment(capacity=50) as env:
+            r = await env.enter(ie.isolated_redis())
+            await r.set("n", n)
+            dbs.append(r.db)
+            await anyio.sleep(0.01)
+            assert int(await r.get("n")) == n and await r.dbsize() == 1
+
+    async with anyio.create_task_group() as tg:
+        for n in range(50):
+            tg.start_soon(one, n)
+    assert len(dbs) == 50 and len(set(dbs)) == 50
+
+
+async def test_reset_flushes() -> None:
+    async with ie.Environment() as env:
+        r = await env.enter(ie.isolated_redis())
+        await r.set("a", 1)
+        await env.reset()
+        assert await r.dbsize() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def small_redis(tmp_path: Path) -> Iterator[str]:
+    """A real server with the stock 16 databases on TCP, like a managed or shared one."""
+    binary, _ = find_binary()
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--databases", "16", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(500):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                import time
+
+                time.sleep(0.01)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+async def test_server_with_16_databases_waits_instead_of_colliding(
+    clean_environ: pytest.MonkeyPatch, small_redis: str
+) -> None:
+    clean_environ.setenv("TEST_REDIS_URL", small_redis)
+    holders: dict[int, int] = {}
+    peak = 0
+
+    async def one(n: int) -> None:
+        nonlocal peak
+        async with ie.Environment(capacity=40) as env:
+            r = await env.enter(ie.isolated_redis())
+            assert r.server.source == "external" and r.server.databases == 16
+            assert r.db not in holders, "two tests got the same database"
+            holders[r.db] = n
+            peak = max(peak, len(holders))
+            await r.set("n", n)
+            await anyio.sleep(0.005)
+            assert int(await r.get("n")) == n
+            del holders[r.db]
+
+    async with anyio.create_task_group() as tg:
+        for n in range(40):
+            tg.start_soon(one, n)
+    assert peak == 15
+
+
+_WORKER = textwrap.dedent(
+    """
+    import json, sys, time, anyio, isolated_env as ie
+
+    async def main():
+        out = []
+        async def one():
+            async with ie.Environment(capacity=10) as env:
+                r = await env.enter(ie.isolated_redis())
+                start = time.time()
+                await r.set("owner", sys.argv[1])
+                await anyio.sleep(0.2)
+                assert (await r.get("owner")).decode() == sys.argv[1]
+                out.append((r.db, start, time.time()))
+        async with anyio.create_task_group() as tg:
+            for _ in range(10):
+                tg.start_soon(one)
+        print(json.dumps(out))
+
+    anyio.run(main)
+    """
+)
+
+
+async def test_two_processes_never_hold_the_same_database(
+    clean_environ: pytest.MonkeyPatch, small_redis: str
+) -> None:
+    env = {**os.environ, "TEST_REDIS_URL": small_redis}
+
+    async def run(tag: str) -> list[tuple[int, float, float]]:
+        result = await anyio.run_process([sys.executable, "-c", _WORKER, tag], env=env, check=False)
+        assert result.returncode == 0, result.stderr.decode()
+        return [tuple(x) for x in json.loads(result.stdout)]  # type: ignore[misc]
+
+    results: dict[str, list[tuple[int, float, float]]] = {}
+
+    async def collect(tag: str) -> None:
+        results[tag] = await run(tag)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(collect, "a")
+        tg.start_soon(collect, "b")
+    # 20 leases wanted, 15 databases: some waited, none overlapped in time on the same database
+    for db_a, start_a, end_a in results["a"]:
+        for db_b, start_b, end_b in results["b"]:
+            if db_a == db_b:
+                assert end_a <= start_b or end_b <= start_a, f"database {db_a} held by both processes"
+    check = aredis.Redis.from_url(small_redis)
+    try:
+        assert await check.keys("ie:slot:*") == []  # every lease was given back
+    finally:
+        await check.aclose()
+
+
+async def test_lease_of_a_killed_process_is_reclaimed(clean_environ: pytest.MonkeyPatch, small_redis: str) -> None:
+    clean_environ.setenv("TEST_REDIS_URL", small_redis)
+    code = textwrap.dedent(
+        """
+        import os, anyio, isolated_env as ie
+        async def main():
+            async with ie.isolated_redis() as r:
+                await r.set("left", "behind")
+                print(r.db, flush=True)
+                os.kill(os.getpid(), 9)
+        anyio.run(main)
+        """
+    )
+    proc = await anyio.run_process([sys.executable, "-c", code], env={**os.environ}, check=False)
+    assert proc.returncode == -9
+    dead_db = int(proc.stdout.split()[0])
+    # capacity 15 means every database, including the dead process's, must be leased again
+    async with ie.Environment(capacity=15) as env:
+        handles = [await env.enter(ie.isolated_redis(), name=f"r{i}") for i in range(15)]
+        assert dead_db in {h.db for h in handles}
+        for h in handles:
+            assert await h.dbsize() == 0  # the dead test's keys were flushed before reuse
+
+
+async def test_unreachable_server(clean_environ: pytest.MonkeyPatch) -> None:
+    clean_environ.setenv("TEST_REDIS_HOST", "127.0.0.1")
+    clean_environ.setenv("TEST_REDIS_PORT", "1")
+    with pytest.raises(ie.ServiceUnavailable, match=r"cannot connect using TEST_REDIS_HOST.*Fix:"):
+        async with ie.isolated_redis():
+            pass
