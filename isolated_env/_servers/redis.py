@@ -164,7 +164,7 @@ async def _check_external(server: RedisServer, source: str) -> RedisServer:
     try:
         info = await client.info("server")
         try:
-            databases = int((await client.config_get("databases")).get("databases", 16))
+            databases = int((await client.config_get("databases")).get("databases") or 16)
         except RedisError:  # managed servers often forbid CONFIG; 16 is the default
             databases = 16
     except (RedisError, OSError) as exc:

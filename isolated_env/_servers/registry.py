@@ -50,7 +50,7 @@ def owner_alive(owner: dict[str, Any]) -> bool | None:
         if proc.status() == psutil.STATUS_ZOMBIE:
             return False
         ct = owner.get("ct")
-        return ct is None or abs(proc.create_time() - float(ct)) < 0.05
+        return ct is None or bool(abs(proc.create_time() - float(ct)) < 0.05)
     except psutil.Error:
         return False
 

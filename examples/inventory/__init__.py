@@ -1,0 +1,1 @@
+"""A small async inventory service: products in PostgreSQL, a stock cache in Redis, CSV exports on disk."""

@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import unittest
+
+from isolated_env.unittest import IsolatedEnvironmentTestCase
+
+
+class Inventory(IsolatedEnvironmentTestCase):
+    async def test_real_services_as_attributes(self) -> None:
+        await self.database.execute("CREATE TABLE items (sku text PRIMARY KEY)")
+        await self.database.execute("INSERT INTO items VALUES ('a')")
+        await self.redis.set("items:count", 1)
+        await self.fs.write_text("export.csv", "sku\na\n")
+        self.assertEqual(await self.database.fetchval("SELECT count(*) FROM items"), 1)
+        self.assertIs(self.env["database"], self.database)
+
+    async def test_previous_test_left_nothing(self) -> None:
+        self.assertIsNone(await self.database.fetchval("SELECT to_regclass('items')"))
+        self.assertEqual(await self.redis.dbsize(), 0)
+        self.assertEqual(self.fs.listdir(), [])
+
+
+class OnlyFiles(IsolatedEnvironmentTestCase):
+    resources = {"scratch": __import__("isolated_env").isolated_fs}
+
+    async def test_custom_resources(self) -> None:
+        await self.scratch.write_text("x.txt", "x")
+        self.assertEqual(self.env.keys(), ["scratch"])
+
+
+def test_unittest_cases_pass_under_the_unittest_runner() -> None:
+    suite = unittest.TestSuite()
+    loader = unittest.TestLoader()
+    for case in (Inventory, OnlyFiles):
+        suite.addTests(loader.loadTestsFromTestCase(case))
+    result = unittest.TextTestRunner(verbosity=0).run(suite)
+    assert result.testsRun == 3
+    assert result.wasSuccessful(), result.failures + result.errors
