@@ -36,7 +36,7 @@ def main() -> int:
         plugins=[timings],
     )
     wall = (time.perf_counter() - started) * 1000
-    print(f"\n{"test":<62} {'setup ms':>9} {'call ms':>9} {'teardown ms':>12}  outcome")
+    print(f"\n{'test':<62} {'setup ms':>9} {'call ms':>9} {'teardown ms':>12}  outcome")
     for name, row in timings.rows.items():
         print(f"{name:<62} {row.get('setup', 0):>9.2f} {row.get('call', 0):>9.2f} {row.get('teardown', 0):>12.2f}  "
               f"{timings.outcomes.get(name, '?')}")

@@ -207,7 +207,8 @@ async def _enter(env: Environment, cm: AbstractAsyncContextManager[Any], name: s
     try:
         return await env.enter(cm, name=name)
     except ServiceUnavailable as exc:
-        unavailable(exc)
+        problem = exc
+    unavailable(problem)  # outside the except block: the skip/fail should not chain the driver error
 
 
 @pytest.fixture

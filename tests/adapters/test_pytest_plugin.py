@@ -1,0 +1,140 @@
+"""The plugin as users meet it: in a separate pytest process (pytester subprocess runs)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+SUITE = """
+import pytest
+
+async def test_database(isolated_database):
+    await isolated_database.execute("CREATE TABLE users (id serial, email text)")
+    uid = await isolated_database.fetchval("INSERT INTO users (email) VALUES ($1) RETURNING id", "a@b.c")
+    assert await isolated_database.fetchval("SELECT email FROM users WHERE id = $1", uid) == "a@b.c"
+
+async def test_database_is_clean_again(isolated_database):
+    assert await isolated_database.fetchval("SELECT to_regclass('users')") is None
+
+async def test_redis_and_fs(isolated_redis, isolated_fs):
+    assert await isolated_redis.dbsize() == 0
+    await isolated_redis.set("k", "v")
+    await isolated_fs.write_text("a.txt", "x")
+
+async def test_environment(isolated_env):
+    import isolated_env as ie
+    db = await isolated_env.enter(ie.isolated_postgres())
+    assert isolated_env["database"] is db
+
+@pytest.mark.requires_postgres
+@pytest.mark.requires_redis
+async def test_marked(isolated_database):
+    assert await isolated_database.fetchval("SELECT 1") == 1
+"""
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("TEST_POSTGRES", "TEST_REDIS", "TEST_CLICKHOUSE", "ISOLATED_ENV_", "PYTEST_"))}
+    env.pop("CI", None)
+    env.update(extra)
+    return env
+
+
+def run(pytester: pytest.Pytester, *args: str, **env: str) -> pytest.RunResult:
+    pytester.makeini("[pytest]\nanyio_mode = auto\n")
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(_env(**env))
+    try:
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=300)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def test_fixtures_work_and_summary_is_printed(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SUITE)
+    result = run(pytester)
+    result.assert_outcomes(passed=5)
+    result.stdout.re_match_lines([r"isolated_env: \d+ resources served; setup p50: .*postgres .*; pool hit ratio .*%"])
+
+
+def test_works_under_xdist(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(SUITE)
+    result = run(pytester, "-n", "2")
+    result.assert_outcomes(passed=5)
+    result.stdout.re_match_lines([r"isolated_env: \d+ resources served"])
+
+
+UNAVAILABLE = """
+import pytest
+
+@pytest.mark.requires_postgres
+def test_marked():
+    pass
+
+async def test_fixture(isolated_database):
+    pass
+
+def test_unrelated():
+    pass
+"""
+
+
+def test_unavailable_service_skips_locally(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(UNAVAILABLE)
+    result = run(pytester, "-rs", TEST_POSTGRES_URL="postgresql://nobody@127.0.0.1:1/x")
+    result.assert_outcomes(passed=1, skipped=2)
+    result.stdout.fnmatch_lines(["*PostgreSQL is unavailable: cannot connect using TEST_POSTGRES_URL*"])
+
+
+@pytest.mark.parametrize("how", ["CI", "option"])
+def test_unavailable_service_fails_under_ci(pytester: pytest.Pytester, how: str) -> None:
+    pytester.makepyfile(UNAVAILABLE)
+    env = {"TEST_POSTGRES_URL": "postgresql://nobody@127.0.0.1:1/x"}
+    args: tuple[str, ...] = ()
+    if how == "CI":
+        env["CI"] = "true"
+    else:
+        args = ("--isolated-env-require",)
+    result = run(pytester, *args, **env)
+    result.assert_outcomes(passed=1, errors=2)  # a setup that fails is an error: the run fails
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*required: CI=true or --isolated-env-require*"])
+
+
+def test_bad_profile_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile("def test_x(): pass")
+    result = run(pytester, "--isolated-env-profile", "turbo")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*not a known profile*"])
+
+
+def test_leaked_child_process_fails_the_run(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import subprocess, sys
+        keep = []
+        async def test_leaks(isolated_fs):
+            keep.append(subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"]))
+        """
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*isolated_env: resources left behind at session end: child processes still running*"])
+
+
+def test_profile_option_sets_capacity(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        async def test_capacity(isolated_database):
+            assert isolated_database._ie_pool.capacity == 20
+        """
+    )
+    result = run(pytester, "--isolated-env-profile", "ci-thorough")
+    result.assert_outcomes(passed=1)
