@@ -1,0 +1,138 @@
+"""Which expectation a request matches, and a readable account of why it matches none."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from .._errors import ConfigError
+from ._h11server import RecordedRequest
+
+__all__ = ["NOT_GIVEN", "RequestMatcher"]
+
+
+class _NotGiven:
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN: Any = _NotGiven()
+"""``json=None`` means "the body is JSON null"; this means "not part of the match"."""
+
+QueryArg = str | Mapping[str, str | Sequence[str]] | None
+HeadersArg = Mapping[str, str] | None
+
+
+def _pretty(value: Any) -> list[str]:
+    return json.dumps(value, indent=2, sort_keys=True, default=repr).splitlines()
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestMatcher:
+    """What a request must look like: method, path (a string or a compiled regex matched in full),
+    and optionally its exact query, JSON body, raw body, a subset of its headers, and a predicate."""
+
+    method: str
+    path: str | re.Pattern[str]
+    query: httpx.QueryParams | None = None
+    json: Any = NOT_GIVEN
+    body: bytes | None = None
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    match: Callable[[RecordedRequest], bool] | None = None
+
+    @classmethod
+    def build(
+        cls,
+        method: str,
+        path: str | re.Pattern[str],
+        *,
+        query: QueryArg,
+        json: Any,
+        body: bytes | str | None,
+        headers: HeadersArg,
+        match: Callable[[RecordedRequest], bool] | None,
+    ) -> RequestMatcher:
+        if not isinstance(method, str) or not method.strip():
+            raise ConfigError(f"expect(method={method!r}): give an HTTP method such as 'GET'")
+        if isinstance(path, str) and not path.startswith("/"):
+            raise ConfigError(f"expect(path={path!r}): the path must start with '/' (or be a re.Pattern)")
+        if json is not NOT_GIVEN and body is not None:
+            raise ConfigError("expect(): give json= or body=, not both")
+        return cls(
+            method=method.strip().upper(),
+            path=path,
+            query=None if query is None else httpx.QueryParams(query),
+            json=json,
+            body=body.encode() if isinstance(body, str) else body,
+            headers=dict(headers or {}),
+            match=match,
+        )
+
+    def describe(self) -> str:
+        path = self.path if isinstance(self.path, str) else f"re({self.path.pattern!r})"
+        parts = [f"{self.method} {path}"]
+        if self.query is not None:
+            parts.append(f"?{self.query}")
+        extras = []
+        if self.json is not NOT_GIVEN:
+            extras.append(f"json={_short(self.json)}")
+        if self.body is not None:
+            extras.append(f"body={_short(self.body)}")
+        if self.headers:
+            extras.append(f"headers={self.headers}")
+        if self.match is not None:
+            extras.append(f"match={getattr(self.match, '__name__', 'predicate')}")
+        return "".join(parts) + (f" ({', '.join(extras)})" if extras else "")
+
+    def mismatches(self, request: RecordedRequest) -> list[str]:
+        """Why ``request`` does not match, one reason per field; empty when it matches."""
+        reasons: list[str] = []
+        if request.method != self.method:
+            reasons.append(f"method {request.method} != {self.method}")
+        if isinstance(self.path, str):
+            if request.path != self.path:
+                reasons.append(f"path {request.path!r} != {self.path!r}")
+        elif self.path.fullmatch(request.path) is None:
+            reasons.append(f"path {request.path!r} does not match {self.path.pattern!r}")
+        if self.query is not None and request.query != self.query:
+            reasons.append(f"query {str(request.query)!r} != {str(self.query)!r}")
+        for name, value in self.headers.items():
+            got = request.headers.get(name)
+            if got != value:
+                reasons.append(f"header {name}: {got!r} != {value!r}")
+        if self.json is not NOT_GIVEN:
+            reasons.extend(self._json_mismatch(request))
+        if self.body is not None and request.body != self.body:
+            reasons.append(f"body {_short(request.body)} != {_short(self.body)}")
+        if self.match is not None and not reasons:
+            try:
+                ok = bool(self.match(request))
+            except Exception as exc:
+                reasons.append(f"match predicate raised {type(exc).__name__}: {exc}")
+            else:
+                if not ok:
+                    reasons.append(f"match predicate {getattr(self.match, '__name__', '')} returned False")
+        return reasons
+
+    def _json_mismatch(self, request: RecordedRequest) -> list[str]:
+        try:
+            got = request.json()
+        except ValueError:
+            return [f"body is not JSON: {_short(request.body)}"]
+        if got == self.json:
+            return []
+        diff = difflib.unified_diff(
+            _pretty(self.json), _pretty(got), "expected json", "received json", lineterm=""
+        )
+        return ["json body differs:\n" + "\n".join(list(diff)[:40])]
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,480 @@
+"""isolated_ws(): a real WebSocket server on an ephemeral loopback port, plus a connected client.
+
+The server is the ``websockets`` library's asyncio server. JSON text messages are dispatched on their
+``"type"``; a type without a handler gets ``{"type": "ack", "id": <message id>}``. Handler errors and
+unexpected messages are recorded in the background and raised in the test by ``check()`` and on exit.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeAlias
+
+import anyio
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from .._errors import ConfigError
+from .._resource import resource
+from ._checks import Problem, ProblemLog, require_asyncio
+
+__all__ = [
+    "BinaryHandler",
+    "HandlerReply",
+    "MessageHandler",
+    "WebSocketHandle",
+    "WsExpectation",
+    "isolated_ws",
+]
+
+HandlerReply: TypeAlias = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
+"""What a message handler returns: one reply, several (sent in order; ``[]`` for none), or None
+for the default ``{"type": "ack", "id": <message id>}``."""
+
+MessageHandler: TypeAlias = Callable[[dict[str, Any]], HandlerReply | Awaitable[HandlerReply]]
+"""Called with each JSON message of its type; sync or async."""
+
+BinaryHandler: TypeAlias = Callable[[bytes], bytes | Awaitable[bytes | None] | None]
+"""Called with each binary frame; returns a binary reply or None."""
+
+ANY_TYPE = "*"
+# How long the exit waits for handlers still busy with messages that arrived before the clients
+# closed; a handler busy past this is cancelled and reported (it would otherwise hang teardown).
+_EXIT_GRACE = 2.0
+_CLOSE_TIMEOUT = 2.0
+
+
+def _ack(message: Any) -> dict[str, Any]:
+    return {"type": "ack", "id": message.get("id") if isinstance(message, dict) else None}
+
+
+def _preview(message: Any, limit: int = 200) -> str:
+    text = repr(message)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class WsExpectation:
+    """``count`` messages of ``type`` must reach the server (checked by ``check()`` and on exit)."""
+
+    def __init__(self, handle: WebSocketHandle, type: str, count: int) -> None:
+        self.type = type
+        self.count = count
+        self._handle = handle
+
+    def __repr__(self) -> str:
+        return f"<WsExpectation {self.type!r} x{self.count}, received {len(self.messages)}>"
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """The messages of this type the server has received so far (since the last reset)."""
+        return [m for m in self._handle.received if isinstance(m, dict) and m.get("type") == self.type]
+
+    @property
+    def met(self) -> bool:
+        return len(self.messages) == self.count
+
+    async def wait(self, timeout: float = 5.0) -> list[dict[str, Any]]:  # noqa: ASYNC109 - the documented API
+        """Wait until at least ``count`` messages of this type have arrived; returns them."""
+        try:
+            with anyio.fail_after(timeout):
+                while len(self.messages) < self.count:
+                    await self._handle._changed_event().wait()
+        except TimeoutError:
+            got = len(self.messages)
+            raise TimeoutError(
+                f"expected {self.count} {self.type!r} message(s) within {timeout:g} s, the server "
+                f"received {got}; everything it received: {_preview(self._handle.received, 500)}"
+            ) from None
+        return self.messages
+
+
+class _ServerSide:
+    """Book-keeping for one server-side connection: whether its handler is busy, how to stop it."""
+
+    __slots__ = ("busy", "connection", "done", "scope")
+
+    def __init__(self, connection: ServerConnection) -> None:
+        self.connection = connection
+        self.scope = anyio.CancelScope()
+        self.done = anyio.Event()
+        self.busy: str | None = None
+
+
+class WebSocketHandle:
+    """A live WebSocket server (``.url``) and a client connected to it (``.client``).
+
+    ``register_message_handler(type, fn)`` sets how the server answers JSON messages of a type;
+    ``send_message``/``receive_message`` speak through the client; ``.received`` is everything the
+    server got, in order. ``check()`` raises what went wrong in the background.
+    """
+
+    def __init__(self, *, strict: bool) -> None:
+        self.url = ""
+        self.strict = strict
+        self.received: list[Any] = []
+        """Everything the server received, in arrival order: dicts (JSON objects), other JSON
+        values, ``str`` (text that is not JSON) and ``bytes`` (binary frames)."""
+        self.server_connections: list[ServerConnection] = []
+        """The server's side of every connection since the last reset (websockets objects: use
+        ``.request.path``/``.request.headers``, ``.close_code``, ``await .send(...)``)."""
+        self._client: ClientConnection | None = None
+        self._clients: list[ClientConnection] = []
+        self._sides: list[_ServerSide] = []
+        self._handlers: dict[str, MessageHandler] = {}
+        self._binary_handler: BinaryHandler | None = None
+        self._expectations: list[WsExpectation] = []
+        self._problems = ProblemLog("isolated_ws")
+        self._changed = anyio.Event()
+        self._server: Server | None = None
+
+    def __repr__(self) -> str:
+        return f"<WebSocketHandle {self.url} received={len(self.received)}>"
+
+    # -- the client side -------------------------------------------------------------------------
+
+    @property
+    def client(self) -> ClientConnection:
+        """The connected ``websockets`` client (``isolated_ws(connect_client=False)`` has none)."""
+        if self._client is None:
+            raise ConfigError(
+                "this isolated_ws was created with connect_client=False, so it has no default client; "
+                "use `await ws.connect()` or point your own client at ws.url"
+            )
+        return self._client
+
+    async def connect(self, path: str = "/", **options: Any) -> ClientConnection:
+        """Another client connected to this server (closed on exit); ``options`` go to
+        ``websockets.asyncio.client.connect`` (``additional_headers``, ``subprotocols``, ...)."""
+        options.setdefault("close_timeout", _CLOSE_TIMEOUT)
+        client = await connect(self.url.rstrip("/") + "/" + path.lstrip("/"), **options)
+        self._clients.append(client)
+        return client
+
+    async def send_message(
+        self, message: Mapping[str, Any] | str | bytes, *, client: ClientConnection | None = None
+    ) -> None:
+        """Send from the client (or ``client``): a mapping as JSON text, ``str`` as text, ``bytes``
+        as a binary frame."""
+        target = client or self.client
+        if isinstance(message, (str, bytes)):
+            await target.send(message)
+        else:
+            await target.send(json.dumps(message))
+
+    async def receive_message(
+        self,
+        timeout: float = 5.0,  # noqa: ASYNC109 - the documented API (the original report's)
+        *,
+        client: ClientConnection | None = None,
+    ) -> Any:
+        """The next message the client (or ``client``) receives: JSON text decoded (usually a dict),
+        other text as ``str``, binary frames as ``bytes``.
+
+        Raises TimeoutError after ``timeout`` seconds, or ResourceCheckFailed (with the cause) if the
+        server recorded problems meanwhile, e.g. a handler that raised.
+        """
+        target = client or self.client
+        try:
+            with anyio.fail_after(timeout):
+                raw = await target.recv()
+        except TimeoutError:
+            error = self._problems.report([])
+            if error is not None:
+                raise error from None
+            raise TimeoutError(
+                f"no message arrived within {timeout:g} s; the server has received "
+                f"{len(self.received)} message(s): {_preview(self.received[-5:])}"
+            ) from None
+        except ConnectionClosed:
+            error = self._problems.report([])
+            if error is not None:
+                raise error from error.__cause__  # the handler's exception, not the close it caused
+            raise
+        if isinstance(raw, bytes):
+            return raw
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+
+    # -- the server side -------------------------------------------------------------------------
+
+    def register_message_handler(self, type: str, handler: MessageHandler) -> None:
+        """Answer JSON messages whose ``"type"`` is ``type`` (``"*"``: every type without its own
+        handler, and text that is not a typed JSON object) with ``handler(message)``'s return value:
+        a dict, a list of dicts (``[]``: no reply), or None for the default ack."""
+        if not isinstance(type, str) or not type:
+            raise ConfigError(f"message type must be a non-empty string, got {type!r}")
+        if not callable(handler):
+            raise ConfigError(f"handler for {type!r} must be callable, got {handler!r}")
+        self._handlers[type] = handler
+
+    def register_binary_handler(self, handler: BinaryHandler | None) -> None:
+        """Answer binary frames with ``handler(data)`` (bytes or None); ``None`` restores the default,
+        which echoes each frame back."""
+        self._binary_handler = handler
+
+    def expect(self, type: str, count: int = 1) -> WsExpectation:
+        """Require exactly ``count`` messages of ``type`` by the time ``check()`` runs (and on exit);
+        ``await ws.expect(...).wait()`` waits for them."""
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ConfigError(f"expect({type!r}, count={count!r}): count must be a whole number >= 0")
+        expectation = WsExpectation(self, type, count)
+        self._expectations.append(expectation)
+        return expectation
+
+    async def broadcast(self, message: Mapping[str, Any] | str | bytes) -> int:
+        """Send a server-initiated message to every open connection; returns how many got it."""
+        data: str | bytes = message if isinstance(message, (str, bytes)) else json.dumps(message)
+        sent = 0
+        for side in list(self._sides):
+            try:
+                await side.connection.send(data)
+                sent += 1
+            except ConnectionClosed:
+                pass
+        return sent
+
+    async def close_connections(self, code: int = 1000, reason: str = "") -> None:
+        """Close every open connection from the server side with ``code`` and ``reason``."""
+        for side in list(self._sides):
+            await side.connection.close(code, reason)
+
+    def check(self) -> None:
+        """Raise ResourceCheckFailed listing handler errors, unexpected messages and unmet
+        expectations (those seen so far; ``wait()`` on an expectation first if messages are in flight)."""
+        error = self._problems.report(self._unmet())
+        if error is not None:
+            raise error
+
+    def _current_problems(self) -> list[Problem]:
+        return [*self._problems.current, *self._unmet()]
+
+    def _unmet(self) -> list[Problem]:
+        return [
+            Problem(f"expected {e.count} {e.type!r} message(s), the server received {len(e.messages)}")
+            for e in self._expectations
+            if not e.met
+        ]
+
+    def _changed_event(self) -> anyio.Event:
+        return self._changed
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def _serve_connection(self, connection: ServerConnection) -> None:
+        side = _ServerSide(connection)
+        self._sides.append(side)
+        self.server_connections.append(connection)
+        try:
+            with side.scope:
+                async for raw in connection:
+                    await self._dispatch(side, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            if side in self._sides:
+                self._sides.remove(side)
+            side.done.set()
+
+    async def _dispatch(self, side: _ServerSide, raw: str | bytes) -> None:
+        connection = side.connection
+        if isinstance(raw, bytes):
+            self._record(raw)
+            side.busy = "binary frame"
+            try:
+                await self._answer_binary(connection, raw)
+            finally:
+                side.busy = None
+            return
+        try:
+            message: Any = json.loads(raw)
+        except ValueError:
+            message = raw
+        self._record(message)
+        if isinstance(message, dict) and isinstance(message.get("type"), str):
+            type_: str = message["type"]
+            handler = self._handlers.get(type_) or self._handlers.get(ANY_TYPE)
+        else:
+            type_ = ANY_TYPE
+            handler = self._handlers.get(ANY_TYPE)
+            if handler is None:
+                self._problems.record(
+                    f"unexpected message {_preview(message)}: not a JSON object with a string 'type' "
+                    "(register a '*' handler to accept it)"
+                )
+                return
+        if handler is None:
+            if self.strict and not any(e.type == type_ for e in self._expectations):
+                self._problems.record(
+                    f"unexpected {type_!r} message {_preview(message)}: strict mode and no handler or "
+                    f"expectation for {type_!r}"
+                )
+                return
+            await self._send(connection, [_ack(message)])
+            return
+        side.busy = f"handler for {type_!r}"
+        try:
+            # The handler gets its own copy: what it mutates must not rewrite .received.
+            result = handler(json.loads(raw) if isinstance(message, (dict, list)) else message)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            self._problems.record(
+                f"handler for {type_!r} raised {type(exc).__name__}: {exc} (message: {_preview(message)})",
+                exc,
+            )
+            # 1011 makes the client fail at once instead of waiting for a reply that never comes.
+            await self._close_quietly(connection, 1011, f"handler for {type_!r} raised {type(exc).__name__}")
+            return
+        finally:
+            side.busy = None
+        if result is None:
+            await self._send(connection, [_ack(message)])
+        elif isinstance(result, Mapping):
+            await self._send(connection, [result])
+        elif isinstance(result, (list, tuple)) and all(isinstance(r, Mapping) for r in result):
+            await self._send(connection, list(result))
+        else:
+            self._problems.record(
+                f"handler for {type_!r} returned {_preview(result)}; return a dict, a list of dicts or None"
+            )
+
+    async def _answer_binary(self, connection: ServerConnection, data: bytes) -> None:
+        handler = self._binary_handler
+        if handler is None:
+            reply: bytes | None = data
+        else:
+            try:
+                result = handler(data)
+                reply = await result if inspect.isawaitable(result) else result
+            except Exception as exc:
+                self._problems.record(f"binary handler raised {type(exc).__name__}: {exc}", exc)
+                await self._close_quietly(connection, 1011, f"binary handler raised {type(exc).__name__}")
+                return
+        if reply is None:
+            return
+        if not isinstance(reply, bytes):
+            self._problems.record(f"binary handler returned {_preview(reply)}; return bytes or None")
+            return
+        try:
+            await connection.send(reply)
+        except ConnectionClosed:
+            pass
+
+    def _record(self, message: Any) -> None:
+        self.received.append(message)
+        self._notify()
+
+    async def _send(self, connection: ServerConnection, replies: Sequence[Mapping[str, Any]]) -> None:
+        for reply in replies:
+            try:
+                text = json.dumps(reply)
+            except (TypeError, ValueError) as exc:
+                self._problems.record(f"reply {_preview(reply)} is not JSON-serialisable: {exc}", exc)
+                return
+            try:
+                await connection.send(text)
+            except ConnectionClosed:
+                return  # the client left; nobody is waiting for this reply
+
+    @staticmethod
+    async def _close_quietly(connection: ServerConnection, code: int, reason: str) -> None:
+        try:
+            await connection.close(code, reason[:120])
+        except ConnectionClosed:
+            pass
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def _bind(self, server: Server) -> None:
+        self._server = server
+        self.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        self._problems.what = f"isolated_ws at {self.url}"
+
+    async def _connect_default(self, path: str) -> None:
+        self._client = await self.connect(path)
+
+    async def _close_connections(self) -> None:
+        """Close every connection (ours first, then any other client's from the server side), let
+        the handlers finish the messages that arrived before, within a grace; a handler still busy
+        after it is cancelled and reported."""
+        clients, self._clients = self._clients, []
+        async with anyio.create_task_group() as tg:
+            for client in clients:
+                tg.start_soon(client.close)
+        async with anyio.create_task_group() as tg:
+            for side in list(self._sides):
+                tg.start_soon(self._close_quietly, side.connection, 1001, "test finished")
+        with anyio.move_on_after(_EXIT_GRACE):
+            for side in list(self._sides):
+                await side.done.wait()
+        for side in list(self._sides):
+            if side.busy:
+                self._problems.record(
+                    f"{side.busy} was still running {_EXIT_GRACE:g} s after the connections closed; it "
+                    "was cancelled (a handler that waits for something that never happens?)"
+                )
+            side.scope.cancel()
+        for side in list(self._sides):
+            await side.done.wait()
+
+    async def _aclose(self) -> None:
+        try:
+            await self._close_connections()
+        finally:
+            if self._server is not None:
+                self._server.close()
+                await self._server.wait_closed()
+
+    async def _ie_reset(self) -> None:
+        """Pristine for the next Hypothesis example: clients reconnected, recorded messages and
+        expectations cleared (problems are kept for the final exit), handlers kept."""
+        had_default = self._client is not None
+        path = self._client.request.path if self._client is not None and self._client.request else "/"
+        await self._close_connections()
+        self._problems.reset(self._unmet())
+        self.received.clear()
+        self.server_connections.clear()
+        self._expectations.clear()
+        self._client = None
+        if had_default:
+            await self._connect_default(path)
+
+
+@resource("ws")
+async def isolated_ws(
+    *, path: str = "/", strict: bool = False, connect_client: bool = True
+) -> AsyncIterator[WebSocketHandle]:
+    """A WebSocket server on ``ws://127.0.0.1:<free port>`` and a client connected to ``path``.
+
+    ``strict=True`` records a message whose type has neither a handler nor an expectation as a
+    problem (instead of acknowledging it). ``connect_client=False`` skips the default client, for
+    tests where the code under test is the client.
+    """
+    require_asyncio("isolated_ws")
+    if not path.startswith("/"):
+        raise ConfigError(f"isolated_ws(path={path!r}): the path must start with '/'")
+    handle = WebSocketHandle(strict=strict)
+    handle._bind(await serve(handle._serve_connection, "127.0.0.1", 0, close_timeout=_CLOSE_TIMEOUT))
+    body_error: BaseException | None = None
+    try:
+        if connect_client:
+            await handle._connect_default(path)
+        yield handle
+    except BaseException as exc:
+        body_error = exc
+        raise
+    finally:
+        await handle._aclose()
+        error = handle._problems.error(handle._current_problems(), carried=True)
+        if error is not None:
+            if body_error is None:
+                raise error
+            # The test already failed: add what the server saw rather than replace the test's error.
+            body_error.add_note(str(error))
