@@ -1,0 +1,290 @@
+"""Where ClickHouse comes from: an external server named by the environment, or the embedded one.
+
+No modern ClickHouse server binary can be installed on most CI images (Debian ships 18.16, which
+current clickhouse-connect cannot talk to), so the embedded default is the real ClickHouse engine
+from the ``chdb`` package, served over the ClickHouse HTTP interface by our adaptor process
+(:mod:`.chdb_adaptor`). clickhouse-connect talks to it over HTTP exactly as to a real server.
+The adaptor binds loopback only, requires a password generated per server, keeps its data on
+tmpfs, and is shared by every process on the machine through :mod:`.registry`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import dataclasses
+import http.client
+import importlib.util
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import anyio.to_thread
+
+from .._config import ExternalEndpoint, Settings, external_endpoint
+from .._errors import MissingDependencyError, ServiceUnavailable
+from . import registry
+from ._process import wait_ready
+
+__all__ = ["ClickHouseServer", "ensure_server", "release"]
+
+KIND = "clickhouse"
+
+_FIX = (
+    "install the embedded engine with pip install 'isolated-env[clickhouse]' (chdb and clickhouse-connect), "
+    "or point TEST_CLICKHOUSE_URL (e.g. http://default:secret@localhost:8123) at a running ClickHouse server"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClickHouseServer:
+    """A reachable ClickHouse HTTP endpoint and how to connect to it."""
+
+    source: str  # "external" or "embedded"
+    engine: str  # "chdb <version> via the isolated_env adaptor" or "clickhouse-server"
+    version: str
+    host: str
+    port: int
+    username: str
+    password: str = dataclasses.field(repr=False)
+    secure: bool = False
+    database: str = "default"
+    startup_ms: float = 0.0
+    reused: bool = False
+    pid: int | None = None  # the adaptor process (embedded only)
+
+    @property
+    def url(self) -> str:
+        """The server's base URL, without credentials."""
+        scheme = "https" if self.secure else "http"
+        return f"{scheme}://{self.host}:{self.port}"
+
+    def dsn(self, database: str | None = None) -> str:
+        """A URL with credentials and database that ``clickhouse_connect.get_client(dsn=...)`` accepts."""
+        scheme = "https" if self.secure else "http"
+        auth = quote(self.username, safe="") + (":" + quote(self.password, safe="") if self.password else "")
+        return f"{scheme}://{auth}@{self.host}:{self.port}/{quote(database or self.database, safe='')}"
+
+    def client_kwargs(self, database: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for ``clickhouse_connect.get_client``/``get_async_client``."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "username": self.username,
+            "password": self.password,
+            "secure": self.secure,
+            "interface": "https" if self.secure else "http",
+            "database": database or self.database,
+        }
+
+    def describe(self) -> str:
+        """One line for ``isolated-env doctor``."""
+        where = f"{self.url} ({self.engine} {self.version})"
+        if self.source == "embedded":
+            how = "reused" if self.reused else f"started in {self.startup_ms:.0f} ms"
+            return f"embedded: {where}, {how}"
+        return f"external: {where}"
+
+
+def _chdb_version() -> str | None:
+    if importlib.util.find_spec("chdb") is None:
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("chdb")
+    except PackageNotFoundError:
+        return "?"
+
+
+def _probe(port: int, password: str, out: dict[str, str]) -> bool:
+    """A real query over HTTP, authenticated like a client: ``SELECT version()``."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        token = base64.b64encode(f"default:{password}".encode()).decode()
+        conn.request("POST", "/", body=b"SELECT version()", headers={"Authorization": f"Basic {token}"})
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            return False
+        out["version"] = body.decode().strip()
+        return True
+    except OSError:
+        return False
+    finally:
+        conn.close()
+
+
+def _start(server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    chdb_version = _chdb_version()
+    if chdb_version is None:
+        raise ServiceUnavailable(
+            "ClickHouse",
+            "no ClickHouse server is configured and the embedded engine (chdb) is not installed",
+            tried=["TEST_CLICKHOUSE_URL / TEST_CLICKHOUSE_HOST (not set)", "the chdb package (missing)"],
+            fix=_FIX,
+        )
+    password = secrets.token_urlsafe(24)
+    password_file = server_dir / "password"
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(password)
+    # The parent binds the socket (loopback only, port from the OS) and the adaptor inherits it:
+    # the port is known before the child starts and no other process can take it in between.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+        port = sock.getsockname()[1]
+        log = server_dir / "adaptor.log"
+        package_root = str(Path(__file__).resolve().parents[2])
+        env = dict(os.environ)
+        env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        cmd = [
+            sys.executable, "-m", "isolated_env._servers.chdb_adaptor",
+            "--path", str(server_dir / "data"), "--fd", str(sock.fileno()),
+            "--password-file", str(password_file),
+        ]
+        with open(log, "wb") as logf:
+            proc = subprocess.Popen(
+                cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=str(server_dir),
+                pass_fds=(sock.fileno(),), env=env, start_new_session=True,
+            )
+    finally:
+        sock.close()
+    found: dict[str, str] = {}
+    wait_ready("ClickHouse", proc, lambda: _probe(port, password, found), log)
+    return proc, {
+        "host": "127.0.0.1",
+        "port": port,
+        "user": "default",
+        "password_file": str(password_file),
+        "version": found.get("version", "?"),
+        "engine": f"chdb {chdb_version} via the isolated_env adaptor",
+    }
+
+
+_lock = threading.Lock()
+_cache: dict[str, ClickHouseServer] = {}
+_external: dict[str, ClickHouseServer] = {}
+
+
+def _ensure_blocking(settings: Settings) -> ClickHouseServer:
+    key = str(settings.state_dir)
+    with _lock:
+        server = _cache.get(key)
+        if server is not None:
+            return server
+        state = registry.acquire(KIND, settings.state_dir, _start)
+        info = state.info
+        try:
+            password = Path(info["password_file"]).read_text().strip()
+        except OSError as exc:
+            raise ServiceUnavailable(
+                "ClickHouse",
+                f"the embedded server's password file cannot be read ({exc})",
+                fix="stop the server (isolated-env down) so the next run starts a fresh one, or check "
+                "that ISOLATED_ENV_STATE_DIR belongs to this user",
+            ) from None
+        server = _cache[key] = ClickHouseServer(
+            source="embedded",
+            engine=info["engine"],
+            version=info["version"],
+            host=info["host"],
+            port=info["port"],
+            username=info["user"],
+            password=password,
+            startup_ms=state.startup_ms,
+            reused=state.reused,
+            pid=state.pid,
+        )
+        return server
+
+
+def _external_server(endpoint: ExternalEndpoint) -> ClickHouseServer:
+    secure = endpoint.scheme == "https"
+    return ClickHouseServer(
+        source="external",
+        engine="clickhouse-server",
+        version="?",
+        host=endpoint.host,
+        port=endpoint.port or (8443 if secure else 8123),
+        username=endpoint.user or "default",
+        password=endpoint.password or "",
+        secure=secure,
+        database=endpoint.database or endpoint.params.get("database") or "default",
+    )
+
+
+async def _check_external(server: ClickHouseServer, source: str) -> ClickHouseServer:
+    try:
+        import clickhouse_connect
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+    except ImportError:
+        raise MissingDependencyError("clickhouse-connect", "clickhouse", "isolated_clickhouse()") from None
+    problem: str
+    try:
+        with anyio.fail_after(15):
+            client = await clickhouse_connect.get_async_client(**server.client_kwargs(), connect_timeout=10)
+            try:
+                version = str(await client.command("SELECT version()"))
+            finally:
+                await client.close()
+    except TimeoutError:
+        problem = f"no answer within 15 s from {source}"
+    except (ClickHouseError, OSError) as exc:
+        problem = f"cannot connect using {source}: {exc}"
+    else:
+        return dataclasses.replace(server, version=version)
+    raise ServiceUnavailable(
+        "ClickHouse",
+        problem,
+        fix=f"start the server or correct {source}; unset it to use the embedded engine (chdb) instead",
+    )
+
+
+def external() -> ExternalEndpoint | None:
+    """The external server named by ``TEST_CLICKHOUSE_URL`` or ``TEST_CLICKHOUSE_HOST``, if any."""
+    return external_endpoint("clickhouse", schemes=("http", "https"), port_var="HTTP_PORT", example="http://localhost:8123")
+
+
+async def ensure_server(settings: Settings) -> ClickHouseServer:
+    """The server this process uses: external if the environment names one, else the embedded engine.
+
+    Raises :class:`ServiceUnavailable` (what was tried and the fix) when neither can be had.
+    """
+    endpoint = external()
+    if endpoint is not None:
+        source = endpoint.source + "=" + endpoint.redacted()
+        cached = _external.get(source)
+        if cached is None:
+            cached = _external[source] = await _check_external(_external_server(endpoint), source)
+        return cached
+    cached = _cache.get(str(settings.state_dir))
+    if cached is not None:
+        return cached
+    return await anyio.to_thread.run_sync(_ensure_blocking, settings)
+
+
+def embedded_cached(settings: Settings) -> ClickHouseServer | None:
+    return _cache.get(str(settings.state_dir))
+
+
+def forget() -> None:
+    """Drop this process's cached view (after the registry released the server)."""
+    with _lock:
+        _cache.clear()
+    _external.clear()
+
+
+def release(settings: Settings) -> None:
+    forget()
+    with contextlib.suppress(OSError):
+        registry.release(KIND, settings.state_dir)
