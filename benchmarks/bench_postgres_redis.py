@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable

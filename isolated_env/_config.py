@@ -137,7 +137,7 @@ def _lookup(key: str, explicit: Any, env_name: str, parse: Callable[[str, str], 
 def resolve(
     *,
     profile: str | _Unset = UNSET,
-    capacity: int | None | _Unset = UNSET,
+    capacity: int | _Unset | None = UNSET,
     lease_timeout: float | _Unset = UNSET,
     teardown_timeout: float | _Unset = UNSET,
     require_services: bool | _Unset = UNSET,

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 
 import psutil
 
-
 __all__ = ["LeakReport", "ProcessSnapshot", "record_setup", "setup_summary", "snapshot"]
 
 _lock = threading.Lock()

@@ -26,7 +26,7 @@ T = TypeVar("T")
 _SAMPLES = 10_000
 
 
-class TryLater(Exception):  # noqa: N818 - a signal, not an error
+class TryLater(Exception):
     """Raised by ``create`` when the backing store is momentarily full (another process holds every
     slot): the pool waits, looks at its idle list again, and retries until the lease timeout."""
 
@@ -182,7 +182,7 @@ class Pool(Generic[T]):
             try:
                 with anyio.fail_after(self._reset_timeout):
                     await self._reset(item)
-            except Exception as exc:  # noqa: BLE001 - any failed reset means the instance is dirty
+            except Exception as exc:
                 self._reset_failures += 1
                 self.errors.append(exc)
                 await self._destroy_quietly(item)
@@ -194,7 +194,7 @@ class Pool(Generic[T]):
         try:
             with anyio.fail_after(self._reset_timeout):
                 await self._destroy(item)
-        except Exception as exc:  # noqa: BLE001 - recorded; destroying must not mask the test's error
+        except Exception as exc:
             self.errors.append(exc)
 
     async def aclose(self) -> None:

@@ -54,7 +54,7 @@ class LoopScope:
         for closer in reversed(closers):
             try:
                 await closer()
-            except Exception:  # noqa: BLE001,S110 - the loop is ending; nothing can take this error now
+            except Exception:
                 pass
 
 

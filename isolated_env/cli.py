@@ -70,8 +70,8 @@ async def _check_redis() -> dict[str, Any]:
 
 
 async def _check_clickhouse() -> dict[str, Any]:
-    from ._servers import clickhouse  # type: ignore[attr-defined]
-    from .resources.clickhouse import isolated_clickhouse  # type: ignore[import-not-found]
+    from ._servers import clickhouse
+    from .resources.clickhouse import isolated_clickhouse
 
     server = await clickhouse.ensure_server(resolve())
     async with isolated_clickhouse() as a, isolated_clickhouse() as b:
@@ -154,9 +154,9 @@ def _start(kind: str) -> Any:
         from ._servers import redis
 
         return registry.acquire("redis", settings.state_dir, redis._start, pin=True)
-    from ._servers import clickhouse  # type: ignore[attr-defined]
+    from ._servers import clickhouse
 
-    return clickhouse.pin(settings)
+    return registry.acquire("clickhouse", settings.state_dir, clickhouse._start, pin=True)
 
 
 def up(kinds: Sequence[str]) -> int:
@@ -203,28 +203,19 @@ def status(kinds: Sequence[str], as_json: bool) -> int:
     return 0
 
 
-def prune(kept: bool) -> int:
+def prune(kept: bool, templates: bool) -> int:
     async def run() -> list[str]:
         from ._servers.postgres import ensure_server
-        from .resources import postgres
+        from .resources._postgres_database import prune as prune_databases
 
-        removed: list[str] = []
         server = await ensure_server(resolve())
-        admin = await postgres.connect(server)
+        removed = await prune_databases(server, kept=kept, orphans=True, templates=templates)
         try:
-            before = {r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'ie\\_%'")}
-            await postgres.reap_orphans(server, admin)
-            if kept:
-                try:
-                    from .resources._postgres_database import prune as prune_kept  # type: ignore[attr-defined]
-                except ImportError:
-                    pass
-                else:
-                    removed.extend(await prune_kept(server))
-            after = {r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'ie\\_%'")}
-        finally:
-            await admin.close()
-        removed.extend(sorted(before - after - set(removed)))
+            from .resources.clickhouse import prune as prune_clickhouse
+
+            removed.extend(await prune_clickhouse())
+        except (ImportError, ServiceUnavailable):
+            pass  # ClickHouse not installed or not available: nothing of ours can be there
         return removed
 
     try:
@@ -249,11 +240,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--json", action="store_true")
     p = sub.add_parser("prune", help="remove databases left by dead runs")
     p.add_argument("--kept", action="store_true", help="also remove databases kept for failed tests")
+    p.add_argument("--templates", action="store_true", help="also remove built templates (rebuilt when next needed)")
     args = parser.parse_args(argv)
     try:
         if args.command == "prune":
-            return prune(args.kept)
-        kinds = tuple(args.services) or (_KINDS + ("fs",) if args.command == "doctor" else _KINDS)
+            return prune(args.kept, args.templates)
+        kinds = tuple(args.services) or ((*_KINDS, "fs") if args.command == "doctor" else _KINDS)
         for kind in kinds:
             if kind not in _CHECKS:
                 parser.error(f"unknown service {kind!r}; choose from {', '.join(_CHECKS)}")

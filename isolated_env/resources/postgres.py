@@ -283,13 +283,17 @@ def _validate(conn: Any) -> bool:
 
 @resource("postgres")
 async def isolated_postgres(
-    *, mode: str = "transaction", template: Any = None, keep_on_failure: bool = False
+    *, mode: str = "transaction", template: Any = None, keep_on_failure: bool | None = None
 ) -> AsyncIterator[PostgresHandle]:
     """A private view of PostgreSQL for one test, rolled back (or dropped) on exit.
 
     ``mode="transaction"`` (default): a pooled connection inside a transaction that is rolled back.
-    ``mode="database"``: a private database reachable by ``.dsn`` from any driver and connection.
+    ``mode="database"``: a private database reachable by ``.dsn`` from any driver and connection,
+    cloned from ``template`` (a :class:`PostgresTemplate`); ``keep_on_failure`` keeps it when the
+    test fails (default: ``ISOLATED_ENV_KEEP_FAILED``, set by ``--isolated-env-keep-failed``).
     """
+    if keep_on_failure is None:
+        keep_on_failure = os.environ.get("ISOLATED_ENV_KEEP_FAILED", "").lower() in {"1", "true", "yes", "on"}
     if mode not in {"transaction", "database"}:
         raise ConfigError(f"isolated_postgres(mode={mode!r}): mode must be 'transaction' or 'database'")
     if mode == "database":
@@ -308,7 +312,8 @@ async def isolated_postgres(
     scope = await current_scope()
     async with scope_lock(scope):
         work = await _work_database(server, template_name)
-    pool = scope.pool(("postgres-tx", _server_key(server), work.name, settings.capacity), lambda: _tx_pool(work, settings))
+    key = ("postgres-tx", _server_key(server), work.name, settings.capacity)
+    pool = scope.pool(key, lambda: _tx_pool(work, settings))
     async with pool.lease() as lease:
         conn = lease.value
         handle = PostgresHandle(conn, server, work.name, "transaction", pool)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import unittest
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
+import isolated_env
 from isolated_env.unittest import IsolatedEnvironmentTestCase
 
 
@@ -21,7 +24,7 @@ class Inventory(IsolatedEnvironmentTestCase):
 
 
 class OnlyFiles(IsolatedEnvironmentTestCase):
-    resources = {"scratch": __import__("isolated_env").isolated_fs}
+    resources: ClassVar[Mapping[str, Callable[[], Any]]] = {"scratch": isolated_env.isolated_fs}
 
     async def test_custom_resources(self) -> None:
         await self.scratch.write_text("x.txt", "x")

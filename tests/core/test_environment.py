@@ -10,7 +10,9 @@ from isolated_env._resource import resource
 
 
 @resource("thing")
-async def thing(log: list[str], name: str, fail_on_exit: bool = False, hang: bool = False) -> AsyncIterator[dict[str, str]]:
+async def thing(
+    log: list[str], name: str, fail_on_exit: bool = False, hang: bool = False
+) -> AsyncIterator[dict[str, str]]:
     log.append(f"enter {name}")
     try:
         yield {"name": name}
@@ -81,7 +83,7 @@ async def test_single_teardown_failure_is_raised_as_itself() -> None:
 
 async def test_teardown_is_bounded_by_the_timeout() -> None:
     log: list[str] = []
-    with pytest.raises(ie.TeardownError, match="did not finish within 0.05 s"):
+    with pytest.raises(ie.TeardownError, match=r"did not finish within 0\.05 s"):
         async with ie.Environment(teardown_timeout=0.05) as env:
             await env.enter(thing(log, "slow", hang=True))
     assert log == ["enter slow"]

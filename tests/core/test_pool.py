@@ -3,6 +3,7 @@ from __future__ import annotations
 import itertools
 
 import anyio
+import anyio.lowlevel
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ class Counter:
         self.resets = 0
 
     async def create(self) -> int:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         item = next(self.ids)
         self.live.add(item)
         return item
@@ -54,7 +55,7 @@ def test_no_two_leases_share_an_instance_and_capacity_holds(capacity: int, tasks
                 in_use.add(lease.value)
                 peak = max(peak, len(in_use))
                 for _ in range(hold[n % len(hold)]):
-                    await anyio.sleep(0)
+                    await anyio.lowlevel.checkpoint()
                 in_use.remove(lease.value)
 
         async with anyio.create_task_group() as tg:

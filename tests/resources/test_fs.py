@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import isolated_env as ie
@@ -26,7 +27,7 @@ async def test_concurrent_directories_are_distinct() -> None:
     async def one() -> None:
         async with ie.isolated_fs() as fs:
             await fs.write_text("same-name.txt", str(fs.path))
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
             assert await fs.read_text("same-name.txt") == str(fs.path)
             paths.add(fs.path)
 

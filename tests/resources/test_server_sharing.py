@@ -8,9 +8,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
