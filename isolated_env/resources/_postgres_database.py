@@ -44,6 +44,7 @@ from .._resource import current_settings
 from .._runtime import LoopScope, current_scope
 from .._servers import postgres as servers
 from .._servers.postgres import PostgresServer
+from .._servers import registry
 from .._servers.registry import owner_alive, owner_tag
 from . import postgres as _tx
 from .postgres import PostgresHandle, connect, create_database, reap_orphans
@@ -914,9 +915,15 @@ async def _keep(handle: DatabaseHandle, reason: str) -> str:
         return f"isolated_env could not keep this test's database {handle.database}: {exc}"
     handle.kept = handle._ie_clone.kept = True
     _disown(handle.database)
+    stays = ""
+    if handle.server.source == "embedded":
+        # Evidence on a server that stops with the run would be gone before anyone looks at it.
+        settings = current_settings()
+        await anyio.to_thread.run_sync(registry.pin, "postgres", settings.state_dir)
+        stays = "; the embedded server stays up until `isolated-env down`"
     return (
         f"isolated_env kept this test's database {handle.database}: "
-        f"{_redacted_dsn(handle.server, handle.database)} (remove it with `isolated-env prune --kept`)"
+        f"{_redacted_dsn(handle.server, handle.database)} (remove it with `isolated-env prune --kept`{stays})"
     )
 
 

@@ -138,3 +138,43 @@ def test_profile_option_sets_capacity(pytester: pytest.Pytester) -> None:
     )
     result = run(pytester, "--isolated-env-profile", "ci-thorough")
     result.assert_outcomes(passed=1)
+
+
+def test_keep_failed_keeps_the_database_and_prune_removes_it(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        """
+        import isolated_env as ie
+
+        async def test_fails(isolated_env):
+            db = await isolated_env.enter(ie.isolated_postgres(mode="database"))
+            await db.execute("CREATE TABLE evidence (x int)")
+            await db.execute("INSERT INTO evidence VALUES (42)")
+            assert False, "look at the evidence"
+        """
+    )
+    result = run(pytester, "--isolated-env-keep-failed")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["isolated_env kept the databases of failed tests*", "*test_fails*: postgresql://*"])
+    line = next(x for x in result.stdout.lines if "test_fails" in x and "postgresql://" in x)
+    dsn = line.split(": ", 1)[1].strip()
+
+    import subprocess
+    import sys
+
+    check = subprocess.run(
+        [sys.executable, "-c",
+         "import asyncio, asyncpg, sys\n"
+         "async def m():\n"
+         "    c = await asyncpg.connect(sys.argv[1]); print(await c.fetchval('SELECT x FROM evidence')); await c.close()\n"
+         "asyncio.run(m())", dsn],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert check.stdout.strip() == "42", check.stderr
+    pruned = subprocess.run([sys.executable, "-m", "isolated_env.cli", "prune", "--kept"],
+                            capture_output=True, text=True, timeout=120)
+    database = dsn.split("@/")[1].split("?")[0]
+    assert f"removed {database}" in pruned.stdout, pruned.stdout + pruned.stderr
+    # keeping pinned the embedded server so the evidence stayed reachable; let it stop again
+    down = subprocess.run([sys.executable, "-m", "isolated_env.cli", "down", "postgres"],
+                          capture_output=True, text=True, timeout=60)
+    assert "postgres:" in down.stdout
