@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import statistics
 import sys
@@ -144,19 +145,10 @@ def doctor(kinds: Sequence[str]) -> int:
                     for r in results.values()) or len(failed) == len(kinds) else 0
 
 
-def _start(kind: str) -> Any:
-    settings = resolve()
-    if kind == "postgres":
-        from ._servers import postgres
-
-        return registry.acquire("postgres", settings.state_dir, lambda d: postgres._start(settings, d), pin=True)
-    if kind == "redis":
-        from ._servers import redis
-
-        return registry.acquire("redis", settings.state_dir, redis._start, pin=True)
-    from ._servers import clickhouse
-
-    return registry.acquire("clickhouse", settings.state_dir, clickhouse._start, pin=True)
+def _start(kind: str) -> registry.ServerState:
+    module = importlib.import_module(f"isolated_env._servers.{kind}")
+    embedded: registry.Embedded[Any] = module.embedded
+    return embedded.keep_up(resolve())
 
 
 def up(kinds: Sequence[str]) -> int:

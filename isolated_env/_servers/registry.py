@@ -22,11 +22,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+import anyio
+import anyio.to_thread
 import psutil
 
-__all__ = ["ServerState", "acquire", "owner_alive", "owner_tag", "release", "release_all"]
+from .._config import Settings
+
+__all__ = ["Embedded", "ServerState", "acquire", "owner_alive", "owner_tag", "pin", "release", "release_all"]
 
 
 def owner_tag() -> dict[str, Any]:
@@ -261,6 +265,59 @@ def _remove_dir(state: ServerState) -> None:
 
 def _remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+T = TypeVar("T")
+
+
+class Embedded(Generic[T]):
+    """One kind of embedded server as this process sees it: joined (or started) once per state
+    directory through :func:`acquire`, then answered from a cache."""
+
+    def __init__(
+        self,
+        kind: str,
+        start: Callable[[Settings, Path], tuple[subprocess.Popen[bytes], dict[str, Any]]],
+        view: Callable[[ServerState], T],
+    ) -> None:
+        self.kind = kind
+        self._start = start
+        self._view = view
+        self._lock = threading.Lock()
+        self._cache: dict[str, T] = {}
+
+    def cached(self, settings: Settings) -> T | None:
+        return self._cache.get(str(settings.state_dir))
+
+    def join(self, settings: Settings) -> T:
+        """Blocking: start or join the server and register this process as a user."""
+        key = str(settings.state_dir)
+        with self._lock:
+            server = self._cache.get(key)
+            if server is None:
+                state = acquire(self.kind, settings.state_dir, lambda d: self._start(settings, d))
+                server = self._cache[key] = self._view(state)
+            return server
+
+    def keep_up(self, settings: Settings) -> ServerState:
+        """Blocking: start the server if needed and pin it (``isolated-env up``)."""
+        return acquire(self.kind, settings.state_dir, lambda d: self._start(settings, d), pin=True)
+
+    async def ensure(self, settings: Settings) -> T:
+        cached = self.cached(settings)
+        if cached is not None:
+            return cached
+        return await anyio.to_thread.run_sync(self.join, settings)
+
+    def forget(self) -> None:
+        """Drop the cached view (after the registry released the server)."""
+        with self._lock:
+            self._cache.clear()
+
+    def release(self, settings: Settings) -> None:
+        self.forget()
+        with contextlib.suppress(OSError):
+            release(self.kind, settings.state_dir)
 
 
 def release_all() -> None:

@@ -43,8 +43,8 @@ from .._pool import Pool
 from .._resource import current_settings
 from .._runtime import LoopScope, current_scope
 from .._servers import postgres as servers
-from .._servers.postgres import PostgresServer
 from .._servers import registry
+from .._servers.postgres import PostgresServer
 from .._servers.registry import owner_alive, owner_tag
 from . import postgres as _tx
 from .postgres import PostgresHandle, connect, create_database, reap_orphans
