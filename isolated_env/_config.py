@@ -134,6 +134,18 @@ def _lookup(key: str, explicit: Any, env_name: str, parse: Callable[[str, str], 
     return value  # type: ignore[no-any-return]
 
 
+_ENV_NAMES = (
+    "CI",
+    "ISOLATED_ENV_PROFILE",
+    "ISOLATED_ENV_CAPACITY",
+    "ISOLATED_ENV_LEASE_TIMEOUT",
+    "ISOLATED_ENV_TEARDOWN_TIMEOUT",
+    "ISOLATED_ENV_REQUIRE",
+    "ISOLATED_ENV_STATE_DIR",
+)
+_resolved: dict[tuple[Any, ...], Settings] = {}
+
+
 def resolve(
     *,
     profile: str | _Unset = UNSET,
@@ -144,6 +156,25 @@ def resolve(
     state_dir: str | Path | _Unset = UNSET,
 ) -> Settings:
     """Resolve every setting once, validating each with a message that says how to fix it."""
+    explicit = (profile, capacity, lease_timeout, teardown_timeout, require_services, state_dir)
+    key: tuple[Any, ...] | None = None
+    if all(arg is UNSET for arg in explicit):
+        # Resolved on every lease: answer from a cache while the inputs are unchanged.
+        key = (tuple(os.environ.get(name) for name in _ENV_NAMES), tuple(sorted(_layer.items())))
+        cached = _resolved.get(key)
+        if cached is not None:
+            return cached
+    settings = _resolve(*explicit)
+    if key is not None:
+        if len(_resolved) > 64:
+            _resolved.clear()
+        _resolved[key] = settings
+    return settings
+
+
+def _resolve(
+    profile: Any, capacity: Any, lease_timeout: Any, teardown_timeout: Any, require_services: Any, state_dir: Any
+) -> Settings:
     ci = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
     prof = _lookup("profile", profile, "ISOLATED_ENV_PROFILE", _profile, "ci-fast" if ci else "dev")
     if prof not in PROFILES:
