@@ -43,7 +43,7 @@ def main() -> int:
     setups = [r.get("setup", 0) + r.get("teardown", 0) for r in list(timings.rows.values())[1:]]
     if setups:
         print(f"\n{len(timings.rows)} tests in {wall:.0f} ms (the first test also starts the embedded servers); "
-              f"median isolation cost per later test (setup+teardown of Postgres+Redis+files+schema): "
+              f"median setup+teardown per later test (Postgres+Redis+files, pytest's own share included): "
               f"{statistics.median(setups):.2f} ms")
     return int(code)
 

@@ -99,16 +99,33 @@ def _task_count() -> int:
         return 0
 
 
+def _children(proc: psutil.Process) -> frozenset[int]:
+    # Linux lists each thread's children in /proc: a few reads instead of psutil's scan of every
+    # process on the machine (0.8 ms), which would dominate an environment's setup.
+    try:
+        pids: set[int] = set()
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/children") as f:
+                pids.update(int(pid) for pid in f.read().split())
+    except OSError:
+        pids = {c.pid for c in proc.children(recursive=False)}
+    alive = set()
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.add(pid)
+        except psutil.Error:
+            continue
+    return frozenset(alive)
+
+
 def snapshot() -> ProcessSnapshot:
     proc = psutil.Process(os.getpid())
     with proc.oneshot():
-        children = frozenset(
-            c.pid for c in proc.children(recursive=False) if c.status() != psutil.STATUS_ZOMBIE
-        )
         return ProcessSnapshot(
             fds=proc.num_fds(),
             threads=proc.num_threads(),
-            children=children,
+            children=_children(proc),
             tasks=_task_count(),
             rss_bytes=proc.memory_info().rss,
         )

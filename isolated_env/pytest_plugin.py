@@ -214,6 +214,7 @@ async def _enter(env: Environment, cm: AbstractAsyncContextManager[Any], name: s
 
 
 _kept: list[str] = []
+_tests_served = 0
 
 
 @pytest.fixture
@@ -221,6 +222,8 @@ async def isolated_env(
     anyio_backend: Any, _isolated_env_loop: None, request: pytest.FixtureRequest
 ) -> AsyncIterator[Environment]:
     """An Environment for one test: enter resources with ``await isolated_env.enter(...)``."""
+    global _tests_served
+    _tests_served += 1
     async with Environment() as env:
         yield env
         if failed(request):
@@ -346,7 +349,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["isolated_env"] = json.dumps(
-            {"samples": _metrics.setup_samples(), "leases": _metrics.lease_counts()}
+            {"samples": _metrics.setup_samples(), "leases": _metrics.lease_counts(), "tests": _tests_served}
         )
     if _before is None or session.config.getoption("--isolated-env-no-leak-check"):
         return
@@ -372,6 +375,7 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         _worker_samples.setdefault(kind, []).extend(samples)
     for key, value in data["leases"].items():
         _worker_leases[key] = _worker_leases.get(key, 0) + value
+    _worker_leases["tests"] = _worker_leases.get("tests", 0) + data.get("tests", 0)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -381,10 +385,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         reused = counts["reused"] + _worker_leases.get("reused", 0)
         total = reused + counts["created"] + _worker_leases.get("created", 0)
         served = sum(s.count for s in summary.values())
+        tests = _tests_served + _worker_leases.get("tests", 0)
         parts = ", ".join(f"{kind} {s.p50_ms:.2f} ms" for kind, s in sorted(summary.items()))
         ratio = f"{100 * reused / total:.1f}%" if total else "n/a"
         terminalreporter.write_line(
-            f"isolated_env: {served} resources served; setup p50: {parts}; pool hit ratio {ratio}"
+            f"isolated_env: {tests} tests served, {served} resources; setup p50: {parts}; pool hit ratio {ratio}"
         )
     if _kept:
         terminalreporter.write_line(

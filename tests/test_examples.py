@@ -14,5 +14,5 @@ def test_demo_runs_the_example_suite_and_prints_timings() -> None:
                             text=True, timeout=300, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "25 passed" in result.stdout
-    assert "median isolation cost per later test" in result.stdout
+    assert "median setup+teardown per later test" in result.stdout
     assert "test_every_test_starts_from_nothing[asyncio-19]" in result.stdout

@@ -6,13 +6,22 @@ import csv
 
 import pytest
 
-from inventory.service import InventoryService, OutOfStock, UnknownProduct
+import isolated_env as ie
+from inventory.service import SCHEMA, InventoryService, OutOfStock, UnknownProduct
+
+# The schema is loaded once into a template database (rebuilt only when SCHEMA changes); every
+# test then runs in a rolled-back transaction on a copy of it.
+INVENTORY = ie.PostgresTemplate(sql=SCHEMA, name="inventory")
+
+
+@pytest.fixture
+async def isolated_database(isolated_env):  # type: ignore[no-untyped-def]
+    return await isolated_env.enter(ie.isolated_postgres(template=INVENTORY))
 
 
 @pytest.fixture
 async def service(isolated_database, isolated_redis, isolated_fs):  # type: ignore[no-untyped-def]
     svc = InventoryService(isolated_database, isolated_redis, isolated_fs.path / "exports")
-    await svc.init_schema()
     await svc.add_product("apple", "Apple", 10)
     return svc
 

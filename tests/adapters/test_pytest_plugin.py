@@ -60,14 +60,16 @@ def test_fixtures_work_and_summary_is_printed(pytester: pytest.Pytester) -> None
     pytester.makepyfile(SUITE)
     result = run(pytester)
     result.assert_outcomes(passed=5)
-    result.stdout.re_match_lines([r"isolated_env: \d+ resources served; setup p50: .*postgres .*; pool hit ratio .*%"])
+    result.stdout.re_match_lines(
+        [r"isolated_env: 5 tests served, 6 resources; setup p50: .*postgres .*; pool hit ratio .*%"]
+    )
 
 
 def test_works_under_xdist(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SUITE)
     result = run(pytester, "-n", "2")
     result.assert_outcomes(passed=5)
-    result.stdout.re_match_lines([r"isolated_env: \d+ resources served"])
+    result.stdout.re_match_lines([r"isolated_env: 5 tests served, 6 resources"])
 
 
 UNAVAILABLE = """
