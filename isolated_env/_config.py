@@ -97,6 +97,11 @@ def _profile(name: str, raw: str) -> str:
     return value
 
 
+def env_flag(name: str) -> bool:
+    """A yes/no environment variable (unset is no); a malformed value is a ConfigError."""
+    return _truthy(name, os.environ.get(name, ""))
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Resolved settings of one environment or resource."""
@@ -175,7 +180,7 @@ def resolve(
 def _resolve(
     profile: Any, capacity: Any, lease_timeout: Any, teardown_timeout: Any, require_services: Any, state_dir: Any
 ) -> Settings:
-    ci = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}
+    ci = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}  # CI=anything-else is not CI
     prof = _lookup("profile", profile, "ISOLATED_ENV_PROFILE", _profile, "ci-fast" if ci else "dev")
     if prof not in PROFILES:
         _profile("profile", str(prof))

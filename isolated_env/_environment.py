@@ -13,7 +13,7 @@ import anyio
 from . import _metrics
 from ._config import UNSET, Settings, _Unset, resolve
 from ._errors import ConfigError, IsolatedEnvError, TeardownError
-from ._pool import PoolStatistics
+from ._pool import Pool, PoolStatistics
 from ._resource import Resettable, restore_settings, with_settings
 
 __all__ = ["Environment", "EnvironmentStatistics"]
@@ -63,7 +63,7 @@ class Environment:
         self._teardown_errors: list[BaseException] = []
         self._before: _metrics.ProcessSnapshot | None = None
         self._leaks: _metrics.LeakReport | None = None
-        self._final_pools: dict[str, PoolStatistics] = {}
+        self._final_pools: dict[str, Pool[Any]] = {}
 
     async def __aenter__(self) -> Environment:
         if self._stack is not None:
@@ -80,7 +80,7 @@ class Environment:
         stack, self._stack = self._stack, None
         if stack is None:
             return
-        self._final_pools = self._pool_statistics()
+        self._final_pools = self._pools()
         with anyio.CancelScope(shield=True):
             await stack.__aexit__(exc_type, exc, tb)
         self._handles.clear()
@@ -162,13 +162,8 @@ class Environment:
             if isinstance(handle, Resettable):
                 await handle._ie_reset()
 
-    def _pool_statistics(self) -> dict[str, PoolStatistics]:
-        pools: dict[str, PoolStatistics] = {}
-        for key, handle in self._handles.items():
-            pool = getattr(handle, "_ie_pool", None)
-            if pool is not None:
-                pools[key] = pool.statistics()
-        return pools
+    def _pools(self) -> dict[str, Pool[Any]]:
+        return {key: pool for key, handle in self._handles.items() if (pool := getattr(handle, "_ie_pool", None))}
 
     def statistics(self) -> EnvironmentStatistics:
         setup = {k: r.setup_ms for k, r in self._resources.items() if getattr(r, "setup_ms", None) is not None}
@@ -178,7 +173,10 @@ class Environment:
         return EnvironmentStatistics(
             setup_ms=setup,
             teardown_ms=teardown,
-            pools=self._pool_statistics() if self._stack is not None else self._final_pools,
+            pools={
+                key: pool.statistics()
+                for key, pool in (self._pools() if self._stack is not None else self._final_pools).items()
+            },
             total_setup_ms=sum(setup.values()),
             leaks=self._leaks,
         )

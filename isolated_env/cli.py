@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -195,19 +196,32 @@ def status(kinds: Sequence[str], as_json: bool) -> int:
     return 0
 
 
+def _worth_pruning(kind: str) -> bool:
+    """An external server, or an embedded one that is running: a server started just to look would
+    be a fresh copy, with nothing of ours in it."""
+    settings = resolve()
+    if any(name.startswith(f"TEST_{kind.upper()}_") and value for name, value in os.environ.items()):
+        return True
+    state = registry.status(kind, settings.state_dir)
+    return state is not None and state.server_alive()
+
+
 def prune(kept: bool, templates: bool) -> int:
     async def run() -> list[str]:
-        from ._servers.postgres import ensure_server
-        from .resources._postgres_database import prune as prune_databases
+        removed: list[str] = []
+        if _worth_pruning("postgres"):
+            from ._servers.postgres import ensure_server
+            from .resources._postgres_database import prune as prune_databases
 
-        server = await ensure_server(resolve())
-        removed = await prune_databases(server, kept=kept, orphans=True, templates=templates)
-        try:
-            from .resources.clickhouse import prune as prune_clickhouse
+            server = await ensure_server(resolve())
+            removed += await prune_databases(server, kept=kept, orphans=True, templates=templates)
+        if _worth_pruning("clickhouse"):
+            try:
+                from .resources.clickhouse import prune as prune_clickhouse
 
-            removed.extend(await prune_clickhouse())
-        except (ImportError, ServiceUnavailable):
-            pass  # ClickHouse not installed or not available: nothing of ours can be there
+                removed += await prune_clickhouse()
+            except (ImportError, ServiceUnavailable):
+                pass  # ClickHouse not installed or not available: nothing of ours can be there
         return removed
 
     try:

@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import anyio
 
-from .._config import Settings, external_endpoint
+from .._config import Settings, env_flag, external_endpoint
 from .._errors import ServiceUnavailable
 from . import registry
 from ._process import readable_copy, server_user, traversable_by_others, wait_ready
@@ -199,7 +199,7 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
     # cp -a keeps the server user's ownership and modes (PostgreSQL insists on a 0700 data dir).
     subprocess.run(["cp", "-a", str(cached), str(data)], check=True)
     user.chown(server_dir)
-    tcp = os.environ.get("ISOLATED_ENV_POSTGRES_TCP", "").lower() in {"1", "true", "yes", "on"}
+    tcp = env_flag("ISOLATED_ENV_POSTGRES_TCP")
     port = 5432
     if tcp:
         with socket.socket() as s:

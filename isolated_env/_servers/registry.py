@@ -28,23 +28,19 @@ import anyio
 import anyio.to_thread
 import psutil
 
-from .._config import Settings
+from .._config import Settings, hostname
 
 __all__ = ["Embedded", "ServerState", "acquire", "owner_alive", "owner_tag", "pin", "release", "release_all"]
 
 
 def owner_tag() -> dict[str, Any]:
     """Who owns a resource, in a form another process can check: host, pid and process start time."""
-    import socket
-
-    return {"host": socket.gethostname(), "pid": os.getpid(), "ct": round(psutil.Process().create_time(), 2)}
+    return {"host": hostname(), "pid": os.getpid(), "ct": round(psutil.Process().create_time(), 2)}
 
 
 def owner_alive(owner: dict[str, Any]) -> bool | None:
     """True/False for an owner on this host; None when it lives on another host (can't tell)."""
-    import socket
-
-    if owner.get("host") != socket.gethostname():
+    if owner.get("host") != hostname():
         return None
     pid = owner.get("pid")
     if not isinstance(pid, int):
@@ -131,10 +127,6 @@ def _write(path: Path, state: ServerState) -> None:
     os.replace(tmp, path)
 
 
-def _me() -> dict[str, Any]:
-    return owner_tag()
-
-
 def acquire(kind: str, state_dir: Path, start: StartFn, *, pin: bool = False) -> ServerState:
     """The running server of ``kind`` (started if needed), with this process registered as a user.
 
@@ -174,7 +166,7 @@ def acquire(kind: str, state_dir: Path, start: StartFn, *, pin: bool = False) ->
                 )
             else:
                 state.reused = True
-            me = _me()
+            me = owner_tag()
             state.users = [u for u in state.users if owner_alive(u) is not False and u["pid"] != me["pid"]]
             if pin:
                 state.pinned = True
@@ -268,6 +260,7 @@ def _remove_tree(path: Path) -> None:
 
 
 T = TypeVar("T")
+_views: list[Embedded[Any]] = []
 
 
 class Embedded(Generic[T]):
@@ -285,6 +278,7 @@ class Embedded(Generic[T]):
         self._view = view
         self._lock = threading.Lock()
         self._cache: dict[str, T] = {}
+        _views.append(self)
 
     def cached(self, settings: Settings) -> T | None:
         return self._cache.get(str(settings.state_dir))
@@ -314,10 +308,6 @@ class Embedded(Generic[T]):
         with self._lock:
             self._cache.clear()
 
-    def release(self, settings: Settings) -> None:
-        self.forget()
-        with contextlib.suppress(OSError):
-            release(self.kind, settings.state_dir)
 
 
 def release_all() -> None:
@@ -325,6 +315,8 @@ def release_all() -> None:
     for kind, root in list(_held):
         with contextlib.suppress(Exception):
             release(kind, Path(root))
+    for view in _views:
+        view.forget()
 
 
 atexit.register(release_all)

@@ -17,7 +17,6 @@ never leased outlive a loop (a database does not belong to a loop) and are reuse
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
 import contextlib
 import dataclasses
@@ -28,7 +27,6 @@ import itertools
 import json
 import os
 import re
-import statistics
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
@@ -39,6 +37,7 @@ import anyio
 
 from .._config import hostname, run_id
 from .._errors import ConfigError, PoolClosed, ServiceUnavailable, TemplateError
+from .._metrics import percentile
 from .._pool import Pool
 from .._resource import current_settings
 from .._runtime import LoopScope, current_scope
@@ -47,7 +46,7 @@ from .._servers import registry
 from .._servers.postgres import PostgresServer
 from .._servers.registry import owner_alive, owner_tag
 from . import postgres as _tx
-from .postgres import PostgresHandle, connect, create_database, reap_orphans
+from .postgres import PostgresHandle, connect, create_database, disown, own, quote_ident, reap_orphans, server_key
 
 __all__ = [
     "DatabaseHandle",
@@ -70,8 +69,6 @@ _LOCK_CLASS = 0x1E7E  # first key of our advisory locks (pg_advisory_lock(int4, 
 _MAX_WORKERS = 4  # concurrent clones per pool: FILE_COPY checkpoints coalesce, 2-4 in flight is fastest
 
 
-def _quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _quote_literal(text: str) -> str:
@@ -171,6 +168,11 @@ def _as_template(template: object) -> PostgresTemplate:
     )
 
 
+# Matched in place (pattern.match(text, i)): slicing text[i:] per word made splitting quadratic.
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+
+
 def split_sql(text: str) -> list[tuple[int, str]]:
     """The statements of a SQL script, each with the line it starts on, split where psql would.
 
@@ -183,11 +185,14 @@ def split_sql(text: str) -> list[tuple[int, str]]:
     paren = atomic = 0
     code_at = -1  # first character of code (not comment/space) in the current statement
     words: list[str] = []
+    counted_to, line = 0, 1  # newlines are counted incrementally: recounting from 0 was quadratic
 
     def finish(end: int) -> None:
-        nonlocal code_at, words, paren, atomic
+        nonlocal code_at, words, paren, atomic, counted_to, line
         if code_at >= 0:
-            out.append((text.count("\n", 0, code_at) + 1, text[code_at:end].strip()))
+            line += text.count("\n", counted_to, code_at)
+            counted_to = code_at
+            out.append((line, text[code_at:end].strip()))
         code_at, words, paren, atomic = -1, [], 0, 0
 
     while i < n:
@@ -241,7 +246,7 @@ def split_sql(text: str) -> list[tuple[int, str]]:
             i = n if end < 0 else end + 1
             continue
         if ch == "$" and not (i > 0 and (text[i - 1].isalnum() or text[i - 1] == "_")):
-            m = re.match(r"\$([A-Za-z_][A-Za-z0-9_]*)?\$", text[i:])
+            m = _DOLLAR_TAG.match(text, i)
             if m:
                 tag = m.group(0)
                 end = text.find(tag, i + len(tag))
@@ -252,7 +257,7 @@ def split_sql(text: str) -> list[tuple[int, str]]:
         elif ch == ")":
             paren = max(0, paren - 1)
         elif ch.isalpha() or ch == "_":
-            m = re.match(r"[A-Za-z_][A-Za-z0-9_$]*", text[i:])
+            m = _WORD.match(text, i)
             assert m is not None
             word = m.group(0).upper()
             if len(words) < 4:
@@ -285,13 +290,11 @@ _templates_lock = threading.Lock()
 _templates: dict[tuple[str, str], str] = {}
 
 
-def _server_key(server: PostgresServer) -> str:
-    return f"{server.host}:{server.port}:{server.user}"
 
 
 def _forget_template(server: PostgresServer, template: PostgresTemplate) -> None:
     with _templates_lock:
-        _templates.pop((_server_key(server), template.digest), None)
+        _templates.pop((server_key(server), template.digest), None)
 
 
 async def _template_ready(admin: Any, name: str) -> bool:
@@ -312,7 +315,7 @@ async def template_database(server: PostgresServer, template: object) -> str:
 async def build_template(server: PostgresServer, template: PostgresTemplate) -> TemplateBuild:
     """Build ``template`` unless a database with its content hash exists; at most one builder
     at a time per server (an advisory lock), so racing processes build it once."""
-    key = (_server_key(server), template.digest)
+    key = (server_key(server), template.digest)
     with _templates_lock:
         known = _templates.get(key)
     if known is not None:
@@ -377,9 +380,9 @@ async def _build(admin: Any, server: PostgresServer, template: PostgresTemplate,
                             "built_at": round(time.time()), "built_by": owner_tag()})
         async with admin.transaction():  # finished and labelled in one step: complete, or not there
             await admin.execute(
-                f"ALTER DATABASE {_quote_ident(name)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
+                f"ALTER DATABASE {quote_ident(name)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
             )
-            await admin.execute(f"COMMENT ON DATABASE {_quote_ident(name)} IS {_quote_literal(label)}")
+            await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {_quote_literal(label)}")
     except BaseException:
         # Nothing half-built is left behind, even when the build is cancelled.
         with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
@@ -418,7 +421,7 @@ async def _disconnect_all(admin: Any, name: str) -> None:
 
 async def _drop(admin: Any, name: str) -> None:
     """Drop a database of ours, template or not, ending its sessions."""
-    ident = _quote_ident(name)
+    ident = quote_ident(name)
     with contextlib.suppress(_tx._asyncpg().InvalidCatalogNameError):
         await admin.execute(f"ALTER DATABASE {ident} WITH IS_TEMPLATE false")
     await admin.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
@@ -442,53 +445,19 @@ def _no_createdb(server: PostgresServer, exc: BaseException) -> ServiceUnavailab
 # ---------------------------------------------------------------------------------------------
 # What this process owns, across event loops: dropped at exit, reaped by others if we are killed.
 
-_owned_lock = threading.Lock()
-_owned: dict[str, PostgresServer] = {}  # databases we created and have not dropped (nor kept)
+_spare_lock = threading.Lock()
 _spare: dict[tuple[str, str], list[str]] = collections.defaultdict(list)  # clean, unleased, no connection
 _counter = itertools.count(1)
-_exit_registered = False
 
 
 def _new_name(server: PostgresServer) -> str:
-    global _exit_registered
     name = f"ie_db_{run_id()}_{os.getpid()}_{next(_counter)}"
-    with _owned_lock:
-        _owned[name] = server
-        if not _exit_registered:
-            _exit_registered = True
-            atexit.register(_drop_owned_blocking)
+    own(name, server)
     return name
 
 
 def _disown(name: str) -> None:
-    with _owned_lock:
-        _owned.pop(name, None)
-
-
-def _drop_owned_blocking() -> None:
-    """At exit: drop what is left (the server may outlive us, shared with other processes)."""
-    with _owned_lock:
-        owned = dict(_owned)
-        _spare.clear()
-    if not owned:
-        return
-
-    async def drop() -> None:
-        by_server: dict[str, tuple[PostgresServer, list[str]]] = {}
-        for name, server in owned.items():
-            by_server.setdefault(_server_key(server), (server, []))[1].append(name)
-        for server, names in by_server.values():
-            admin = await connect(server)
-            try:
-                for name in names:
-                    with contextlib.suppress(Exception):
-                        await admin.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
-                        _disown(name)
-            finally:
-                await _close(admin)
-
-    with contextlib.suppress(Exception):
-        asyncio.run(drop())
+    disown(name)
 
 
 _reap_lock = threading.Lock()
@@ -499,7 +468,7 @@ _reaped_unlabelled: set[str] = set()
 
 async def _reap_once(server: PostgresServer) -> None:
     """Remove dead owners' databases the first time this process uses the server."""
-    key = _server_key(server)
+    key = server_key(server)
     with _reap_lock:
         labelled = key not in _tx._reaped
         unlabelled = key not in _reaped_unlabelled
@@ -535,7 +504,7 @@ async def _reap_unlabelled(server: PostgresServer, admin: Any) -> list[str]:
         if match is None or owner_alive({"host": hostname(), "pid": int(match.group(1))}) is not False:
             continue
         with contextlib.suppress(Exception):
-            await admin.execute(f"DROP DATABASE IF EXISTS {_quote_ident(row['datname'])} WITH (FORCE)")
+            await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(row['datname'])} WITH (FORCE)")
             dropped.append(row["datname"])
     return dropped
 
@@ -595,7 +564,7 @@ class _WarmPool:
 
     @property
     def spare_key(self) -> tuple[str, str]:
-        return (_server_key(self.server), self.template_name)
+        return (server_key(self.server), self.template_name)
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -635,7 +604,7 @@ class _WarmPool:
         if clone.kept:
             return
         if self.closed:
-            return  # still ours in _owned: dropped at exit
+            return  # still owned (postgres.own): dropped at exit
         self.drops.append(clone.name)
         self._wake_dropper.set()
 
@@ -716,7 +685,7 @@ class _WarmPool:
                 admin.terminate()
 
     def _take_spare(self) -> str | None:
-        with _owned_lock:
+        with _spare_lock:
             spares = _spare.get(self.spare_key)
             return spares.pop() if spares else None
 
@@ -734,7 +703,7 @@ class _WarmPool:
                 try:
                     if admin is None or admin.is_closed():
                         admin = await connect(self.server)
-                    await admin.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
+                    await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
                 except Exception as exc:  # left for the exit handler and the reaper
                     self._errors += 1
                     self.last_error = exc
@@ -768,7 +737,7 @@ class _WarmPool:
             clone = self.ready.popleft()
             clone.conn.terminate()
             spares.append(clone.name)
-        with _owned_lock:
+        with _spare_lock:
             _spare[self.spare_key].extend(spares)
         # Clones interrupted mid-creation may or may not exist: drop them if they do.
         leftovers = [*self.drops, *self.dropping, *self.creating]
@@ -791,14 +760,13 @@ class _WarmPool:
                             break
                         await asyncio.sleep(0.002)
                     for name in leftovers:
-                        await admin.execute(f"DROP DATABASE IF EXISTS {_quote_ident(name)} WITH (FORCE)")
+                        await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
                         _disown(name)
                 finally:
                     await _close(admin)
 
     def statistics(self) -> WarmPoolStatistics:
         samples = sorted(self._clone_ms)
-        quantiles = samples * 99 if len(samples) < 2 else statistics.quantiles(samples, n=100)
         return WarmPoolStatistics(
             template=self.template_name,
             target=self.target,
@@ -806,8 +774,8 @@ class _WarmPool:
             in_flight=len(self.creating),
             clones=self._clones,
             reused_spares=self._spares,
-            clone_p50_ms=quantiles[49] if quantiles else 0.0,
-            clone_p95_ms=quantiles[94] if quantiles else 0.0,
+            clone_p50_ms=percentile(samples, 0.5),
+            clone_p95_ms=percentile(samples, 0.95),
             drops=self._drops_done,
             pending_drops=len(self.drops) + len(self.dropping),
             starved=self._starved,
@@ -818,7 +786,7 @@ class _WarmPool:
 def _warm_pool(
     scope: LoopScope, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int
 ) -> _WarmPool:
-    key = ("postgres-warm", _server_key(server), template_name, target)
+    key = ("postgres-warm", server_key(server), template_name, target)
     warm = scope.objects.get(key)
     if warm is None or warm.closed:
         warm = scope.objects[key] = _WarmPool(server, template, template_name, target)
@@ -869,7 +837,7 @@ class DatabaseHandle(PostgresHandle):
         self.connection.terminate()
         admin = await connect(self.server)
         try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {_quote_ident(self.database)} WITH (FORCE)")
+            await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(self.database)} WITH (FORCE)")
             await create_database(admin, self.server, self.database, self.template, mode="database",
                                   origin=self.template)
         finally:
@@ -908,7 +876,7 @@ async def _keep(handle: DatabaseHandle, reason: str) -> str:
             admin = await connect(handle.server)
             try:
                 comment = _quote_literal(json.dumps(label))
-                await admin.execute(f"COMMENT ON DATABASE {_quote_ident(handle.database)} IS {comment}")
+                await admin.execute(f"COMMENT ON DATABASE {quote_ident(handle.database)} IS {comment}")
             finally:
                 await _close(admin)
     except Exception as exc:  # the test's own failure matters more than the keeping of its evidence
@@ -947,7 +915,7 @@ async def database_mode(
         warm.release(clone)
 
     pool = scope.pool(
-        ("postgres-db", _server_key(server), template_name, settings.capacity),
+        ("postgres-db", server_key(server), template_name, settings.capacity),
         lambda: Pool(f"postgres databases ({template_name})", create=take, destroy=release,
                      capacity=settings.capacity, lease_timeout=settings.lease_timeout),
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from .._config import run_id
+from .._config import hostname, run_id
 from .._errors import UnsafePath
 from .._resource import current_settings, resource
 from .._servers.registry import owner_alive
@@ -31,7 +31,7 @@ _RUN_DIR = re.compile(r"^run-[0-9a-z]+-(\d+)-(\d+)$")
 def _reap(base: Path) -> None:
     for child in base.iterdir() if base.is_dir() else ():
         match = _RUN_DIR.match(child.name)
-        if match and owner_alive({"host": os.uname().nodename, "pid": int(match.group(1))}) is False:
+        if match and owner_alive({"host": hostname(), "pid": int(match.group(1))}) is False:
             shutil.rmtree(child, ignore_errors=True)
 
 

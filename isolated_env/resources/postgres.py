@@ -20,7 +20,7 @@ from typing import Any
 
 import anyio
 
-from .._config import run_id
+from .._config import env_flag, run_id
 from .._errors import ConfigError, IsolationBroken, MissingDependencyError, ServiceUnavailable
 from .._pool import Pool
 from .._resource import current_settings, resource
@@ -61,7 +61,7 @@ async def connect(server: PostgresServer, database: str | None = None) -> Any:
         ) from exc
 
 
-def _quote_ident(name: str) -> str:
+def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -82,10 +82,9 @@ _work_lock = threading.Lock()
 _work: dict[tuple[str, str, str], _WorkDatabase] = {}
 _generation = 0
 _reaped: set[str] = set()
-_created: list[_WorkDatabase] = []
 
 
-def _server_key(server: PostgresServer) -> str:
+def server_key(server: PostgresServer) -> str:
     return f"{server.host}:{server.port}:{server.user}"
 
 
@@ -107,7 +106,7 @@ async def reap_orphans(server: PostgresServer, admin: Any) -> int:
         if owner.get("keep") or owner_alive(owner) is not False:
             continue
         with contextlib.suppress(Exception):
-            await admin.execute(f"DROP DATABASE IF EXISTS {_quote_ident(row['datname'])} WITH (FORCE)")
+            await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(row['datname'])} WITH (FORCE)")
             dropped += 1
     return dropped
 
@@ -115,14 +114,14 @@ async def reap_orphans(server: PostgresServer, admin: Any) -> int:
 async def create_database(admin: Any, server: PostgresServer, name: str, template: str, **extra: Any) -> None:
     """CREATE DATABASE … TEMPLATE …, labelled with its owner so a reaper can tell if it is orphaned."""
     strategy = " STRATEGY FILE_COPY" if server.major >= 15 else ""
-    await admin.execute(f"CREATE DATABASE {_quote_ident(name)} TEMPLATE {_quote_ident(template)}{strategy}")
+    await admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(template)}{strategy}")
     label = json.dumps({**owner_tag(), "run": run_id(), **extra})
-    await admin.execute(f"COMMENT ON DATABASE {_quote_ident(name)} IS '{label.replace(chr(39), chr(39) * 2)}'")
+    await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS '{label.replace(chr(39), chr(39) * 2)}'")
 
 
 async def _work_database(server: PostgresServer, template: str | None) -> _WorkDatabase:
     global _generation
-    key = (_server_key(server), server.database, template or "")
+    key = (server_key(server), server.database, template or "")
     work = _work.get(key)
     if work is not None and not work.retired:
         return work
@@ -148,8 +147,7 @@ async def _work_database(server: PostgresServer, template: str | None) -> _WorkD
                 work = _WorkDatabase(server.database, server, owned=False)
             else:
                 work = _WorkDatabase(name, server, owned=True)
-                _created.append(work)
-                _register_exit_drop()
+                own(name, server)
         _work[key] = work
         return work
     finally:
@@ -160,45 +158,55 @@ async def _drop_if_done(work: _WorkDatabase) -> None:
     if work.owned and work.retired and work.open_connections == 0:
         admin = await connect(work.server)
         try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {_quote_ident(work.name)} WITH (FORCE)")
+            await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(work.name)} WITH (FORCE)")
         finally:
             await admin.close()
-        with contextlib.suppress(ValueError):
-            _created.remove(work)
+        disown(work.name)
 
 
+_owned_lock = threading.Lock()
+_owned: dict[str, PostgresServer] = {}  # databases this process created and has not dropped (nor kept)
 _exit_registered = False
 
 
-def _register_exit_drop() -> None:
+def own(name: str, server: PostgresServer) -> None:
+    """Record a database this process created, so it is dropped at exit if nothing drops it sooner."""
     global _exit_registered
-    if not _exit_registered:
-        _exit_registered = True
-        atexit.register(_drop_all_blocking)
+    with _owned_lock:
+        _owned[name] = server
+        if not _exit_registered:
+            _exit_registered = True
+            atexit.register(_drop_owned_blocking)
 
 
-def _drop_all_blocking() -> None:
-    """At exit: drop this process's work databases (the server may outlive us, shared with others)."""
-    if not _created:
+def disown(name: str) -> None:
+    with _owned_lock:
+        _owned.pop(name, None)
+
+
+def _drop_owned_blocking() -> None:
+    """At exit: drop what is left (the server may outlive us, shared with other processes)."""
+    with _owned_lock:
+        owned = dict(_owned)
+    if not owned:
         return
 
     async def drop() -> None:
-        for work in list(_created):
-            with contextlib.suppress(Exception):
-                admin = await connect(work.server)
-                try:
-                    await admin.execute(f"DROP DATABASE IF EXISTS {_quote_ident(work.name)} WITH (FORCE)")
-                finally:
-                    await admin.close()
-        _created.clear()
+        by_server: dict[str, tuple[PostgresServer, list[str]]] = {}
+        for name, server in owned.items():
+            by_server.setdefault(server_key(server), (server, []))[1].append(name)
+        for server, names in by_server.values():
+            admin = await connect(server)
+            try:
+                for name in names:
+                    with contextlib.suppress(Exception):
+                        await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+                        disown(name)
+            finally:
+                await admin.close()
 
     with contextlib.suppress(Exception):
         asyncio.run(drop())
-
-
-def forget_work_databases() -> None:
-    _work.clear()
-    _created.clear()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,6 +227,7 @@ class PostgresHandle:
         self.dsn = server.dsn(database)
         self._ie_pool = pool
         self._transaction: Any = None
+        self._escaped = False  # an escape seen by a reset, still to be healed on exit
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.connection, name)
@@ -238,6 +247,7 @@ class PostgresHandle:
         escaped = await self._end()
         await self._begin()
         if escaped:
+            self._escaped = True
             raise IsolationBroken(
                 f"the test ended the outer transaction itself (COMMIT/ROLLBACK) on {self.database}; "
                 "use `async with db.transaction():` (a savepoint) instead"
@@ -293,7 +303,7 @@ async def isolated_postgres(
     test fails (default: ``ISOLATED_ENV_KEEP_FAILED``, set by ``--isolated-env-keep-failed``).
     """
     if keep_on_failure is None:
-        keep_on_failure = os.environ.get("ISOLATED_ENV_KEEP_FAILED", "").lower() in {"1", "true", "yes", "on"}
+        keep_on_failure = env_flag("ISOLATED_ENV_KEEP_FAILED")
     if mode not in {"transaction", "database"}:
         raise ConfigError(f"isolated_postgres(mode={mode!r}): mode must be 'transaction' or 'database'")
     if mode == "database":
@@ -312,7 +322,7 @@ async def isolated_postgres(
     scope = await current_scope()
     async with scope_lock(scope):
         work = await _work_database(server, template_name)
-    key = ("postgres-tx", _server_key(server), work.name, settings.capacity)
+    key = ("postgres-tx", server_key(server), work.name, settings.capacity)
     pool = scope.pool(key, lambda: _tx_pool(work, settings))
     async with pool.lease() as lease:
         conn = lease.value
@@ -328,13 +338,18 @@ async def isolated_postgres(
         finally:
             with anyio.CancelScope(shield=True):
                 try:
-                    escaped = await handle._end()
+                    escaped = await handle._end() or handle._escaped
                 except Exception:
                     lease.discard()
                 if escaped:
                     lease.discard()
-                    if work.owned:
+                    if work.owned and not work.retired:
+                        # New leases go to a fresh work database; the old one is dropped once the
+                        # connections still leased on it come back.
                         work.retired = True
+                        if scope.pools.get(key) is pool:
+                            del scope.pools[key]
+                        await pool.aclose()
         if escaped:
             healed = "the work database was replaced by a fresh copy, so later tests are clean" if work.owned else (
                 f"{work.name} is the server's own database named by TEST_POSTGRES_URL, so the committed rows "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -56,7 +57,16 @@ def _aredis() -> Any:
     return aredis
 
 
-_OWNER = json.dumps({**owner_tag(), "run": run_id()}, separators=(",", ":"))
+_owners: dict[int, str] = {}
+
+
+def _owner() -> str:
+    """This process's label on its leases; per pid, so a forked child does not wear its parent's."""
+    pid = os.getpid()
+    owner = _owners.get(pid)
+    if owner is None:
+        owner = _owners[pid] = json.dumps({**owner_tag(), "run": run_id()}, separators=(",", ":"))
+    return owner
 
 
 class _Heartbeat:
@@ -71,8 +81,7 @@ class _Heartbeat:
     def add(self, server: RedisServer, slot: int) -> None:
         with self._lock:
             self._held.setdefault(server.url(0), (server, set()))[1].add(slot)
-            if self._thread is None or not self._thread.is_alive():
-                self._wake.clear()
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="isolated-env-redis-leases", daemon=True)
                 self._thread.start()
 
@@ -89,19 +98,25 @@ class _Heartbeat:
     def _run(self) -> None:
         import redis
 
-        while not self._wake.wait(HEARTBEAT_S):
+        while True:
+            self._wake.wait(HEARTBEAT_S)
             with self._lock:
+                # Decided under the lock: an add() racing with our exit either sees no thread
+                # (and starts one) or puts a slot in _held that keeps this thread running.
+                if not self._held:
+                    self._thread = None
+                    self._wake.clear()
+                    return
+                self._wake.clear()
                 held = [(s, sorted(slots)) for s, slots in self._held.values()]
             for server, slots in held:
                 with contextlib.suppress(Exception):
                     client = redis.Redis(**server.client_kwargs(0), socket_timeout=5)
                     try:
                         keys = [f"ie:slot:{i}" for i in slots]
-                        client.eval(_REFRESH, len(keys), *keys, _OWNER, LEASE_TTL_MS)
+                        client.eval(_REFRESH, len(keys), *keys, _owner(), LEASE_TTL_MS)
                     finally:
                         client.close()
-        with self._lock:
-            self._thread = None
 
 
 _heartbeat = _Heartbeat()
@@ -159,6 +174,9 @@ async def _reap(control: Any, last: int) -> int:
     return freed
 
 
+_reaped: set[str] = set()  # servers this process has already swept for dead owners' leases
+
+
 class _Slots:
     """Leases logical databases from one server for one event loop."""
 
@@ -168,7 +186,6 @@ class _Slots:
         # One control connection is plenty (each call is a microsecond script); a lock keeps a burst
         # of 200 concurrent leases from opening 200 connections.
         self.lock = anyio.Lock()
-        self.reaped = False
 
     async def create(self) -> _Slot:
         last = self.server.databases - 1
@@ -178,12 +195,12 @@ class _Slots:
                 "least 2 (database 0 holds the leases)", fix="start it with --databases 1024",
             )
         async with self.lock:
-            if not self.reaped:
-                self.reaped = True
+            if self.server.url(0) not in _reaped:
+                _reaped.add(self.server.url(0))
                 await _reap(self.control, last)
-            slot = int(await self.control.eval(_ACQUIRE, 0, _OWNER, LEASE_TTL_MS, 1, last))
+            slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), LEASE_TTL_MS, 1, last))
             if slot < 0 and await _reap(self.control, last):
-                slot = int(await self.control.eval(_ACQUIRE, 0, _OWNER, LEASE_TTL_MS, 1, last))
+                slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), LEASE_TTL_MS, 1, last))
         if slot < 0:
             raise TryLater(
                 f"all {last} Redis databases of {self.server.url(0)} are leased (by this and other processes); "
@@ -211,7 +228,7 @@ class _Slots:
     async def _release(self, db: int, client: Any) -> None:
         try:
             async with self.lock:
-                await self.control.eval(_RELEASE, 1, f"ie:slot:{db}", _OWNER)
+                await self.control.eval(_RELEASE, 1, f"ie:slot:{db}", _owner())
         finally:
             _heartbeat.remove(self.server, db)
             await client.aclose()

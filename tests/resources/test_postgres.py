@@ -203,3 +203,40 @@ def test_missing_binary_names_what_was_tried(clean_environ: pytest.MonkeyPatch, 
     )
     with pytest.raises(ie.ServiceUnavailable, match=r"no PostgreSQL server binary found.*tried:.*pg_config.*Fix:"):
         pg_servers.find_bindir()
+
+
+async def test_escape_seen_by_reset_is_healed_on_exit() -> None:
+    with pytest.raises(ie.IsolationBroken):
+        async with ie.Environment() as env:
+            db = await env.enter(ie.isolated_postgres())
+            await db.execute("COMMIT")
+            await db.execute("CREATE TABLE leaked_by_reset (x int)")  # autocommitted
+            with pytest.raises(ie.IsolationBroken):
+                await env.reset()
+    async with ie.isolated_postgres() as db:
+        assert await db.fetchval("SELECT to_regclass('leaked_by_reset')") is None
+
+
+async def test_escape_among_concurrent_tests_drops_the_retired_database() -> None:
+    release = anyio.Event()
+    names: list[str] = []
+
+    async def bystander() -> None:
+        async with ie.isolated_postgres() as db:
+            names.append(db.database)
+            await release.wait()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(bystander)
+        await anyio.sleep(0.05)
+        with pytest.raises(ie.IsolationBroken):
+            async with ie.isolated_postgres() as db:
+                retired = db.database
+                await db.execute("COMMIT")
+        release.set()
+    assert set(names) == {retired}
+    async with ie.isolated_postgres() as db:
+        assert db.database != retired
+        left = await db.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", retired)
+        assert left == 0, "the retired work database (and its idle connections) outlived its last lease"

@@ -202,3 +202,21 @@ async def test_unreachable_server(clean_environ: pytest.MonkeyPatch) -> None:
     with pytest.raises(ie.ServiceUnavailable, match=r"cannot connect using TEST_REDIS_HOST.*Fix:"):
         async with ie.isolated_redis():
             pass
+
+
+def test_lease_heartbeat_keeps_running_while_a_slot_is_held() -> None:
+    from isolated_env._servers.redis import RedisServer
+    from isolated_env.resources.redis import _heartbeat
+
+    server = RedisServer(source="external", version="?", databases=16, unix_socket="/nonexistent/redis.sock")
+    for _ in range(100):
+        # the last slot goes (the thread is told to stop) and another comes at once
+        _heartbeat.add(server, 1)
+        _heartbeat.remove(server, 1)
+        _heartbeat.add(server, 2)
+        import time
+
+        time.sleep(0.001)
+        thread = _heartbeat._thread
+        assert thread is not None and thread.is_alive(), "a slot is held but nothing refreshes its lease"
+        _heartbeat.remove(server, 2)
