@@ -48,9 +48,18 @@ class Resource(Generic[H]):
         self.teardown_ms: float | None = None
 
     async def __aenter__(self) -> H:
-        self._timeout = current_settings().teardown_timeout
+        settings = _settings.get()
+        token = None
+        if settings is None:  # standalone: resolve once for the wrapper and the resource alike
+            settings = resolve()
+            token = _settings.set(settings)
+        self._timeout = settings.teardown_timeout
         started = time.perf_counter()
-        handle = await self._cm.__aenter__()
+        try:
+            handle = await self._cm.__aenter__()
+        finally:
+            if token is not None:
+                _settings.reset(token)
         self.setup_ms = (time.perf_counter() - started) * 1000
         _metrics.record_setup(self.kind, self.setup_ms)
         return handle
