@@ -206,15 +206,16 @@ def release(kind: str, state_dir: Path, *, unpin: bool = False) -> bool:
             return True
 
 
-def pin(kind: str, state_dir: Path) -> bool:
+def pin(kind: str, state_dir: Path, pinned: bool = True) -> bool:
     """Keep the running server of ``kind`` up after its last user leaves (until ``release(unpin=True)``,
-    i.e. ``isolated-env down``). Returns False when no server of that kind is running."""
+    i.e. ``isolated-env down``), or with ``pinned=False`` let it stop with its last user again.
+    Returns False when no server of that kind is running."""
     statefile = state_dir / f"{kind}.json"
     with _local, file_lock(state_dir / f"{kind}.lock"):
         state = _read(statefile)
         if state is None or not state.server_alive():
             return False
-        state.pinned = True
+        state.pinned = pinned
         _write(statefile, state)
         return True
 

@@ -8,7 +8,7 @@ import signal
 import sys
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,7 +17,9 @@ import asyncpg
 import pytest
 
 import isolated_env as ie
+from isolated_env._config import resolve
 from isolated_env._resource import current_settings
+from isolated_env._servers import registry
 from isolated_env._servers.postgres import PostgresServer, ensure_server
 from isolated_env.resources._postgres_database import (
     DatabaseHandle,
@@ -234,7 +236,9 @@ async def prune_templates(admin: asyncpg.Connection, names: list[str]) -> None:
 
 _RACE = """
 import anyio, json, sys
+from isolated_env._config import resolve
 from isolated_env._resource import current_settings
+from isolated_env._servers import registry
 from isolated_env._servers.postgres import ensure_server
 from isolated_env.resources._postgres_database import PostgresTemplate, build_template
 
@@ -384,7 +388,17 @@ def test_split_sql_splits_like_psql() -> None:
 # --- keep_on_failure and prune -----------------------------------------------------------------
 
 
-async def test_keep_on_failure_keeps_the_database_and_reports_its_dsn(server: PostgresServer) -> None:
+@pytest.fixture
+def unpin_afterwards() -> Iterator[None]:
+    """Keeping a database pins the embedded server (so the evidence outlives the run); undo that, or
+    the server would outlive this test run."""
+    yield
+    registry.pin("postgres", resolve().state_dir, pinned=False)
+
+
+async def test_keep_on_failure_keeps_the_database_and_reports_its_dsn(
+    server: PostgresServer, unpin_afterwards: None
+) -> None:
     with pytest.raises(ZeroDivisionError) as info:
         async with ie.isolated_postgres(mode="database", template=SCHEMA, keep_on_failure=True) as db:
             await db.execute("INSERT INTO users (email) VALUES ('evidence@example.com')")
@@ -406,7 +420,7 @@ async def test_keep_on_failure_keeps_the_database_and_reports_its_dsn(server: Po
 
 
 async def test_mark_failed_keeps_only_with_keep_on_failure(
-    server: PostgresServer, admin: asyncpg.Connection
+    server: PostgresServer, admin: asyncpg.Connection, unpin_afterwards: None
 ) -> None:
     async with ie.isolated_postgres(mode="database", keep_on_failure=True) as db:
         reported = mark_failed(db)  # what the pytest plugin does when the test body failed
