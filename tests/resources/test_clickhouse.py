@@ -262,16 +262,6 @@ async def test_adaptor_requires_the_generated_password() -> None:
         assert refused.value.code == 516
 
 
-def _non_loopback_address() -> str | None:
-    import psutil
-
-    for addresses in psutil.net_if_addrs().values():
-        for address in addresses:
-            if address.family == 2 and not address.address.startswith("127."):
-                return str(address.address)
-    return None
-
-
 async def test_adaptor_listens_on_loopback_only() -> None:
     import psutil
 
@@ -281,13 +271,10 @@ async def test_adaptor_listens_on_loopback_only() -> None:
         server = ch.server
         if server.source != "embedded" or server.pid is None:
             pytest.skip("checks the embedded adaptor")
+        # Bound to 127.0.0.1 only: no other interface accepts a connection (we send no traffic to
+        # non-loopback addresses to show it; the listening socket says it).
         listening = [c for c in psutil.Process(server.pid).net_connections("inet") if c.status == "LISTEN"]
         assert [c.laddr.ip for c in listening] == ["127.0.0.1"]
-        address = _non_loopback_address()
-        if address is not None:
-            with pytest.raises(OSError):
-                with anyio.fail_after(5):
-                    await anyio.connect_tcp(address, server.port)
     # And the app itself refuses any peer that is not loopback, should it ever be bound elsewhere.
     Adaptor._check_client({"client": ("127.0.0.1", 5000)})
     Adaptor._check_client({"client": ("::1", 5000)})
