@@ -1,8 +1,9 @@
 """isolated_clickhouse(): a private ClickHouse database for each test, dropped on release.
 
 Each pooled slot is a clickhouse-connect async client bound to a database ``ie_<run>_<pid>_<n>``
-created ahead of the lease; on release the database is dropped and the slot's next one created
-(a fresh name, so nothing a test made outlives it). The owner of every database (host, pid,
+created ahead of the lease; on release the slot moves to a fresh, empty database made ahead of
+time and the used one is dropped in the background (a fresh name, so nothing a test made outlives
+it, and the release costs no DDL round trip). The owner of every database (host, pid,
 process start time) is recorded in its ``COMMENT``; the first lease of a process drops the
 databases of owners that have died (a SIGKILLed run leaves nothing behind after the next start).
 
@@ -14,6 +15,8 @@ marker table ``<prefix>_owner``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -29,7 +32,7 @@ from .._servers import clickhouse as servers
 from .._servers.clickhouse import ClickHouseServer
 from .._servers.registry import owner_alive, owner_tag
 
-__all__ = ["ClickHouseHandle", "isolated_clickhouse", "prune"]
+__all__ = ["ClickHouseHandle", "isolated_clickhouse", "prune", "settle"]
 
 Mode = Literal["database", "prefix"]
 
@@ -138,9 +141,17 @@ class _Slots:
     opened per event loop.
     """
 
+    SPARES = 2  # empty databases kept ready so that a release swaps instead of waiting for DDL
+
     def __init__(self, server: ClickHouseServer, mode: Mode) -> None:
         self.server = server
         self.mode = mode
+        self.spares: list[str] = []
+        self.retired: list[str] = []
+        self.dropping = 0  # retired databases not yet dropped (in the list, or being dropped)
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._admin: Any = None
 
     def _name(self) -> str:
         return f"ie_{run_id()}_{os.getpid()}_{next(_counter)}"
@@ -184,14 +195,75 @@ class _Slots:
             await _drop_prefixed(slot.client, slot.database, slot.prefix, keep=slot.marker)
 
     async def reset(self, slot: _Slot) -> None:
-        """On release: the used database is dropped, and the slot's next one created under a new name."""
+        """On release: the slot moves to a fresh database (a spare made ahead of time, else a new one)
+        and the used one is dropped in the background."""
         if self.mode == "prefix":
             await self.clean(slot)
             return
-        await self._drop_database(slot.client, slot.database)
-        name = self._name()
-        await self._make_database(slot.client, name)
+        if self.spares:
+            name = self.spares.pop()
+        else:
+            name = self._name()
+            await self._make_database(slot.client, name)
+        self.retired.append(slot.database)
+        self.dropping += 1
         slot.database = slot.client.database = name
+        self._kick()
+
+    def _kick(self) -> None:
+        self._wake.set()
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(
+                self._work(), name="isolated-env clickhouse spares"
+            )
+
+    async def _work(self) -> None:
+        """Drops retired databases and keeps SPARES empty ones ready, off the test's path."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._admin is None:
+                self._admin = await _connect(self.server, self.server.database)
+            while self.retired:
+                name = self.retired.pop()
+                try:
+                    await self._drop_database(self._admin, name)
+                except Exception:
+                    self.retired.append(name)  # retried by the next worker, or at close
+                    raise
+                self.dropping -= 1
+            while len(self.spares) < self.SPARES:
+                name = self._name()
+                await self._make_database(self._admin, name)
+                self.spares.append(name)
+
+    async def settle(self) -> None:
+        """Wait until every released database has been dropped."""
+        while self.dropping:
+            if self._worker is not None and self._worker.done() and self._worker.exception() is not None:
+                raise self._worker.exception()  # type: ignore[misc]
+            self._kick()
+            await asyncio.sleep(0.002)
+
+    async def aclose(self) -> None:
+        """At the event loop's end: stop the worker, drop the retired and spare databases."""
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(BaseException):
+                await self._worker
+        leftovers = self.retired + self.spares
+        self.retired, self.spares = [], []
+        if not leftovers:
+            if self._admin is not None:
+                await self._admin.close()
+            return
+        admin = self._admin or await _connect(self.server, self.server.database)
+        try:
+            for name in leftovers:
+                with contextlib.suppress(Exception):
+                    await self._drop_database(admin, name)
+        finally:
+            await admin.close()
 
     async def destroy(self, slot: _Slot) -> None:
         try:
@@ -255,6 +327,7 @@ async def isolated_clickhouse(*, mode: Mode = "database") -> AsyncIterator[Click
     slots: _Slots | None = scope.objects.get(key)
     if pool is None or pool.closed or slots is None:
         made = slots = scope.objects[key] = _Slots(server, mode)
+        scope.on_close(made.aclose)
         pool = scope.pool(
             key,
             lambda: Pool(
@@ -268,6 +341,14 @@ async def isolated_clickhouse(*, mode: Mode = "database") -> AsyncIterator[Click
         )
     async with pool.lease() as lease:
         yield ClickHouseHandle(lease.value, slots, pool)
+
+
+async def settle() -> None:
+    """Wait until the databases released in this event loop have been dropped (they are dropped in
+    the background, off the test's path)."""
+    for slots in list((await current_scope()).objects.values()):
+        if isinstance(slots, _Slots):
+            await slots.settle()
 
 
 async def prune(mode: Mode = "database") -> list[str]:

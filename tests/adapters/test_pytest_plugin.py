@@ -167,7 +167,8 @@ def test_keep_failed_keeps_the_database_and_prune_removes_it(pytester: pytest.Py
         [sys.executable, "-c",
          "import asyncio, asyncpg, sys\n"
          "async def m():\n"
-         "    c = await asyncpg.connect(sys.argv[1]); print(await c.fetchval('SELECT x FROM evidence')); await c.close()\n"
+         "    c = await asyncpg.connect(sys.argv[1])\n"
+         "    print(await c.fetchval('SELECT x FROM evidence')); await c.close()\n"
          "asyncio.run(m())", dsn],
         capture_output=True, text=True, timeout=60,
     )

@@ -20,7 +20,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 import isolated_env as ie
 from isolated_env._config import resolve
 from isolated_env._servers import clickhouse as servers
-from isolated_env.resources.clickhouse import ClickHouseHandle, isolated_clickhouse, prune
+from isolated_env.resources.clickhouse import ClickHouseHandle, isolated_clickhouse, prune, settle
 
 
 @pytest.fixture
@@ -52,6 +52,7 @@ async def test_private_database_reachable_by_url_and_dropped_on_release(admin: A
         finally:
             await other.close()
         database = ch.database
+    await settle()  # the drop runs in the background
     assert database not in await _databases(admin)
 
 
@@ -73,6 +74,7 @@ async def test_fifty_concurrent_environments_share_nothing(admin: Any) -> None:
         for n in range(50):
             tg.start_soon(one, n)
     assert len(set(seen)) == 50
+    await settle()
     assert not set(seen) & await _databases(admin)
 
 
