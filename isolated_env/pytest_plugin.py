@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import AbstractAsyncContextManager, ExitStack
@@ -344,6 +345,8 @@ def _leased_slots() -> list[str]:
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     leased = _leased_slots()
     _release_runner()  # closes the session's loop, and with it every pool
+    if "isolated_env.unittest" in sys.modules:  # unittest cases run by pytest share a loop of their own
+        sys.modules["isolated_env.unittest"].close_shared_loop()
     server_pids = _server_pids()
     registry.release_all()
     workeroutput = getattr(session.config, "workeroutput", None)

@@ -7,8 +7,14 @@ from typing import Any, ClassVar
 import isolated_env
 from isolated_env.unittest import IsolatedEnvironmentTestCase
 
+BACKENDS: list[int] = []
+
 
 class Inventory(IsolatedEnvironmentTestCase):
+    async def asyncSetUp(self) -> None:
+        await super().asyncSetUp()
+        BACKENDS.append(self.database.get_server_pid())
+
     async def test_real_services_as_attributes(self) -> None:
         await self.database.execute("CREATE TABLE items (sku text PRIMARY KEY)")
         await self.database.execute("INSERT INTO items VALUES ('a')")
@@ -36,6 +42,9 @@ def test_unittest_cases_pass_under_the_unittest_runner() -> None:
     loader = unittest.TestLoader()
     for case in (Inventory, OnlyFiles):
         suite.addTests(loader.loadTestsFromTestCase(case))
+    BACKENDS.clear()
     result = unittest.TextTestRunner(verbosity=0).run(suite)
     assert result.testsRun == 3
     assert result.wasSuccessful(), result.failures + result.errors
+    # the tests share one event loop, so the second test reused the first one's pooled connection
+    assert len(BACKENDS) == 2 and BACKENDS[0] == BACKENDS[1]
