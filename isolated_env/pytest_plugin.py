@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Generator
 from contextlib import AbstractAsyncContextManager, ExitStack
 from typing import Any, NoReturn
 
@@ -236,16 +236,12 @@ async def isolated_env(
                     _kept.append(f"{request.node.nodeid}: {dsn}")
 
 
-async def _single(env: Environment, factory: Callable[[], AbstractAsyncContextManager[Any]]) -> Any:
-    return await _enter(env, factory())
-
-
 @pytest.fixture
 async def isolated_database(isolated_env: Environment) -> Any:
     """A PostgreSQL handle (asyncpg API) whose changes are rolled back after the test."""
     from .resources.postgres import isolated_postgres
 
-    return await _single(isolated_env, isolated_postgres)
+    return await _enter(isolated_env, isolated_postgres())
 
 
 @pytest.fixture
@@ -253,7 +249,7 @@ async def isolated_redis(isolated_env: Environment) -> Any:
     """A private Redis logical database (redis.asyncio API), flushed after the test."""
     from .resources.redis import isolated_redis as factory
 
-    return await _single(isolated_env, factory)
+    return await _enter(isolated_env, factory())
 
 
 @pytest.fixture
@@ -261,7 +257,7 @@ async def isolated_fs(isolated_env: Environment) -> Any:
     """A private scratch directory, removed after the test."""
     from .resources.fs import isolated_fs as factory
 
-    return await _single(isolated_env, factory)
+    return await _enter(isolated_env, factory())
 
 
 @pytest.fixture
@@ -269,7 +265,7 @@ async def isolated_clickhouse(isolated_env: Environment) -> Any:
     """A ClickHouse client bound to a private database, dropped after the test."""
     from .resources.clickhouse import isolated_clickhouse as factory
 
-    return await _single(isolated_env, factory)
+    return await _enter(isolated_env, factory())
 
 
 @pytest.fixture
@@ -277,7 +273,7 @@ async def isolated_ws(isolated_env: Environment) -> Any:
     """A real WebSocket server on a loopback port with a connected client."""
     from .resources.ws import isolated_ws as factory
 
-    return await _single(isolated_env, factory)
+    return await _enter(isolated_env, factory())
 
 
 @pytest.fixture
@@ -285,7 +281,7 @@ async def isolated_http(isolated_env: Environment) -> Any:
     """A real HTTP server with expectations, and an httpx client pointed at it."""
     from .resources.http import isolated_http as factory
 
-    return await _single(isolated_env, factory)
+    return await _enter(isolated_env, factory())
 
 
 @pytest.fixture
