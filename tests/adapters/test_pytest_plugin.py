@@ -72,6 +72,15 @@ def test_works_under_xdist(pytester: pytest.Pytester) -> None:
     result.stdout.re_match_lines([r"isolated_env: 5 tests served, 6 resources"])
 
 
+def test_loads_without_xdist(pytester: pytest.Pytester) -> None:
+    """A project without pytest-xdist must not meet the plugin's xdist hooks (PluginValidationError)."""
+    pytester.makepyfile(SUITE)
+    result = run(pytester, "-p", "no:xdist")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    result.assert_outcomes(passed=5)
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
 UNAVAILABLE = """
 import pytest
 
