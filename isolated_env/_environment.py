@@ -12,15 +12,18 @@ import anyio
 
 from . import _metrics
 from ._config import UNSET, Settings, _Unset, resolve
+from ._contract import Kept, Outcome, Resource, ResourceContext, restore_settings, with_settings
 from ._errors import ConfigError, IsolatedEnvError, TeardownError
-from ._pool import Pool, PoolStatistics
-from ._resource import Resettable, restore_settings, with_settings
+from ._pool import PoolStatistics
 
 __all__ = ["Environment", "EnvironmentStatistics"]
 
 H = TypeVar("H")
 
-ALIASES: Mapping[str, str] = {"database": "postgres", "websocket": "ws"}
+def _canonical(name: str) -> str:
+    from ._registry import aliases
+
+    return aliases().get(name, name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,8 @@ class Environment:
 
     ``await env.enter(isolated_postgres())`` returns the handle and files it under its kind
     (``env["postgres"]``, alias ``env["database"]``); ``name=`` files a second one of a kind.
+    ``env.outcome = Outcome.FAILED`` before exit (or an exception leaving the block) releases every
+    resource as failed, so keep-on-failure keeps their data; ``env.kept`` then says where.
     """
 
     def __init__(
@@ -63,7 +68,9 @@ class Environment:
         self._teardown_errors: list[BaseException] = []
         self._before: _metrics.ProcessSnapshot | None = None
         self._leaks: _metrics.LeakReport | None = None
-        self._final_pools: dict[str, Pool[Any]] = {}
+        self._final_pools: dict[str, PoolStatistics] = {}
+        self.outcome: Outcome | None = None
+        self.kept: list[Kept] = []
 
     async def __aenter__(self) -> Environment:
         if self._stack is not None:
@@ -80,9 +87,14 @@ class Environment:
         stack, self._stack = self._stack, None
         if stack is None:
             return
-        self._final_pools = self._pools()
+        self._final_pools = self._pool_statistics()
+        if self.outcome is not None:
+            for cm in self._resources.values():
+                if isinstance(cm, ResourceContext) and cm.outcome is None:
+                    cm.outcome = self.outcome
         with anyio.CancelScope(shield=True):
             await stack.__aexit__(exc_type, exc, tb)
+        self.kept.extend(cm.kept for cm in self._resources.values() if isinstance(cm, ResourceContext) and cm.kept)
         self._handles.clear()
         if self._before is not None:
             self._leaks = _metrics.LeakReport.between(self._before, _metrics.snapshot())
@@ -92,14 +104,17 @@ class Environment:
         if errors:
             raise ExceptionGroup(f"{len(errors)} resource(s) failed to clean up", errors)  # type: ignore[type-var]
 
-    async def enter(self, cm: AbstractAsyncContextManager[H], name: str | None = None) -> H:
-        """Enter ``cm`` (an ``isolated_*()`` resource or any async context manager) and return its handle."""
+    async def enter(self, cm: AbstractAsyncContextManager[H] | Resource[H], name: str | None = None) -> H:
+        """Enter ``cm`` (an ``isolated_*()`` resource, a :class:`Resource`, or any async context
+        manager) and return its handle."""
         if self._stack is None or self.settings is None:
             raise IsolatedEnvError("enter() needs an open Environment: use `async with Environment() as env`")
+        if not isinstance(cm, AbstractAsyncContextManager) and isinstance(cm, Resource):
+            cm = ResourceContext(cm)
         key = name or getattr(cm, "kind", None)
         if not key:
             raise ConfigError(f"{cm!r} has no kind; pass a name: await env.enter(cm, name='...')")
-        key = ALIASES.get(key, key)
+        key = _canonical(key)
         if key in self._handles:
             raise ConfigError(
                 f"this environment already has a {key!r}; pass name='{key}2' (or another name) for a second one"
@@ -136,7 +151,7 @@ class Environment:
         return exit_
 
     def __getitem__(self, name: str) -> Any:
-        key = ALIASES.get(name, name)
+        key = _canonical(name)
         try:
             return self._handles[key]
         except KeyError:
@@ -144,7 +159,7 @@ class Environment:
             raise KeyError(f"{name!r} is not in this environment (it has: {have})") from None
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and ALIASES.get(name, name) in self._handles
+        return isinstance(name, str) and _canonical(name) in self._handles
 
     def get(self, name: str, default: Any = None) -> Any:
         return self[name] if name in self else default
@@ -158,12 +173,18 @@ class Environment:
         One call between Hypothesis examples makes each example start clean for the cost of a
         rollback and a flush.
         """
-        for handle in reversed(list(self._handles.values())):
-            if isinstance(handle, Resettable):
-                await handle._ie_reset()
+        for cm in reversed(list(self._resources.values())):
+            if isinstance(cm, ResourceContext):
+                await cm.reset()
 
-    def _pools(self) -> dict[str, Pool[Any]]:
-        return {key: pool for key, handle in self._handles.items() if (pool := getattr(handle, "_ie_pool", None))}
+    def _pool_statistics(self) -> dict[str, PoolStatistics]:
+        out: dict[str, PoolStatistics] = {}
+        for key, cm in self._resources.items():
+            stats = getattr(getattr(cm, "resource", None), "statistics", None)
+            value = stats() if callable(stats) else None
+            if isinstance(value, PoolStatistics):
+                out[key] = value
+        return out
 
     def statistics(self) -> EnvironmentStatistics:
         setup = {k: r.setup_ms for k, r in self._resources.items() if getattr(r, "setup_ms", None) is not None}
@@ -173,10 +194,7 @@ class Environment:
         return EnvironmentStatistics(
             setup_ms=setup,
             teardown_ms=teardown,
-            pools={
-                key: pool.statistics()
-                for key, pool in (self._pools() if self._stack is not None else self._final_pools).items()
-            },
+            pools=self._pool_statistics() if self._stack is not None else self._final_pools,
             total_setup_ms=sum(setup.values()),
             leaks=self._leaks,
         )

@@ -61,12 +61,13 @@ class PoolStatistics:
 class Lease(Generic[T]):
     """One instance on loan from a pool; ``discard()`` makes the pool destroy it on return."""
 
-    __slots__ = ("discarded", "fresh", "value")
+    __slots__ = ("discarded", "fresh", "token", "value")
 
     def __init__(self, value: T, fresh: bool) -> None:
         self.value = value
         self.fresh = fresh
         self.discarded = False
+        self.token: object | None = None
 
     def discard(self) -> None:
         self.discarded = True
@@ -103,7 +104,7 @@ class Pool(Generic[T]):
         self._idle: list[T] = []
         self._closed = False
         self._created = self._reused = self._destroyed = self._reset_failures = 0
-        self._leased = self._max_concurrent = self._waits = 0
+        self._leased = self._max_concurrent = self._waits = self._detached = 0
         self._wait_ms: collections.deque[float] = collections.deque(maxlen=_SAMPLES)
         self.errors: list[BaseException] = []
 
@@ -114,6 +115,14 @@ class Pool(Generic[T]):
     @asynccontextmanager
     async def lease(self) -> AsyncIterator[Lease[T]]:
         """Borrow an instance; waits for capacity, raises LeaseTimeout past ``lease_timeout``."""
+        lease = await self.acquire()
+        try:
+            yield lease
+        finally:
+            await self.release(lease)
+
+    async def acquire(self) -> Lease[T]:
+        """Borrow an instance until :meth:`release` (or :meth:`detach`) gives it back."""
         if self._closed:
             raise PoolClosed(f"pool {self.name!r} is closed; create a new Environment in a running event loop")
         token = object()
@@ -132,17 +141,36 @@ class Pool(Generic[T]):
         try:
             self._wait_ms.append((time.perf_counter() - started) * 1000)
             lease = await self._checkout()
-            self._leased += 1
-            self._max_concurrent = max(self._max_concurrent, self._leased)
-            try:
-                yield lease
-            finally:
-                self._leased -= 1
-                # A cancelled test must still hand its instance back clean (or destroy it).
-                with anyio.CancelScope(shield=True):
-                    await self._checkin(lease)
+        except BaseException:
+            self._limiter.release_on_behalf_of(token)
+            raise
+        lease.token = token
+        self._leased += 1
+        self._max_concurrent = max(self._max_concurrent, self._leased)
+        return lease
+
+    async def release(self, lease: Lease[T]) -> None:
+        """Give a leased instance back: reset and pooled, or destroyed when discarded or dirty."""
+        if lease.token is None:
+            return  # already given back
+        token, lease.token = lease.token, None
+        self._leased -= 1
+        try:
+            # A cancelled test must still hand its instance back clean (or destroy it).
+            with anyio.CancelScope(shield=True):
+                await self._checkin(lease)
         finally:
             self._limiter.release_on_behalf_of(token)
+
+    async def detach(self, lease: Lease[T]) -> None:
+        """Take a leased instance out of the pool for good (kept for a failed test): its capacity
+        is freed, the instance is neither reset nor destroyed."""
+        if lease.token is None:
+            return
+        token, lease.token = lease.token, None
+        self._leased -= 1
+        self._detached += 1
+        self._limiter.release_on_behalf_of(token)
 
     async def _checkout(self) -> Lease[T]:
         deadline = anyio.current_time() + self.lease_timeout
