@@ -36,6 +36,7 @@ __all__ = [
     "Resource",
     "ResourceContext",
     "current_settings",
+    "report_kept",
     "resource",
 ]
 
@@ -112,12 +113,11 @@ class Resource(Protocol[H]):
         ...
 
 
-def keeps(resource: object, outcome: Outcome) -> bool:
-    """Whether ``outcome`` asks ``resource`` to keep its data: a failure, with keep-on-failure on
-    (the resource's own ``keep_on_failure``, else the ``keep_failed`` setting)."""
+def keeps(outcome: Outcome, own: bool | None = None) -> bool:
+    """Whether ``outcome`` asks a resource to keep its data: a failure, with keep-on-failure on
+    (the resource's own ``keep_on_failure`` argument ``own``, else the ``keep_failed`` setting)."""
     if outcome is not Outcome.FAILED:
         return False
-    own = getattr(resource, "keep_on_failure", None)
     return bool(own) if own is not None else bool(getattr(current_settings(), "keep_failed", False))
 
 
@@ -224,7 +224,7 @@ class PooledResource(Generic[T, H]):
         self._lease = None
         if lease is None or pool is None:
             return None
-        if keeps(self, outcome):
+        if keeps(outcome, self.keep_on_failure):
             kept = await self.keep(lease.value)
             if kept is not None:
                 await pool.detach(lease)
@@ -312,10 +312,21 @@ class ResourceContext(Generic[H]):
             )
 
 
+_kept_sink: contextvars.ContextVar[list[Kept] | None] = contextvars.ContextVar("isolated_env_kept", default=None)
+
+
+def report_kept(kept: Kept) -> None:
+    """Called by a generator resource below its ``yield``: it kept its data (for a failed test)."""
+    sink = _kept_sink.get()
+    if sink is None:
+        raise IsolatedEnvError("report_kept() is for a resource generator's cleanup, below its yield")
+    sink.append(kept)
+
+
 class _GeneratorResource(Generic[H]):
     """A resource written as one async generator: setup above its ``yield``, cleanup below. The
     yield expression receives the :class:`Outcome`; a generator that keeps its data for a failed
-    test yields a :class:`Kept` once more."""
+    test says where with :func:`report_kept`."""
 
     kind: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()
@@ -348,21 +359,23 @@ class _GeneratorResource(Generic[H]):
 
     async def release(self, handle: H, outcome: Outcome) -> Kept | None:
         gen, exc, self.exc = self._gen, self.exc, None
+        sink: list[Kept] = []
+        token = _kept_sink.set(sink)
         try:
             if exc is not None:
-                kept = await gen.athrow(exc)
+                await gen.athrow(exc)
             else:
-                kept = await gen.asend(outcome)
+                await gen.asend(outcome)
         except StopAsyncIteration:
-            return None
+            return sink[0] if sink else None
         except BaseException as raised:
             if raised is exc:
                 return None  # the block's own exception, re-raised by the generator: it goes on as is
             raise
+        finally:
+            _kept_sink.reset(token)
         await gen.aclose()
-        if not isinstance(kept, Kept):
-            raise IsolatedEnvError(f"the {self.kind} resource's generator yielded twice; it may yield a Kept only")
-        return kept
+        raise IsolatedEnvError(f"the {self.kind} resource's generator yielded twice; a resource yields once")
 
     @classmethod
     async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:

@@ -1,20 +1,23 @@
 """pytest plugin (entry point ``pytest11``): drop-in fixtures for real, isolated services.
 
-Fixtures: ``isolated_env`` (an Environment per test), ``isolated_database``, ``isolated_redis``,
-``isolated_fs`` and more; markers ``requires_postgres``/``requires_redis``/``requires_clickhouse``.
-A missing service skips the test with the reason, or fails it under ``CI=true`` or
-``--isolated-env-require``, so a CI run cannot pass by skipping everything. Built on anyio's pytest
-plugin; the event loop is kept for the session (``isolated_env_loop_scope``) so pooled connections
-live across tests.
+Generated from the resource registry: a fixture ``isolated_<kind>`` (and one per alias, e.g.
+``isolated_database``) and a marker ``requires_<kind>`` for every registered resource, plus
+``isolated_env`` (an Environment per test) and the report's composite environments. A missing
+service skips the test with the reason, or fails it under ``CI=true`` or ``--isolated-env-require``,
+so a CI run cannot pass by skipping everything. Built on anyio's pytest plugin; the event loop is
+kept for the session (``isolated_env_loop_scope``) so pooled connections live across tests.
+
+Importing this module imports no driver: a resource's module loads when its fixture is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Generator
+import types
+from collections.abc import AsyncIterator, Callable, Generator
 from contextlib import AbstractAsyncContextManager, ExitStack
 from typing import Any, NoReturn
 
@@ -23,16 +26,33 @@ import pytest
 
 from . import _metrics
 from ._config import UNSET, resolve, set_layer
+from ._contract import Outcome
 from ._environment import Environment
 from ._errors import ConfigError, ServiceUnavailable
-from ._runtime import open_scopes
-from ._servers import registry
+from ._registry import ResourceSpec, specs
+from ._runtime import open_runtimes
 
-_SERVICES: dict[str, str] = {
-    "requires_postgres": "postgres",
-    "requires_redis": "redis",
-    "requires_clickhouse": "clickhouse",
-}
+
+@dataclasses.dataclass
+class _State:
+    """Everything the plugin keeps for one pytest run (``config.stash``)."""
+
+    before: _metrics.ProcessSnapshot | None = None
+    worker_samples: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    worker_leases: dict[str, int] = dataclasses.field(default_factory=lambda: {"reused": 0, "created": 0})
+    leak_problems: list[str] = dataclasses.field(default_factory=list)
+    kept: list[str] = dataclasses.field(default_factory=list)
+    tests_served: int = 0
+    probes: dict[str, ServiceUnavailable | None] = dataclasses.field(default_factory=dict)
+    runner: tuple[tuple[str, str], ExitStack] | None = None
+
+
+_state_key = pytest.StashKey[_State]()
+_failed_key = pytest.StashKey[bool]()
+
+
+def _state(config: pytest.Config) -> _State:
+    return config.stash[_state_key]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,7 +67,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--isolated-env-keep-failed", action="store_true", default=None,
-        help="keep the private database of a failed test and print how to reach it",
+        help="keep the data of a failed test (database, keyspace, directory) and print how to reach it",
     )
     group.addoption(
         "--isolated-env-no-leak-check", action="store_true", default=False,
@@ -64,90 +84,82 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-_config: pytest.Config | None = None
-_before: _metrics.ProcessSnapshot | None = None
-_worker_samples: dict[str, list[float]] = {}
-_worker_leases: dict[str, int] = {"reused": 0, "created": 0}
-_leak_problems: list[str] = []
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    global _config
-    _config = config
-    for marker, service in _SERVICES.items():
+    config.stash[_state_key] = _State()
+    try:
+        registered = specs()
+    except ConfigError as exc:
+        raise pytest.UsageError(f"isolated_env: {exc}") from None
+    for entry in registered:
         config.addinivalue_line(
-            "markers", f"{marker}: needs {service}; skipped (or failed under CI) when it is unavailable"
+            "markers", f"requires_{entry.kind}: needs {entry.kind}; skipped (or failed under CI) when it is unavailable"
         )
     profile = config.getoption("--isolated-env-profile") or config.getini("isolated_env_profile")
     require = config.getoption("--isolated-env-require")
     if require is None:
         require = config.getini("isolated_env_require")
-    set_layer({"profile": profile or UNSET, "require_services": require if require is not None else UNSET})
-    if config.getoption("--isolated-env-keep-failed"):
-        os.environ.setdefault("ISOLATED_ENV_KEEP_FAILED", "1")
+    set_layer({
+        "profile": profile or UNSET,
+        "require_services": require if require is not None else UNSET,
+        "keep_failed": True if config.getoption("--isolated-env-keep-failed") else UNSET,
+    })
     try:
         resolve()
     except ConfigError as exc:
         raise pytest.UsageError(f"isolated_env: {exc}") from None
-
-
-def _require() -> bool:
-    return resolve().require_services
+    config.pluginmanager.register(_fixtures(registered), "isolated_env_resources")
 
 
 def unavailable(exc: ServiceUnavailable) -> NoReturn:
     """Skip the test with the reason, or fail it when services are required (CI)."""
-    if _require():
+    if resolve().require_services:
         pytest.fail(f"{exc} (required: CI=true or --isolated-env-require)", pytrace=False)
     pytest.skip(str(exc))
 
 
 # -- markers ---------------------------------------------------------------------------------
 
-_probe_results: dict[str, ServiceUnavailable | None] = {}
+
+async def probe(entry: ResourceSpec) -> None:
+    """Raise ServiceUnavailable when ``entry``'s service cannot be had (its server, its driver)."""
+    try:
+        cls = entry.resource_class()
+        own = getattr(cls, "probe", None)
+        if own is not None:
+            await own(resolve())
+        elif entry.provider is not None:
+            import importlib
+
+            await importlib.import_module(f"isolated_env._servers.{entry.provider}").ensure_server(resolve())
+    except ImportError as exc:
+        extra = f"pip install 'isolated-env[{entry.extra}]'" if entry.extra else "install its package"
+        raise ServiceUnavailable(entry.kind, f"its driver is not installed ({exc})", fix=extra) from exc
 
 
-def _probe(service: str) -> ServiceUnavailable | None:
-    if service in _probe_results:
-        return _probe_results[service]
+def _probe(config: pytest.Config, entry: ResourceSpec) -> ServiceUnavailable | None:
+    probes = _state(config).probes
+    if entry.kind in probes:
+        return probes[entry.kind]
     result: list[ServiceUnavailable | None] = [None]
-
-    async def check() -> None:
-        settings = resolve()
-        if service == "postgres":
-            from ._servers import postgres
-
-            await postgres.ensure_server(settings)
-        elif service == "redis":
-            from ._servers import redis
-
-            await redis.ensure_server(settings)
-        else:
-            from ._servers import clickhouse
-
-            await clickhouse.ensure_server(settings)
 
     def run() -> None:
         try:
-            anyio.run(check)
+            anyio.run(probe, entry)
         except ServiceUnavailable as exc:
             result[0] = exc
-        except ImportError as exc:
-            result[0] = ServiceUnavailable(service, f"its driver is not installed ({exc})",
-                                           fix=f"pip install 'isolated-env[{service}]'")
 
     # A thread of its own: the session's event loop may exist (not running) in this one.
-    thread = threading.Thread(target=run, name=f"isolated-env-probe-{service}")
+    thread = threading.Thread(target=run, name=f"isolated-env-probe-{entry.kind}")
     thread.start()
     thread.join()
-    _probe_results[service] = result[0]
+    probes[entry.kind] = result[0]
     return result[0]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    for marker, service in _SERVICES.items():
-        if item.get_closest_marker(marker) is not None:
-            problem = _probe(service)
+    for entry in specs():
+        if item.get_closest_marker(f"requires_{entry.kind}") is not None:
+            problem = _probe(item.config, entry)
             if problem is not None:
                 unavailable(problem)
 
@@ -162,9 +174,6 @@ def pytest_runtest_makereport(
     return report
 
 
-_failed_key = pytest.StashKey[bool]()
-
-
 def failed(request: pytest.FixtureRequest) -> bool:
     """Whether the test behind ``request`` failed (for keep-on-failure teardown)."""
     return bool(request.node.stash.get(_failed_key, False))
@@ -172,35 +181,29 @@ def failed(request: pytest.FixtureRequest) -> bool:
 
 # -- one event loop for the session ----------------------------------------------------------
 
-_held_runner: tuple[tuple[str, str], ExitStack] | None = None
-
 
 @pytest.fixture
 def _isolated_env_loop(anyio_backend: Any, request: pytest.FixtureRequest) -> None:
     """Keep anyio's test runner (and so its event loop) alive between tests, so pooled
     connections are reused instead of reopened by every test."""
-    global _held_runner
     if request.config.getini("isolated_env_loop_scope") != "session":
         return
-    from anyio.pytest_plugin import extract_backend_and_options, get_runner
+    from ._drivers.anyio_runner import hold_runner, runner_key
 
-    name, options = extract_backend_and_options(anyio_backend)
-    key = (name, json.dumps(options, sort_keys=True, default=str))
-    if _held_runner is not None:
-        if _held_runner[0] == key:
+    state = _state(request.config)
+    key = runner_key(anyio_backend)
+    if state.runner is not None:
+        if state.runner[0] == key:
             return
-        _held_runner[1].close()
-        _held_runner = None
-    stack = ExitStack()
-    stack.enter_context(get_runner(name, options))
-    _held_runner = (key, stack)
+        state.runner[1].close()
+        state.runner = None
+    state.runner = hold_runner(anyio_backend)
 
 
-def _release_runner() -> None:
-    global _held_runner
-    if _held_runner is not None:
-        _held_runner[1].close()
-        _held_runner = None
+def _release_runner(state: _State) -> None:
+    if state.runner is not None:
+        state.runner[1].close()
+        state.runner = None
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -214,114 +217,78 @@ async def _enter(env: Environment, cm: AbstractAsyncContextManager[Any], name: s
     unavailable(problem)  # outside the except block: the skip/fail should not chain the driver error
 
 
-_kept: list[str] = []
-_tests_served = 0
-
-
 @pytest.fixture
 async def isolated_env(
     anyio_backend: Any, _isolated_env_loop: None, request: pytest.FixtureRequest
 ) -> AsyncIterator[Environment]:
     """An Environment for one test: enter resources with ``await isolated_env.enter(...)``."""
-    global _tests_served
-    _tests_served += 1
-    async with Environment() as env:
+    state = _state(request.config)
+    state.tests_served += 1
+    env = Environment()
+    async with env:
         yield env
         if failed(request):
-            from .resources._postgres_database import mark_failed
-
-            for name in env.keys():
-                dsn = mark_failed(env[name])
-                if dsn is not None:
-                    _kept.append(f"{request.node.nodeid}: {dsn}")
+            env.outcome = Outcome.FAILED
+    state.kept.extend(f"{request.node.nodeid}: {kept}" for kept in env.kept)
 
 
-@pytest.fixture
-async def isolated_database(isolated_env: Environment) -> Any:
-    """A PostgreSQL handle (asyncpg API) whose changes are rolled back after the test."""
-    from .resources.postgres import isolated_postgres
+def _resource_fixture(entry: ResourceSpec, name: str) -> Callable[..., Any]:
+    async def fixture(isolated_env: Environment) -> Any:
+        return await _enter(isolated_env, entry.factory()())
 
-    return await _enter(isolated_env, isolated_postgres())
-
-
-@pytest.fixture
-async def isolated_redis(isolated_env: Environment) -> Any:
-    """A private Redis logical database (redis.asyncio API), flushed after the test."""
-    from .resources.redis import isolated_redis as factory
-
-    return await _enter(isolated_env, factory())
+    fixture.__name__ = name
+    fixture.__doc__ = entry.doc
+    return pytest.fixture(name=name)(fixture)
 
 
-@pytest.fixture
-async def isolated_fs(isolated_env: Environment) -> Any:
-    """A private scratch directory, removed after the test."""
-    from .resources.fs import isolated_fs as factory
-
-    return await _enter(isolated_env, factory())
-
-
-@pytest.fixture
-async def isolated_clickhouse(isolated_env: Environment) -> Any:
-    """A ClickHouse client bound to a private database, dropped after the test."""
-    from .resources.clickhouse import isolated_clickhouse as factory
-
-    return await _enter(isolated_env, factory())
+def _fixtures(registered: tuple[ResourceSpec, ...]) -> object:
+    """A plugin (a module object, as pytest reads fixtures from) with one fixture per registered
+    resource name."""
+    holder = types.ModuleType("isolated_env.pytest_plugin.resource_fixtures")
+    for entry in registered:
+        for name in entry.fixtures:
+            setattr(holder, name, _resource_fixture(entry, name))
+    return holder
 
 
-@pytest.fixture
-async def isolated_ws(isolated_env: Environment) -> Any:
-    """A real WebSocket server on a loopback port with a connected client."""
-    from .resources.ws import isolated_ws as factory
+async def _enter_kinds(env: Environment, kinds: tuple[str, ...]) -> Environment:
+    from ._registry import spec
 
-    return await _enter(isolated_env, factory())
-
-
-@pytest.fixture
-async def isolated_http(isolated_env: Environment) -> Any:
-    """A real HTTP server with expectations, and an httpx client pointed at it."""
-    from .resources.http import isolated_http as factory
-
-    return await _enter(isolated_env, factory())
+    for kind in kinds:
+        await _enter(env, spec(kind).factory()())
+    return env
 
 
 @pytest.fixture
 async def websocket_integration_environment(isolated_env: Environment) -> Environment:
     """An environment with a WebSocket server and client: ``env['websocket']``."""
-    from .resources.ws import isolated_ws as factory
-
-    await _enter(isolated_env, factory())
-    return isolated_env
+    return await _enter_kinds(isolated_env, ("ws",))
 
 
 @pytest.fixture
 async def comprehensive_test_environment(isolated_env: Environment) -> Environment:
     """PostgreSQL, Redis, WebSocket, HTTP and a directory together: ``env['database']``,
     ``['redis']``, ``['websocket']``, ``['http']``, ``['fs']``."""
-    from .resources.fs import isolated_fs as fs
-    from .resources.http import isolated_http as http
-    from .resources.postgres import isolated_postgres
-    from .resources.redis import isolated_redis as redis
-    from .resources.ws import isolated_ws as ws
-
-    for factory in (isolated_postgres, redis, ws, http, fs):
-        await _enter(isolated_env, factory())
-    return isolated_env
+    return await _enter_kinds(isolated_env, ("postgres", "redis", "ws", "http", "fs"))
 
 
 # -- session bookkeeping ---------------------------------------------------------------------
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    global _before
     _metrics.reset_timings()
-    _before = _metrics.snapshot()
+    _state(session.config).before = _metrics.snapshot()
 
 
 def _server_pids() -> set[int]:
+    from ._servers import registry
+
     pids: set[int] = set()
     root = resolve().state_dir
-    for kind in ("postgres", "redis", "clickhouse"):
-        state = registry.status(kind, root)
+    for entry in specs():
+        if entry.provider is None:
+            continue
+        state = registry.status(entry.provider, root)
         if state is not None:
             pids.add(state.pid)
     return pids
@@ -329,8 +296,8 @@ def _server_pids() -> set[int]:
 
 def _leased_slots() -> list[str]:
     out = []
-    for scope in open_scopes():
-        for pool in scope.pools.values():
+    for runtime in open_runtimes():
+        for pool in runtime.pools.values():
             stats = pool.statistics()
             if stats.leased:
                 out.append(f"{stats.leased} still leased from {stats.name}")
@@ -339,29 +306,34 @@ def _leased_slots() -> list[str]:
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = _state(session.config)
     leased = _leased_slots()
-    _release_runner()  # closes the session's loop, and with it every pool
+    _release_runner(state)  # closes the session's loop, and with it every pool
     if "isolated_env.unittest" in sys.modules:  # unittest cases run by pytest share a loop of their own
         sys.modules["isolated_env.unittest"].close_shared_loop()
-    server_pids = _server_pids()
-    registry.release_all()
+    if "isolated_env._servers.registry" in sys.modules:  # no server was joined otherwise
+        server_pids = _server_pids()
+        sys.modules["isolated_env._servers.registry"].release_all()
+    else:
+        server_pids = set()
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
         workeroutput["isolated_env"] = json.dumps(
-            {"samples": _metrics.setup_samples(), "leases": _metrics.lease_counts(), "tests": _tests_served}
+            {"samples": _metrics.setup_samples(), "leases": _metrics.lease_counts(), "tests": state.tests_served,
+             "kept": state.kept}
         )
-    if _before is None or session.config.getoption("--isolated-env-no-leak-check"):
+    if state.before is None or session.config.getoption("--isolated-env-no-leak-check"):
         return
     if not _metrics.setup_samples():
         return  # this session used no isolated_env resource
-    leak = _metrics.LeakReport.between(_before, _metrics.snapshot())
+    leak = _metrics.LeakReport.between(state.before, _metrics.snapshot())
     problems = leased + leak.problems(fd_slack=4, thread_slack=4)
     problems = [p for p in problems if "child processes" not in p]
     children = sorted(leak.children - server_pids)
     if children:
         problems.append(f"child processes still running: {children}")
     if problems:
-        _leak_problems.extend(problems)
+        state.leak_problems.extend(problems)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -370,34 +342,38 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
     raw = getattr(node, "workeroutput", {}).get("isolated_env")
     if not raw:
         return
+    state = _state(node.config)
     data = json.loads(raw)
     for kind, samples in data["samples"].items():
-        _worker_samples.setdefault(kind, []).extend(samples)
+        state.worker_samples.setdefault(kind, []).extend(samples)
     for key, value in data["leases"].items():
-        _worker_leases[key] = _worker_leases.get(key, 0) + value
-    _worker_leases["tests"] = _worker_leases.get("tests", 0) + data.get("tests", 0)
+        state.worker_leases[key] = state.worker_leases.get(key, 0) + value
+    state.worker_leases["tests"] = state.worker_leases.get("tests", 0) + data.get("tests", 0)
+    state.kept.extend(data.get("kept", []))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    summary = _metrics.setup_summary(_worker_samples)
+    state = _state(config)
+    known = {entry.kind for entry in specs()}
+    summary = {k: s for k, s in _metrics.setup_summary(state.worker_samples).items() if k in known}
     if summary:
         counts = _metrics.lease_counts()
-        reused = counts["reused"] + _worker_leases.get("reused", 0)
-        total = reused + counts["created"] + _worker_leases.get("created", 0)
+        reused = counts["reused"] + state.worker_leases.get("reused", 0)
+        total = reused + counts["created"] + state.worker_leases.get("created", 0)
         served = sum(s.count for s in summary.values())
-        tests = _tests_served + _worker_leases.get("tests", 0)
+        tests = state.tests_served + state.worker_leases.get("tests", 0)
         parts = ", ".join(f"{kind} {s.p50_ms:.2f} ms" for kind, s in sorted(summary.items()))
         ratio = f"{100 * reused / total:.1f}%" if total else "n/a"
         terminalreporter.write_line(
             f"isolated_env: {tests} tests served, {served} resources; setup p50: {parts}; pool hit ratio {ratio}"
         )
-    if _kept:
+    if state.kept:
         terminalreporter.write_line(
-            "isolated_env kept the databases of failed tests (remove with `isolated-env prune --kept`):"
+            "isolated_env kept the data of failed tests (remove with `isolated-env prune --kept`):"
         )
-        for line in _kept:
+        for line in state.kept:
             terminalreporter.write_line(f"  {line}")
-    if _leak_problems:
+    if state.leak_problems:
         terminalreporter.write_line(
-            "isolated_env: resources left behind at session end: " + "; ".join(_leak_problems), red=True
+            "isolated_env: resources left behind at session end: " + "; ".join(state.leak_problems), red=True
         )

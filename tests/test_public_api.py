@@ -1,6 +1,11 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import isolated_env
+
+HEAVY = {"httpx", "websockets", "h11", "aiofiles", "tenacity", "asyncpg", "redis", "clickhouse_connect", "chdb"}
 
 
 def test_all_lists_every_public_name() -> None:
@@ -23,3 +28,17 @@ def test_error_tree() -> None:
             assert issubclass(obj, isolated_env.IsolatedEnvError)
     assert issubclass(isolated_env.LeaseTimeout, TimeoutError)
     assert issubclass(isolated_env.ConfigError, ValueError)
+
+
+def test_importing_the_package_and_the_plugin_pulls_in_no_driver() -> None:
+    code = (
+        "import isolated_env, isolated_env.pytest_plugin, sys; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(HEAVY)!r})))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_names_resolve_lazily_to_their_modules() -> None:
+    assert isolated_env.isolated_redis.__module__ == "isolated_env.resources.redis"
+    assert isolated_env.Outcome.FAILED.value == "failed"

@@ -1,7 +1,8 @@
 """isolated_fs(): a private scratch directory for one test, removed on exit.
 
 Directories live under a per-process run directory; run directories of dead processes are removed
-the next time any process starts one.
+the next time any process starts one (or by ``isolated-env prune``). A failed test's directory is
+moved under ``kept/`` when keep-on-failure is on, and stays there until ``prune --kept``.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiofiles
-import aiofiles.os
+import anyio
+import anyio.to_thread
 
-from .._config import hostname, run_id
+from .._config import Settings, hostname, run_id
+from .._contract import Kept, current_settings, keeps, report_kept, resource
 from .._errors import UnsafePath
-from .._resource import current_settings, resource
 from .._servers.registry import owner_alive
 
 __all__ = ["FileSystemHandle", "isolated_fs"]
@@ -28,11 +29,14 @@ _run_dirs: dict[str, Path] = {}
 _RUN_DIR = re.compile(r"^run-[0-9a-z]+-(\d+)-(\d+)$")
 
 
-def _reap(base: Path) -> None:
+def _reap(base: Path) -> list[str]:
+    removed = []
     for child in base.iterdir() if base.is_dir() else ():
         match = _RUN_DIR.match(child.name)
         if match and owner_alive({"host": hostname(), "pid": int(match.group(1))}) is False:
             shutil.rmtree(child, ignore_errors=True)
+            removed.append(str(child))
+    return removed
 
 
 def run_directory(base: Path) -> Path:
@@ -77,26 +81,22 @@ class FileSystemHandle:
         return Path(target)
 
     async def write_text(self, relative: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
-        target = self.resolve(relative)
-        await aiofiles.os.makedirs(target.parent, exist_ok=True)
-        async with aiofiles.open(target, "w", encoding=encoding) as f:
-            await f.write(text)
-        return target
+        target = anyio.Path(self.resolve(relative))
+        await target.parent.mkdir(parents=True, exist_ok=True)
+        await target.write_text(text, encoding=encoding)
+        return Path(target)
 
     async def read_text(self, relative: str | os.PathLike[str], encoding: str = "utf-8") -> str:
-        async with aiofiles.open(self.resolve(relative), encoding=encoding) as f:
-            return await f.read()
+        return await anyio.Path(self.resolve(relative)).read_text(encoding=encoding)
 
     async def write_bytes(self, relative: str | os.PathLike[str], data: bytes) -> Path:
-        target = self.resolve(relative)
-        await aiofiles.os.makedirs(target.parent, exist_ok=True)
-        async with aiofiles.open(target, "wb") as f:
-            await f.write(data)
-        return target
+        target = anyio.Path(self.resolve(relative))
+        await target.parent.mkdir(parents=True, exist_ok=True)
+        await target.write_bytes(data)
+        return Path(target)
 
     async def read_bytes(self, relative: str | os.PathLike[str]) -> bytes:
-        async with aiofiles.open(self.resolve(relative), "rb") as f:
-            return await f.read()
+        return await anyio.Path(self.resolve(relative)).read_bytes()
 
     def exists(self, relative: str | os.PathLike[str]) -> bool:
         return self.resolve(relative).exists()
@@ -104,7 +104,7 @@ class FileSystemHandle:
     def listdir(self) -> list[str]:
         return sorted(os.listdir(self.path))
 
-    async def _ie_reset(self) -> None:
+    def _clear(self) -> None:
         for child in list(self.path.iterdir()):
             if child.is_dir() and not child.is_symlink():
                 shutil.rmtree(child)
@@ -112,12 +112,52 @@ class FileSystemHandle:
                 child.unlink()
 
 
-@resource("fs")
-async def isolated_fs(base: str | os.PathLike[str] | None = None) -> AsyncIterator[FileSystemHandle]:
+async def _reset(handle: FileSystemHandle) -> None:
+    await anyio.to_thread.run_sync(handle._clear)
+
+
+def _move(path: Path, target: Path) -> None:
+    target.parent.mkdir(mode=0o700, exist_ok=True)
+    path.rename(target)
+
+
+def _kept_dir(root: Path) -> Path:
+    return root / "kept"
+
+
+async def reap(settings: Settings, kept: bool = False) -> list[str]:
+    """Remove the run directories of dead processes (and, with ``kept``, the kept directories)."""
+    root = settings.state_dir / "fs"
+
+    def sweep() -> list[str]:
+        removed = _reap(root)
+        kept_root = _kept_dir(root)
+        if kept and kept_root.is_dir():
+            for child in sorted(kept_root.iterdir()):
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(str(child))
+        return removed
+
+    return await anyio.to_thread.run_sync(sweep)
+
+
+@resource("fs", reset=_reset, reap=reap)
+async def isolated_fs(
+    base: str | os.PathLike[str] | None = None, *, keep_on_failure: bool | None = None
+) -> AsyncIterator[FileSystemHandle]:
     """A private, empty directory for one test, removed with everything in it on exit."""
     root = Path(base) if base is not None else current_settings().state_dir / "fs"
-    path = Path(tempfile.mkdtemp(prefix="t-", dir=run_directory(root)))
+    # One hop off the loop for the run directory (made and swept on first use) and the mkdir.
+    path = Path(await anyio.to_thread.run_sync(lambda: tempfile.mkdtemp(prefix="t-", dir=run_directory(root))))
+    outcome = None
     try:
-        yield FileSystemHandle(path)
+        outcome = yield FileSystemHandle(path)
     finally:
-        shutil.rmtree(path, ignore_errors=True)
+        keep = outcome is not None and keeps(outcome, keep_on_failure)
+        if keep:
+            target = _kept_dir(root) / f"{path.name}-{run_id()}"
+            await anyio.to_thread.run_sync(_move, path, target)
+            report_kept(Kept("fs", str(target), "remove with `isolated-env prune --kept`"))
+        else:
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(path, ignore_errors=True))
+

@@ -1,31 +1,35 @@
 """isolated_redis(): a leased logical database of its own for each test, flushed on release.
 
 Slots are leased through the server itself (``SET NX PX`` on a lease key in database 0, kept alive
-by a heartbeat), so two processes — pytest-xdist workers, or two runs sharing one server — never
-hold the same database. When every database is leased, a lease waits; it never collides.
+by a heartbeat in the event loop's runtime), so two processes — pytest-xdist workers, or two runs
+sharing one server — never hold the same database. When every database is leased, a lease waits;
+it never collides. A lease whose heartbeat is lost fails the test that holds it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import logging
 import os
-import threading
-from collections.abc import AsyncIterator
-from typing import Any
+import time
+from collections.abc import Hashable
+from typing import Any, ClassVar
 
 import anyio
 
-from .._config import run_id
-from .._errors import MissingDependencyError, ServiceUnavailable
-from .._pool import Pool, TryLater
-from .._resource import current_settings, resource
-from .._runtime import current_scope
+from .._config import Settings, run_id
+from .._contract import Kept, PooledResource, ResourceContext, current_settings
+from .._errors import IsolationBroken, MissingDependencyError, ServiceUnavailable
+from .._pool import TryLater
+from .._redact import redact_url
+from .._runtime import Runtime, current_runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
 from .._servers.registry import owner_alive, owner_tag
 
-__all__ = ["RedisHandle", "isolated_redis"]
+__all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
+
+log = logging.getLogger("isolated_env")
 
 LEASE_TTL_MS = 30_000
 HEARTBEAT_S = 10.0
@@ -41,11 +45,15 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 _REFRESH = """
-local n = 0
+local lost = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]); n = n + 1 end
+  if redis.call('GET', key) == ARGV[1] then redis.call('PEXPIRE', key, ARGV[2]) else lost[#lost + 1] = key end
 end
-return n
+return lost
+"""
+_KEEP = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]); return 1 end
+return 0
 """
 
 
@@ -69,66 +77,14 @@ def _owner() -> str:
     return owner
 
 
-class _Heartbeat:
-    """Keeps this process's slot leases alive from a thread, whatever event loops come and go."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._held: dict[str, tuple[RedisServer, set[int]]] = {}
-        self._thread: threading.Thread | None = None
-        self._wake = threading.Event()
-
-    def add(self, server: RedisServer, slot: int) -> None:
-        with self._lock:
-            self._held.setdefault(server.url(0), (server, set()))[1].add(slot)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="isolated-env-redis-leases", daemon=True)
-                self._thread.start()
-
-    def remove(self, server: RedisServer, slot: int) -> None:
-        with self._lock:
-            entry = self._held.get(server.url(0))
-            if entry is not None:
-                entry[1].discard(slot)
-                if not entry[1]:
-                    del self._held[server.url(0)]
-            if not self._held:
-                self._wake.set()
-
-    def _run(self) -> None:
-        import redis
-
-        while True:
-            self._wake.wait(HEARTBEAT_S)
-            with self._lock:
-                # Decided under the lock: an add() racing with our exit either sees no thread
-                # (and starts one) or puts a slot in _held that keeps this thread running.
-                if not self._held:
-                    self._thread = None
-                    self._wake.clear()
-                    return
-                self._wake.clear()
-                held = [(s, sorted(slots)) for s, slots in self._held.values()]
-            for server, slots in held:
-                with contextlib.suppress(Exception):
-                    client = redis.Redis(**server.client_kwargs(0), socket_timeout=5)
-                    try:
-                        keys = [f"ie:slot:{i}" for i in slots]
-                        client.eval(_REFRESH, len(keys), *keys, _owner(), LEASE_TTL_MS)
-                    finally:
-                        client.close()
-
-
-_heartbeat = _Heartbeat()
-
-
 class _Slot:
-    __slots__ = ("client", "db", "server")
+    __slots__ = ("client", "db", "lost", "server")
 
     def __init__(self, server: RedisServer, db: int, client: Any) -> None:
         self.server = server
         self.db = db
         self.client = client
+        self.lost: str | None = None  # why the lease was lost, once the heartbeat finds out
 
 
 class RedisHandle:
@@ -138,12 +94,11 @@ class RedisHandle:
     from another client or process.
     """
 
-    def __init__(self, slot: _Slot, pool: Pool[_Slot]) -> None:
+    def __init__(self, slot: _Slot) -> None:
         self.client = slot.client
         self.db = slot.db
         self.server = slot.server
         self.url = slot.server.url(slot.db)
-        self._ie_pool = pool
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
@@ -151,41 +106,49 @@ class RedisHandle:
     def __repr__(self) -> str:
         return f"<RedisHandle db={self.db} url={self.url}>"
 
-    async def _ie_reset(self) -> None:
-        await self.client.flushdb()
+
+def _label(value: bytes | str) -> dict[str, Any] | None:
+    try:
+        owner = json.loads(value)
+    except ValueError:
+        return None
+    return owner if isinstance(owner, dict) else None
 
 
-async def _reap(control: Any, last: int) -> int:
-    """Free slots whose owner died on this host (their databases are flushed by the next lease)."""
-    freed = 0
+async def _reap(control: Any, last: int, *, kept: bool = False) -> list[int]:
+    """Free slots whose owner died on this host (their databases are flushed by the next lease);
+    with ``kept``, also the slots kept for failed tests (flushed here)."""
+    freed = []
     keys = [f"ie:slot:{i}" for i in range(1, last + 1)]
     for start in range(0, len(keys), 256):
         chunk = keys[start : start + 256]
         for key, value in zip(chunk, await control.mget(chunk), strict=True):
-            if value is None:
+            owner = _label(value) if value is not None else None
+            if owner is None:
                 continue
-            try:
-                owner = json.loads(value)
-            except ValueError:
+            if owner.get("kept"):
+                if not kept:
+                    continue
+            elif owner_alive(owner) is not False:
                 continue
-            if owner_alive(owner) is False:
-                await control.eval(_RELEASE, 1, key, value)
-                freed += 1
+            if await control.eval(_RELEASE, 1, key, value):
+                freed.append(int(key.rsplit(":", 1)[1]))
     return freed
 
 
-_reaped: set[str] = set()  # servers this process has already swept for dead owners' leases
-
-
 class _Slots:
-    """Leases logical databases from one server for one event loop."""
+    """Leases logical databases from one server for one event loop, and keeps the leases alive."""
 
-    def __init__(self, server: RedisServer) -> None:
+    def __init__(self, server: RedisServer, runtime: Runtime) -> None:
         self.server = server
+        self.runtime = runtime
         self.control = _aredis().Redis(**server.client_kwargs(0))
         # One control connection is plenty (each call is a microsecond script); a lock keeps a burst
         # of 200 concurrent leases from opening 200 connections.
         self.lock = anyio.Lock()
+        self.held: dict[int, _Slot] = {}
+        self.reaped = False
+        self._beating = False
 
     async def create(self) -> _Slot:
         last = self.server.databases - 1
@@ -195,8 +158,8 @@ class _Slots:
                 "least 2 (database 0 holds the leases)", fix="start it with --databases 1024",
             )
         async with self.lock:
-            if self.server.url(0) not in _reaped:
-                _reaped.add(self.server.url(0))
+            if not self.reaped:
+                self.reaped = True
                 await _reap(self.control, last)
             slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), LEASE_TTL_MS, 1, last))
             if slot < 0 and await _reap(self.control, last):
@@ -206,7 +169,6 @@ class _Slots:
                 f"all {last} Redis databases of {self.server.url(0)} are leased (by this and other processes); "
                 "run fewer workers, lower the capacity, or use a server with more databases"
             )
-        _heartbeat.add(self.server, slot)
         client = _aredis().Redis(**self.server.client_kwargs(slot))
         try:
             # A previous owner may have died mid-test: a fresh lease starts from an empty database.
@@ -214,51 +176,156 @@ class _Slots:
         except BaseException:
             await self._release(slot, client)
             raise
-        return _Slot(self.server, slot, client)
+        item = self.held[slot] = _Slot(self.server, slot, client)
+        if not self._beating:
+            self._beating = True
+            await self.runtime.spawn(self._heartbeat, name=f"redis lease heartbeat ({self.server.url(0)})")
+        return item
 
-    async def reset(self, slot: _Slot) -> None:
+    async def clean(self, slot: _Slot) -> None:
+        if slot.lost is not None:
+            raise IsolationBroken(slot.lost)
         await slot.client.flushdb()
 
     async def destroy(self, slot: _Slot) -> None:
         try:
-            await slot.client.flushdb()
+            if slot.lost is None:
+                await slot.client.flushdb()
         finally:
             await self._release(slot.db, slot.client)
 
+    async def keep(self, slot: _Slot) -> Kept:
+        label = json.dumps({**json.loads(_owner()), "kept": True}, separators=(",", ":"))
+        async with self.lock:
+            await self.control.eval(_KEEP, 1, f"ie:slot:{slot.db}", _owner(), label)
+        self.held.pop(slot.db, None)
+        await slot.client.aclose()
+        server = self.server
+        reach = (f"redis-cli -s {server.unix_socket} -n {slot.db}" if server.unix_socket
+                 else f"redis-cli -h {server.host} -p {server.port or 6379} -n {slot.db}")
+        return Kept("redis", f"database {slot.db} at {redact_url(server.url(slot.db))}", reach)
+
     async def _release(self, db: int, client: Any) -> None:
+        self.held.pop(db, None)
         try:
             async with self.lock:
                 await self.control.eval(_RELEASE, 1, f"ie:slot:{db}", _owner())
         finally:
-            _heartbeat.remove(self.server, db)
             await client.aclose()
+
+    async def _heartbeat(self) -> None:
+        """Refresh this loop's leases every HEARTBEAT_S; a lease found taken, or not refreshed
+        within its TTL, is marked lost so the test holding it fails at release."""
+        last_ok = time.monotonic()
+        while True:
+            await anyio.sleep(HEARTBEAT_S)
+            if not self.held:
+                last_ok = time.monotonic()
+                continue
+            held = dict(self.held)
+            keys = [f"ie:slot:{db}" for db in held]
+            try:
+                async with self.lock:
+                    lost = await self.control.eval(_REFRESH, len(keys), *keys, _owner(), LEASE_TTL_MS)
+            except Exception as exc:  # the server may be back by the next beat; the TTL decides
+                log.warning("isolated_env: refreshing Redis leases on %s failed: %r", self.server.url(0), exc)
+                if time.monotonic() - last_ok > LEASE_TTL_MS / 1000:
+                    for slot in held.values():
+                        slot.lost = (f"the lease of Redis database {slot.db} expired: its heartbeat could not reach "
+                                     f"the server for over {LEASE_TTL_MS // 1000} s ({exc!r}); another run may have "
+                                     "used the database meanwhile")
+                continue
+            last_ok = time.monotonic()
+            for key in lost:
+                db = int((key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1])
+                slot = held[db]
+                slot.lost = (f"the lease of Redis database {db} was taken by someone else while this test held it "
+                             "(a FLUSHALL, or a lease key deleted); another test may have used the database")
 
     async def aclose(self) -> None:
         await self.control.aclose()
 
 
-@resource("redis")
-async def isolated_redis() -> AsyncIterator[RedisHandle]:
+async def _slots_for(server: RedisServer) -> _Slots:
+    runtime = await current_runtime()
+    key = ("redis-slots", server.url(0))
+    slots: _Slots | None = runtime.objects.get(key)
+    if slots is None:
+        slots = runtime.objects[key] = _Slots(server, runtime)
+        runtime.on_close(slots.aclose)
+    return slots
+
+
+class RedisResource(PooledResource[_Slot, RedisHandle]):
     """A private, empty logical Redis database for one test, flushed when the test ends."""
-    settings = current_settings()
-    server = await servers.ensure_server(settings)
-    scope = await current_scope()
-    key = ("redis", server.url(0), settings.capacity)
-    pool: Pool[_Slot] | None = scope.pools.get(key)
-    if pool is None or pool.closed:
-        slots = _Slots(server)
-        capacity = max(1, min(settings.capacity, server.databases - 1))
-        pool = scope.pool(
-            key,
-            lambda: Pool(
-                f"redis databases ({server.url(0)})",
-                create=slots.create,
-                reset=slots.reset,
-                destroy=slots.destroy,
-                capacity=capacity,
-                lease_timeout=settings.lease_timeout,
-            ),
-        )
-        scope.on_close(slots.aclose)
-    async with pool.lease() as lease:
-        yield RedisHandle(lease.value, pool)
+
+    kind: ClassVar[str] = "redis"
+    provider: ClassVar[str | None] = "redis"
+    extra: ClassVar[str | None] = "redis"
+
+    def __init__(self, *, keep_on_failure: bool | None = None) -> None:
+        self.keep_on_failure = keep_on_failure
+
+    async def prepare(self) -> None:
+        self.server = await servers.ensure_server(current_settings())
+        self.slots = await _slots_for(self.server)
+
+    def pool_key(self) -> Hashable:
+        return ("redis", self.server.url(0), current_settings().capacity)
+
+    def pool_name(self) -> str:
+        return f"redis databases ({self.server.url(0)})"
+
+    def capacity(self) -> int:
+        return max(1, min(current_settings().capacity, self.server.databases - 1))
+
+    async def create(self) -> _Slot:
+        return await self.slots.create()
+
+    async def clean(self, item: _Slot) -> None:
+        await self.slots.clean(item)
+
+    async def destroy(self, item: _Slot) -> None:
+        await self.slots.destroy(item)
+
+    def wrap(self, item: _Slot) -> RedisHandle:
+        return RedisHandle(item)
+
+    async def keep(self, item: _Slot) -> Kept:
+        return await self.slots.keep(item)
+
+    async def release(self, handle: RedisHandle, outcome: Any) -> Kept | None:
+        lease = self._lease
+        lost = lease.value.lost if lease is not None else None
+        kept = await super().release(handle, outcome)
+        if lost is not None:
+            raise IsolationBroken(lost)
+        return kept
+
+    @classmethod
+    async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:
+        server = await servers.ensure_server(settings)
+        control = _aredis().Redis(**server.client_kwargs(0))
+        try:
+            freed = await _reap(control, server.databases - 1, kept=kept)
+            for db in freed:
+                client = _aredis().Redis(**server.client_kwargs(db))
+                try:
+                    await client.flushdb()
+                finally:
+                    await client.aclose()
+        finally:
+            await control.aclose()
+        return [f"redis database {db} ({redact_url(server.url(db))})" for db in freed]
+
+
+def isolated_redis(*, keep_on_failure: bool | None = None) -> ResourceContext[RedisHandle]:
+    """A private, empty logical Redis database for one test, flushed when the test ends.
+
+    With ``keep_on_failure`` (or ``--isolated-env-keep-failed``) a failed test's database stays
+    leased and filled, and the summary says how to reach it.
+    """
+    return ResourceContext(RedisResource(keep_on_failure=keep_on_failure))
+
+
+isolated_redis.resource_class = RedisResource  # type: ignore[attr-defined]

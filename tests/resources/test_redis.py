@@ -209,19 +209,49 @@ async def test_unreachable_server(clean_environ: pytest.MonkeyPatch) -> None:
             pass
 
 
-def test_lease_heartbeat_keeps_running_while_a_slot_is_held() -> None:
-    from isolated_env._servers.redis import RedisServer
-    from isolated_env.resources.redis import _heartbeat
+async def test_a_lost_lease_fails_the_test_that_holds_it(
+    clean_environ: pytest.MonkeyPatch, small_redis: str
+) -> None:
+    from isolated_env.resources import redis as resource
 
-    server = RedisServer(source="external", version="?", databases=16, unix_socket="/nonexistent/redis.sock")
-    for _ in range(100):
-        # the last slot goes (the thread is told to stop) and another comes at once
-        _heartbeat.add(server, 1)
-        _heartbeat.remove(server, 1)
-        _heartbeat.add(server, 2)
-        import time
+    clean_environ.setattr(resource, "HEARTBEAT_S", 0.02)
+    clean_environ.setenv("TEST_REDIS_URL", small_redis)
+    control = aredis.from_url(small_redis)
+    try:
+        with pytest.raises(ie.IsolationBroken, match=r"lease of Redis database \d+ was taken by someone else"):
+            async with ie.isolated_redis() as r:
+                await r.set("k", "v")
+                assert await control.delete(f"ie:slot:{r.db}") == 1  # as a FLUSHALL elsewhere would
+                for _ in range(200):  # a few heartbeats
+                    await anyio.sleep(0.01)
+        # the database was not flushed by a lease that no longer owned it, nor handed out again
+        async with ie.isolated_redis() as again:
+            assert await again.dbsize() == 0
+    finally:
+        await control.aclose()
 
-        time.sleep(0.001)
-        thread = _heartbeat._thread
-        assert thread is not None and thread.is_alive(), "a slot is held but nothing refreshes its lease"
-        _heartbeat.remove(server, 2)
+
+async def test_keep_on_failure_keeps_the_database_leased_until_pruned(
+    clean_environ: pytest.MonkeyPatch, small_redis: str
+) -> None:
+    from isolated_env._config import resolve
+    from isolated_env.resources.redis import RedisResource
+
+    clean_environ.setenv("TEST_REDIS_URL", small_redis)
+    async with ie.Environment() as env:
+        r = await env.enter(ie.isolated_redis(keep_on_failure=True))
+        await r.set("evidence", "42")
+        env.outcome = ie.Outcome.FAILED
+    [kept] = env.kept
+    assert kept.kind == "redis" and f"-n {r.db}" in kept.reach
+    async with ie.Environment(capacity=15) as env2:
+        others = [await env2.enter(ie.isolated_redis(), name=f"r{i}") for i in range(14)]
+        assert r.db not in {h.db for h in others}, "a kept database was leased again"
+    probe = aredis.from_url(r.url)
+    try:
+        assert await probe.get("evidence") == b"42"
+        removed = await RedisResource.reap(resolve(), kept=True)
+        assert any(f"database {r.db} " in name for name in removed)
+        assert await probe.dbsize() == 0
+    finally:
+        await probe.aclose()
