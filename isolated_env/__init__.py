@@ -27,14 +27,6 @@ from ._errors import (
 )
 from ._metrics import LeakReport
 from ._pool import Pool, PoolStatistics
-from ._resilience import (
-    CircuitBreaker,
-    CircuitState,
-    ManualClock,
-    ResilientClient,
-    RetryPolicy,
-    resilient_client,
-)
 from ._resource import Resource
 from .resources._postgres_database import DatabaseHandle, PostgresTemplate
 from .resources.clickhouse import ClickHouseHandle, isolated_clickhouse
@@ -48,9 +40,7 @@ __all__ = [
     "PROFILES",
     "UNSET",
     "BudgetExceeded",
-    "CircuitBreaker",
     "CircuitOpen",
-    "CircuitState",
     "ClickHouseHandle",
     "ConfigError",
     "DatabaseHandle",
@@ -63,7 +53,6 @@ __all__ = [
     "IsolationBroken",
     "LeakReport",
     "LeaseTimeout",
-    "ManualClock",
     "MissingDependencyError",
     "Pool",
     "PoolClosed",
@@ -73,10 +62,8 @@ __all__ = [
     "PostgresTemplate",
     "RecordedRequest",
     "RedisHandle",
-    "ResilientClient",
     "Resource",
     "ResourceCheckFailed",
-    "RetryPolicy",
     "ServiceUnavailable",
     "Settings",
     "TeardownError",
@@ -90,7 +77,6 @@ __all__ = [
     "isolated_postgres",
     "isolated_redis",
     "isolated_ws",
-    "resilient_client",
     "resolve",
 ]
 
