@@ -35,14 +35,6 @@ if typing.TYPE_CHECKING:
     )
     from ._metrics import LeakReport
     from ._pool import Pool, PoolStatistics
-    from ._resilience import (
-        CircuitBreaker,
-        CircuitState,
-        ManualClock,
-        ResilientClient,
-        RetryPolicy,
-        resilient_client,
-    )
     from .resources._postgres_database import DatabaseHandle, PostgresTemplate
     from .resources.clickhouse import ClickHouseHandle, isolated_clickhouse
     from .resources.fs import FileSystemHandle, isolated_fs
@@ -64,8 +56,6 @@ _WHERE: dict[str, str] = {
     "LeakReport": "._metrics",
     "Pool": "._pool",
     "PoolStatistics": "._pool",
-    **{name: "._resilience" for name in (
-        "CircuitBreaker", "CircuitState", "ManualClock", "ResilientClient", "RetryPolicy", "resilient_client")},
     "DatabaseHandle": ".resources._postgres_database",
     "PostgresTemplate": ".resources._postgres_database",
     "ClickHouseHandle": ".resources.clickhouse",
