@@ -19,7 +19,8 @@ import anyio
 
 from .._config import Settings, run_id
 from .._contract import Kept, PooledResource, ResourceContext, current_settings
-from .._errors import IsolationBroken, MissingDependencyError, ServiceUnavailable
+from .._drivers import redis as redis_driver
+from .._errors import IsolationBroken, ServiceUnavailable, TeardownError
 from .._pool import TryLater
 from .._redact import redact_url
 from .._runtime import Runtime, current_runtime
@@ -55,14 +56,6 @@ _KEEP = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2]); return 1 end
 return 0
 """
-
-
-def _aredis() -> Any:
-    try:
-        import redis.asyncio as aredis
-    except ImportError:  # pragma: no cover - redis is a core dependency
-        raise MissingDependencyError("redis", "redis", "isolated_redis()") from None
-    return aredis
 
 
 _owners: dict[int, str] = {}
@@ -104,7 +97,7 @@ class RedisHandle:
         return getattr(self.client, name)
 
     def __repr__(self) -> str:
-        return f"<RedisHandle db={self.db} url={self.url}>"
+        return f"<RedisHandle db={self.db} url={redact_url(self.url)}>"
 
 
 def _label(value: bytes | str) -> dict[str, Any] | None:
@@ -142,7 +135,7 @@ class _Slots:
     def __init__(self, server: RedisServer, runtime: Runtime) -> None:
         self.server = server
         self.runtime = runtime
-        self.control = _aredis().Redis(**server.client_kwargs(0))
+        self.control = redis_driver.asyncio_client(**server.client_kwargs(0))
         # One control connection is plenty (each call is a microsecond script); a lock keeps a burst
         # of 200 concurrent leases from opening 200 connections.
         self.lock = anyio.Lock()
@@ -169,7 +162,7 @@ class _Slots:
                 f"all {last} Redis databases of {self.server.url(0)} are leased (by this and other processes); "
                 "run fewer workers, lower the capacity, or use a server with more databases"
             )
-        client = _aredis().Redis(**self.server.client_kwargs(slot))
+        client = redis_driver.asyncio_client(**self.server.client_kwargs(slot))
         try:
             # A previous owner may have died mid-test: a fresh lease starts from an empty database.
             await client.flushdb()
@@ -280,19 +273,23 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
         return max(1, min(current_settings().capacity, self.server.databases - 1))
 
     async def create(self) -> _Slot:
-        return await self.slots.create()
+        with redis_driver.translate(f"leasing a database of {self.server.url(0)}"):
+            return await self.slots.create()
 
     async def clean(self, item: _Slot) -> None:
-        await self.slots.clean(item)
+        with redis_driver.translate(f"flushing database {item.db}", failure=TeardownError):
+            await self.slots.clean(item)
 
     async def destroy(self, item: _Slot) -> None:
-        await self.slots.destroy(item)
+        with redis_driver.translate(f"releasing database {item.db}", failure=TeardownError):
+            await self.slots.destroy(item)
 
     def wrap(self, item: _Slot) -> RedisHandle:
         return RedisHandle(item)
 
     async def keep(self, item: _Slot) -> Kept:
-        return await self.slots.keep(item)
+        with redis_driver.translate(f"keeping database {item.db}", failure=TeardownError):
+            return await self.slots.keep(item)
 
     async def release(self, handle: RedisHandle, outcome: Any) -> Kept | None:
         lease = self._lease
@@ -305,11 +302,11 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
     @classmethod
     async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:
         server = await servers.ensure_server(settings)
-        control = _aredis().Redis(**server.client_kwargs(0))
+        control = redis_driver.asyncio_client(**server.client_kwargs(0))
         try:
             freed = await _reap(control, server.databases - 1, kept=kept)
             for db in freed:
-                client = _aredis().Redis(**server.client_kwargs(db))
+                client = redis_driver.asyncio_client(**server.client_kwargs(db))
                 try:
                     await client.flushdb()
                 finally:

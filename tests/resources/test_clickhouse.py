@@ -356,3 +356,24 @@ def test_bad_mode_is_a_config_error() -> None:
 
     with pytest.raises(ie.ConfigError, match="mode='prefix'"):
         anyio.run(enter)
+
+
+async def test_keep_on_failure_keeps_the_database_until_pruned() -> None:
+    from isolated_env._config import resolve
+    from isolated_env.resources.clickhouse import ClickHouseResource
+
+    async with ie.Environment() as env:
+        ch = await env.enter(ie.isolated_clickhouse(keep_on_failure=True))
+        await ch.command("CREATE TABLE evidence (x Int32) ENGINE = MergeTree ORDER BY x")
+        await ch.insert("evidence", [[42]], column_names=["x"])
+        env.outcome = ie.Outcome.FAILED
+    [kept] = env.kept
+    assert kept.kind == "clickhouse" and ch.database in kept.where
+    async with ie.isolated_clickhouse() as other:
+        assert other.database != ch.database
+        rows = (await other.query(f"SELECT x FROM `{ch.database}`.evidence")).result_rows
+        assert rows == [(42,)]
+        removed = await ClickHouseResource.reap(resolve(), kept=True)
+        assert ch.database in removed
+        names = (await other.query("SELECT name FROM system.databases")).result_rows
+        assert (ch.database,) not in names

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -60,3 +61,25 @@ async def test_reset_empties_the_directory() -> None:
         await fs.write_text("a/b.txt", "x")
         await env.reset()
         assert fs.listdir() == [] and fs.path.exists()
+
+
+async def test_keep_on_failure_moves_the_directory_aside_until_pruned() -> None:
+    from isolated_env._config import resolve
+    from isolated_env.resources.fs import reap
+
+    async with ie.Environment() as env:
+        fs = await env.enter(ie.isolated_fs(keep_on_failure=True))
+        await fs.write_text("evidence.txt", "42")
+        env.outcome = ie.Outcome.FAILED
+    [kept] = env.kept
+    assert not fs.path.exists()
+    assert (Path(kept.where) / "evidence.txt").read_text() == "42"
+    assert kept.where in await reap(resolve(), kept=True)
+    assert not Path(kept.where).exists()
+
+
+async def test_a_passing_test_keeps_nothing_even_with_keep_on_failure() -> None:
+    async with ie.Environment() as env:
+        fs = await env.enter(ie.isolated_fs(keep_on_failure=True))
+        await fs.write_text("a.txt", "x")
+    assert env.kept == [] and not fs.path.exists()

@@ -1,0 +1,288 @@
+"""The private databases (or table prefixes) behind isolated_clickhouse, on one server and loop:
+made, swapped on release, dropped in the background, kept for a failed test, reaped when their
+owner has died."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from typing import Any, Literal
+
+from .._config import run_id
+from .._contract import Kept
+from .._drivers import clickhouse as ch_driver
+from .._errors import ConfigError
+from .._redact import redact_url
+from .._runtime import Runtime
+from .._servers.clickhouse import ClickHouseServer
+from .._servers.registry import owner_alive, owner_tag
+
+__all__ = ["Mode", "connect", "reap"]
+
+log = logging.getLogger("isolated_env")
+
+Mode = Literal["database", "prefix"]
+
+_counter = itertools.count(1)
+_reaped: set[tuple[str, str, str, str]] = set()
+
+
+def _owner_comment(*, kept: bool = False) -> str:
+    label: dict[str, Any] = {"by": "isolated_env", "run": run_id(), "owner": owner_tag()}
+    if kept:
+        label["kept"] = True
+    return json.dumps(label, separators=(",", ":"))
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _ident(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _dead(comment: str, *, kept: bool = False) -> bool:
+    """True when ``comment`` is one of ours and its owner is provably dead (never for another host);
+    a database kept for a failed test counts only when ``kept`` asks for those too."""
+    try:
+        data = json.loads(comment)
+    except ValueError:
+        return False
+    if not isinstance(data, dict) or data.get("by") != "isolated_env":
+        return False
+    if data.get("kept"):
+        return kept
+    if not isinstance(data.get("owner"), dict):
+        return False
+    return owner_alive(data["owner"]) is False
+
+
+async def connect(server: ClickHouseServer, database: str) -> Any:
+    return await ch_driver.connect(**server.client_kwargs(database))
+
+
+async def reap(admin: Any, server: ClickHouseServer, mode: Mode, *, kept: bool = False) -> list[str]:
+    """Drop what isolated_env created for owners that have died; returns what was dropped."""
+    dropped: list[str] = []
+    if mode == "database":
+        rows = (
+            await admin.query("SELECT name, comment FROM system.databases WHERE startsWith(name, 'ie_')")
+        ).result_rows
+        for name, comment in rows:
+            if _dead(comment, kept=kept):
+                await admin.command(f"DROP DATABASE IF EXISTS {_ident(name)} SYNC", use_database=False)
+                dropped.append(name)
+        return dropped
+    rows = (
+        await admin.query(
+            "SELECT name, comment FROM system.tables WHERE database = {db:String} "
+            "AND startsWith(name, 'ie_') AND endsWith(name, '__owner')",
+            parameters={"db": server.database},
+        )
+    ).result_rows
+    for marker, comment in rows:
+        if _dead(comment, kept=kept):
+            prefix = marker[: -len("_owner")]
+            dropped += await _drop_prefixed(admin, server.database, prefix, keep=None)
+    return dropped
+
+
+async def _drop_prefixed(client: Any, database: str, prefix: str, keep: str | None) -> list[str]:
+    rows = (
+        await client.query(
+            "SELECT name, engine FROM system.tables "
+            "WHERE database = {db:String} AND startsWith(name, {p:String})",
+            parameters={"db": database, "p": prefix},
+        )
+    ).result_rows
+    dropped = []
+    for name, engine in rows:
+        if name == keep:
+            continue
+        kind = "DICTIONARY" if engine == "Dictionary" else "TABLE"
+        await client.command(f"DROP {kind} IF EXISTS {_ident(database)}.{_ident(name)} SYNC")
+        dropped.append(f"{database}.{name}")
+    return dropped
+
+
+class _Slot:
+    __slots__ = ("client", "database", "prefix")
+
+    def __init__(self, client: Any, database: str, prefix: str) -> None:
+        self.client = client
+        self.database = database
+        self.prefix = prefix
+
+    @property
+    def marker(self) -> str:
+        return self.prefix + "_owner"
+
+
+class _Slots:
+    """Creates, cleans and drops private databases (or table prefixes) on one server for one event loop.
+
+    Each slot's own client runs the DDL of its slot (``use_database=False``), so no extra client is
+    opened per event loop.
+    """
+
+    SPARES = 2  # empty databases kept ready so that a release swaps instead of waiting for DDL
+
+    def __init__(self, server: ClickHouseServer, mode: Mode, runtime: Runtime) -> None:
+        self.server = server
+        self.mode = mode
+        self.runtime = runtime
+        self.spares: list[str] = []
+        self.retired: list[str] = []
+        self.dropping = 0  # retired databases not yet dropped (in the list, or being dropped)
+        self._working = False
+        self._admin: Any = None
+
+    def _name(self) -> str:
+        return f"ie_{run_id()}_{os.getpid()}_{next(_counter)}"
+
+    async def _make_database(self, client: Any, name: str) -> None:
+        await client.command(
+            f"CREATE DATABASE {_ident(name)} COMMENT {_literal(_owner_comment())}", use_database=False
+        )
+
+    async def _drop_database(self, client: Any, name: str) -> None:
+        await client.command(f"DROP DATABASE IF EXISTS {_ident(name)} SYNC", use_database=False)
+
+    async def create(self) -> _Slot:
+        client = await connect(self.server, self.server.database)
+        try:
+            key = (self.server.source, self.server.url, self.server.database, self.mode)
+            if key not in _reaped:
+                _reaped.add(key)
+                await reap(client, self.server, self.mode)
+            name = self._name()
+            if self.mode == "prefix":
+                slot = _Slot(client, self.server.database, name + "_")
+                await client.command(
+                    f"CREATE TABLE {_ident(slot.database)}.{_ident(slot.marker)} (x UInt8) ENGINE = Memory "
+                    f"COMMENT {_literal(_owner_comment())}"
+                )
+                return slot
+            await self._make_database(client, name)
+        except BaseException:
+            await client.close()
+            raise
+        client.database = name
+        return _Slot(client, name, "")
+
+    async def clean(self, slot: _Slot) -> None:
+        """Back to empty, keeping the names (``Environment.reset`` between Hypothesis examples)."""
+        if self.mode == "database":
+            await self._drop_database(slot.client, slot.database)
+            await self._make_database(slot.client, slot.database)
+        else:
+            await _drop_prefixed(slot.client, slot.database, slot.prefix, keep=slot.marker)
+
+    async def recycle(self, slot: _Slot) -> None:
+        """On release: the slot moves to a fresh database (a spare made ahead of time, else a new one)
+        and the used one is dropped in the background."""
+        if self.mode == "prefix":
+            await self.clean(slot)
+            return
+        if self.spares:
+            name = self.spares.pop()
+        else:
+            name = self._name()
+            await self._make_database(slot.client, name)
+        self.retired.append(slot.database)
+        self.dropping += 1
+        slot.database = slot.client.database = name
+        await self._kick()
+
+    async def _kick(self) -> None:
+        if not self._working:
+            self._working = True
+            await self.runtime.spawn(self._work, name="isolated-env clickhouse drops and spares")
+
+    async def _work(self) -> None:
+        """Drops retired databases and keeps SPARES empty ones ready, off the test's path. A DROP
+        that fails is logged and retried on the next round (or at close): one failure must not
+        stop the drops that follow."""
+        try:
+            if self._admin is None:
+                self._admin = await connect(self.server, self.server.database)
+            failed: list[str] = []
+            while self.retired:
+                name = self.retired.pop()
+                try:
+                    await self._drop_database(self._admin, name)
+                except Exception as exc:
+                    log.warning("isolated_env: dropping ClickHouse database %s failed (retried later): %r", name, exc)
+                    failed.append(name)
+                    continue
+                self.dropping -= 1
+            self.retired.extend(failed)
+            while len(self.spares) < self.SPARES and not self.runtime.closed:
+                name = self._name()
+                await self._make_database(self._admin, name)
+                self.spares.append(name)
+        finally:
+            self._working = False
+
+    async def settle(self) -> None:
+        """Wait until every released database has been dropped (raises the last failure when a
+        drop keeps failing)."""
+        for _ in range(3):
+            if not self.dropping:
+                return
+            await self._kick()
+            await self.runtime.settle()
+        if self.dropping:
+            raise ConfigError(
+                f"{self.dropping} released ClickHouse database(s) could not be dropped: "
+                + "; ".join(repr(e) for e in self.runtime.errors[-3:])
+            )
+
+    async def keep(self, slot: _Slot) -> Kept:
+        """A failed test's database stays, labelled kept, until ``isolated-env prune --kept``."""
+        if self.mode == "database":
+            await slot.client.command(
+                f"ALTER DATABASE {_ident(slot.database)} MODIFY COMMENT {_literal(_owner_comment(kept=True))}",
+                use_database=False,
+            )
+            where = f"database {slot.database} at {redact_url(self.server.url)}"
+        else:
+            await slot.client.command(
+                f"ALTER TABLE {_ident(slot.database)}.{_ident(slot.marker)} "
+                f"MODIFY COMMENT {_literal(_owner_comment(kept=True))}"
+            )
+            where = f"tables {slot.database}.{slot.prefix}* at {redact_url(self.server.url)}"
+        await slot.client.close()
+        return Kept("clickhouse", where, f"query it with database={slot.database}")
+
+    async def aclose(self) -> None:
+        """At the event loop's end: drop the retired and spare databases."""
+        leftovers = self.retired + self.spares
+        self.retired, self.spares = [], []
+        if not leftovers:
+            if self._admin is not None:
+                await self._admin.close()
+            return
+        admin = self._admin or await connect(self.server, self.server.database)
+        try:
+            for name in leftovers:
+                try:
+                    await self._drop_database(admin, name)
+                except Exception as exc:  # its owner label lets the next start's reaper drop it
+                    log.warning("isolated_env: dropping ClickHouse database %s at close failed: %r", name, exc)
+        finally:
+            await admin.close()
+
+    async def destroy(self, slot: _Slot) -> None:
+        try:
+            if self.mode == "database":
+                await self._drop_database(slot.client, slot.database)
+            else:
+                await _drop_prefixed(slot.client, slot.database, slot.prefix, keep=None)
+        finally:
+            await slot.client.close()
+
+
