@@ -36,7 +36,7 @@ from ._resilience import (
     resilient_client,
 )
 from ._resource import Resource
-from .resources._postgres_database import DatabaseHandle, PostgresTemplate
+from .resources.postgres import DatabaseHandle, PostgresTemplate
 from .resources.clickhouse import ClickHouseHandle, isolated_clickhouse
 from .resources.fs import FileSystemHandle, isolated_fs
 from .resources.http import HttpExpectation, HttpHandle, RecordedRequest, isolated_http

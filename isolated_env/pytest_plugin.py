@@ -228,7 +228,7 @@ async def isolated_env(
     async with Environment() as env:
         yield env
         if failed(request):
-            from .resources._postgres_database import mark_failed
+            from .resources.postgres import mark_failed
 
             for name in env.keys():
                 dsn = mark_failed(env[name])
