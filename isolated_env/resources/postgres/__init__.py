@@ -8,7 +8,8 @@ One idea per module, each importing only those listed before it:
 - :mod:`.templates`: :class:`PostgresTemplate`, built once under an advisory lock;
 - :mod:`.janitor`: reaping dead owners' databases, keeping a failed test's, :func:`prune`;
 - :mod:`.transaction`: transaction mode, ``BEGIN`` … ``ROLLBACK`` with escaped ``COMMIT`` healed;
-- :mod:`.database`: database mode, private clones from a warm pool refilled in the background;
+- :mod:`.warm`: the warm pool, clones made ahead of demand by background tasks;
+- :mod:`.database`: database mode, a private clone per test leased from the warm pool;
 - :mod:`.factory`: :func:`isolated_postgres`, choosing the mode.
 
 asyncpg itself is imported (lazily) only by :mod:`isolated_env._drivers.asyncpg`.
