@@ -124,7 +124,7 @@ class WarmPool:
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self._deliver(waiter.result())  # got one just as we gave up: pass it on
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError):  # already popped by _deliver or _fail_waiters
                 self.waiters.remove(waiter)
             raise
 
