@@ -33,7 +33,7 @@ import anyio
 from isolated_env import isolated_postgres
 from isolated_env._resource import current_settings
 from isolated_env._servers.postgres import PostgresServer, ensure_server
-from isolated_env.resources._postgres_database import (
+from isolated_env.resources.postgres import (
     PostgresTemplate,
     build_template,
     settle,
@@ -145,7 +145,7 @@ _STARTUP = """
 import anyio, json, sys, time
 t0 = time.perf_counter()
 from isolated_env import isolated_postgres
-from isolated_env.resources._postgres_database import PostgresTemplate
+from isolated_env.resources.postgres import PostgresTemplate
 
 async def main():
     sql = open(sys.argv[2]).read()
@@ -222,7 +222,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
 
         build = await build_template(server, template)
         reuse_probe = PostgresTemplate(name=f"bench-{run}", sql=SCHEMA)
-        from isolated_env.resources import _postgres_database as mod
+        from isolated_env.resources.postgres import templates as mod
 
         mod._templates.clear()  # as a new process would: look the template up on the server
         t0 = time.perf_counter()

@@ -35,7 +35,7 @@ if typing.TYPE_CHECKING:
     )
     from ._metrics import LeakReport
     from ._pool import Pool, PoolStatistics
-    from .resources._postgres_database import DatabaseHandle, PostgresTemplate
+    from .resources.postgres import DatabaseHandle, PostgresTemplate
     from .resources.clickhouse import ClickHouseHandle, isolated_clickhouse
     from .resources.fs import FileSystemHandle, isolated_fs
     from .resources.http import HttpExpectation, HttpHandle, RecordedRequest, isolated_http
@@ -56,8 +56,8 @@ _WHERE: dict[str, str] = {
     "LeakReport": "._metrics",
     "Pool": "._pool",
     "PoolStatistics": "._pool",
-    "DatabaseHandle": ".resources._postgres_database",
-    "PostgresTemplate": ".resources._postgres_database",
+    "DatabaseHandle": ".resources.postgres",
+    "PostgresTemplate": ".resources.postgres",
     "ClickHouseHandle": ".resources.clickhouse",
     "isolated_clickhouse": ".resources.clickhouse",
     "FileSystemHandle": ".resources.fs",

@@ -211,7 +211,7 @@ def prune(kept: bool, templates: bool) -> int:
         removed: list[str] = []
         if _worth_pruning("postgres"):
             from ._servers.postgres import ensure_server
-            from .resources._postgres_database import prune as prune_databases
+            from .resources.postgres import prune as prune_databases
 
             server = await ensure_server(resolve())
             removed += await prune_databases(server, kept=kept, orphans=True, templates=templates)

@@ -21,11 +21,12 @@ from isolated_env._config import resolve
 from isolated_env._resource import current_settings
 from isolated_env._servers import registry
 from isolated_env._servers.postgres import PostgresServer, ensure_server
-from isolated_env.resources._postgres_database import (
+from isolated_env.resources.postgres import (
     DatabaseHandle,
     PostgresTemplate,
     WarmPoolStatistics,
     build_template,
+    forget_templates,
     kept_databases,
     mark_failed,
     prune,
@@ -201,9 +202,7 @@ async def test_template_is_reused_while_its_hash_holds_and_rebuilt_once_when_it_
     first = await build_template(server, v1)
     assert first.built and first.database == v1.database_name
     # A later run (nothing cached in the process) finds it on the server.
-    from isolated_env.resources import _postgres_database as mod
-
-    mod._templates.clear()
+    forget_templates()
     assert not (await build_template(server, same)).built
 
     results = []
@@ -243,7 +242,7 @@ from isolated_env._config import resolve
 from isolated_env._resource import current_settings
 from isolated_env._servers import registry
 from isolated_env._servers.postgres import ensure_server
-from isolated_env.resources._postgres_database import PostgresTemplate, build_template
+from isolated_env.resources.postgres import PostgresTemplate, build_template
 
 async def setup(db):
     await db.execute("SELECT pg_sleep(0.3); CREATE TABLE slow (s int)")
@@ -452,7 +451,7 @@ async def test_successful_test_with_keep_on_failure_is_dropped(admin: asyncpg.Co
 _HOLDER = """
 import anyio, json, sys
 from isolated_env import Environment, isolated_postgres
-from isolated_env.resources._postgres_database import warm_pool_statistics
+from isolated_env.resources.postgres import warm_pool_statistics
 
 async def main():
     async with Environment(capacity=3) as env:

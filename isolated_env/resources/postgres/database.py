@@ -1,0 +1,74 @@
+"""Database mode: a private PostgreSQL database per test, cloned from a template and leased from
+the warm pool (:mod:`.warm`); IntegreSQL's idea, done in-process.
+
+A lease is a pop from a list of ready clones; a released database is never handed out again (it
+is dropped in the background, :func:`settle` waits for that). Every database carries its owner in
+a comment (:mod:`.labels`); a failed test's database can be kept (``keep_on_failure``,
+:mod:`.janitor`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from ..._config import Settings
+from ..._drivers import asyncpg as driver
+from ..._pool import Pool
+from ..._runtime import current_scope
+from ..._servers.postgres import PostgresServer
+from .handle import Clone, DatabaseHandle, PostgresHandle
+from .janitor import keep, reap_once
+from .labels import server_key
+from .templates import PostgresTemplate, template_database
+from .warm import WarmPoolStatistics, warm_pool, warm_pools
+
+__all__ = ["WarmPoolStatistics", "database_mode", "settle", "warm_pool_statistics"]
+
+
+async def settle() -> None:
+    """Wait until every database released in this event loop has been dropped (releases drop in
+    the background so that a test's teardown does not wait for ``DROP DATABASE``)."""
+    for warm in warm_pools(await current_scope()):
+        await warm.settle()
+
+
+async def warm_pool_statistics() -> list[WarmPoolStatistics]:
+    """Statistics of this event loop's warm pools (one per template and capacity)."""
+    return [warm.statistics() for warm in warm_pools(await current_scope())]
+
+
+
+@contextlib.asynccontextmanager
+async def database_mode(
+    server: PostgresServer, settings: Settings, template: PostgresTemplate, *, keep_on_failure: bool
+) -> AsyncIterator[PostgresHandle]:
+    """A private database cloned from ``template``, leased from the warm pool."""
+    await reap_once(server, unlabelled=True)
+    template_name = await template_database(server, template)
+    scope = await current_scope()
+    warm = warm_pool(scope, server, template, template_name, settings.capacity)
+
+    async def take() -> Clone:
+        with driver.translate(f"make a database from {warm.template_name} on", driver.redacted_dsn(server)):
+            return await warm.take()
+
+    async def release(clone: Clone) -> None:
+        warm.release(clone)
+
+    pool = scope.pool(
+        ("postgres-db", server_key(server), template_name, settings.capacity),
+        lambda: Pool(f"postgres databases ({template_name})", create=take, destroy=release,
+                     capacity=settings.capacity, lease_timeout=settings.lease_timeout),
+    )
+    async with pool.lease() as lease:
+        lease.discard()  # a used database is never handed out again
+        handle = DatabaseHandle(lease.value, server, pool, warm.template_name, keep_on_failure)
+        try:
+            yield handle
+        except BaseException as exc:
+            if keep_on_failure and not isinstance(exc, GeneratorExit):
+                exc.add_note(await keep(handle, f"{type(exc).__name__}: {exc}"))
+            raise
+        if keep_on_failure and handle.failed:
+            await keep(handle, "the test failed")

@@ -1,0 +1,77 @@
+"""The handles a test gets: asyncpg's own query API on its connection, and ``.dsn`` to reach the
+same database from any other client."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ..._drivers import asyncpg as driver
+from ..._errors import TeardownError
+from ..._servers.postgres import PostgresServer
+from .labels import create_database, drop_database
+
+__all__ = ["Clone", "DatabaseHandle", "PostgresHandle"]
+
+
+class PostgresHandle:
+    """asyncpg's query API on a test's isolated connection; ``.dsn`` reaches the same database.
+
+    Every asyncpg ``Connection`` method works on the handle (``execute``, ``fetch``, ``fetchrow``,
+    ``fetchval``, ``executemany``, ``transaction``, ``copy_*``, ``prepare``, ``cursor`` …).
+    """
+
+    def __init__(self, connection: Any, server: PostgresServer, database: str, mode: str, pool: Any) -> None:
+        self.connection = connection
+        self.server = server
+        self.database = database
+        self.mode = mode
+        self.dsn = server.dsn(database)
+        self._ie_pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.connection, name)
+
+    def __repr__(self) -> str:
+        return f"<PostgresHandle mode={self.mode} dsn={driver.redacted_dsn(self.server, self.database)}>"
+
+
+@dataclasses.dataclass
+class Clone:
+    """A private database made from a template, with a connection already open to it."""
+
+    name: str
+    conn: Any
+    kept: bool = False
+
+
+class DatabaseHandle(PostgresHandle):
+    """A private database: asyncpg's query API on one connection, ``.dsn`` for any other client.
+
+    Commits are allowed and any number of connections may be opened to ``.dsn``; on release the
+    database is dropped (their sessions are ended), unless it is kept for a failed test.
+    """
+
+    def __init__(
+        self, clone: Clone, server: PostgresServer, pool: Any, template: str, keep_on_failure: bool
+    ) -> None:
+        super().__init__(clone.conn, server, clone.name, "database", pool)
+        self.template = template
+        self.keep_on_failure = keep_on_failure
+        self.kept = False
+        self.failed = False
+        self._ie_clone = clone
+
+    async def _ie_reset(self) -> None:
+        """Back to a fresh copy of the template under the same name, so ``.dsn`` stays valid."""
+        self.connection.terminate()
+        with driver.translate(f"reset {self.database} (a fresh copy of {self.template}) on",
+                              driver.redacted_dsn(self.server), failure=TeardownError):
+            admin = await driver.connect(self.server)
+            try:
+                await drop_database(admin, self.database)
+                await create_database(admin, self.server, self.database, self.template, mode="database",
+                                      origin=self.template)
+            finally:
+                await driver.close(admin)
+            self.connection = self._ie_clone.conn = await driver.connect(self.server, self.database)

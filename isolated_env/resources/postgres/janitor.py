@@ -1,0 +1,255 @@
+"""What isolated_env leaves on a server, and how it goes away.
+
+- Orphans: the reaper drops ``ie_*`` databases whose owner process died on this host (SIGKILL,
+  crash), once per server and process, before the first use. A live run's databases, and those
+  of other hosts, are never touched.
+- Kept databases: with ``keep_on_failure``, a failed test's database is relabelled as kept, and
+  stays (the reaper leaves it alone) until :func:`prune` removes it (``isolated-env prune``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import anyio
+
+from ..._config import hostname, run_id
+from ..._drivers import asyncpg as driver
+from ..._errors import TeardownError
+from ..._resource import current_settings
+from ..._servers import registry
+from ..._servers.postgres import PostgresServer
+from ..._servers.registry import owner_alive, owner_tag
+from .handle import DatabaseHandle
+from .labels import disown, drop, drop_database, server_key
+from .sql import quote_ident, quote_literal
+from .templates import forget_templates
+
+__all__ = ["KeptDatabase", "keep", "kept_databases", "mark_failed", "prune", "reap_once", "reap_orphans"]
+
+log = logging.getLogger("isolated_env")
+
+_reap_lock = threading.Lock()
+_reaped: set[str] = set()  # server keys whose dead owners' databases this process has reaped
+_reaped_unlabelled: set[str] = set()  # ... and whose unlabelled clones of dead creators
+
+
+async def reap_orphans(server: PostgresServer, admin: Any) -> int:
+    """Drop ``ie_*`` databases whose owner process died on this host (SIGKILL, crash).
+
+    A live run's databases, and those of other hosts, are never touched.
+    """
+    rows = await admin.fetch(
+        "SELECT datname, shobj_description(oid, 'pg_database') AS owner FROM pg_database "
+        "WHERE datname LIKE 'ie\\_%' AND NOT datistemplate"
+    )
+    dropped = 0
+    for row in rows:
+        try:
+            owner = json.loads(row["owner"] or "{}")
+        except ValueError:
+            continue
+        if owner.get("keep") or owner_alive(owner) is not False:
+            continue
+        if await _try_drop(admin, row["datname"]):
+            dropped += 1
+    return dropped
+
+
+async def _try_drop(admin: Any, name: str, *, template: bool = False) -> bool:
+    try:
+        await (drop if template else drop_database)(admin, name)
+    except Exception as exc:  # still in use, or gone meanwhile: the next reaper or prune tries again
+        log.debug("isolated_env: could not drop %s: %r", name, exc)
+        return False
+    return True
+
+
+async def _reap_unlabelled(server: PostgresServer, admin: Any) -> list[str]:
+    """Drop clones whose creator was killed between CREATE DATABASE and labelling it.
+
+    Only on the embedded server, whose every client runs on this host: there the pid in the name
+    is enough to tell that the creator is dead. A name whose pid is alive is left alone.
+    """
+    if server.source != "embedded":
+        return []
+    rows = await admin.fetch(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'ie\\_db\\_%' "
+        "AND shobj_description(oid, 'pg_database') IS NULL"
+    )
+    dropped = []
+    for row in rows:
+        match = re.fullmatch(r"ie_db_[a-z0-9]+_(\d+)_\d+", row["datname"])
+        if match is None or owner_alive({"host": hostname(), "pid": int(match.group(1))}) is not False:
+            continue
+        if await _try_drop(admin, row["datname"]):
+            dropped.append(row["datname"])
+    return dropped
+
+
+async def reap_once(server: PostgresServer, *, unlabelled: bool, admin: Any = None) -> None:
+    """Remove dead owners' databases the first time this process uses the server (also the
+    unlabelled clones of dead creators, with ``unlabelled=True``), on ``admin`` or a connection of
+    its own."""
+    key = server_key(server)
+    with _reap_lock:
+        labelled = key not in _reaped
+        _reaped.add(key)
+        unlabelled = unlabelled and key not in _reaped_unlabelled
+        if unlabelled:
+            _reaped_unlabelled.add(key)
+    if not (labelled or unlabelled):
+        return
+    with driver.translate("remove dead owners' databases on", driver.redacted_dsn(server)):
+        conn = admin if admin is not None else await driver.connect(server)
+        try:
+            if labelled:
+                await reap_orphans(server, conn)
+            if unlabelled:
+                await _reap_unlabelled(server, conn)
+        finally:
+            if admin is None:
+                await driver.close(conn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keeping a failed test's database
+
+
+def mark_failed(handle: object) -> str | None:
+    """Tell a database-mode handle that its test failed, before teardown (for the pytest plugin).
+
+    With ``keep_on_failure=True`` the database is then kept on release instead of dropped; returns
+    its DSN (password redacted) to print in the report, or None when nothing will be kept.
+    """
+    if not isinstance(handle, DatabaseHandle):
+        return None
+    handle.failed = True
+    return driver.redacted_dsn(handle.server, handle.database) if handle.keep_on_failure else None
+
+
+async def keep(handle: DatabaseHandle, reason: str) -> str:
+    """Relabel the database as kept (the reaper and the exit handler leave it alone); a note for
+    the report saying where it is, or why it could not be kept (then it is dropped as usual)."""
+    label = {**owner_tag(), "run": run_id(), "mode": "database", "origin": handle.template,
+             "keep": True, "kept_at": round(time.time()), "reason": reason[:500]}
+    try:
+        with anyio.CancelScope(shield=True), anyio.fail_after(10):
+            admin = await driver.connect(handle.server)
+            try:
+                comment = quote_literal(json.dumps(label))
+                await admin.execute(f"COMMENT ON DATABASE {quote_ident(handle.database)} IS {comment}")
+            finally:
+                await driver.close(admin)
+    except Exception as exc:  # the test's own failure matters more than the keeping of its evidence
+        return f"isolated_env could not keep this test's database {handle.database}: {exc}"
+    handle.kept = handle._ie_clone.kept = True
+    disown(handle.database)
+    stays = ""
+    if handle.server.source == "embedded":
+        # Evidence on a server that stops with the run would be gone before anyone looks at it.
+        settings = current_settings()
+        await anyio.to_thread.run_sync(registry.pin, "postgres", settings.state_dir)
+        stays = "; the embedded server stays up until `isolated-env down`"
+    return (
+        f"isolated_env kept this test's database {handle.database}: "
+        f"{driver.redacted_dsn(handle.server, handle.database)} (remove it with `isolated-env prune --kept`{stays})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Kept databases and pruning (the CLI's `isolated-env prune`)
+
+
+@dataclasses.dataclass(frozen=True)
+class KeptDatabase:
+    """A failed test's database kept by ``keep_on_failure``."""
+
+    name: str
+    dsn: str
+    run: str
+    host: str
+    pid: int | None
+    kept_at: float | None
+    reason: str
+
+
+async def kept_databases(server: PostgresServer) -> list[KeptDatabase]:
+    """The databases kept for failed tests on ``server``, oldest first."""
+    with driver.translate("list the kept databases on", driver.redacted_dsn(server)):
+        admin = await driver.connect(server)
+        try:
+            return _kept(server, await _labelled(admin))
+        finally:
+            await driver.close(admin)
+
+
+async def _labelled(admin: Any) -> list[tuple[str, bool, dict[str, Any]]]:
+    rows = await admin.fetch(
+        "SELECT datname, datistemplate, shobj_description(oid, 'pg_database') AS label FROM pg_database "
+        "WHERE datname LIKE 'ie\\_%' ORDER BY oid"
+    )
+    out = []
+    for row in rows:
+        try:
+            label = json.loads(row["label"] or "{}")
+        except ValueError:
+            label = {}
+        out.append((row["datname"], row["datistemplate"], label if isinstance(label, dict) else {}))
+    return out
+
+
+def _kept(server: PostgresServer, rows: Iterable[tuple[str, bool, dict[str, Any]]]) -> list[KeptDatabase]:
+    return [
+        KeptDatabase(
+            name=name,
+            dsn=driver.redacted_dsn(server, name),
+            run=str(label.get("run", "")),
+            host=str(label.get("host", "")),
+            pid=label.get("pid"),
+            kept_at=label.get("kept_at"),
+            reason=str(label.get("reason", "")),
+        )
+        for name, is_template, label in rows
+        if label.get("keep") and not is_template
+    ]
+
+
+async def prune(
+    server: PostgresServer, *, kept: bool = True, orphans: bool = False, templates: bool = False
+) -> list[str]:
+    """Drop what isolated_env left on ``server`` and return the names dropped: the databases kept
+    for failed tests (``kept``); with ``orphans=True`` also those of dead processes on this host
+    (what the reaper does at start, plus clones whose creator died before labelling them); with
+    ``templates=True`` every built template (a run that still needs one builds it again).
+    A live run's databases are never touched."""
+    with driver.translate("prune databases on", driver.redacted_dsn(server), failure=TeardownError):
+        admin = await driver.connect(server)
+        try:
+            rows = await _labelled(admin)
+            dropped: list[str] = []
+            if kept:
+                for item in _kept(server, rows):
+                    if await _try_drop(admin, item.name, template=True):
+                        dropped.append(item.name)
+            if orphans:
+                await reap_orphans(server, admin)
+                gone = {r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database")}
+                gone = {name for name, _t, _l in rows} - gone
+                dropped.extend(name for name, _t, label in rows if name in gone and owner_alive(label) is False)
+                dropped.extend(await _reap_unlabelled(server, admin))
+            if templates:
+                for name, is_template, _label in rows:
+                    if is_template and name.startswith("ie_tpl_") and await _try_drop(admin, name, template=True):
+                        dropped.append(name)
+                forget_templates(dropped)
+            return dropped
+        finally:
+            await driver.close(admin)

@@ -1,0 +1,118 @@
+"""Every database of ours says who owns it, and this process remembers what it owns.
+
+``CREATE DATABASE`` is followed by a comment holding the owner (host, pid, run, and what the
+database is for), so a reaper on a later start can tell a dead owner's database from a live one's
+(:mod:`.janitor`). What this process created and has not dropped yet is dropped at exit, also when
+the server outlives the process (it is shared with other processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import threading
+from typing import Any
+
+from ..._config import run_id
+from ..._drivers import asyncpg as driver
+from ..._errors import ServiceUnavailable
+from ..._servers.postgres import PostgresServer
+from ..._servers.registry import owner_tag
+from .sql import quote_ident, quote_literal
+
+__all__ = ["create_database", "disown", "drop", "drop_database", "no_createdb", "own", "server_key"]
+
+log = logging.getLogger("isolated_env")
+
+
+def server_key(server: PostgresServer) -> str:
+    """One server as seen by one role: the key of everything cached per server."""
+    return f"{server.host}:{server.port}:{server.user}"
+
+
+async def create_database(admin: Any, server: PostgresServer, name: str, template: str, **extra: Any) -> None:
+    """CREATE DATABASE … TEMPLATE …, labelled with its owner so a reaper can tell if it is orphaned."""
+    strategy = " STRATEGY FILE_COPY" if server.major >= 15 else ""
+    await admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(template)}{strategy}")
+    label = json.dumps({**owner_tag(), "run": run_id(), **extra})
+    await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(label)}")
+
+
+async def drop_database(admin: Any, name: str) -> None:
+    """Drop a database (not a template), ending its sessions."""
+    await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+
+
+async def drop(admin: Any, name: str) -> None:
+    """Drop a database of ours, template or not, ending its sessions."""
+    ident = quote_ident(name)
+    try:
+        await admin.execute(f"ALTER DATABASE {ident} WITH IS_TEMPLATE false")
+    except driver.module().InvalidCatalogNameError:
+        pass  # not there: the DROP … IF EXISTS below has nothing to do either
+    await admin.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
+
+
+def no_createdb(server: PostgresServer, exc: BaseException) -> ServiceUnavailable:
+    """The error for a role that may not create databases."""
+    return ServiceUnavailable(
+        "PostgreSQL",
+        f"user {server.user!r} may not create databases on {server.host}:{server.port} ({exc})",
+        fix=f"ALTER ROLE {server.user} CREATEDB, or use isolated_postgres(mode='transaction')",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# What this process owns, across event loops: dropped at exit, reaped by others if we are killed.
+
+_owned_lock = threading.Lock()
+_owned: dict[str, PostgresServer] = {}  # databases this process created and has not dropped (nor kept)
+_exit_registered = False
+
+
+def own(name: str, server: PostgresServer) -> None:
+    """Record a database this process created, so it is dropped at exit if nothing drops it sooner."""
+    global _exit_registered
+    with _owned_lock:
+        _owned[name] = server
+        if not _exit_registered:
+            _exit_registered = True
+            atexit.register(_drop_owned_blocking)
+
+
+def disown(name: str) -> None:
+    """Forget a database: it was dropped, or it is kept for a failed test."""
+    with _owned_lock:
+        _owned.pop(name, None)
+
+
+def _drop_owned_blocking() -> None:
+    """At exit: drop what is left (the server may outlive us, shared with other processes)."""
+    with _owned_lock:
+        owned = dict(_owned)
+    if not owned:
+        return
+
+    async def drop_all() -> None:
+        by_server: dict[str, tuple[PostgresServer, list[str]]] = {}
+        for name, server in owned.items():
+            by_server.setdefault(server_key(server), (server, []))[1].append(name)
+        for server, names in by_server.values():
+            admin = await driver.connect(server)
+            try:
+                for name in names:
+                    try:
+                        await drop_database(admin, name)
+                    except Exception as exc:  # left for the next start's reaper (we are dead by then)
+                        log.debug("isolated_env: could not drop %s at exit: %r", name, exc)
+                    else:
+                        disown(name)
+            finally:
+                await driver.close(admin)
+
+    try:
+        asyncio.run(drop_all())
+    except Exception as exc:  # the server went first (an embedded one stops with the run): the reaper has it
+        log.debug("isolated_env: dropping this process's databases at exit failed: %r", exc)

@@ -1,0 +1,343 @@
+"""The warm pool: clones of one template made ahead of demand by background tasks of one event
+loop, each with a connection already open, so a lease is a pop from a list; released clones are
+dropped in the background, never handed out again.
+
+asyncpg only runs on asyncio, so the background tasks are asyncio tasks; they live and die with
+the event loop's :class:`~isolated_env._runtime.LoopScope`. The names of clones that were made but
+never leased outlive a loop (a database does not belong to a loop) and are reused by the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import itertools
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import anyio
+
+from ..._config import run_id
+from ..._drivers import asyncpg as driver
+from ..._errors import PoolClosed
+from ..._metrics import percentile
+from ..._runtime import LoopScope
+from ..._servers.postgres import PostgresServer
+from .handle import Clone
+from .labels import create_database, disown, drop_database, no_createdb, own, server_key
+from .templates import PostgresTemplate, forget_template, template_database
+
+__all__ = ["WarmPool", "WarmPoolStatistics", "warm_pool", "warm_pools"]
+
+log = logging.getLogger("isolated_env")
+
+_MAX_WORKERS = 4  # concurrent clones per pool: FILE_COPY checkpoints coalesce, 2-4 in flight is fastest
+
+# What this process made, across event loops: clean clones nobody leased (no connection open).
+_spare_lock = threading.Lock()
+_spare: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+_counter = itertools.count(1)
+
+
+def _new_name(server: PostgresServer) -> str:
+    name = f"ie_db_{run_id()}_{os.getpid()}_{next(_counter)}"
+    own(name, server)
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmPoolStatistics:
+    """A snapshot of one warm pool; times in milliseconds."""
+
+    template: str
+    target: int
+    ready: int
+    in_flight: int
+    clones: int
+    reused_spares: int
+    clone_p50_ms: float
+    clone_p95_ms: float
+    drops: int
+    pending_drops: int
+    starved: int  # leases that found no ready clone and waited for one
+    errors: int
+
+
+class WarmPool:
+    """Ready clones of one template for one event loop, refilled by worker tasks, drained by a dropper."""
+
+    def __init__(
+        self, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int
+    ) -> None:
+        self.server = server
+        self.template = template
+        self.template_name = template_name
+        self.target = target
+        self.ready: collections.deque[Clone] = collections.deque()
+        self.waiters: collections.deque[asyncio.Future[Clone]] = collections.deque()
+        self.creating: set[str] = set()
+        self.drops: collections.deque[str] = collections.deque()
+        self.dropping: set[str] = set()
+        self.closed = False
+        self._wake = asyncio.Event()
+        self._wake_dropper = asyncio.Event()
+        self._dropped = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._clone_ms: collections.deque[float] = collections.deque(maxlen=10_000)
+        self._clones = self._spares = self._drops_done = self._starved = self._errors = 0
+        self.last_error: BaseException | None = None
+
+    @property
+    def spare_key(self) -> tuple[str, str]:
+        return (server_key(self.server), self.template_name)
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        workers = max(1, min(_MAX_WORKERS, self.target))
+        self._tasks = [loop.create_task(self._worker(), name=f"isolated_env refill {self.template_name}")
+                       for _ in range(workers)]
+        self._tasks.append(loop.create_task(self._dropper(), name=f"isolated_env drop {self.template_name}"))
+
+    # -- leasing --------------------------------------------------------------------------
+
+    async def take(self) -> Clone:
+        """A ready clone at once, or the next one made; never waits for refill when one is ready."""
+        if self.closed:
+            raise PoolClosed(f"the warm pool of {self.template_name} is closed (its event loop ended)")
+        while self.ready:
+            clone = self.ready.popleft()
+            self._wake.set()
+            if not clone.conn.is_closed():
+                return clone
+            self.release(clone)
+        self._starved += 1
+        waiter: asyncio.Future[Clone] = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self._wake.set()
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._deliver(waiter.result())  # got one just as we gave up: pass it on
+            with contextlib.suppress(ValueError):  # already popped by _deliver or _fail_waiters
+                self.waiters.remove(waiter)
+            raise
+
+    def release(self, clone: Clone) -> None:
+        """Close the clone's connection and have it dropped in the background (kept ones stay)."""
+        clone.conn.terminate()
+        if clone.kept:
+            return
+        if self.closed:
+            return  # still owned (postgres.own): dropped at exit
+        self.drops.append(clone.name)
+        self._wake_dropper.set()
+
+    def _deliver(self, clone: Clone) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(clone)
+                return
+        self.ready.append(clone)
+
+    def _fail_waiters(self, exc: BaseException) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(exc)
+
+    # -- background -----------------------------------------------------------------------
+
+    def _wanted(self) -> int:
+        return self.target + len(self.waiters) - len(self.ready) - len(self.creating)
+
+    async def _worker(self) -> None:
+        asyncpg = driver.module()
+        admin: Any = None
+        backoff = 0.05
+        try:
+            while True:
+                while self._wanted() <= 0:
+                    self._wake.clear()
+                    await self._wake.wait()
+                spare = self._take_spare()
+                name = spare or _new_name(self.server)
+                self.creating.add(name)
+                started = time.perf_counter()
+                created = spare is not None
+                try:
+                    if spare is None:
+                        if admin is None or admin.is_closed():
+                            admin = await driver.connect(self.server)
+                        await create_database(admin, self.server, name, self.template_name, mode="database",
+                                              origin=self.template_name)
+                        created = True
+                    conn = await driver.connect(self.server, name)
+                except Exception as exc:  # reported to waiting leases, then retried
+                    self.creating.discard(name)
+                    if created:  # the database exists but cannot be used: drop it
+                        self.drops.append(name)
+                        self._wake_dropper.set()
+                    else:
+                        disown(name)
+                    if spare is not None:
+                        continue  # a spare that vanished or broke: make another
+                    self._errors += 1
+                    self.last_error = exc
+                    if isinstance(exc, asyncpg.InvalidCatalogNameError):
+                        # The template was dropped under us (prune --templates): build it again.
+                        forget_template(self.server, self.template)
+                        try:
+                            self.template_name = await template_database(self.server, self.template)
+                        except Exception as rebuild:  # the waiters get the original error below
+                            log.warning("isolated_env: rebuilding the dropped template %s failed: %r",
+                                        self.template.name, rebuild)
+                        else:
+                            continue
+                    if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+                        exc = no_createdb(self.server, exc)
+                    self._fail_waiters(exc)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 2.0)
+                    continue
+                backoff = 0.05
+                self.creating.discard(name)
+                if spare is None:
+                    self._clones += 1
+                    self._clone_ms.append((time.perf_counter() - started) * 1000)
+                else:
+                    self._spares += 1
+                self._deliver(Clone(name, conn))
+        finally:
+            if admin is not None:
+                admin.terminate()
+
+    def _take_spare(self) -> str | None:
+        with _spare_lock:
+            spares = _spare.get(self.spare_key)
+            return spares.pop() if spares else None
+
+    async def _dropper(self) -> None:
+        admin: Any = None
+        try:
+            while True:
+                while not self.drops:
+                    self._dropped.set()
+                    self._wake_dropper.clear()
+                    await self._wake_dropper.wait()
+                self._dropped.clear()
+                name = self.drops.popleft()
+                self.dropping.add(name)
+                try:
+                    if admin is None or admin.is_closed():
+                        admin = await driver.connect(self.server)
+                    await drop_database(admin, name)
+                except Exception as exc:  # left for the exit handler and the reaper
+                    self._errors += 1
+                    self.last_error = exc
+                    await asyncio.sleep(0.05)
+                else:
+                    self._drops_done += 1
+                    disown(name)
+                finally:
+                    self.dropping.discard(name)
+        finally:
+            if admin is not None:
+                admin.terminate()
+
+    async def settle(self) -> None:
+        """Wait until every released database has been dropped."""
+        while (self.drops or self.dropping) and not self.closed:
+            self._dropped.clear()
+            await self._dropped.wait()
+
+    async def aclose(self) -> None:
+        """Stop the tasks; unleased clones become spares for the next loop, pending drops are done now."""
+        self.closed = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        # Their outcomes do not matter here: CancelledError is ours, and a task's own failure was
+        # counted in statistics() and handed to its waiters. A cancel of this closing loop must
+        # not stop the ready clones from becoming spares below.
+        with contextlib.suppress(BaseException):
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._fail_waiters(PoolClosed(f"the warm pool of {self.template_name} closed with its event loop"))
+        spares = []
+        while self.ready:
+            clone = self.ready.popleft()
+            clone.conn.terminate()
+            spares.append(clone.name)
+        with _spare_lock:
+            _spare[self.spare_key].extend(spares)
+        # Clones interrupted mid-creation may or may not exist: drop them if they do.
+        leftovers = [*self.drops, *self.dropping, *self.creating]
+        self.drops.clear()
+        self.dropping.clear()
+        self.creating.clear()
+        if leftovers:
+            with anyio.move_on_after(10):
+                try:
+                    await self._drop_leftovers(leftovers)
+                except Exception as exc:  # still owned: dropped at exit, or by the next start's reaper
+                    log.debug("isolated_env: dropping %s on close failed: %r", leftovers, exc)
+
+    async def _drop_leftovers(self, leftovers: list[str]) -> None:
+        """Drop clones a closing pool did not finish with, once no CREATE DATABASE of theirs runs."""
+        admin = await driver.connect(self.server)
+        try:
+            # An interrupted CREATE DATABASE may still be running on the server: a DROP
+            # before it commits would miss it, so wait for it to finish first.
+            for _ in range(5000):
+                if not await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+                    "pid <> pg_backend_pid() AND query LIKE 'CREATE DATABASE %' AND "
+                    "split_part(query, '\"', 2) = ANY($1::text[])",
+                    leftovers,
+                ):
+                    break
+                await asyncio.sleep(0.002)
+            for name in leftovers:
+                await drop_database(admin, name)
+                disown(name)
+        finally:
+            await driver.close(admin)
+
+    def statistics(self) -> WarmPoolStatistics:
+        samples = sorted(self._clone_ms)
+        return WarmPoolStatistics(
+            template=self.template_name,
+            target=self.target,
+            ready=len(self.ready),
+            in_flight=len(self.creating),
+            clones=self._clones,
+            reused_spares=self._spares,
+            clone_p50_ms=percentile(samples, 0.5),
+            clone_p95_ms=percentile(samples, 0.95),
+            drops=self._drops_done,
+            pending_drops=len(self.drops) + len(self.dropping),
+            starved=self._starved,
+            errors=self._errors,
+        )
+
+
+def warm_pool(
+    scope: LoopScope, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int
+) -> WarmPool:
+    key = ("postgres-warm", server_key(server), template_name, target)
+    warm = scope.objects.get(key)
+    if warm is None or warm.closed:
+        warm = scope.objects[key] = WarmPool(server, template, template_name, target)
+        warm.start()
+        scope.on_close(warm.aclose)
+    return warm
+
+
+def warm_pools(scope: LoopScope) -> list[WarmPool]:
+    return [v for k, v in list(scope.objects.items()) if isinstance(k, tuple) and k[:1] == ("postgres-warm",)]
