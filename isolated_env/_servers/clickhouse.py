@@ -3,7 +3,7 @@
 No modern ClickHouse server binary can be installed on most CI images (Debian ships 18.16, which
 current clickhouse-connect cannot talk to), so the embedded default is the real ClickHouse engine
 from the ``chdb`` package, served over the ClickHouse HTTP interface by our adaptor process
-(:mod:`.chdb_adaptor`). clickhouse-connect talks to it over HTTP exactly as to a real server.
+(:mod:`.chdb`). clickhouse-connect talks to it over HTTP exactly as to a real server.
 The adaptor binds loopback only, requires a password generated per server, keeps its data on
 tmpfs, and is shared by every process on the machine through :mod:`.registry`.
 """
@@ -146,7 +146,7 @@ def _start(server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         env = dict(os.environ)
         env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         cmd = [
-            sys.executable, "-m", "isolated_env._servers.chdb_adaptor",
+            sys.executable, "-m", "isolated_env._servers.chdb",
             "--path", str(server_dir / "data"), "--fd", str(sock.fileno()),
             "--password-file", str(password_file),
         ]

@@ -267,7 +267,7 @@ async def test_adaptor_requires_the_generated_password() -> None:
 async def test_adaptor_listens_on_loopback_only() -> None:
     import psutil
 
-    from isolated_env._servers.chdb_adaptor import Adaptor, EngineError
+    from isolated_env._servers.chdb.app import Adaptor, EngineError
 
     async with isolated_clickhouse() as ch:
         server = ch.server

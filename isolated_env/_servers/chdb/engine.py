@@ -1,0 +1,280 @@
+"""The chdb side of the adaptor: one engine per process, a connection per request or session.
+
+What chdb told us (measured, chdb 4.4 on chdb-core 26.9): any number of connections may be open
+on the one engine path of a process, each with its own current database and settings; opening
+one costs ~0.1 ms (settings can ride in its connection string); queries on different connections
+run in parallel and release the GIL; the engine stops when its last connection closes, so a
+keeper connection stays open for the adaptor's life; ``send_insert`` feeds raw ``FORMAT`` bytes
+(Native included). So a request without a session runs on a fresh connection in a worker thread,
+and a session is a connection kept between requests.
+
+Everything goes through chdb's public API (``chdb.connect``, ``Connection.query`` and
+``send_insert``, the result's statistics) except counting the statements of a query, which only
+the extension's ``classify_query`` does with the engine's own parser: that one seam is
+:func:`statement_count`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from isolated_env._drivers import _seams
+
+from .protocol import (
+    EngineError,
+    Outcome,
+    Query,
+    count_statements,
+    may_hold_several_statements,
+    quote_ident,
+    quote_literal,
+    result_format,
+)
+from .reply import summary
+
+__all__ = ["CHDB_TESTED", "CHDB_CORE_TESTED", "Engine", "statement_count"]
+
+_log = logging.getLogger("isolated_env")
+
+CHDB_TESTED = ">=4.4.0,<4.5"
+"""chdb (the Python wrapper holding ``Connection._conn``) versions :func:`statement_count` was tested on."""
+CHDB_CORE_TESTED = ">=26.9.0,<26.10"
+"""chdb-core (the extension whose connection has ``classify_query``) versions it was tested on."""
+
+# A value that can ride in a connection string as it is. chdb re-parses that string as a URL
+# query (``+`` would become a space, an empty value a bare flag, meaning 1), so anything else is
+# applied with ``SET`` after connecting.
+_CONNECTION_SAFE = re.compile(r"^[A-Za-z0-9_.:-]+$")
+
+
+def statement_count(conn: Any, sql: str) -> int:
+    """How many statements ``sql`` holds, as the engine's parser counts them (0: it does not parse).
+
+    The seam: chdb's public ``Connection`` keeps the extension's connection in ``_conn``, and only
+    that object has ``classify_query``. Outside the tested versions the count comes from
+    :func:`.protocol.count_statements`, a tokenizer that knows quotes and comments.
+    """
+    if _seams.tested("chdb", CHDB_TESTED) and _seams.tested("chdb-core", CHDB_CORE_TESTED):
+        report = conn._conn.classify_query(sql, "")
+        return int(report["statement_count"])
+    return count_statements(sql)
+
+
+def connection_string(path: str, settings: Mapping[str, str], database: str | None) -> tuple[str, dict[str, str]]:
+    """The connection string for ``settings`` and ``database``, and the settings left for ``SET``."""
+    options: dict[str, str] = {}
+    late: dict[str, str] = {}
+    for name, value in settings.items():
+        (options if _CONNECTION_SAFE.match(value) else late)[name] = value
+    if database and _CONNECTION_SAFE.match(database):
+        options["database"] = database
+    return path + ("?" + "&".join(f"{k}={v}" for k, v in options.items()) if options else ""), late
+
+
+def _close(conn: Any, what: str) -> None:
+    try:
+        conn.close()
+    except Exception:  # the connection is being let go: a failure to close it changes nothing else
+        _log.debug("chdb adaptor: closing %s failed", what, exc_info=True)
+
+
+def _figure(result: Any, name: str) -> float:
+    getter: Callable[[], Any] | None = getattr(result, name, None)
+    if getter is None:  # a statistic this chdb does not keep is reported as 0
+        return 0.0
+    return float(getter())
+
+
+class _Session:
+    __slots__ = ("applied", "baseline", "conn", "database", "expires", "lock", "timeout")
+
+    def __init__(self, conn: Any, timeout: float) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.timeout = timeout
+        self.expires = time.monotonic() + timeout
+        self.applied: dict[str, str] = {}  # request settings in force on the connection
+        self.baseline: dict[str, str | None] = {}  # the session's own values under them (None: default)
+        self.database: str | None = None
+
+
+class Engine:
+    """The chdb engine of this process: fresh connections per request, kept ones per session."""
+
+    def __init__(self, path: Path) -> None:
+        import chdb
+
+        self._chdb_connect: Callable[[str], Any] = chdb.connect
+        self.path = str(path)
+        path.mkdir(parents=True, exist_ok=True)
+        # Keeps the engine up: chdb stops it when the last connection closes.
+        self._keeper = self._open(self.path)
+        info = self._keeper.query("SELECT version(), timezone()", "TabSeparated").bytes().decode().split("\t")
+        self.version, self.timezone = info[0], info[1].strip()
+        names = self._keeper.query("SELECT name FROM system.settings", "TabSeparated").bytes().decode()
+        self.settings_names = frozenset(names.split())
+        self._sessions: dict[str, _Session] = {}
+        self._sessions_lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._sessions_lock:
+            sessions, self._sessions = list(self._sessions.values()), {}
+        for session in sessions:
+            with session.lock:
+                _close(session.conn, "a session's connection")
+        _close(self._keeper, "the keeper connection")
+
+    def check_settings(self, settings: Mapping[str, str]) -> None:
+        for name in settings:
+            if name not in self.settings_names:
+                raise EngineError.of(115, "UNKNOWN_SETTING", f"Unknown setting '{name}'")
+
+    def execute(self, query: Query) -> Outcome:
+        """Run one request to completion (blocking: called in a worker thread)."""
+        self.check_settings(query.settings)
+        if query.session_id is None:
+            conn = self._connect(query.settings, query.database)
+            try:
+                return self._run(conn, query)
+            finally:
+                _close(conn, "a request's connection")
+        session = self._session(query)
+        if not session.lock.acquire(blocking=False):
+            raise EngineError.of(
+                373, "SESSION_IS_LOCKED", f"Session {query.session_id} is locked by a concurrent client"
+            )
+        try:
+            self._apply_session_state(session, query)
+            return self._run(session.conn, query)
+        finally:
+            session.expires = time.monotonic() + session.timeout
+            session.lock.release()
+
+    def _open(self, target: str) -> Any:
+        try:
+            return self._chdb_connect(target)
+        except RuntimeError as exc:
+            raise EngineError.from_engine(exc) from None
+
+    def _connect(self, settings: Mapping[str, str], database: str | None) -> Any:
+        target, late = connection_string(self.path, settings, database)
+        conn = self._open(target)
+        try:
+            if database and not _CONNECTION_SAFE.match(database):
+                conn.query(f"USE {quote_ident(database)}", "TabSeparated")
+            if late:
+                conn.query("SET " + ", ".join(f"{k} = {quote_literal(v)}" for k, v in late.items()), "TabSeparated")
+        except RuntimeError as exc:
+            _close(conn, "a connection that failed to set up")
+            raise EngineError.from_engine(exc) from None
+        return conn
+
+    def _session(self, query: Query) -> _Session:
+        assert query.session_id is not None
+        now = time.monotonic()
+        expired: list[_Session] = []
+        with self._sessions_lock:
+            for key, session in list(self._sessions.items()):
+                if session.expires < now and not session.lock.locked():
+                    expired.append(self._sessions.pop(key))
+            found = self._sessions.get(query.session_id)
+            if found is None:
+                if query.session_check:
+                    raise EngineError.of(372, "SESSION_NOT_FOUND", f"Session {query.session_id} not found")
+                session = self._sessions[query.session_id] = _Session(self._open(self.path), query.session_timeout)
+            else:
+                # Refreshed under the lock, so a concurrent sweep cannot close it before it is used.
+                session = found
+                session.timeout = query.session_timeout
+                session.expires = now + session.timeout
+        for old in expired:
+            _close(old.conn, "an expired session's connection")
+        return session
+
+    def _apply_session_state(self, session: _Session, query: Query) -> None:
+        # Request settings apply to that request only. The session's own value of a setting is
+        # read before a request first overrides it and put back when a request no longer does;
+        # nothing is run when the client sends the same settings every time (clickhouse-connect).
+        conn = session.conn
+        try:
+            if query.database and query.database != session.database:
+                conn.query(f"USE {quote_ident(query.database)}", "TabSeparated")
+                session.database = query.database
+            fresh = [k for k in query.settings if k not in session.applied]
+            if fresh:
+                names = ", ".join(quote_literal(k) for k in fresh)
+                rows = conn.query(
+                    f"SELECT name, value, changed FROM system.settings WHERE name IN ({names})", "JSONEachRow"
+                ).bytes()
+                for line in rows.splitlines():
+                    row = json.loads(line)
+                    session.baseline[row["name"]] = row["value"] if row["changed"] else None
+            changes = []
+            for k in session.applied:
+                if k not in query.settings:
+                    own = session.baseline.get(k)
+                    changes.append(f"{k} = " + ("DEFAULT" if own is None else quote_literal(own)))
+            for k, v in query.settings.items():
+                if session.applied.get(k) != v:
+                    changes.append(f"{k} = {quote_literal(v)}")
+            if changes:
+                conn.query("SET " + ", ".join(changes), "TabSeparated")
+        except RuntimeError as exc:
+            raise EngineError.from_engine(exc) from None
+        for k in session.applied:
+            if k not in query.settings:
+                session.baseline.pop(k, None)
+        session.applied = dict(query.settings)
+
+    @staticmethod
+    def _insert(conn: Any, head: str, fmt: str, data: bytes) -> dict[str, str]:
+        inserter = conn.send_insert(head, fmt)
+        try:
+            inserter.append(data)
+        except BaseException:
+            try:
+                inserter.cancel()
+            except Exception:  # the append's own error is what the client needs to see
+                _log.debug("chdb adaptor: cancelling a failed insert failed", exc_info=True)
+            raise
+        done = inserter.finish()
+        return summary(written_rows=done.rows_written, written_bytes=done.bytes_written, elapsed=done.elapsed)
+
+    def _run(self, conn: Any, query: Query) -> Outcome:
+        try:
+            for table in query.external:
+                name = quote_ident(table.name)
+                conn.query(f"CREATE TEMPORARY TABLE {name} ({table.structure})", "TabSeparated")
+                self._insert(conn, f"INSERT INTO {name}", table.format, table.data)
+            try:
+                return self._run_query(conn, query)
+            finally:
+                for table in query.external:  # a session outlives the request; its tables must not
+                    try:
+                        conn.query(f"DROP TEMPORARY TABLE IF EXISTS {quote_ident(table.name)}", "TSV")
+                    except RuntimeError:
+                        _log.warning("chdb adaptor: external table %s outlives its request", table.name, exc_info=True)
+        except RuntimeError as exc:
+            raise EngineError.from_engine(exc) from None
+
+    def _run_query(self, conn: Any, query: Query) -> Outcome:
+        if query.insert_format is not None:
+            written = self._insert(conn, query.sql, query.insert_format, query.data)
+            return Outcome(b"", query.default_format, written)
+        if may_hold_several_statements(query.sql) and statement_count(conn, query.sql) > 1:
+            raise EngineError.of(62, "SYNTAX_ERROR", "Syntax error: Multi-statements are not allowed")
+        result = conn.query(query.sql, query.default_format, params=dict(query.params))
+        body: bytes = result.bytes()
+        figures = summary(
+            read_rows=int(_figure(result, "rows_read")), read_bytes=int(_figure(result, "bytes_read")),
+            written_rows=int(_figure(result, "rows_written")), written_bytes=int(_figure(result, "bytes_written")),
+            result_bytes=len(body), elapsed=_figure(result, "elapsed"),
+        )
+        return Outcome(body, result_format(query.sql, query.default_format), figures)
