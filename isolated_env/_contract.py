@@ -333,7 +333,7 @@ class _GeneratorResource(Generic[H]):
     provider: ClassVar[str | None] = None
     extra: ClassVar[str | None] = None
     _reset: ClassVar[Callable[[Any], Awaitable[None]] | None] = None
-    _reap: ClassVar[Callable[[Settings, bool], Awaitable[list[str]]] | None] = None
+    _reap: ClassVar[Callable[..., Awaitable[list[str]]] | None] = None
 
     exc: BaseException | None = None
     """The exception leaving the block, thrown into the generator as asynccontextmanager would."""
@@ -378,8 +378,8 @@ class _GeneratorResource(Generic[H]):
         raise IsolatedEnvError(f"the {self.kind} resource's generator yielded twice; a resource yields once")
 
     @classmethod
-    async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:
-        return await cls._reap(settings, kept) if cls._reap is not None else []
+    async def reap(cls, settings: Settings, *, kept: bool = False, **options: Any) -> list[str]:
+        return await cls._reap(settings, kept, **options) if cls._reap is not None else []
 
 
 def resource(
@@ -389,10 +389,17 @@ def resource(
     provider: str | None = None,
     extra: str | None = None,
     reset: Callable[[Any], Awaitable[None]] | None = None,
-    reap: Callable[[Settings, bool], Awaitable[list[str]]] | None = None,
+    reap: Callable[..., Awaitable[list[str]]] | None = None,
+    probe: Callable[[Settings], Awaitable[None]] | None = None,
+    self_check: Callable[[], Awaitable[None]] | None = None,
 ) -> Callable[[Callable[P, AsyncIterator[H]]], Callable[P, ResourceContext[H]]]:
     """Turn a one-``yield`` async generator into an ``isolated_*`` factory (a Resource class
-    made from it is the factory's ``resource_class``, for the registry)."""
+    made from it is the factory's ``resource_class``, for the registry).
+
+    ``reset(handle)`` returns a handle to pristine state in place; ``reap(settings, kept)`` removes
+    what dead owners left; ``probe(settings)`` raises ServiceUnavailable when the resource cannot be
+    had (the ``requires_<kind>`` marker); ``self_check()`` is ``isolated-env doctor``'s isolation
+    check."""
 
     def decorate(fn: Callable[P, AsyncIterator[H]]) -> Callable[P, ResourceContext[H]]:
         attrs: dict[str, Any] = {
@@ -402,6 +409,8 @@ def resource(
             "extra": extra,
             "_reset": staticmethod(reset) if reset is not None else None,
             "_reap": staticmethod(reap) if reap is not None else None,
+            **({"probe": classmethod(lambda cls, settings: probe(settings))} if probe is not None else {}),
+            **({"self_check": classmethod(lambda cls: self_check())} if self_check is not None else {}),
             "__doc__": fn.__doc__,
             "__module__": fn.__module__,
             "__qualname__": f"{fn.__qualname__}.resource_class",

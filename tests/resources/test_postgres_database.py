@@ -28,7 +28,6 @@ from isolated_env.resources.postgres import (
     build_template,
     forget_templates,
     kept_databases,
-    mark_failed,
     prune,
     settle,
     split_sql,
@@ -421,18 +420,25 @@ async def test_keep_on_failure_keeps_the_database_and_reports_its_dsn(
     assert name not in {k.name for k in await kept_databases(server)}
 
 
-async def test_mark_failed_keeps_only_with_keep_on_failure(
+async def test_a_failed_outcome_keeps_only_with_keep_on_failure(
     server: PostgresServer, admin: asyncpg.Connection, unpin_afterwards: None
 ) -> None:
-    async with ie.isolated_postgres(mode="database", keep_on_failure=True) as db:
-        reported = mark_failed(db)  # what the pytest plugin does when the test body failed
-        assert reported == db.dsn
+    async with ie.Environment() as env:  # what the pytest plugin does when the test body failed
+        db = await env.enter(ie.isolated_postgres(mode="database", keep_on_failure=True))
         kept_name = db.database
-    async with ie.isolated_postgres(mode="database") as db:
-        assert mark_failed(db) is None
+        env.outcome = ie.Outcome.FAILED
+    [kept] = env.kept
+    assert kept.kind == "postgres" and kept_name in kept.where and "prune --kept" in kept.reach
+    async with ie.Environment() as env:
+        db = await env.enter(ie.isolated_postgres(mode="database"))
         dropped_name = db.database
-    async with ie.isolated_postgres() as tx:
-        assert mark_failed(tx) is None
+        env.outcome = ie.Outcome.FAILED
+    assert env.kept == []
+    async with ie.Environment() as env:
+        await env.enter(ie.isolated_postgres(keep_on_failure=True))
+        env.outcome = ie.Outcome.FAILED
+    [nothing] = env.kept  # transaction mode cannot keep data, and says so instead of keeping nothing silently
+    assert nothing.where.startswith("nothing") and "mode='database'" in nothing.reach
     await settle()
     assert await database_exists(admin, kept_name)
     assert not await database_exists(admin, dropped_name)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from .database import WarmPoolStatistics, database_mode, settle, warm_pool_statistics
 from .factory import isolated_postgres
 from .handle import DatabaseHandle, PostgresHandle
-from .janitor import KeptDatabase, kept_databases, mark_failed, prune
+from .janitor import KeptDatabase, kept_databases, prune
 from .sql import split_sql
 from .templates import PostgresTemplate, TemplateBuild, build_template, forget_templates, template_database
 
@@ -36,7 +36,6 @@ __all__ = [
     "forget_templates",
     "isolated_postgres",
     "kept_databases",
-    "mark_failed",
     "prune",
     "settle",
     "split_sql",

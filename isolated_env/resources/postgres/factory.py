@@ -5,19 +5,43 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from ..._config import env_flag
-from ..._errors import ConfigError
-from ..._resource import current_settings, resource
+from ..._config import Settings
+from ..._contract import Kept, Outcome, current_settings, keeps, report_kept, resource
+from ..._drivers import asyncpg as driver
+from ..._errors import ConfigError, IsolatedEnvError
 from ..._servers import postgres as servers
 from .database import database_mode
-from .handle import PostgresHandle
+from .handle import DatabaseHandle, PostgresHandle
+from .janitor import prune
 from .templates import as_template, template_database
 from .transaction import transaction_mode
 
 __all__ = ["isolated_postgres"]
 
+_NOTHING_KEPT = Kept(
+    "postgres",
+    "nothing: transaction mode rolls every change back, so a failed test leaves no data to keep",
+    "to keep it, use isolated_postgres(mode='database') (a private database the summary then names)",
+)
 
-@resource("postgres")
+
+async def _reap(settings: Settings, kept: bool, *, templates: bool = False) -> list[str]:
+    return await prune(await servers.ensure_server(settings), kept=kept, orphans=True, templates=templates)
+
+
+async def _self_check() -> None:
+    async with isolated_postgres() as a, isolated_postgres() as b:
+        await a.execute("CREATE TABLE ie_doctor (x int)")
+        await a.execute("INSERT INTO ie_doctor VALUES (1)")
+        if await b.fetchval("SELECT to_regclass('ie_doctor')") is not None:
+            raise IsolatedEnvError("isolation self-check failed: a concurrent test saw another's table")
+    async with isolated_postgres() as c:
+        if await c.fetchval("SELECT to_regclass('ie_doctor')") is not None:
+            raise IsolatedEnvError("isolation self-check failed: a table survived its test")
+
+
+@resource("postgres", aliases=("database",), provider="postgres", extra="postgres", reap=_reap,
+          self_check=_self_check)
 async def isolated_postgres(
     *, mode: str = "transaction", template: Any = None, keep_on_failure: bool | None = None
 ) -> AsyncIterator[PostgresHandle]:
@@ -28,17 +52,30 @@ async def isolated_postgres(
     cloned from ``template`` (a :class:`PostgresTemplate`); ``keep_on_failure`` keeps it when the
     test fails (default: ``ISOLATED_ENV_KEEP_FAILED``, set by ``--isolated-env-keep-failed``).
     """
-    if keep_on_failure is None:
-        keep_on_failure = env_flag("ISOLATED_ENV_KEEP_FAILED")
     if mode not in {"transaction", "database"}:
         raise ConfigError(f"isolated_postgres(mode={mode!r}): mode must be 'transaction' or 'database'")
     checked = as_template(template)
     settings = current_settings()
+    keep = keeps(Outcome.FAILED, keep_on_failure)  # whether a failure would be kept
     server = await servers.ensure_server(settings)
     if mode == "database":
-        async with database_mode(server, settings, checked, keep_on_failure=keep_on_failure) as handle:
-            yield handle
+        handle = None
+        try:
+            async with database_mode(server, settings, checked, keep_on_failure=keep) as handle:
+                outcome = yield handle
+                if isinstance(handle, DatabaseHandle):
+                    handle.failed = outcome is Outcome.FAILED
+        finally:
+            if isinstance(handle, DatabaseHandle) and handle.kept:
+                report_kept(Kept(
+                    "postgres", f"database {handle.database}: {driver.redacted_dsn(server, handle.database)}",
+                    "remove with `isolated-env prune --kept`"
+                    + ("; the embedded server stays up until `isolated-env down`" if server.source == "embedded"
+                       else ""),
+                ))
         return
     template_name = None if template is None else await template_database(server, checked)
     async with transaction_mode(server, settings, template_name) as handle:
-        yield handle
+        outcome = yield handle
+    if keep and outcome is Outcome.FAILED:
+        report_kept(_NOTHING_KEPT)

@@ -32,7 +32,7 @@ from .labels import disown, drop, drop_database, server_key
 from .sql import quote_ident, quote_literal
 from .templates import forget_templates
 
-__all__ = ["KeptDatabase", "keep", "kept_databases", "mark_failed", "prune", "reap_once", "reap_orphans"]
+__all__ = ["KeptDatabase", "keep", "kept_databases", "prune", "reap_once", "reap_orphans"]
 
 log = logging.getLogger("isolated_env")
 
@@ -121,18 +121,6 @@ async def reap_once(server: PostgresServer, *, unlabelled: bool, admin: Any = No
 
 # ---------------------------------------------------------------------------------------------
 # Keeping a failed test's database
-
-
-def mark_failed(handle: object) -> str | None:
-    """Tell a database-mode handle that its test failed, before teardown (for the pytest plugin).
-
-    With ``keep_on_failure=True`` the database is then kept on release instead of dropped; returns
-    its DSN (password redacted) to print in the report, or None when nothing will be kept.
-    """
-    if not isinstance(handle, DatabaseHandle):
-        return None
-    handle.failed = True
-    return driver.redacted_dsn(handle.server, handle.database) if handle.keep_on_failure else None
 
 
 async def keep(handle: DatabaseHandle, reason: str) -> str:
