@@ -35,11 +35,10 @@ if typing.TYPE_CHECKING:
     )
     from ._metrics import LeakReport
     from ._pool import Pool, PoolStatistics
-    from .resources.postgres import DatabaseHandle, PostgresTemplate
     from .resources.clickhouse import ClickHouseHandle, isolated_clickhouse
     from .resources.fs import FileSystemHandle, isolated_fs
     from .resources.http import HttpExpectation, HttpHandle, RecordedRequest, isolated_http
-    from .resources.postgres import PostgresHandle, isolated_postgres
+    from .resources.postgres import DatabaseHandle, PostgresHandle, PostgresTemplate, isolated_postgres
     from .resources.redis import RedisHandle, isolated_redis
     from .resources.ws import WebSocketHandle, WsExpectation, isolated_ws
 

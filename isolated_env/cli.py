@@ -11,26 +11,26 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
 
 from ._config import resolve
 from ._errors import IsolatedEnvError, ServiceUnavailable
-from ._servers import registry
+from ._registry import ResourceSpec, spec, specs
 
 __all__ = ["main"]
 
-_KINDS = ("postgres", "redis", "clickhouse")
 
-
-async def _overhead(factory: Callable[[], Any], n: int) -> float:
+async def _overhead(entry: ResourceSpec, n: int) -> float:
+    factory = entry.factory()
     samples = []
     for _ in range(n):
         started = time.perf_counter()
@@ -40,81 +40,43 @@ async def _overhead(factory: Callable[[], Any], n: int) -> float:
     return statistics.median(samples)
 
 
-async def _check_postgres() -> dict[str, Any]:
-    from ._servers.postgres import ensure_server
-    from .resources.postgres import isolated_postgres
-
-    server = await ensure_server(resolve())
-    async with isolated_postgres() as a, isolated_postgres() as b:
-        await a.execute("CREATE TABLE ie_doctor (x int)")
-        await a.execute("INSERT INTO ie_doctor VALUES (1)")
-        if await b.fetchval("SELECT to_regclass('ie_doctor')") is not None:
-            raise IsolatedEnvError("isolation self-check failed: a concurrent test saw another's table")
-    async with isolated_postgres() as c:
-        if await c.fetchval("SELECT to_regclass('ie_doctor')") is not None:
-            raise IsolatedEnvError("isolation self-check failed: a table survived its test")
-    return {"server": server, "overhead": await _overhead(isolated_postgres, 200)}
+async def _server(entry: ResourceSpec) -> Any:
+    if entry.provider is None:
+        return None
+    module = importlib.import_module(f"isolated_env._servers.{entry.provider}")
+    return await module.ensure_server(resolve())
 
 
-async def _check_redis() -> dict[str, Any]:
-    from ._servers.redis import ensure_server
-    from .resources.redis import isolated_redis
+async def _check(entry: ResourceSpec) -> dict[str, Any]:
+    """One doctor row: the server (started or found), the isolation self-check, the per-test cost."""
+    from .pytest_plugin import probe
 
-    server = await ensure_server(resolve())
-    async with isolated_redis() as a, isolated_redis() as b:
-        await a.set("ie:doctor", 1)
-        if await b.exists("ie:doctor") or a.db == b.db:
-            raise IsolatedEnvError("isolation self-check failed: two tests shared a database")
-    async with isolated_redis() as c:
-        if await c.dbsize():
-            raise IsolatedEnvError("isolation self-check failed: keys survived their test")
-    return {"server": server, "overhead": await _overhead(isolated_redis, 200)}
-
-
-async def _check_clickhouse() -> dict[str, Any]:
-    from ._servers import clickhouse
-    from .resources.clickhouse import isolated_clickhouse
-
-    server = await clickhouse.ensure_server(resolve())
-    async with isolated_clickhouse() as a, isolated_clickhouse() as b:
-        await a.command("CREATE TABLE ie_doctor (x Int32) ENGINE = Memory")
-        tables = await b.query("SHOW TABLES")
-        if "ie_doctor" in str(tables.result_rows):
-            raise IsolatedEnvError("isolation self-check failed: a concurrent test saw another's table")
-    return {"server": server, "overhead": await _overhead(isolated_clickhouse, 50)}
+    await probe(entry)
+    server = await _server(entry)
+    cls = entry.resource_class()
+    self_check = getattr(cls, "self_check", None)
+    checked = "ok"
+    if self_check is not None:
+        await self_check()
+    else:
+        checked = "ok (no self-check)"
+    return {"server": server, "overhead": await _overhead(entry, 50 if entry.kind == "clickhouse" else 200),
+            "checked": checked}
 
 
-async def _check_fs() -> dict[str, Any]:
-    from .resources.fs import isolated_fs
-
-    async with isolated_fs() as a, isolated_fs() as b:
-        await a.write_text("x.txt", "x")
-        if b.exists("x.txt") or a.path == b.path:
-            raise IsolatedEnvError("isolation self-check failed: two tests shared a directory")
-    if a.path.exists():
-        raise IsolatedEnvError("isolation self-check failed: a directory survived its test")
-    return {"server": None, "overhead": await _overhead(isolated_fs, 200)}
-
-
-_CHECKS: dict[str, Callable[[], Awaitable[dict[str, Any]]]] = {
-    "postgres": _check_postgres,
-    "redis": _check_redis,
-    "clickhouse": _check_clickhouse,
-    "fs": _check_fs,
-}
-
-
-def _row(kind: str, result: dict[str, Any] | BaseException) -> list[str]:
+def _row(entry: ResourceSpec, result: dict[str, Any] | BaseException) -> list[str]:
+    kind = entry.kind
     if isinstance(result, BaseException):
         text = str(result)
         if isinstance(result, ImportError):
-            text = f"driver not installed ({result}); pip install 'isolated-env[{kind}]'"
+            extra = f"pip install 'isolated-env[{entry.extra}]'" if entry.extra else "install its package"
+            text = f"driver not installed ({result}); {extra}"
         return [kind, "unavailable", "", "", "", text]
     server = result["server"]
     if server is None:
-        return [kind, "local", "", "", f"{result['overhead']:.3f}", "ok"]
+        return [kind, "local", "", "", f"{result['overhead']:.3f}", result["checked"]]
     startup = "reused" if getattr(server, "reused", False) else f"{server.startup_ms:.0f}"
-    return [kind, server.source, str(server.version), startup, f"{result['overhead']:.3f}", "ok"]
+    return [kind, server.source, str(server.version), startup, f"{result['overhead']:.3f}", result["checked"]]
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
@@ -126,37 +88,34 @@ def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
-def doctor(kinds: Sequence[str]) -> int:
+def doctor(entries: Sequence[ResourceSpec]) -> int:
     results: dict[str, dict[str, Any] | BaseException] = {}
 
     async def run() -> None:
-        for kind in kinds:
+        for entry in entries:
             try:
-                results[kind] = await _CHECKS[kind]()
+                results[entry.kind] = await _check(entry)
             except (IsolatedEnvError, ImportError) as exc:
-                results[kind] = exc
+                results[entry.kind] = exc
 
     anyio.run(run)
     header = ["service", "source", "version", "startup ms", "per-test ms", "isolation self-check"]
-    print(_table([_row(k, results[k]) for k in kinds], header))
+    print(_table([_row(e, results[e.kind]) for e in entries], header))
     failed = [k for k, r in results.items() if isinstance(r, BaseException)]
     if failed:
         print(f"\n{len(failed)} service(s) unavailable: {', '.join(failed)}", file=sys.stderr)
-    return 1 if any(isinstance(r, BaseException) and not isinstance(r, (ServiceUnavailable, ImportError))
-                    for r in results.values()) or len(failed) == len(kinds) else 0
+    return 1 if failed else 0
 
 
-def _start(kind: str) -> registry.ServerState:
-    module = importlib.import_module(f"isolated_env._servers.{kind}")
-    embedded: registry.Embedded[Any] = module.embedded
-    return embedded.keep_up(resolve())
+def _embedded(kind: str) -> Any:
+    return importlib.import_module(f"isolated_env._servers.{kind}").embedded
 
 
 def up(kinds: Sequence[str]) -> int:
     code = 0
     for kind in kinds:
         try:
-            state = _start(kind)
+            state = _embedded(kind).keep_up(resolve())
         except (IsolatedEnvError, ImportError) as exc:
             print(f"{kind}: {exc}", file=sys.stderr)
             code = 1
@@ -168,6 +127,8 @@ def up(kinds: Sequence[str]) -> int:
 
 
 def down(kinds: Sequence[str]) -> int:
+    from ._servers import registry
+
     settings = resolve()
     for kind in kinds:
         if registry.status(kind, settings.state_dir) is None:
@@ -179,6 +140,8 @@ def down(kinds: Sequence[str]) -> int:
 
 
 def status(kinds: Sequence[str], as_json: bool) -> int:
+    from ._servers import registry
+
     settings = resolve()
     out = {}
     for kind in kinds:
@@ -196,32 +159,38 @@ def status(kinds: Sequence[str], as_json: bool) -> int:
     return 0
 
 
-def _worth_pruning(kind: str) -> bool:
-    """An external server, or an embedded one that is running: a server started just to look would
-    be a fresh copy, with nothing of ours in it."""
-    settings = resolve()
+def _worth_pruning(entry: ResourceSpec) -> bool:
+    """A resource with no server, an external server, or an embedded one that is running: a server
+    started just to look would be a fresh copy, with nothing of ours in it."""
+    from ._servers import registry
+
+    if entry.provider is None:
+        return True
+    kind = entry.provider
     if any(name.startswith(f"TEST_{kind.upper()}_") and value for name, value in os.environ.items()):
         return True
-    state = registry.status(kind, settings.state_dir)
+    state = registry.status(kind, resolve().state_dir)
     return state is not None and state.server_alive()
 
 
 def prune(kept: bool, templates: bool) -> int:
     async def run() -> list[str]:
         removed: list[str] = []
-        if _worth_pruning("postgres"):
-            from ._servers.postgres import ensure_server
-            from .resources.postgres import prune as prune_databases
-
-            server = await ensure_server(resolve())
-            removed += await prune_databases(server, kept=kept, orphans=True, templates=templates)
-        if _worth_pruning("clickhouse"):
+        settings = resolve()
+        for entry in specs():
+            if not _worth_pruning(entry):
+                continue
             try:
-                from .resources.clickhouse import prune as prune_clickhouse
-
-                removed += await prune_clickhouse()
-            except (ImportError, ServiceUnavailable):
-                pass  # ClickHouse not installed or not available: nothing of ours can be there
+                cls = entry.resource_class()
+            except ImportError:
+                continue  # its driver is not installed: nothing of it can be there
+            options: dict[str, Any] = {}
+            if templates and "templates" in inspect.signature(cls.reap).parameters:
+                options["templates"] = True
+            try:
+                removed += await cls.reap(settings, kept=kept, **options)
+            except ServiceUnavailable as exc:
+                print(f"prune: {entry.kind}: {exc}", file=sys.stderr)
         return removed
 
     try:
@@ -241,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         ("down", "let kept-warm servers stop"),
                         ("status", "show running embedded servers")):
         p = sub.add_parser(name, help=help_)
-        p.add_argument("services", nargs="*", help="postgres, redis, clickhouse (default: all)")
+        p.add_argument("services", nargs="*", help="the resources to act on (default: all)")
         if name == "status":
             p.add_argument("--json", action="store_true")
     p = sub.add_parser("prune", help="remove databases left by dead runs")
@@ -251,13 +220,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "prune":
             return prune(args.kept, args.templates)
-        kinds = tuple(args.services) or ((*_KINDS, "fs") if args.command == "doctor" else _KINDS)
-        for kind in kinds:
-            if kind not in _CHECKS:
-                parser.error(f"unknown service {kind!r}; choose from {', '.join(_CHECKS)}")
+        known = {name: entry for entry in specs() for name in (entry.kind, *entry.aliases)}
+        for kind in args.services:
+            if kind not in known:
+                parser.error(f"unknown service {kind!r}; choose from {', '.join(e.kind for e in specs())}")
+        entries = [spec(k) for k in args.services] or list(specs())
         if args.command == "doctor":
-            return doctor(kinds)
-        kinds = tuple(k for k in kinds if k != "fs")
+            return doctor(entries)
+        servers = [e.provider for e in entries if e.provider is not None]
+        kinds = tuple(dict.fromkeys(servers))
         if args.command == "up":
             return up(kinds)
         if args.command == "down":
@@ -267,8 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"isolated-env: {exc}", file=sys.stderr)
         return 2
     finally:
-        if args.command not in {"up"}:
-            registry.release_all()
+        if args.command not in {"up"} and "isolated_env._servers.registry" in sys.modules:
+            sys.modules["isolated_env._servers.registry"].release_all()
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from .._config import Settings
 from .._contract import Kept, PooledResource, ResourceContext, current_settings
 from .._drivers import clickhouse as ch_driver
-from .._errors import ConfigError, TeardownError
+from .._errors import ConfigError, IsolationBroken, TeardownError
 from .._redact import redact_url
 from .._runtime import current_runtime
 from .._servers import clickhouse as servers
@@ -124,6 +124,15 @@ class ClickHouseResource(PooledResource[_Slot, ClickHouseHandle]):
     async def keep(self, item: _Slot) -> Kept:
         with ch_driver.translate(f"keeping database {item.database}", failure=TeardownError):
             return await self.slots.keep(item)
+
+    @classmethod
+    async def self_check(cls) -> None:
+        """``isolated-env doctor``: a concurrent test never sees another's table."""
+        async with isolated_clickhouse() as a, isolated_clickhouse() as b:
+            await a.command("CREATE TABLE ie_doctor (x Int32) ENGINE = Memory")
+            tables = await b.query("SHOW TABLES")
+            if "ie_doctor" in str(tables.result_rows) or a.database == b.database:
+                raise IsolationBroken("isolation self-check failed: a concurrent test saw another's table")
 
     @classmethod
     async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:

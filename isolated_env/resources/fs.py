@@ -20,7 +20,7 @@ import anyio.to_thread
 
 from .._config import Settings, hostname, run_id
 from .._contract import Kept, current_settings, keeps, report_kept, resource
-from .._errors import UnsafePath
+from .._errors import IsolationBroken, UnsafePath
 from .._servers.registry import owner_alive
 
 __all__ = ["FileSystemHandle", "isolated_fs"]
@@ -141,7 +141,16 @@ async def reap(settings: Settings, kept: bool = False) -> list[str]:
     return await anyio.to_thread.run_sync(sweep)
 
 
-@resource("fs", reset=_reset, reap=reap)
+async def _self_check() -> None:
+    async with isolated_fs() as a, isolated_fs() as b:
+        await a.write_text("x.txt", "x")
+        if b.exists("x.txt") or a.path == b.path:
+            raise IsolationBroken("isolation self-check failed: two tests shared a directory")
+    if a.path.exists():
+        raise IsolationBroken("isolation self-check failed: a directory survived its test")
+
+
+@resource("fs", reset=_reset, reap=reap, self_check=_self_check)
 async def isolated_fs(
     base: str | os.PathLike[str] | None = None, *, keep_on_failure: bool | None = None
 ) -> AsyncIterator[FileSystemHandle]:

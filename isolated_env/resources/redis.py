@@ -300,6 +300,17 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
         return kept
 
     @classmethod
+    async def self_check(cls) -> None:
+        """``isolated-env doctor``: two tests never share a database, and keys never outlive one."""
+        async with isolated_redis() as a, isolated_redis() as b:
+            await a.set("ie:doctor", 1)
+            if await b.exists("ie:doctor") or a.db == b.db:
+                raise IsolationBroken("isolation self-check failed: two tests shared a database")
+        async with isolated_redis() as c:
+            if await c.dbsize():
+                raise IsolationBroken("isolation self-check failed: keys survived their test")
+
+    @classmethod
     async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:
         server = await servers.ensure_server(settings)
         control = redis_driver.asyncio_client(**server.client_kwargs(0))
