@@ -329,9 +329,10 @@ def _parse_url(var: str, raw: str, schemes: tuple[str, ...], example: str) -> Ex
         )
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     host = unquote(parts.hostname or "") or query.get("host", "")
-    if not host:
-        raise ConfigError(f"{var}={raw!r} names no host; use e.g. {var}={example}")
     path = unquote(parts.path.lstrip("/"))
+    # unix:///run/redis.sock names a socket by its path alone (what RedisServer.url() prints).
+    if not host and not (parts.scheme == "unix" and path):
+        raise ConfigError(f"{var}={raw!r} names no host; use e.g. {var}={example}")
     return ExternalEndpoint(
         scheme=parts.scheme,
         host=host,
