@@ -32,10 +32,25 @@ _KINDS = ("postgres", "redis", "clickhouse")
 class ServerProvider(Protocol[S]):
     """One kind of server; ``S`` is the frozen view of a reachable server handed to resources."""
 
-    kind: str  # "postgres": the state file's name, the TEST_<KIND>_* prefix
-    display: str  # "PostgreSQL": how messages name it
-    stop_signal: signal.Signals
-    embedded: registry.Embedded[S]
+    @property
+    def kind(self) -> str:
+        """``"postgres"``: the name of its state file and of its ``TEST_<KIND>_*`` variables."""
+        ...
+
+    @property
+    def display(self) -> str:
+        """``"PostgreSQL"``: how messages name it."""
+        ...
+
+    @property
+    def stop_signal(self) -> signal.Signals:
+        """What :meth:`stop` (and the last user to leave) sends the embedded server."""
+        ...
+
+    @property
+    def embedded(self) -> registry.Embedded[S]:
+        """The embedded server alone (``keep_up`` for ``isolated-env up``, ``cached``)."""
+        ...
 
     def find(self, settings: Settings) -> ExternalEndpoint | None:
         """The external server named by ``TEST_<KIND>_*`` variables, if any; no I/O."""

@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
@@ -29,7 +29,7 @@ from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import MissingDependencyError, ServiceUnavailable
 from . import registry
 from ._process import wait_ready
-from ._provider import Provider, unreachable
+from ._provider import Provider, ServerProvider, unreachable
 
 __all__ = ["PROVIDER", "ClickHouseProvider", "ClickHouseServer", "embedded", "ensure_server", "external", "forget"]
 
@@ -256,6 +256,8 @@ def external() -> ExternalEndpoint | None:
 
 PROVIDER = ClickHouseProvider()
 embedded = PROVIDER.embedded
+if TYPE_CHECKING:
+    _meets_the_contract: ServerProvider[ClickHouseServer] = PROVIDER
 
 
 async def ensure_server(settings: Settings) -> ClickHouseServer:

@@ -21,7 +21,7 @@ import socket
 import struct
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
@@ -30,7 +30,7 @@ from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import ServiceUnavailable
 from . import registry
 from ._process import readable_copy, server_user, traversable_by_others, wait_ready
-from ._provider import Provider, unreachable
+from ._provider import Provider, ServerProvider, unreachable
 
 __all__ = ["PROVIDER", "PostgresProvider", "PostgresServer", "embedded", "ensure_server", "find_bindir"]
 
@@ -294,6 +294,8 @@ class PostgresProvider(Provider[PostgresServer]):
 
 PROVIDER = PostgresProvider()
 embedded = PROVIDER.embedded
+if TYPE_CHECKING:
+    _meets_the_contract: ServerProvider[PostgresServer] = PROVIDER
 
 
 async def ensure_server(settings: Settings) -> PostgresServer:

@@ -14,7 +14,7 @@ import shutil
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
@@ -23,7 +23,7 @@ from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import ServiceUnavailable
 from . import registry
 from ._process import wait_ready
-from ._provider import Provider, unreachable
+from ._provider import Provider, ServerProvider, unreachable
 
 __all__ = ["PROVIDER", "RedisProvider", "RedisServer", "embedded", "ensure_server", "find_binary"]
 
@@ -193,6 +193,8 @@ class RedisProvider(Provider[RedisServer]):
 
 PROVIDER = RedisProvider()
 embedded = PROVIDER.embedded
+if TYPE_CHECKING:
+    _meets_the_contract: ServerProvider[RedisServer] = PROVIDER
 
 
 async def ensure_server(settings: Settings) -> RedisServer:

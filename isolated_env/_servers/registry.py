@@ -37,17 +37,8 @@ from .._config import Settings, hostname
 from ._process import poll_until
 
 __all__ = [
-    "Embedded",
-    "ServerState",
-    "acquire",
-    "owner_alive",
-    "owner_tag",
-    "pin",
-    "reap",
-    "release",
-    "release_all",
-    "status",
-    "stop",
+    "Embedded", "ServerState", "acquire", "owner_alive", "owner_tag", "pin", "reap", "release", "release_all",
+    "status", "stop",
 ]
 
 _log = logging.getLogger("isolated_env")
@@ -318,14 +309,9 @@ def reap(kind: str, state_dir: Path) -> list[str]:
         if state is not None and state.server_alive():
             live_dir = state.info.get("dir")
         elif statefile.exists():
-            if state is not None:
-                proc = _children.pop(state.pid, None)
-                if proc is not None:
-                    proc.poll()
-                left = state.info.get("dir")
-                if left and Path(left).parent != state_dir and Path(left).exists():
-                    _remove_tree(Path(left))
-                    removed.append(left)
+            proc = _children.pop(state.pid, None) if state is not None else None
+            if proc is not None:
+                proc.poll()  # collect the exit status of our own dead child
             statefile.unlink(missing_ok=True)
             removed.append(str(statefile))
         for path in sorted(state_dir.glob(f"{kind}-*")):
