@@ -118,7 +118,7 @@ def keeps(outcome: Outcome, own: bool | None = None) -> bool:
     (the resource's own ``keep_on_failure`` argument ``own``, else the ``keep_failed`` setting)."""
     if outcome is not Outcome.FAILED:
         return False
-    return bool(own) if own is not None else bool(getattr(current_settings(), "keep_failed", False))
+    return bool(own) if own is not None else current_settings().keep_failed
 
 
 class PooledResource(Generic[T, H]):

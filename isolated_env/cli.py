@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import inspect
 import json
 import os
@@ -43,8 +42,9 @@ async def _overhead(entry: ResourceSpec, n: int) -> float:
 async def _server(entry: ResourceSpec) -> Any:
     if entry.provider is None:
         return None
-    module = importlib.import_module(f"isolated_env._servers.{entry.provider}")
-    return await module.ensure_server(resolve())
+    from ._servers._provider import provider
+
+    return await provider(entry.provider).ensure(resolve())
 
 
 async def _check(entry: ResourceSpec) -> dict[str, Any]:
@@ -108,7 +108,9 @@ def doctor(entries: Sequence[ResourceSpec]) -> int:
 
 
 def _embedded(kind: str) -> Any:
-    return importlib.import_module(f"isolated_env._servers.{kind}").embedded
+    from ._servers._provider import provider
+
+    return provider(kind).embedded
 
 
 def up(kinds: Sequence[str]) -> int:

@@ -128,9 +128,9 @@ async def probe(entry: ResourceSpec) -> None:
         if own is not None:
             await own(resolve())
         elif entry.provider is not None:
-            import importlib
+            from ._servers._provider import provider
 
-            await importlib.import_module(f"isolated_env._servers.{entry.provider}").ensure_server(resolve())
+            await provider(entry.provider).ensure(resolve())
     except ImportError as exc:
         extra = f"pip install 'isolated-env[{entry.extra}]'" if entry.extra else "install its package"
         raise ServiceUnavailable(entry.kind, f"its driver is not installed ({exc})", fix=extra) from exc

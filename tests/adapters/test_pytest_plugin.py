@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -167,7 +168,7 @@ def test_keep_failed_keeps_the_database_and_prune_removes_it(pytester: pytest.Py
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(["isolated_env kept the data of failed tests*", "*test_fails*: postgresql://*"])
     line = next(x for x in result.stdout.lines if "test_fails" in x and "postgresql://" in x)
-    dsn = line.split(": ", 1)[1].strip()
+    dsn = re.search(r"postgresql://\S+", line).group()  # type: ignore[union-attr]
 
     import subprocess
     import sys

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import anyio
 import anyio.lowlevel
@@ -73,9 +72,9 @@ async def test_keep_on_failure_moves_the_directory_aside_until_pruned() -> None:
         env.outcome = ie.Outcome.FAILED
     [kept] = env.kept
     assert not fs.path.exists()
-    assert (Path(kept.where) / "evidence.txt").read_text() == "42"
+    assert await anyio.Path(kept.where, "evidence.txt").read_text() == "42"
     assert kept.where in await reap(resolve(), kept=True)
-    assert not Path(kept.where).exists()
+    assert not await anyio.Path(kept.where).exists()
 
 
 async def test_a_passing_test_keeps_nothing_even_with_keep_on_failure() -> None:

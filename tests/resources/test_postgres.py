@@ -198,7 +198,6 @@ async def test_bad_mode() -> None:
 
 def test_missing_binary_names_what_was_tried(clean_environ: pytest.MonkeyPatch, tmp_path: object) -> None:
     clean_environ.setenv("PATH", "/nonexistent")
-    clean_environ.setenv("ISOLATED_ENV_POSTGRES_BINDIR", "/nonexistent/bin")
     import glob as globmod
 
     clean_environ.setattr(globmod, "glob", lambda pattern: [])
