@@ -64,7 +64,7 @@ def measure_startup(state_dir: Path, starts: int) -> tuple[list[float], float]:
 
 async def measure_leases(leases: int, concurrency: int) -> dict[str, Any]:
     from isolated_env import Environment
-    from isolated_env._resource import current_settings
+    from isolated_env._contract import current_settings
     from isolated_env._servers import clickhouse as servers
     from isolated_env.resources.clickhouse import isolated_clickhouse
 

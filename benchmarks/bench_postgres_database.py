@@ -31,7 +31,7 @@ from typing import Any
 import anyio
 
 from isolated_env import isolated_postgres
-from isolated_env._resource import current_settings
+from isolated_env._contract import current_settings
 from isolated_env._servers.postgres import PostgresServer, ensure_server
 from isolated_env.resources.postgres import (
     PostgresTemplate,

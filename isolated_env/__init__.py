@@ -15,7 +15,7 @@ import typing
 
 if typing.TYPE_CHECKING:
     from ._config import PROFILES, UNSET, Settings, resolve
-    from ._contract import Kept, Outcome, PooledResource, Resource, ResourceContext
+    from ._contract import Kept, Outcome, PooledResource, Resource
     from ._environment import Environment, EnvironmentStatistics
     from ._errors import (
         BudgetExceeded,
@@ -35,6 +35,7 @@ if typing.TYPE_CHECKING:
     )
     from ._metrics import LeakReport
     from ._pool import Pool, PoolStatistics
+    from ._resource import ResourceContext
     from .resources.clickhouse import ClickHouseHandle, isolated_clickhouse
     from .resources.fs import FileSystemHandle, isolated_fs
     from .resources.http import HttpExpectation, HttpHandle, RecordedRequest, isolated_http
@@ -49,7 +50,8 @@ _ERRORS = (
 
 _WHERE: dict[str, str] = {
     **{name: "._config" for name in ("PROFILES", "UNSET", "Settings", "resolve")},
-    **{name: "._contract" for name in ("Kept", "Outcome", "PooledResource", "Resource", "ResourceContext")},
+    **{name: "._contract" for name in ("Kept", "Outcome", "PooledResource", "Resource")},
+    "ResourceContext": "._resource",
     **{name: "._environment" for name in ("Environment", "EnvironmentStatistics")},
     **{name: "._errors" for name in _ERRORS},
     "LeakReport": "._metrics",

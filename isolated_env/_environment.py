@@ -12,9 +12,10 @@ import anyio
 
 from . import _metrics
 from ._config import UNSET, Settings, _Unset, resolve
-from ._contract import Kept, Outcome, Resource, ResourceContext, restore_settings, with_settings
+from ._contract import Kept, Outcome, Resource, restore_settings, with_settings
 from ._errors import ConfigError, IsolatedEnvError, TeardownError
 from ._pool import PoolStatistics
+from ._resource import ResourceContext
 
 __all__ = ["Environment", "EnvironmentStatistics"]
 

@@ -19,10 +19,11 @@ from collections.abc import Hashable
 from typing import Any, ClassVar
 
 from .._config import Settings
-from .._contract import Kept, PooledResource, ResourceContext, current_settings
+from .._contract import Kept, PooledResource, current_settings
 from .._drivers import clickhouse as ch_driver
 from .._errors import ConfigError, IsolationBroken, TeardownError
 from .._redact import redact_url
+from .._resource import ResourceContext
 from .._runtime import current_runtime
 from .._servers import clickhouse as servers
 from .._servers.clickhouse import ClickHouseServer

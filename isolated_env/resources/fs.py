@@ -19,8 +19,9 @@ import anyio
 import anyio.to_thread
 
 from .._config import Settings, hostname, run_id
-from .._contract import Kept, current_settings, keeps, report_kept, resource
+from .._contract import Kept, current_settings, keeps
 from .._errors import IsolationBroken, UnsafePath
+from .._resource import report_kept, resource
 from .._servers.registry import owner_alive
 
 __all__ = ["FileSystemHandle", "isolated_fs"]

@@ -18,11 +18,12 @@ from typing import Any, ClassVar
 import anyio
 
 from .._config import Settings, run_id
-from .._contract import Kept, PooledResource, ResourceContext, current_settings
+from .._contract import Kept, PooledResource, current_settings
 from .._drivers import redis as redis_driver
 from .._errors import IsolationBroken, ServiceUnavailable, TeardownError
 from .._pool import TryLater
 from .._redact import redact_url
+from .._resource import ResourceContext
 from .._runtime import Runtime, current_runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer

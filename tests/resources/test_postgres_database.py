@@ -18,7 +18,7 @@ import pytest
 
 import isolated_env as ie
 from isolated_env._config import resolve
-from isolated_env._resource import current_settings
+from isolated_env._contract import current_settings
 from isolated_env._servers import registry
 from isolated_env._servers.postgres import PostgresServer, ensure_server
 from isolated_env.resources.postgres import (
@@ -238,7 +238,7 @@ async def prune_templates(admin: asyncpg.Connection, names: list[str]) -> None:
 _RACE = """
 import anyio, json, sys
 from isolated_env._config import resolve
-from isolated_env._resource import current_settings
+from isolated_env._contract import current_settings
 from isolated_env._servers import registry
 from isolated_env._servers.postgres import ensure_server
 from isolated_env.resources.postgres import PostgresTemplate, build_template

@@ -13,8 +13,8 @@ import asyncpg
 import pytest
 
 import isolated_env as ie
+from isolated_env._contract import current_settings
 from isolated_env._drivers import asyncpg as driver
-from isolated_env._resource import current_settings
 from isolated_env._servers.postgres import PostgresServer, ensure_server
 
 ROOT = Path(__file__).resolve().parents[2]

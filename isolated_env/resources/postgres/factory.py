@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from ..._config import Settings
-from ..._contract import Kept, Outcome, current_settings, keeps, report_kept, resource
+from ..._contract import Kept, Outcome, current_settings, keeps
 from ..._drivers import asyncpg as driver
 from ..._errors import ConfigError, IsolatedEnvError
+from ..._resource import report_kept, resource
 from ..._servers import postgres as servers
 from .database import database_mode
 from .handle import DatabaseHandle, PostgresHandle

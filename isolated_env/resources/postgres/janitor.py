@@ -21,9 +21,9 @@ from typing import Any
 import anyio
 
 from ..._config import hostname, run_id
+from ..._contract import current_settings
 from ..._drivers import asyncpg as driver
 from ..._errors import TeardownError
-from ..._resource import current_settings
 from ..._servers import registry
 from ..._servers.postgres import PostgresServer
 from ..._servers.registry import owner_alive, owner_tag
