@@ -43,6 +43,7 @@ class ResourceContext(Generic[H]):
         self.setup_ms: float | None = None
         self.teardown_ms: float | None = None
         self._handle: H | None = None
+        self._entered = False
         self._timeout = 30.0
 
     def __repr__(self) -> str:
@@ -65,18 +66,20 @@ class ResourceContext(Generic[H]):
         self.setup_ms = (time.perf_counter() - started) * 1000
         _metrics.record_setup(self.kind, self.setup_ms)
         self._handle = handle
+        self._entered = True
         return handle
 
     async def reset(self) -> None:
-        if self._handle is not None:
-            await self.resource.reset(self._handle)
+        if self._entered:
+            await self.resource.reset(self._handle)  # type: ignore[arg-type]
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         handle, self._handle = self._handle, None
-        if handle is None:
+        if not self._entered:
             return
+        self._entered = False
         outcome = self.outcome
         if outcome is None:
             outcome = Outcome.FAILED if isinstance(exc, Exception) else Outcome.PASSED
@@ -89,7 +92,7 @@ class ResourceContext(Generic[H]):
             # cannot hang the suite.
             with anyio.CancelScope(shield=True) as scope:
                 scope.deadline = anyio.current_time() + self._timeout
-                self.kept = await self.resource.release(handle, outcome)
+                self.kept = await self.resource.release(cast(H, handle), outcome)
         finally:
             _settings.reset(token)
         self.teardown_ms = (time.perf_counter() - started) * 1000

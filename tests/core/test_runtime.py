@@ -1,0 +1,140 @@
+"""The per-loop Runtime: pools and closers live and die with their event loop, and background work
+runs in its task group with failures that reach whoever asked for the work."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anyio
+import pytest
+
+from isolated_env._pool import Pool
+from isolated_env._runtime import Runtime, close_current_runtime, current_runtime, open_runtimes
+
+
+def _pool(log: list[str]) -> Pool[int]:
+    async def create() -> int:
+        return 1
+
+    async def destroy(item: int) -> None:
+        log.append("destroyed")
+
+    return Pool("p", create=create, destroy=destroy, capacity=2, lease_timeout=5)
+
+
+def test_the_runtime_closes_its_pools_and_closers_when_the_loop_ends() -> None:
+    log: list[str] = []
+    seen: list[Runtime] = []
+
+    async def main() -> None:
+        runtime = await current_runtime()
+        assert await current_runtime() is runtime  # one per loop
+        pool = runtime.pool("k", lambda: _pool(log))
+        assert runtime.pool("k", lambda: _pool(log)) is pool
+        async with pool.lease():
+            pass
+
+        async def closer() -> None:
+            log.append("closed")
+
+        runtime.on_close(closer)
+        seen.append(runtime)
+
+    asyncio.run(main())
+    assert log == ["destroyed", "closed"]
+    assert seen[0].closed and seen[0] not in open_runtimes()
+
+
+def test_each_loop_gets_its_own_runtime() -> None:
+    async def main() -> Runtime:
+        return await current_runtime()
+
+    first, second = asyncio.run(main()), asyncio.run(main())
+    assert first is not second and first.closed and second.closed
+
+
+def test_background_failures_are_kept_logged_and_passed_on(caplog: pytest.LogCaptureFixture) -> None:
+    errors: list[BaseException] = []
+
+    async def boom() -> None:
+        raise ValueError("background broke")
+
+    async def main() -> Runtime:
+        runtime = await current_runtime()
+        await runtime.spawn(boom, name="boom", on_error=errors.append)
+        await runtime.settle()
+        return runtime
+
+    runtime = asyncio.run(main())
+    assert [str(e) for e in errors] == ["background broke"]
+    assert [str(e) for e in runtime.errors] == ["background broke"]
+    assert "background task boom failed" in caplog.text
+
+
+def test_settle_waits_for_background_work() -> None:
+    done: list[int] = []
+
+    async def work(n: int) -> None:
+        await anyio.sleep(0.01 * n)
+        done.append(n)
+
+    async def main() -> None:
+        runtime = await current_runtime()
+        for n in range(3):
+            await runtime.spawn(work, n, name=f"work {n}")
+        await runtime.settle()
+        assert sorted(done) == [0, 1, 2]
+
+    asyncio.run(main())
+    assert sorted(done) == [0, 1, 2]
+
+
+def test_endless_background_work_is_cancelled_at_close() -> None:
+    state: dict[str, Any] = {}
+
+    async def forever() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            state["stopped"] = True
+
+    async def main() -> None:
+        runtime = await current_runtime()
+        await runtime.spawn(forever, name="forever")
+        await anyio.sleep(0)
+        await close_current_runtime()
+        state["closed"] = runtime.closed
+
+    asyncio.run(main())
+    assert state == {"stopped": True, "closed": True}
+
+
+def test_spawn_after_close_is_refused() -> None:
+    async def main() -> None:
+        runtime = await current_runtime()
+        await close_current_runtime()
+
+        async def nothing() -> None:
+            pass
+
+        with pytest.raises(RuntimeError, match="closed"):
+            await runtime.spawn(nothing, name="late")
+
+    asyncio.run(main())
+
+
+def test_the_runtime_works_on_trio() -> None:
+    pytest.importorskip("trio")
+    done: list[str] = []
+
+    async def work() -> None:
+        done.append("ran")
+
+    async def main() -> None:
+        runtime = await current_runtime()
+        await runtime.spawn(work, name="on trio")
+        await runtime.settle()
+
+    anyio.run(main, backend="trio")
+    assert done == ["ran"]
