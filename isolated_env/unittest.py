@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 
 from ._config import resolve
 from ._environment import Environment
+from ._drivers.unittest_runner import shares_loops
 from ._errors import ServiceUnavailable
 from .resources.fs import isolated_fs
 from .resources.postgres import isolated_postgres
@@ -44,15 +45,16 @@ class IsolatedEnvironmentTestCase(unittest.IsolatedAsyncioTestCase):
     share_event_loop: ClassVar[bool] = True
     env: Environment
 
-    # unittest's hooks for its per-test asyncio.Runner (Python 3.11 to 3.13).
+    # unittest's hooks for its per-test asyncio.Runner: the one private seam, see
+    # isolated_env._drivers.unittest_runner (used only where it was tested).
     def _setupAsyncioRunner(self) -> None:
-        if not self.share_event_loop:
+        if not (self.share_event_loop and shares_loops()):
             super()._setupAsyncioRunner()  # type: ignore[misc]
             return
         self._asyncioRunner = _shared_runner()
 
     def _tearDownAsyncioRunner(self) -> None:
-        if not self.share_event_loop:
+        if not (self.share_event_loop and shares_loops()):
             super()._tearDownAsyncioRunner()  # type: ignore[misc]
         # the shared runner stays open for the next test; it is closed at exit
 
@@ -97,7 +99,9 @@ _runner: asyncio.Runner | None = None
 def _shared_runner() -> asyncio.Runner:
     global _runner
     if _runner is None:
-        _runner = asyncio.Runner(debug=True)
+        # debug=None follows PYTHONASYNCIODEBUG and -X dev, instead of paying debug mode's cost
+        # (and its "Executing <Task> took 0.2 seconds" lines) in every user's run.
+        _runner = asyncio.Runner(debug=None)
         # Closing runs the loop's async-generator shutdown, which closes the pools inside the loop
         # (before the servers are released: atexit runs this first, it was registered later).
         atexit.register(close_shared_loop)
