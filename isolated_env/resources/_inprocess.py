@@ -202,7 +202,7 @@ class ServerTasks(Generic[T]):
                 await work(slot)
         except self._gone:
             pass  # the peer went away mid-exchange: nobody is left to answer, nothing to report
-        except Exception as exc:
+        except Exception as exc:  # a failure of the server's own: the test sees it, not just a log
             self._problems.record(f"{self._what} failed: {exc!r}", exc)
         finally:
             self.running.remove(slot)
@@ -215,7 +215,8 @@ class ServerTasks(Generic[T]):
         with anyio.move_on_after(grace):
             for slot in list(self.running):
                 await slot.done.wait()
-        # Cancel scopes rather than tasks: asyncio's stream callback logs a cancelled task as an error.
+        # Cancel scopes rather than tasks: a task may belong to the server library (websockets starts
+        # one per connection), which must see its handler return, not its task cancelled under it.
         for slot in list(self.running):
             if slot.busy is not None:
                 self._problems.record(

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import functools
 import json
+import socket
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any, Literal
@@ -82,26 +83,60 @@ class H11Server:
     def __init__(self, app: App, problems: ProblemLog) -> None:
         self._app = app
         self._problems = problems
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
+        self._connections: set[asyncio.Task[None]] = set()
         self._tasks: ServerTasks[asyncio.StreamWriter] = ServerTasks(
             problems, "the test HTTP server", gone=(ConnectionError, OSError)
         )
         self.port = 0
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        # Accepting ourselves rather than through asyncio.start_server: on Python 3.11 a connection
+        # accepted in the loop iteration before Server.close() never reaches the callback, and its
+        # socket stays open until garbage collection. Here every accepted socket gets its task.
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        asyncio.get_running_loop().add_reader(listener, self._accept, listener)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
         return self.port
 
     async def aclose(self) -> None:
         """Stop listening, end every connection (cancelling responses still in progress)."""
-        if self._server is not None:
-            self._server.close()
+        self._stop_listening()
         await self._tasks.stop()
-        if self._server is not None:
-            await self._server.wait_closed()
+        if self._connections:  # including those accepted just now, which see the stop and close
+            await asyncio.wait(set(self._connections))
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _stop_listening(self) -> None:
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener)
+            self._listener.close()
+            self._listener = None
+
+    def _accept(self, listener: socket.socket) -> None:
+        """The listening socket is readable: take every pending connection."""
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # none left for now
+            except ConnectionAbortedError:
+                continue  # the client gave up before we took it: nothing to serve
+            except OSError as exc:  # out of file descriptors, say: stop, and say why in the test
+                self._problems.record(f"the test HTTP server stopped accepting connections: {exc!r}", exc)
+                self._stop_listening()
+                return
+            task = asyncio.get_running_loop().create_task(self._connection(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _connection(self, conn: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except OSError:
+            conn.close()  # the client left before its streams were set up: nothing to serve
+            return
         await self._tasks.run(writer, functools.partial(self._serve, reader))
 
     async def _serve(self, reader: asyncio.StreamReader, slot: Slot[asyncio.StreamWriter]) -> None:
