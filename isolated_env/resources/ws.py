@@ -19,16 +19,9 @@ from websockets.exceptions import ConnectionClosed
 
 from .._errors import ConfigError
 from .._resource import resource
-from ._checks import Problem, ProblemLog, require_asyncio
+from ._inprocess import InProcessHandle, Problem, ServerTasks, Slot, preview, require_asyncio, serving
 
-__all__ = [
-    "BinaryHandler",
-    "HandlerReply",
-    "MessageHandler",
-    "WebSocketHandle",
-    "WsExpectation",
-    "isolated_ws",
-]
+__all__ = ["BinaryHandler", "HandlerReply", "MessageHandler", "WebSocketHandle", "WsExpectation", "isolated_ws"]
 
 HandlerReply: TypeAlias = Mapping[str, Any] | Sequence[Mapping[str, Any]] | None
 """What a message handler returns: one reply, several (sent in order; ``[]`` for none), or None
@@ -49,11 +42,6 @@ _CLOSE_TIMEOUT = 2.0
 
 def _ack(message: Any) -> dict[str, Any]:
     return {"type": "ack", "id": message.get("id") if isinstance(message, dict) else None}
-
-
-def _preview(message: Any, limit: int = 200) -> str:
-    text = repr(message)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class WsExpectation:
@@ -78,40 +66,25 @@ class WsExpectation:
 
     async def wait(self, timeout: float = 5.0) -> list[dict[str, Any]]:  # noqa: ASYNC109 - the documented API
         """Wait until at least ``count`` messages of this type have arrived; returns them."""
-        try:
-            with anyio.fail_after(timeout):
-                while len(self.messages) < self.count:
-                    await self._handle._changed_event().wait()
-        except TimeoutError:
-            got = len(self.messages)
+        if not await self._handle._pulse.wait_until(lambda: len(self.messages) >= self.count, timeout):
             raise TimeoutError(
                 f"expected {self.count} {self.type!r} message(s) within {timeout:g} s, the server "
-                f"received {got}; everything it received: {_preview(self._handle.received, 500)}"
-            ) from None
+                f"received {len(self.messages)}; everything it received: {preview(self._handle.received, 500)}"
+            )
         return self.messages
 
 
-class _ServerSide:
-    """Book-keeping for one server-side connection: whether its handler is busy, how to stop it."""
-
-    __slots__ = ("busy", "connection", "done", "scope")
-
-    def __init__(self, connection: ServerConnection) -> None:
-        self.connection = connection
-        self.scope = anyio.CancelScope()
-        self.done = anyio.Event()
-        self.busy: str | None = None
-
-
-class WebSocketHandle:
+class WebSocketHandle(InProcessHandle):
     """A live WebSocket server (``.url``) and a client connected to it (``.client``).
 
     ``register_message_handler(type, fn)`` sets how the server answers JSON messages of a type;
     ``send_message``/``receive_message`` speak through the client; ``.received`` is everything the
-    server got, in order. ``check()`` raises what went wrong in the background.
+    server got, in order. ``check()`` raises what went wrong in the background (``wait()`` on an
+    expectation first if messages are in flight).
     """
 
     def __init__(self, *, strict: bool) -> None:
+        super().__init__("isolated_ws")
         self.url = ""
         self.strict = strict
         self.received: list[Any] = []
@@ -122,12 +95,12 @@ class WebSocketHandle:
         ``.request.path``/``.request.headers``, ``.close_code``, ``await .send(...)``)."""
         self._client: ClientConnection | None = None
         self._clients: list[ClientConnection] = []
-        self._sides: list[_ServerSide] = []
+        self._tasks: ServerTasks[ServerConnection] = ServerTasks(
+            self._problems, "isolated_ws's connection task", gone=(ConnectionClosed,)
+        )
         self._handlers: dict[str, MessageHandler] = {}
         self._binary_handler: BinaryHandler | None = None
         self._expectations: list[WsExpectation] = []
-        self._problems = ProblemLog("isolated_ws")
-        self._changed = anyio.Event()
         self._server: Server | None = None
 
     def __repr__(self) -> str:
@@ -158,11 +131,7 @@ class WebSocketHandle:
     ) -> None:
         """Send from the client (or ``client``): a mapping as JSON text, ``str`` as text, ``bytes``
         as a binary frame."""
-        target = client or self.client
-        if isinstance(message, (str, bytes)):
-            await target.send(message)
-        else:
-            await target.send(json.dumps(message))
+        await (client or self.client).send(message if isinstance(message, (str, bytes)) else json.dumps(message))
 
     async def receive_message(
         self,
@@ -181,15 +150,15 @@ class WebSocketHandle:
             with anyio.fail_after(timeout):
                 raw = await target.recv()
         except TimeoutError:
-            error = self._problems.report([])
+            error = self._problems.report(unmet=False)
             if error is not None:
                 raise error from None
             raise TimeoutError(
                 f"no message arrived within {timeout:g} s; the server has received "
-                f"{len(self.received)} message(s): {_preview(self.received[-5:])}"
+                f"{len(self.received)} message(s): {preview(self.received[-5:])}"
             ) from None
         except ConnectionClosed:
-            error = self._problems.report([])
+            error = self._problems.report(unmet=False)
             if error is not None:
                 raise error from error.__cause__  # the handler's exception, not the close it caused
             raise
@@ -230,28 +199,18 @@ class WebSocketHandle:
         """Send a server-initiated message to every open connection; returns how many got it."""
         data: str | bytes = message if isinstance(message, (str, bytes)) else json.dumps(message)
         sent = 0
-        for side in list(self._sides):
+        for side in list(self._tasks.running):
             try:
-                await side.connection.send(data)
+                await side.peer.send(data)
                 sent += 1
             except ConnectionClosed:
-                pass
+                pass  # closed meanwhile: it is simply not among those that got it
         return sent
 
     async def close_connections(self, code: int = 1000, reason: str = "") -> None:
         """Close every open connection from the server side with ``code`` and ``reason``."""
-        for side in list(self._sides):
-            await side.connection.close(code, reason)
-
-    def check(self) -> None:
-        """Raise ResourceCheckFailed listing handler errors, unexpected messages and unmet
-        expectations (those seen so far; ``wait()`` on an expectation first if messages are in flight)."""
-        error = self._problems.report(self._unmet())
-        if error is not None:
-            raise error
-
-    def _current_problems(self) -> list[Problem]:
-        return [*self._problems.current, *self._unmet()]
+        for side in list(self._tasks.running):
+            await side.peer.close(code, reason)
 
     def _unmet(self) -> list[Problem]:
         return [
@@ -260,37 +219,20 @@ class WebSocketHandle:
             if not e.met
         ]
 
-    def _changed_event(self) -> anyio.Event:
-        return self._changed
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
-
     async def _serve_connection(self, connection: ServerConnection) -> None:
-        side = _ServerSide(connection)
-        self._sides.append(side)
         self.server_connections.append(connection)
-        try:
-            with side.scope:
-                async for raw in connection:
-                    await self._dispatch(side, raw)
-        except ConnectionClosed:
-            pass
-        finally:
-            if side in self._sides:
-                self._sides.remove(side)
-            side.done.set()
+        await self._tasks.run(connection, self._serve_side)
 
-    async def _dispatch(self, side: _ServerSide, raw: str | bytes) -> None:
-        connection = side.connection
+    async def _serve_side(self, side: Slot[ServerConnection]) -> None:
+        async for raw in side.peer:
+            await self._dispatch(side, raw)
+
+    async def _dispatch(self, side: Slot[ServerConnection], raw: str | bytes) -> None:
+        connection = side.peer
         if isinstance(raw, bytes):
             self._record(raw)
-            side.busy = "binary frame"
-            try:
+            with side.doing("binary frame"):
                 await self._answer_binary(connection, raw)
-            finally:
-                side.busy = None
             return
         try:
             message: Any = json.loads(raw)
@@ -304,36 +246,34 @@ class WebSocketHandle:
             type_ = ANY_TYPE
             handler = self._handlers.get(ANY_TYPE)
             if handler is None:
-                self._problems.record(
-                    f"unexpected message {_preview(message)}: not a JSON object with a string 'type' "
-                    "(register a '*' handler to accept it)"
+                self._problems.unexpected(
+                    f"message {preview(message)}",
+                    "not a JSON object with a string 'type' (register a '*' handler to accept it)",
                 )
                 return
         if handler is None:
             if self.strict and not any(e.type == type_ for e in self._expectations):
-                self._problems.record(
-                    f"unexpected {type_!r} message {_preview(message)}: strict mode and no handler or "
-                    f"expectation for {type_!r}"
+                self._problems.unexpected(
+                    f"{type_!r} message {preview(message)}",
+                    f"strict mode and no handler or expectation for {type_!r}",
                 )
                 return
             await self._send(connection, [_ack(message)])
             return
-        side.busy = f"handler for {type_!r}"
         try:
-            # The handler gets its own copy: what it mutates must not rewrite .received.
-            result = handler(json.loads(raw) if isinstance(message, (dict, list)) else message)
-            if inspect.isawaitable(result):
-                result = await result
-        except Exception as exc:
+            with side.doing(f"handler for {type_!r}"):
+                # The handler gets its own copy: what it mutates must not rewrite .received.
+                result = handler(json.loads(raw) if isinstance(message, (dict, list)) else message)
+                if inspect.isawaitable(result):
+                    result = await result
+        except Exception as exc:  # the test's handler: recorded, raised in the test by check()/exit
             self._problems.record(
-                f"handler for {type_!r} raised {type(exc).__name__}: {exc} (message: {_preview(message)})",
+                f"handler for {type_!r} raised {type(exc).__name__}: {exc} (message: {preview(message)})",
                 exc,
             )
             # 1011 makes the client fail at once instead of waiting for a reply that never comes.
             await self._close_quietly(connection, 1011, f"handler for {type_!r} raised {type(exc).__name__}")
             return
-        finally:
-            side.busy = None
         if result is None:
             await self._send(connection, [_ack(message)])
         elif isinstance(result, Mapping):
@@ -342,7 +282,7 @@ class WebSocketHandle:
             await self._send(connection, list(result))
         else:
             self._problems.record(
-                f"handler for {type_!r} returned {_preview(result)}; return a dict, a list of dicts or None"
+                f"handler for {type_!r} returned {preview(result)}; return a dict, a list of dicts or None"
             )
 
     async def _answer_binary(self, connection: ServerConnection, data: bytes) -> None:
@@ -353,30 +293,30 @@ class WebSocketHandle:
             try:
                 result = handler(data)
                 reply = await result if inspect.isawaitable(result) else result
-            except Exception as exc:
+            except Exception as exc:  # the test's handler: recorded, raised in the test
                 self._problems.record(f"binary handler raised {type(exc).__name__}: {exc}", exc)
                 await self._close_quietly(connection, 1011, f"binary handler raised {type(exc).__name__}")
                 return
         if reply is None:
             return
         if not isinstance(reply, bytes):
-            self._problems.record(f"binary handler returned {_preview(reply)}; return bytes or None")
+            self._problems.record(f"binary handler returned {preview(reply)}; return bytes or None")
             return
         try:
             await connection.send(reply)
         except ConnectionClosed:
-            pass
+            pass  # the client left; nobody is waiting for this reply
 
     def _record(self, message: Any) -> None:
         self.received.append(message)
-        self._notify()
+        self._pulse.notify()
 
     async def _send(self, connection: ServerConnection, replies: Sequence[Mapping[str, Any]]) -> None:
         for reply in replies:
             try:
                 text = json.dumps(reply)
             except (TypeError, ValueError) as exc:
-                self._problems.record(f"reply {_preview(reply)} is not JSON-serialisable: {exc}", exc)
+                self._problems.record(f"reply {preview(reply)} is not JSON-serialisable: {exc}", exc)
                 return
             try:
                 await connection.send(text)
@@ -388,7 +328,7 @@ class WebSocketHandle:
         try:
             await connection.close(code, reason[:120])
         except ConnectionClosed:
-            pass
+            pass  # already closed, which is what we wanted
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -397,10 +337,7 @@ class WebSocketHandle:
         self.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
         self._problems.what = f"isolated_ws at {self.url}"
 
-    async def _connect_default(self, path: str) -> None:
-        self._client = await self.connect(path)
-
-    async def _close_connections(self) -> None:
+    async def _close_connections(self, *, final: bool) -> None:
         """Close every connection (ours first, then any other client's from the server side), let
         the handlers finish the messages that arrived before, within a grace; a handler still busy
         after it is cancelled and reported."""
@@ -409,24 +346,13 @@ class WebSocketHandle:
             for client in clients:
                 tg.start_soon(client.close)
         async with anyio.create_task_group() as tg:
-            for side in list(self._sides):
-                tg.start_soon(self._close_quietly, side.connection, 1001, "test finished")
-        with anyio.move_on_after(_EXIT_GRACE):
-            for side in list(self._sides):
-                await side.done.wait()
-        for side in list(self._sides):
-            if side.busy:
-                self._problems.record(
-                    f"{side.busy} was still running {_EXIT_GRACE:g} s after the connections closed; it "
-                    "was cancelled (a handler that waits for something that never happens?)"
-                )
-            side.scope.cancel()
-        for side in list(self._sides):
-            await side.done.wait()
+            for side in list(self._tasks.running):
+                tg.start_soon(self._close_quietly, side.peer, 1001, "test finished")
+        await self._tasks.stop(_EXIT_GRACE, final=final)
 
     async def _aclose(self) -> None:
         try:
-            await self._close_connections()
+            await self._close_connections(final=True)
         finally:
             if self._server is not None:
                 self._server.close()
@@ -437,14 +363,14 @@ class WebSocketHandle:
         expectations cleared (problems are kept for the final exit), handlers kept."""
         had_default = self._client is not None
         path = self._client.request.path if self._client is not None and self._client.request else "/"
-        await self._close_connections()
-        self._problems.reset(self._unmet())
+        await self._close_connections(final=False)
+        self._problems.reset()
         self.received.clear()
         self.server_connections.clear()
         self._expectations.clear()
         self._client = None
         if had_default:
-            await self._connect_default(path)
+            self._client = await self.connect(path)
 
 
 @resource("ws")
@@ -462,19 +388,7 @@ async def isolated_ws(
         raise ConfigError(f"isolated_ws(path={path!r}): the path must start with '/'")
     handle = WebSocketHandle(strict=strict)
     handle._bind(await serve(handle._serve_connection, "127.0.0.1", 0, close_timeout=_CLOSE_TIMEOUT))
-    body_error: BaseException | None = None
-    try:
+    async with serving(handle._problems, handle._aclose):
         if connect_client:
-            await handle._connect_default(path)
+            handle._client = await handle.connect(path)
         yield handle
-    except BaseException as exc:
-        body_error = exc
-        raise
-    finally:
-        await handle._aclose()
-        error = handle._problems.error(handle._current_problems(), carried=True)
-        if error is not None:
-            if body_error is None:
-                raise error
-            # The test already failed: add what the server saw rather than replace the test's error.
-            body_error.add_note(str(error))

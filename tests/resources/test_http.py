@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 from collections.abc import AsyncIterator, Callable
 
 import anyio
 import httpx
+import psutil
 import pytest
 
 from isolated_env._environment import Environment
@@ -316,6 +318,21 @@ async def test_server_is_gone_after_exit() -> None:
     assert client.is_closed
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+async def test_a_connection_accepted_as_the_server_closes_is_closed_too() -> None:
+    # A client connects in the last loop iterations before the exit closes the server (each
+    # `settle` puts the close one iteration later); whenever the server took the connection, it
+    # must close it too, not leave it open (CLOSE_WAIT) until garbage collection.
+    for settle in range(8):
+        async with isolated_http() as http:
+            port = int(http.url.rsplit(":", 1)[1])
+            client = socket.create_connection(("127.0.0.1", port))  # loopback: done in the kernel
+            for _ in range(settle):
+                await asyncio.sleep(0)
+        client.close()
+        left = [c for c in psutil.Process().net_connections(kind="inet") if c.laddr and c.laddr.port == port]
+        assert left == [], f"settle={settle}: the server side of the connection is still open"
 
 
 async def test_bad_arguments() -> None:

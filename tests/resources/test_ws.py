@@ -16,7 +16,7 @@ from websockets.exceptions import ConnectionClosed
 from isolated_env._environment import Environment
 from isolated_env._errors import ConfigError, ResourceCheckFailed, ServiceUnavailable
 from isolated_env.resources import ws as ws_module
-from isolated_env.resources._checks import require_asyncio
+from isolated_env.resources._inprocess import require_asyncio
 from isolated_env.resources.http import isolated_http
 from isolated_env.resources.ws import WebSocketHandle, isolated_ws
 

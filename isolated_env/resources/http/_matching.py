@@ -11,10 +11,11 @@ from typing import Any
 
 import httpx
 
-from .._errors import ConfigError
-from ._h11server import RecordedRequest
+from ..._errors import ConfigError
+from .._inprocess import preview
+from ._server import RecordedRequest
 
-__all__ = ["NOT_GIVEN", "RequestMatcher"]
+__all__ = ["NOT_GIVEN", "HeadersArg", "QueryArg", "RequestMatcher"]
 
 
 class _NotGiven:
@@ -113,7 +114,7 @@ class RequestMatcher:
         if self.match is not None and not reasons:
             try:
                 ok = bool(self.match(request))
-            except Exception as exc:
+            except Exception as exc:  # the test's predicate: its error is the reason it did not match
                 reasons.append(f"match predicate raised {type(exc).__name__}: {exc}")
             else:
                 if not ok:
@@ -133,6 +134,6 @@ class RequestMatcher:
         return ["json body differs:\n" + "\n".join(list(diff)[:40])]
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def _short(value: Any) -> str:
+    """A value cut short enough to sit in a one-line reason."""
+    return preview(value, 80)

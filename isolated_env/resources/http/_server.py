@@ -1,6 +1,7 @@
 """A small HTTP/1.1 server: asyncio streams for I/O, h11 for the protocol (no parsing of our own).
 
-Each connection is served by its own task, so a slow response never holds up another request. What
+Each connection is served by its own task (one of the shared :class:`ServerTasks`), so a slow
+response never holds up another request, and what fails in one is recorded in the problem log. What
 to answer is decided by an ``app`` coroutine that turns a :class:`RecordedRequest` into a
 :class:`Reply`; the server only executes it (including the faults a reply asks for).
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
+import socket
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from http import HTTPStatus
 from typing import Any, Literal
@@ -19,9 +22,12 @@ import anyio
 import h11
 import httpx
 
-__all__ = ["H11Server", "RecordedRequest", "Reply"]
+from .._inprocess import ProblemLog, ServerTasks, Slot
+
+__all__ = ["TEXT", "H11Server", "RecordedRequest", "Reply"]
 
 _READ_SIZE = 65536
+TEXT = "text/plain; charset=utf-8"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -62,61 +68,90 @@ class Reply:
     chunk_interval: float = 0.0
     """With ``chunk_size``: send the body that many bytes at a time, pausing between chunks."""
 
+    @classmethod
+    def text(cls, status: int, message: str) -> Reply:
+        return cls(status=status, headers=(("content-type", TEXT),), body=message.encode())
+
 
 App = Callable[[RecordedRequest], Awaitable[Reply]]
-OnProblem = Callable[[str, BaseException | None], None]
 
 
 class H11Server:
-    """Serves ``app`` on 127.0.0.1 at an ephemeral port until :meth:`aclose`."""
+    """Serves ``app`` on 127.0.0.1 at an ephemeral port until :meth:`aclose`; what goes wrong in a
+    connection (a malformed request, a failure of ours) is recorded in ``problems``."""
 
-    def __init__(self, app: App, on_problem: OnProblem) -> None:
+    def __init__(self, app: App, problems: ProblemLog) -> None:
         self._app = app
-        self._on_problem = on_problem
-        self._server: asyncio.Server | None = None
-        self._scopes: dict[asyncio.StreamWriter, anyio.CancelScope] = {}
-        self._idle = anyio.Event()
-        self._closing = False
+        self._problems = problems
+        self._listener: socket.socket | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self._tasks: ServerTasks[asyncio.StreamWriter] = ServerTasks(
+            problems, "the test HTTP server", gone=(ConnectionError, OSError)
+        )
         self.port = 0
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
+        # Accepting ourselves rather than through asyncio.start_server: on Python 3.11 a connection
+        # accepted in the loop iteration before Server.close() never reaches the callback, and its
+        # socket stays open until garbage collection. Here every accepted socket gets its task.
+        listener = socket.create_server(("127.0.0.1", 0))
+        listener.setblocking(False)
+        asyncio.get_running_loop().add_reader(listener, self._accept, listener)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
         return self.port
 
     async def aclose(self) -> None:
         """Stop listening, end every connection (cancelling responses still in progress)."""
-        self._closing = True
-        if self._server is not None:
-            self._server.close()
-        # Cancel scopes rather than tasks: asyncio's stream callback logs a cancelled task as an error.
-        for scope in list(self._scopes.values()):
-            scope.cancel()
-        while self._scopes:
-            await self._idle.wait()
-        if self._server is not None:
-            await self._server.wait_closed()
+        self._stop_listening()
+        await self._tasks.stop()
+        if self._connections:  # including those accepted just now, which see the stop and close
+            await asyncio.wait(set(self._connections))
 
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        scope = anyio.CancelScope()
-        if self._closing:  # accepted just as the server closed
-            scope.cancel()
-        self._scopes[writer] = scope
+    def _stop_listening(self) -> None:
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener)
+            self._listener.close()
+            self._listener = None
+
+    def _accept(self, listener: socket.socket) -> None:
+        """The listening socket is readable: take every pending connection."""
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return  # none left for now
+            except ConnectionAbortedError:
+                continue  # the client gave up before we took it: nothing to serve
+            except OSError as exc:  # out of file descriptors, say: stop, and say why in the test
+                self._problems.record(f"the test HTTP server stopped accepting connections: {exc!r}", exc)
+                self._stop_listening()
+                return
+            task = asyncio.get_running_loop().create_task(self._connection(conn))
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
+
+    async def _connection(self, conn: socket.socket) -> None:
         try:
-            with scope:
-                await self._serve(reader, writer)
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except OSError:
+            conn.close()  # the client left before its streams were set up: nothing to serve
+            return
+        await self._tasks.run(writer, functools.partial(self._serve, reader))
+
+    async def _serve(self, reader: asyncio.StreamReader, slot: Slot[asyncio.StreamWriter]) -> None:
+        writer = slot.peer
+        try:
+            await self._exchange(reader, writer)
         finally:
             writer.close()
             with anyio.CancelScope(shield=True):
                 try:
                     await writer.wait_closed()
                 except (ConnectionError, OSError):
-                    pass
-            del self._scopes[writer]
-            self._idle.set()
-            self._idle = anyio.Event()
+                    pass  # the client reset the connection first: it is closed either way
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
@@ -134,17 +169,13 @@ class H11Server:
                 else:
                     return
         except h11.RemoteProtocolError as exc:
-            self._on_problem(f"malformed request: {exc}", None)
+            self._problems.record(f"malformed request: {exc}")
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 try:
                     writer.write(conn.send(h11.Response(status_code=exc.error_status_hint, headers=[])))
                     writer.write(conn.send(h11.EndOfMessage()))
                 except h11.LocalProtocolError:
-                    pass
-        except (ConnectionError, OSError):
-            pass  # the client went away
-        except Exception as exc:
-            self._on_problem(f"the test HTTP server failed: {exc!r}", exc)
+                    pass  # h11 cannot phrase the error reply; the problem is recorded, the close follows
 
     async def _read_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -187,7 +218,7 @@ class H11Server:
             writer.write(conn.send(h11.EndOfMessage()))
             await writer.drain()
         except h11.LocalProtocolError as exc:
-            self._on_problem(f"could not send the response to {request.method} {request.target}: {exc}", exc)
+            self._problems.record(f"could not send the response to {request.method} {request.target}: {exc}", exc)
             writer.transport.abort()
             raise ConnectionAbortedError from exc
 

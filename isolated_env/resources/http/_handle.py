@@ -1,0 +1,207 @@
+"""HttpHandle and isolated_http(): the server, its expectations, and the log of what it received.
+
+A request is answered by the first expectation that matches it and has uses left; one that matches
+nothing gets a 500 and is recorded, with the closest expectations and why each did not match.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import ssl
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio.to_thread
+import httpx
+
+from ..._errors import ConfigError, ResourceCheckFailed
+from ..._resource import resource
+from .._inprocess import InProcessHandle, Problem, require_asyncio, serving
+from ._expectation import HttpExpectation
+from ._matching import NOT_GIVEN, HeadersArg, QueryArg, RequestMatcher
+from ._server import H11Server, RecordedRequest, Reply
+
+__all__ = ["HttpHandle", "isolated_http"]
+
+
+@functools.cache
+def _build_ssl_context() -> ssl.SSLContext:
+    return httpx.create_ssl_context()
+
+
+async def _ssl_context() -> ssl.SSLContext:
+    # Building one loads the CA bundle from disk (~15 ms): once per process, in a worker thread.
+    if _build_ssl_context.cache_info().currsize:
+        return _build_ssl_context()
+    return await anyio.to_thread.run_sync(_build_ssl_context)
+
+
+class HttpHandle(InProcessHandle):
+    """A live HTTP server (``.url``), an ``httpx.AsyncClient`` pointed at it (``.client``), the
+    expectations it answers by, and the log of ``requests`` it received."""
+
+    def __init__(self) -> None:
+        super().__init__("isolated_http")
+        self.url = ""
+        self.requests: list[RecordedRequest] = []
+        """Every request the server received, in arrival order (matched or not)."""
+        self._client: httpx.AsyncClient | None = None
+        self._expectations: list[HttpExpectation] = []
+        self._server = H11Server(self._answer, self._problems)
+
+    def __repr__(self) -> str:
+        return f"<HttpHandle {self.url} requests={len(self.requests)} expectations={len(self._expectations)}>"
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` with ``base_url`` set to this server (closed on exit)."""
+        if self._client is None:
+            raise ConfigError("the HTTP client is only available inside `async with isolated_http()`")
+        return self._client
+
+    def url_for(self, path: str) -> str:
+        """The absolute URL of ``path`` on this server (for code that wants a full URL)."""
+        return self.url + "/" + path.lstrip("/")
+
+    def expect(
+        self,
+        method: str,
+        path: str | re.Pattern[str],
+        *,
+        query: QueryArg = None,
+        json: Any = NOT_GIVEN,
+        body: bytes | str | None = None,
+        headers: HeadersArg = None,
+        match: Callable[[RecordedRequest], bool] | None = None,
+        ordered: bool = False,
+    ) -> HttpExpectation:
+        """Expect a request: ``method`` and ``path`` (a string, or a ``re.Pattern`` matched in full),
+        and if given its exact ``query``, JSON body (``json=``), raw ``body``, these ``headers``
+        (others may be present) and a ``match(request)`` predicate.
+
+        A request is answered by the first expectation, in the order they were declared, that it
+        matches and that has uses left. ``ordered=True`` expectations must also arrive in the order
+        declared (each once unless ``times()`` says otherwise). Answers 200 with no body until told.
+        """
+        matcher = RequestMatcher.build(
+            method, path, query=query, json=json, body=body, headers=headers, match=match
+        )
+        expectation = HttpExpectation(
+            matcher, ordered=ordered, index=len(self._expectations), pulse=self._pulse, received=self.requests
+        )
+        self._expectations.append(expectation)
+        return expectation
+
+    @property
+    def expectations(self) -> list[HttpExpectation]:
+        return list(self._expectations)
+
+    def assert_no_requests(self) -> None:
+        """Raise ResourceCheckFailed if the server received any request."""
+        if self.requests:
+            listed = "\n".join(f"  - {r.method} {r.target}" for r in self.requests[:20])
+            raise ResourceCheckFailed(
+                f"isolated_http at {self.url} expected no requests, "
+                f"it received {len(self.requests)}:\n{listed}"
+            )
+
+    def _unmet(self) -> list[Problem]:
+        return [p for p in (e._unmet() for e in self._expectations) if p is not None]
+
+    async def _answer(self, request: RecordedRequest) -> Reply:
+        self.requests.append(request)
+        try:
+            expectation = self._match(request)
+            if isinstance(expectation, str):
+                self._problems.record(expectation)
+                return Reply.text(500, expectation)
+            expectation.requests.append(request)
+        finally:
+            self._pulse.notify()
+        try:
+            return await expectation._answer(request)
+        except Exception as exc:  # the test's responder: recorded, answered 500, raised in the test
+            message = (
+                f"the responder of {expectation.describe()} raised {type(exc).__name__}: {exc} "
+                f"(request: {request.method} {request.target}; answered 500)"
+            )
+            self._problems.record(message, exc)
+            return Reply.text(500, message)
+
+    def _match(self, request: RecordedRequest) -> HttpExpectation | str:
+        """The expectation that answers ``request``, or why there is none."""
+        reasons: list[tuple[HttpExpectation, list[str]]] = []
+        for expectation in self._expectations:
+            mismatches = expectation.matcher.mismatches(request)
+            if not mismatches and not expectation.exhausted:
+                break
+            reasons.append((expectation, mismatches))
+        else:
+            return _unmatched(request, reasons)
+        if expectation.ordered:
+            for earlier in self._expectations[: expectation._index]:
+                if earlier.ordered and not earlier.satisfied:
+                    return (
+                        f"{request.method} {request.target} arrived out of order: it matches the ordered "
+                        f"expectation {expectation.describe()}, but the earlier ordered expectation "
+                        f"{earlier.describe()} has had {len(earlier.requests)} of {earlier._times_text()} "
+                        "request(s) (answered 500)"
+                    )
+        return expectation
+
+    async def _start(self) -> None:
+        port = await self._server.start()
+        self.url = f"http://127.0.0.1:{port}"
+        self._problems.what = f"isolated_http at {self.url}"
+
+    async def _aclose(self) -> None:
+        try:
+            if self._client is not None:
+                await self._client.aclose()
+        finally:
+            await self._server.aclose()
+
+    async def _ie_reset(self) -> None:
+        """Pristine for the next Hypothesis example: requests, expectations and client cookies
+        cleared (problems are kept for the final exit)."""
+        self._problems.reset()
+        self.requests.clear()
+        self._expectations.clear()
+        if self._client is not None:
+            self._client.cookies.clear()
+
+
+def _unmatched(request: RecordedRequest, reasons: list[tuple[HttpExpectation, list[str]]]) -> str:
+    head = f"{request.method} {request.target} matched no expectation (answered 500)"
+    if request.body:
+        head += f"; body: {request.body[:200]!r}"
+    if not reasons:
+        return head + "; no expectations were declared"
+    lines = [head + "; closest expectations:"]
+    for expectation, mismatches in sorted(reasons, key=lambda item: len(item[1]))[:3]:
+        if not mismatches:
+            lines.append(
+                f"  - {expectation.describe()}: matches, but it allows {expectation._times_text()} "
+                f"request(s) and has had them all"
+            )
+        else:
+            why = "; ".join(mismatches).replace("\n", "\n      ")
+            lines.append(f"  - {expectation.describe()}: {why}")
+    return "\n".join(lines)
+
+
+@resource("http")
+async def isolated_http() -> AsyncIterator[HttpHandle]:
+    """An HTTP/1.1 server on ``http://127.0.0.1:<free port>`` and an ``httpx.AsyncClient`` for it.
+
+    Everything the server saw go wrong (unmatched requests, responder errors, unmet expectations) is
+    raised on exit, or added as a note when the test already failed.
+    """
+    require_asyncio("isolated_http")
+    handle = HttpHandle()
+    await handle._start()
+    async with serving(handle._problems, handle._aclose):
+        # trust_env=False: a proxy from HTTP_PROXY must never sit between a test and its loopback server.
+        handle._client = httpx.AsyncClient(base_url=handle.url, verify=await _ssl_context(), trust_env=False)
+        yield handle
