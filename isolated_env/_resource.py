@@ -20,6 +20,7 @@ from . import _metrics
 from ._config import Settings, resolve
 from ._contract import Kept, Outcome, Resource, _settings
 from ._errors import IsolatedEnvError, TeardownError
+from ._pool import PoolStatistics
 
 __all__ = ["ResourceContext", "report_kept", "resource"]
 
@@ -126,6 +127,8 @@ class _GeneratorResource(Generic[H]):
     extra: ClassVar[str | None] = None
     _reset: ClassVar[Callable[[Any], Awaitable[None]] | None] = None
     _reap: ClassVar[Callable[..., Awaitable[list[str]]] | None] = None
+    _statistics: ClassVar[Callable[[Any], PoolStatistics | None] | None] = None
+    _handle: Any = None
 
     exc: BaseException | None = None
     """The exception leaving the block, thrown into the generator as asynccontextmanager would."""
@@ -138,16 +141,17 @@ class _GeneratorResource(Generic[H]):
             handle: H = await self._gen.__anext__()
         except StopAsyncIteration:
             raise IsolatedEnvError(f"the {self.kind} resource's generator did not yield a handle") from None
+        self._handle = handle
         return handle
+
+    def statistics(self) -> PoolStatistics | None:
+        stats = type(self)._statistics
+        return stats(self._handle) if stats is not None and self._handle is not None else None
 
     async def reset(self, handle: H) -> None:
         reset = type(self)._reset
         if reset is not None:
             await reset(handle)
-            return
-        legacy = getattr(handle, "_ie_reset", None)
-        if legacy is not None:
-            await legacy()
 
     async def release(self, handle: H, outcome: Outcome) -> Kept | None:
         gen, exc, self.exc = self._gen, self.exc, None
@@ -184,6 +188,7 @@ def resource(
     reap: Callable[..., Awaitable[list[str]]] | None = None,
     probe: Callable[[Settings], Awaitable[None]] | None = None,
     self_check: Callable[[], Awaitable[None]] | None = None,
+    statistics: Callable[[Any], PoolStatistics | None] | None = None,
 ) -> Callable[[Callable[P, AsyncIterator[H]]], Callable[P, ResourceContext[H]]]:
     """Turn a one-``yield`` async generator into an ``isolated_*`` factory (a Resource class
     made from it is the factory's ``resource_class``, for the registry).
@@ -191,7 +196,7 @@ def resource(
     ``reset(handle)`` returns a handle to pristine state in place; ``reap(settings, kept)`` removes
     what dead owners left; ``probe(settings)`` raises ServiceUnavailable when the resource cannot be
     had (the ``requires_<kind>`` marker); ``self_check()`` is ``isolated-env doctor``'s isolation
-    check."""
+    check; ``statistics(handle)`` the pool figures ``Environment.statistics()`` reports."""
 
     def decorate(fn: Callable[P, AsyncIterator[H]]) -> Callable[P, ResourceContext[H]]:
         attrs: dict[str, Any] = {
@@ -201,6 +206,7 @@ def resource(
             "extra": extra,
             "_reset": staticmethod(reset) if reset is not None else None,
             "_reap": staticmethod(reap) if reap is not None else None,
+            "_statistics": staticmethod(statistics) if statistics is not None else None,
             **({"probe": classmethod(lambda cls, settings: probe(settings))} if probe is not None else {}),
             **({"self_check": classmethod(lambda cls: self_check())} if self_check is not None else {}),
             "__doc__": fn.__doc__,

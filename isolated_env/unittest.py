@@ -22,9 +22,7 @@ from ._config import resolve
 from ._environment import Environment
 from ._drivers.unittest_runner import shares_loops
 from ._errors import ServiceUnavailable
-from .resources.fs import isolated_fs
-from .resources.postgres import isolated_postgres
-from .resources.redis import isolated_redis
+from ._registry import spec
 
 __all__ = ["IsolatedEnvironmentTestCase"]
 
@@ -32,15 +30,15 @@ __all__ = ["IsolatedEnvironmentTestCase"]
 class IsolatedEnvironmentTestCase(unittest.IsolatedAsyncioTestCase):
     """A test case whose every test gets fresh isolated resources as attributes.
 
-    ``resources`` maps attribute names to factories; the default gives ``self.database``,
-    ``self.redis`` and ``self.fs``. An unavailable service skips the test, or fails it when
+    ``resources`` maps attribute names to a registered resource's kind (or to any factory); the
+    default gives ``self.database``, ``self.redis`` and ``self.fs``. An unavailable service skips the test, or fails it when
     services are required (``CI=true``, ``ISOLATED_ENV_REQUIRE=1``).
     """
 
-    resources: ClassVar[Mapping[str, Callable[[], AbstractAsyncContextManager[Any]]]] = {
-        "database": isolated_postgres,
-        "redis": isolated_redis,
-        "fs": isolated_fs,
+    resources: ClassVar[Mapping[str, str | Callable[[], AbstractAsyncContextManager[Any]]]] = {
+        "database": "postgres",
+        "redis": "redis",
+        "fs": "fs",
     }
     share_event_loop: ClassVar[bool] = True
     env: Environment
@@ -76,7 +74,8 @@ class IsolatedEnvironmentTestCase(unittest.IsolatedAsyncioTestCase):
             async with Environment() as env:
                 self.env = env
                 for name, factory in self.resources.items():
-                    setattr(self, name, await env.enter(factory(), name=name))
+                    make = spec(factory).factory() if isinstance(factory, str) else factory
+                    setattr(self, name, await env.enter(make(), name=name))
                 ready.set_result(None)
                 await self._ie_done.wait()
         except BaseException as exc:

@@ -358,7 +358,7 @@ class WebSocketHandle(InProcessHandle):
                 self._server.close()
                 await self._server.wait_closed()
 
-    async def _ie_reset(self) -> None:
+    async def _reset(self) -> None:
         """Pristine for the next Hypothesis example: clients reconnected, recorded messages and
         expectations cleared (problems are kept for the final exit), handlers kept."""
         had_default = self._client is not None
@@ -373,7 +373,7 @@ class WebSocketHandle(InProcessHandle):
             self._client = await self.connect(path)
 
 
-@resource("ws")
+@resource("ws", aliases=("websocket",), reset=lambda handle: handle._reset())
 async def isolated_ws(
     *, path: str = "/", strict: bool = False, connect_client: bool = True
 ) -> AsyncIterator[WebSocketHandle]:

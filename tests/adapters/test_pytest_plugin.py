@@ -145,7 +145,7 @@ def test_profile_option_sets_capacity(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         """
         async def test_capacity(isolated_database):
-            assert isolated_database._ie_pool.capacity == 20
+            assert isolated_database._pool.capacity == 20
         """
     )
     result = run(pytester, "--isolated-env-profile", "ci-thorough")

@@ -28,11 +28,11 @@ class Resettable:
     def __init__(self) -> None:
         self.resets = 0
 
-    async def _ie_reset(self) -> None:
+    async def reset(self) -> None:
         self.resets += 1
 
 
-@resource("counter")
+@resource("counter", reset=lambda handle: handle.reset())
 async def counter() -> AsyncIterator[Resettable]:
     yield Resettable()
 

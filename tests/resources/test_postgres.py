@@ -160,7 +160,7 @@ async def test_cancellation_mid_test_and_during_setup_leaves_nothing_leased() ->
         opened = await db.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
         )
-        pool_stats = db._ie_pool.statistics()
+        pool_stats = db._pool.statistics()
         assert opened == pool_stats.idle + pool_stats.leased
 
 

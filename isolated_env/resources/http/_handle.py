@@ -162,7 +162,7 @@ class HttpHandle(InProcessHandle):
         finally:
             await self._server.aclose()
 
-    async def _ie_reset(self) -> None:
+    async def _reset(self) -> None:
         """Pristine for the next Hypothesis example: requests, expectations and client cookies
         cleared (problems are kept for the final exit)."""
         self._problems.reset()
@@ -191,7 +191,7 @@ def _unmatched(request: RecordedRequest, reasons: list[tuple[HttpExpectation, li
     return "\n".join(lines)
 
 
-@resource("http")
+@resource("http", reset=lambda handle: handle._reset())
 async def isolated_http() -> AsyncIterator[HttpHandle]:
     """An HTTP/1.1 server on ``http://127.0.0.1:<free port>`` and an ``httpx.AsyncClient`` for it.
 

@@ -27,7 +27,7 @@ class PostgresHandle:
         self.database = database
         self.mode = mode
         self.dsn = server.dsn(database)
-        self._ie_pool = pool
+        self._pool = pool
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.connection, name)
@@ -62,7 +62,7 @@ class DatabaseHandle(PostgresHandle):
         self.failed = False
         self._ie_clone = clone
 
-    async def _ie_reset(self) -> None:
+    async def _reset(self) -> None:
         """Back to a fresh copy of the template under the same name, so ``.dsn`` stays valid."""
         self.connection.terminate()
         with driver.translate(f"reset {self.database} (a fresh copy of {self.template}) on",

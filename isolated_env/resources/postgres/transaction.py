@@ -60,7 +60,7 @@ class TransactionHandle(PostgresHandle):
         tr, self._transaction = self._transaction, None
         return await driver.rollback(self.connection, tr, check=_CHECK)
 
-    async def _ie_reset(self) -> None:
+    async def _reset(self) -> None:
         with driver.translate(f"roll back and begin again on {self.database} of",
                               driver.redacted_dsn(self.server), failure=TeardownError):
             escaped = await self._end()
