@@ -200,9 +200,3 @@ async def close_current_runtime() -> None:
         if gen is not None:
             await gen.aclose()
 
-
-# Names the resources used before the Runtime had its task group; kept while they move over.
-LoopScope = Runtime
-current_scope = current_runtime
-open_scopes = open_runtimes
-close_current_scope = close_current_runtime

@@ -19,8 +19,8 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, ClassVar
 
 from ._config import resolve
-from ._environment import Environment
 from ._drivers.unittest_runner import shares_loops
+from ._environment import Environment
 from ._errors import ServiceUnavailable
 from ._registry import spec
 
@@ -31,8 +31,8 @@ class IsolatedEnvironmentTestCase(unittest.IsolatedAsyncioTestCase):
     """A test case whose every test gets fresh isolated resources as attributes.
 
     ``resources`` maps attribute names to a registered resource's kind (or to any factory); the
-    default gives ``self.database``, ``self.redis`` and ``self.fs``. An unavailable service skips the test, or fails it when
-    services are required (``CI=true``, ``ISOLATED_ENV_REQUIRE=1``).
+    default gives ``self.database``, ``self.redis`` and ``self.fs``. An unavailable service skips
+    the test, or fails it when services are required (``CI=true``, ``ISOLATED_ENV_REQUIRE=1``).
     """
 
     resources: ClassVar[Mapping[str, str | Callable[[], AbstractAsyncContextManager[Any]]]] = {

@@ -6,7 +6,7 @@ import pytest
 
 import isolated_env as ie
 from isolated_env._config import resolve
-from isolated_env._runtime import current_scope
+from isolated_env._runtime import current_runtime
 from isolated_env._servers import postgres as pg_servers
 
 
@@ -153,7 +153,7 @@ async def test_cancellation_mid_test_and_during_setup_leaves_nothing_leased() ->
             await anyio.sleep(1)
     assert mid_test.cancelled_caught
     assert not fs.path.exists()
-    scope = await current_scope()
+    scope = await current_runtime()
     assert all(pool.statistics().leased == 0 for pool in scope.pools.values())
     async with ie.isolated_postgres() as db:
         # every open connection of the work database belongs to the pool's idle list

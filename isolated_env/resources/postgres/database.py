@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from ..._config import Settings
 from ..._drivers import asyncpg as driver
 from ..._pool import Pool
-from ..._runtime import current_scope
+from ..._runtime import current_runtime
 from ..._servers.postgres import PostgresServer
 from .handle import Clone, DatabaseHandle, PostgresHandle
 from .janitor import keep, reap_once
@@ -29,13 +29,13 @@ __all__ = ["WarmPoolStatistics", "database_mode", "settle", "warm_pool_statistic
 async def settle() -> None:
     """Wait until every database released in this event loop has been dropped (releases drop in
     the background so that a test's teardown does not wait for ``DROP DATABASE``)."""
-    for warm in warm_pools(await current_scope()):
+    for warm in warm_pools(await current_runtime()):
         await warm.settle()
 
 
 async def warm_pool_statistics() -> list[WarmPoolStatistics]:
     """Statistics of this event loop's warm pools (one per template and capacity)."""
-    return [warm.statistics() for warm in warm_pools(await current_scope())]
+    return [warm.statistics() for warm in warm_pools(await current_runtime())]
 
 
 
@@ -46,8 +46,8 @@ async def database_mode(
     """A private database cloned from ``template``, leased from the warm pool."""
     await reap_once(server, unlabelled=True)
     template_name = await template_database(server, template)
-    scope = await current_scope()
-    warm = warm_pool(scope, server, template, template_name, settings.capacity)
+    scope = await current_runtime()
+    warm = await warm_pool(scope, server, template, template_name, settings.capacity)
 
     async def take() -> Clone:
         with driver.translate(f"make a database from {warm.template_name} on", driver.redacted_dsn(server)):

@@ -41,8 +41,10 @@ async def _self_check() -> None:
             raise IsolatedEnvError("isolation self-check failed: a table survived its test")
 
 
-@resource("postgres", aliases=("database",), provider="postgres", extra="postgres", reap=_reap,
-          self_check=_self_check, reset=lambda handle: handle._reset(), statistics=lambda handle: handle._pool.statistics())
+@resource(
+    "postgres", aliases=("database",), provider="postgres", extra="postgres", reap=_reap, self_check=_self_check,
+    reset=lambda handle: handle._reset(), statistics=lambda handle: handle._pool.statistics(),
+)
 async def isolated_postgres(
     *, mode: str = "transaction", template: Any = None, keep_on_failure: bool | None = None
 ) -> AsyncIterator[PostgresHandle]:

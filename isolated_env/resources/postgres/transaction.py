@@ -22,7 +22,7 @@ from ..._config import Settings, run_id
 from ..._drivers import asyncpg as driver
 from ..._errors import IsolationBroken, TeardownError
 from ..._pool import Pool
-from ..._runtime import LoopScope, current_scope
+from ..._runtime import Runtime, current_runtime
 from ..._servers.postgres import PostgresServer
 from .handle import PostgresHandle
 from .janitor import reap_once
@@ -159,7 +159,7 @@ def _tx_pool(work: _WorkDatabase, settings: Settings) -> Pool[Any]:
     )
 
 
-def _scope_lock(scope: LoopScope) -> anyio.Lock:
+def _scope_lock(scope: Runtime) -> anyio.Lock:
     lock = scope.objects.get("postgres-lock")
     if lock is None:
         lock = scope.objects["postgres-lock"] = anyio.Lock()
@@ -172,7 +172,7 @@ async def transaction_mode(
 ) -> AsyncIterator[PostgresHandle]:
     """A pooled connection inside the test's outer transaction on the work database (a clone of
     ``template_name`` when given); rolled back on exit, healed when the test escaped it."""
-    scope = await current_scope()
+    scope = await current_runtime()
     async with _scope_lock(scope):
         with driver.translate("prepare the work database on", driver.redacted_dsn(server)):
             work = await _work_database(server, template_name)

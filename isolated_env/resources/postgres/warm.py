@@ -3,7 +3,7 @@ loop, each with a connection already open, so a lease is a pop from a list; rele
 dropped in the background, never handed out again.
 
 asyncpg only runs on asyncio, so the background tasks are asyncio tasks; they live and die with
-the event loop's :class:`~isolated_env._runtime.LoopScope`. The names of clones that were made but
+the event loop's :class:`~isolated_env._runtime.Runtime`. The names of clones that were made but
 never leased outlive a loop (a database does not belong to a loop) and are reused by the next one.
 """
 
@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -26,7 +27,7 @@ from ..._config import run_id
 from ..._drivers import asyncpg as driver
 from ..._errors import PoolClosed
 from ..._metrics import percentile
-from ..._runtime import LoopScope
+from ..._runtime import Runtime
 from ..._servers.postgres import PostgresServer
 from .handle import Clone
 from .labels import create_database, disown, drop_database, no_createdb, own, server_key
@@ -87,7 +88,9 @@ class WarmPool:
         self._wake = asyncio.Event()
         self._wake_dropper = asyncio.Event()
         self._dropped = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._scopes: list[anyio.CancelScope] = []
+        self._running = 0
+        self._stopped = anyio.Event()
         self._clone_ms: collections.deque[float] = collections.deque(maxlen=10_000)
         self._clones = self._spares = self._drops_done = self._starved = self._errors = 0
         self.last_error: BaseException | None = None
@@ -96,12 +99,26 @@ class WarmPool:
     def spare_key(self) -> tuple[str, str]:
         return (server_key(self.server), self.template_name)
 
-    def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        workers = max(1, min(_MAX_WORKERS, self.target))
-        self._tasks = [loop.create_task(self._worker(), name=f"isolated_env refill {self.template_name}")
-                       for _ in range(workers)]
-        self._tasks.append(loop.create_task(self._dropper(), name=f"isolated_env drop {self.template_name}"))
+    async def start(self, runtime: Runtime) -> None:
+        """Refill workers and the dropper run in the runtime's task group (never as stray tasks)."""
+        for n in range(max(1, min(_MAX_WORKERS, self.target))):
+            await runtime.spawn(self._guarded, self._worker, name=f"isolated_env refill {self.template_name} #{n}")
+        await runtime.spawn(self._guarded, self._dropper, name=f"isolated_env drop {self.template_name}")
+
+    async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run one background loop of this pool until the pool closes (its own cancel scope, so that
+        closing this pool stops its loops and no other work of the runtime)."""
+        self._running += 1
+        try:
+            with anyio.CancelScope() as scope:
+                self._scopes.append(scope)
+                if self.closed:
+                    scope.cancel()
+                await work()
+        finally:
+            self._running -= 1
+            if self._running == 0:
+                self._stopped.set()
 
     # -- leasing --------------------------------------------------------------------------
 
@@ -260,14 +277,14 @@ class WarmPool:
     async def aclose(self) -> None:
         """Stop the tasks; unleased clones become spares for the next loop, pending drops are done now."""
         self.closed = True
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        # Their outcomes do not matter here: CancelledError is ours, and a task's own failure was
-        # counted in statistics() and handed to its waiters. A cancel of this closing loop must
-        # not stop the ready clones from becoming spares below.
-        with contextlib.suppress(BaseException):
-            await asyncio.gather(*tasks, return_exceptions=True)
+        scopes, self._scopes = self._scopes, []
+        for scope in scopes:
+            scope.cancel()
+        if self._running:
+            # A loop's own failure was counted in statistics() and handed to its waiters; here we
+            # only wait for the loops to stop (bounded: the runtime's task group ends them anyway).
+            with anyio.move_on_after(10):
+                await self._stopped.wait()
         self._fail_waiters(PoolClosed(f"the warm pool of {self.template_name} closed with its event loop"))
         spares = []
         while self.ready:
@@ -327,17 +344,17 @@ class WarmPool:
         )
 
 
-def warm_pool(
-    scope: LoopScope, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int
+async def warm_pool(
+    scope: Runtime, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int
 ) -> WarmPool:
     key = ("postgres-warm", server_key(server), template_name, target)
     warm = scope.objects.get(key)
     if warm is None or warm.closed:
         warm = scope.objects[key] = WarmPool(server, template, template_name, target)
-        warm.start()
+        await warm.start(scope)
         scope.on_close(warm.aclose)
     return warm
 
 
-def warm_pools(scope: LoopScope) -> list[WarmPool]:
+def warm_pools(scope: Runtime) -> list[WarmPool]:
     return [v for k, v in list(scope.objects.items()) if isinstance(k, tuple) and k[:1] == ("postgres-warm",)]
