@@ -7,6 +7,7 @@ import asyncio
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from isolated_env._pool import Pool
@@ -102,7 +103,7 @@ def test_endless_background_work_is_cancelled_at_close() -> None:
     async def main() -> None:
         runtime = await current_runtime()
         await runtime.spawn(forever, name="forever")
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         await close_current_runtime()
         state["closed"] = runtime.closed
 
