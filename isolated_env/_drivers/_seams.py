@@ -67,6 +67,7 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
+@functools.cache
 def tested(distribution: str, spec: str) -> bool:
     """True when the installed ``distribution`` is inside the range its seam was tested on."""
     version = installed_version(distribution)

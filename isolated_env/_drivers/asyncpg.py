@@ -77,7 +77,7 @@ def _fix_for(exc: BaseException, asyncpg: Any) -> str | None:
 
 @contextlib.contextmanager
 def translate(
-    doing: str, where: str, *, failure: type[TemplateError] | type[TeardownError] | None = None
+    doing: str, where: str | Server, *, failure: type[TemplateError] | type[TeardownError] | None = None
 ) -> Iterator[None]:
     """Raise our error, from the driver's, for a failure while ``doing`` something on ``where``.
 
@@ -94,7 +94,8 @@ def translate(
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
             asyncpg.InternalClientError) as exc:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        problem = f"cannot {doing} {where}: {detail}"
+        place = where if isinstance(where, str) else redacted_dsn(where)  # only on failure: off the hot path
+        problem = f"cannot {doing} {place}: {detail}"
         fix = _fix_for(exc, asyncpg)
         if fix is None and failure is not None:
             raise failure(problem) from exc

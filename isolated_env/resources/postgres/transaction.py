@@ -62,7 +62,7 @@ class TransactionHandle(PostgresHandle):
 
     async def _reset(self) -> None:
         with driver.translate(f"roll back and begin again on {self.database} of",
-                              driver.redacted_dsn(self.server), failure=TeardownError):
+                              self.server, failure=TeardownError):
             escaped = await self._end()
             await self._begin()
         if escaped:
@@ -174,7 +174,7 @@ async def transaction_mode(
     ``template_name`` when given); rolled back on exit, healed when the test escaped it."""
     scope = await current_runtime()
     async with _scope_lock(scope):
-        with driver.translate("prepare the work database on", driver.redacted_dsn(server)):
+        with driver.translate("prepare the work database on", server):
             work = await _work_database(server, template_name)
     key = ("postgres-tx", server_key(server), work.name, settings.capacity)
     pool = scope.pool(key, lambda: _tx_pool(work, settings))
@@ -182,7 +182,7 @@ async def transaction_mode(
         conn = lease.value
         handle = TransactionHandle(conn, server, work.name, pool)
         try:
-            with driver.translate(f"begin the test's transaction on {work.name} of", driver.redacted_dsn(server)):
+            with driver.translate(f"begin the test's transaction on {work.name} of", server):
                 await handle._begin()
         except BaseException:
             lease.discard()
