@@ -7,6 +7,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -19,7 +20,9 @@ import isolated_env as ie
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom_resource"
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "custom_resource"
+DOC = ROOT / "docs" / "extending.md"
 
 
 def _builds_without_downloads() -> bool:
@@ -213,3 +216,30 @@ def test_the_example_s_own_tests_pass(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", str(source / "tests"), timeout=300)
     result.assert_outcomes(passed=12)
     result.stdout.fnmatch_lines([f"rootdir: {source}*", "configfile: pyproject.toml*"])
+
+
+# A fenced block, optionally introduced by `<!-- from PATH -->` (a verbatim quote of PATH).
+_BLOCK = re.compile(r"^(?:<!-- from (?P<source>\S+) -->\n)?```(?P<lang>\w*)\n(?P<code>.*?)^```$", re.S | re.M)
+
+
+def _doc_blocks() -> list[tuple[str | None, str, str]]:
+    return [(m["source"], m["lang"], m["code"]) for m in _BLOCK.finditer(DOC.read_text())]
+
+
+def test_the_doc_quotes_the_example_as_it_is() -> None:
+    quotes = [(source, code) for source, _, code in _doc_blocks() if source]
+    assert len(quotes) >= 6
+    for source, code in quotes:
+        assert code in (ROOT / source).read_text(), f"docs/extending.md quotes {source}, which no longer says:\n{code}"
+
+
+def test_the_doc_s_other_code_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, example: tuple[Path, Path]
+) -> None:
+    scripts = [(lang, code) for source, lang, code in _doc_blocks() if not source]
+    assert [lang for lang, _ in scripts] == ["python", "python"]
+    _, target = example
+    env = _use(monkeypatch, target, tmp_path / "state")
+    for _, code in scripts:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, code + done.stdout + done.stderr
