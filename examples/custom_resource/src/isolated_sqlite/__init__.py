@@ -255,15 +255,15 @@ class SqliteResource(ie.PooledResource[_Database, SqliteHandle]):
         return f"sqlite databases ({self.root})"
 
     async def create(self) -> _Database:
-        def make() -> _Database:
+        def make() -> tuple[Path, Path, sqlite3.Connection]:
             run = _run_dir(self.root)
             template = _template(run, self.schema)
             fd, name = tempfile.mkstemp(prefix="db-", suffix=".sqlite3", dir=run)
             os.close(fd)
             path = Path(name)
-            return _Database(path, template, _fresh_copy(template, path))
+            return path, template, _fresh_copy(template, path)
 
-        return await anyio.to_thread.run_sync(make)
+        return _Database(*await anyio.to_thread.run_sync(make))
 
     async def clean(self, item: _Database) -> None:
         async with item.lock:
