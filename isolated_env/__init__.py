@@ -14,34 +14,151 @@ import importlib
 import typing
 
 if typing.TYPE_CHECKING:
-    from ._config import PROFILES, UNSET, Settings, resolve
-    from ._contract import Kept, Outcome, PooledResource, Resource
-    from ._environment import Environment, EnvironmentStatistics
-    from ._errors import (
-        BudgetExceeded,
-        CircuitOpen,
-        ConfigError,
-        IsolatedEnvError,
-        IsolationBroken,
-        LeaseTimeout,
-        MissingDependencyError,
-        PoolClosed,
-        PoolError,
-        ResourceCheckFailed,
-        ServiceUnavailable,
-        TeardownError,
-        TemplateError,
-        UnsafePath,
+    from ._config import (
+        PROFILES as PROFILES,
     )
-    from ._metrics import LeakReport
-    from ._pool import Pool, PoolStatistics
-    from ._resource import ResourceContext
-    from .resources.clickhouse import ClickHouseHandle, isolated_clickhouse
-    from .resources.fs import FileSystemHandle, isolated_fs
-    from .resources.http import HttpExpectation, HttpHandle, RecordedRequest, isolated_http
-    from .resources.postgres import DatabaseHandle, PostgresHandle, PostgresTemplate, isolated_postgres
-    from .resources.redis import RedisHandle, isolated_redis
-    from .resources.ws import WebSocketHandle, WsExpectation, isolated_ws
+    from ._config import (
+        UNSET as UNSET,
+    )
+    from ._config import (
+        Settings as Settings,
+    )
+    from ._config import (
+        resolve as resolve,
+    )
+    from ._contract import (
+        Kept as Kept,
+    )
+    from ._contract import (
+        Outcome as Outcome,
+    )
+    from ._contract import (
+        PooledResource as PooledResource,
+    )
+    from ._contract import (
+        Resource as Resource,
+    )
+    from ._contract import (
+        current_settings as current_settings,
+        keeps as keeps,
+    )
+    from ._environment import (
+        Environment as Environment,
+    )
+    from ._environment import (
+        EnvironmentStatistics as EnvironmentStatistics,
+    )
+    from ._errors import (
+        BudgetExceeded as BudgetExceeded,
+    )
+    from ._errors import (
+        CircuitOpen as CircuitOpen,
+    )
+    from ._errors import (
+        ConfigError as ConfigError,
+    )
+    from ._errors import (
+        IsolatedEnvError as IsolatedEnvError,
+    )
+    from ._errors import (
+        IsolationBroken as IsolationBroken,
+    )
+    from ._errors import (
+        LeaseTimeout as LeaseTimeout,
+    )
+    from ._errors import (
+        MissingDependencyError as MissingDependencyError,
+    )
+    from ._errors import (
+        PoolClosed as PoolClosed,
+    )
+    from ._errors import (
+        PoolError as PoolError,
+    )
+    from ._errors import (
+        ResourceCheckFailed as ResourceCheckFailed,
+    )
+    from ._errors import (
+        ServiceUnavailable as ServiceUnavailable,
+    )
+    from ._errors import (
+        TeardownError as TeardownError,
+    )
+    from ._errors import (
+        TemplateError as TemplateError,
+    )
+    from ._errors import (
+        UnsafePath as UnsafePath,
+    )
+    from ._metrics import (
+        LeakReport as LeakReport,
+    )
+    from ._pool import (
+        Pool as Pool,
+    )
+    from ._pool import (
+        PoolStatistics as PoolStatistics,
+    )
+    from ._resource import (
+        ResourceContext as ResourceContext,
+    )
+    from ._resource import (
+        report_kept as report_kept,
+    )
+    from ._resource import (
+        resource as resource,
+    )
+    from .resources.clickhouse import (
+        ClickHouseHandle as ClickHouseHandle,
+    )
+    from .resources.clickhouse import (
+        isolated_clickhouse as isolated_clickhouse,
+    )
+    from .resources.fs import (
+        FileSystemHandle as FileSystemHandle,
+    )
+    from .resources.fs import (
+        isolated_fs as isolated_fs,
+    )
+    from .resources.http import (
+        HttpExpectation as HttpExpectation,
+    )
+    from .resources.http import (
+        HttpHandle as HttpHandle,
+    )
+    from .resources.http import (
+        RecordedRequest as RecordedRequest,
+    )
+    from .resources.http import (
+        isolated_http as isolated_http,
+    )
+    from .resources.postgres import (
+        DatabaseHandle as DatabaseHandle,
+    )
+    from .resources.postgres import (
+        PostgresHandle as PostgresHandle,
+    )
+    from .resources.postgres import (
+        PostgresTemplate as PostgresTemplate,
+    )
+    from .resources.postgres import (
+        isolated_postgres as isolated_postgres,
+    )
+    from .resources.redis import (
+        RedisHandle as RedisHandle,
+    )
+    from .resources.redis import (
+        isolated_redis as isolated_redis,
+    )
+    from .resources.ws import (
+        WebSocketHandle as WebSocketHandle,
+    )
+    from .resources.ws import (
+        WsExpectation as WsExpectation,
+    )
+    from .resources.ws import (
+        isolated_ws as isolated_ws,
+    )
 
 _ERRORS = (
     "BudgetExceeded CircuitOpen ConfigError IsolatedEnvError IsolationBroken LeaseTimeout MissingDependencyError "
@@ -50,8 +167,8 @@ _ERRORS = (
 
 _WHERE: dict[str, str] = {
     **{name: "._config" for name in ("PROFILES", "UNSET", "Settings", "resolve")},
-    **{name: "._contract" for name in ("Kept", "Outcome", "PooledResource", "Resource")},
-    "ResourceContext": "._resource",
+    **{name: "._contract" for name in ("Kept", "Outcome", "PooledResource", "Resource", "current_settings", "keeps")},
+    **{name: "._resource" for name in ("ResourceContext", "report_kept", "resource")},
     **{name: "._environment" for name in ("Environment", "EnvironmentStatistics")},
     **{name: "._errors" for name in _ERRORS},
     "LeakReport": "._metrics",
