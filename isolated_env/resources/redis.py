@@ -1,9 +1,13 @@
 """isolated_redis(): a leased logical database of its own for each test, flushed on release.
 
 Slots are leased through the server itself (``SET NX PX`` on a lease key in database 0, kept alive
-by a heartbeat in the event loop's runtime), so two processes — pytest-xdist workers, or two runs
-sharing one server — never hold the same database. When every database is leased, a lease waits;
-it never collides. A lease whose heartbeat is lost fails the test that holds it.
+by a heartbeat), so two processes — pytest-xdist workers, or two runs sharing one server — never
+hold the same database. When every database is leased, a lease waits; it never collides. A lease
+found taken, or not refreshed within its TTL, is marked lost and fails the test that holds it.
+
+The heartbeat runs in a thread of its own, not in the event loop: a pytest session's loop only
+runs while an async test or fixture does, and the idle slots of a worker that runs sync tests for
+longer than the TTL would otherwise expire and be leased (and flushed) by another process.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Hashable
 from typing import Any, ClassVar
@@ -130,6 +135,85 @@ async def _reap(control: Any, last: int, *, kept: bool = False) -> list[int]:
     return freed
 
 
+class _LeaseKeeper:
+    """Refreshes this process's slot leases from a thread, whatever event loops come and go, and
+    marks a slot lost when its lease key is found taken or has not been refreshed within its TTL."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[RedisServer, dict[int, _Slot]]] = {}
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+
+    def add(self, slot: _Slot) -> None:
+        with self._lock:
+            self._held.setdefault(slot.server.url(0), (slot.server, {}))[1][slot.db] = slot
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="isolated-env-redis-leases", daemon=True)
+                self._thread.start()
+
+    def remove(self, slot: _Slot) -> None:
+        self.discard(slot.server, slot.db)
+
+    def discard(self, server: RedisServer, db: int) -> None:
+        with self._lock:
+            entry = self._held.get(server.url(0))
+            if entry is not None:
+                entry[1].pop(db, None)
+                if not entry[1]:
+                    del self._held[server.url(0)]
+            if not self._held:
+                self._wake.set()
+
+    def _run(self) -> None:
+        last_ok: dict[str, float] = {}
+        while True:
+            self._wake.wait(HEARTBEAT_S)
+            with self._lock:
+                # Decided under the lock: an add() racing with our exit either sees no thread (and
+                # starts one) or puts a slot in _held that keeps this thread running.
+                if not self._held:
+                    self._thread = None
+                    self._wake.clear()
+                    return
+                self._wake.clear()
+                held = [(url, server, dict(slots)) for url, (server, slots) in self._held.items()]
+            for url, server, slots in held:
+                self._refresh(url, server, slots, last_ok)
+
+    def _refresh(self, url: str, server: RedisServer, slots: dict[int, _Slot], last_ok: dict[str, float]) -> None:
+        import redis
+
+        keys = [f"ie:slot:{db}" for db in slots]
+        try:
+            client = redis.Redis(**server.client_kwargs(0), socket_timeout=5)
+            try:
+                lost = client.eval(_REFRESH, len(keys), *keys, _owner(), LEASE_TTL_MS)
+            finally:
+                client.close()
+        except Exception as exc:  # the server may answer on the next beat; the TTL decides
+            log.warning("isolated_env: refreshing Redis leases on %s failed: %r", redact_url(url), exc)
+            if time.monotonic() - last_ok.setdefault(url, time.monotonic()) > LEASE_TTL_MS / 1000:
+                for slot in slots.values():
+                    slot.lost = slot.lost or (
+                        f"the lease of Redis database {slot.db} expired: its heartbeat could not reach the server "
+                        f"for over {LEASE_TTL_MS // 1000} s ({exc!r}); another run may have used the database"
+                    )
+            return
+        last_ok[url] = time.monotonic()
+        for key in lost:
+            db = int((key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1])
+            slot = slots[db]
+            with self._lock:
+                current = self._held.get(url, (server, {}))[1].get(db)
+            if current is slot:  # not released meanwhile (a release deletes its own key first)
+                slot.lost = (f"the lease of Redis database {db} was taken by someone else while this test held "
+                             "it (a FLUSHALL, or a lease key deleted); another test may have used the database")
+
+
+_keeper = _LeaseKeeper()
+
+
 class _Slots:
     """Leases logical databases from one server for one event loop, and keeps the leases alive."""
 
@@ -140,9 +224,7 @@ class _Slots:
         # One control connection is plenty (each call is a microsecond script); a lock keeps a burst
         # of 200 concurrent leases from opening 200 connections.
         self.lock = anyio.Lock()
-        self.held: dict[int, _Slot] = {}
         self.reaped = False
-        self._beating = False
 
     async def create(self) -> _Slot:
         last = self.server.databases - 1
@@ -170,10 +252,8 @@ class _Slots:
         except BaseException:
             await self._release(slot, client)
             raise
-        item = self.held[slot] = _Slot(self.server, slot, client)
-        if not self._beating:
-            self._beating = True
-            await self.runtime.spawn(self._heartbeat, name=f"redis lease heartbeat ({self.server.url(0)})")
+        item = _Slot(self.server, slot, client)
+        _keeper.add(item)
         return item
 
     async def clean(self, slot: _Slot) -> None:
@@ -192,7 +272,7 @@ class _Slots:
         label = json.dumps({**json.loads(_owner()), "kept": True}, separators=(",", ":"))
         async with self.lock:
             await self.control.eval(_KEEP, 1, f"ie:slot:{slot.db}", _owner(), label)
-        self.held.pop(slot.db, None)
+        _keeper.remove(slot)
         await slot.client.aclose()
         server = self.server
         reach = (f"redis-cli -s {server.unix_socket} -n {slot.db}" if server.unix_socket
@@ -200,41 +280,12 @@ class _Slots:
         return Kept("redis", f"database {slot.db} at {redact_url(server.url(slot.db))}", reach)
 
     async def _release(self, db: int, client: Any) -> None:
-        self.held.pop(db, None)
+        _keeper.discard(self.server, db)
         try:
             async with self.lock:
                 await self.control.eval(_RELEASE, 1, f"ie:slot:{db}", _owner())
         finally:
             await client.aclose()
-
-    async def _heartbeat(self) -> None:
-        """Refresh this loop's leases every HEARTBEAT_S; a lease found taken, or not refreshed
-        within its TTL, is marked lost so the test holding it fails at release."""
-        last_ok = time.monotonic()
-        while True:
-            await anyio.sleep(HEARTBEAT_S)
-            if not self.held:
-                last_ok = time.monotonic()
-                continue
-            held = dict(self.held)
-            keys = [f"ie:slot:{db}" for db in held]
-            try:
-                async with self.lock:
-                    lost = await self.control.eval(_REFRESH, len(keys), *keys, _owner(), LEASE_TTL_MS)
-            except Exception as exc:  # the server may be back by the next beat; the TTL decides
-                log.warning("isolated_env: refreshing Redis leases on %s failed: %r", self.server.url(0), exc)
-                if time.monotonic() - last_ok > LEASE_TTL_MS / 1000:
-                    for slot in held.values():
-                        slot.lost = (f"the lease of Redis database {slot.db} expired: its heartbeat could not reach "
-                                     f"the server for over {LEASE_TTL_MS // 1000} s ({exc!r}); another run may have "
-                                     "used the database meanwhile")
-                continue
-            last_ok = time.monotonic()
-            for key in lost:
-                db = int((key.decode() if isinstance(key, bytes) else key).rsplit(":", 1)[1])
-                slot = held[db]
-                slot.lost = (f"the lease of Redis database {db} was taken by someone else while this test held it "
-                             "(a FLUSHALL, or a lease key deleted); another test may have used the database")
 
     async def aclose(self) -> None:
         await self.control.aclose()

@@ -255,3 +255,32 @@ async def test_keep_on_failure_keeps_the_database_leased_until_pruned(
         assert await probe.dbsize() == 0
     finally:
         await probe.aclose()
+
+
+def test_idle_leases_stay_alive_while_the_event_loop_is_not_running(
+    clean_environ: pytest.MonkeyPatch, small_redis: str
+) -> None:
+    """A pytest session's loop runs only during async tests: idle pooled slots must keep their
+    leases between them, or another process would lease (and flush) them meanwhile."""
+    import asyncio
+    import time
+
+    from isolated_env.resources import redis as resource
+
+    clean_environ.setattr(resource, "LEASE_TTL_MS", 300)
+    clean_environ.setattr(resource, "HEARTBEAT_S", 0.05)
+    clean_environ.setenv("TEST_REDIS_URL", small_redis)
+    import redis as sync_redis
+
+    control = sync_redis.Redis.from_url(small_redis)
+
+    async def lease_once() -> int:
+        async with ie.isolated_redis() as r:
+            return int(r.db)
+
+    with asyncio.Runner() as runner:
+        db = runner.run(lease_once())  # now idle in this loop's pool, its lease still ours
+        time.sleep(1.0)  # the loop is not running: longer than three TTLs
+        assert control.pttl(f"ie:slot:{db}") > 0, "an idle slot's lease expired while its loop was paused"
+        assert runner.run(lease_once()) == db  # the same slot, still ours, handed out again
+    control.close()
