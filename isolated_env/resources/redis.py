@@ -143,8 +143,8 @@ async def _reap(control: Any, last: int, *, kept: bool = False) -> list[int]:
             if await control.eval(_RELEASE, 1, key, value):
                 freed.append(int(key.rsplit(":", 1)[1]))
     if freed:
-        log.info("isolated_env: freed Redis database(s) %s: %s", ", ".join(map(str, freed)),
-                 "their owner process died, or kept for failed tests (prune --kept)" if kept else "their owner process died")
+        why = "their owner process died" + (", or kept for failed tests (prune --kept)" if kept else "")
+        log.info("isolated_env: freed Redis database(s) %s: %s", ", ".join(map(str, freed)), why)
     return freed
 
 

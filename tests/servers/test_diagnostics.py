@@ -97,7 +97,9 @@ def test_a_reap_says_what_it_removed_and_why(state_dir: Path, caplog: pytest.Log
     assert not caplog.records  # nothing removed, nothing said
 
 
-def test_replacing_a_dead_server_is_logged_with_the_new_start(state_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_replacing_a_dead_server_is_logged_with_the_new_start(
+    state_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     dead = _dead_pid()
     old_dir = state_dir / "diagkind-9-9"
     old_dir.mkdir()
@@ -114,7 +116,8 @@ def test_replacing_a_dead_server_is_logged_with_the_new_start(state_dir: Path, c
         messages = [r.getMessage() for r in caplog.records if r.name == "isolated_env"]
         assert messages[0] == (f"isolated_env: removed {old_dir} (diagkind): its server (pid {dead}) is no longer "
                                "running; starting a new one")
-        assert messages[1].startswith(f"isolated_env: started the embedded diagkind server 1.2 (pid {state.pid}) in ")
+        started = f"isolated_env: started the embedded diagkind server 1.2 (pid {state.pid}) in "
+        assert messages[1].startswith(started)
         assert messages[1].endswith(f"binary {sys.executable}, state dir {state_dir}, log {state.info['dir']}/x.log")
         assert not old_dir.exists()
     finally:

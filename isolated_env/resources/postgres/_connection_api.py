@@ -2,10 +2,13 @@
 
 asyncpg ships no type information, so a handle that subclassed its ``Connection`` would be ``Any``
 to mypy and every typo would pass. :class:`ConnectionMethods` spells out the public methods of
-``asyncpg.Connection`` (as of 0.32; a test compares the list with the installed asyncpg) for type checkers only; at run time it is ``object`` and the
-handle passes each call to its connection. Rows, prepared statements and cursors stay ``Any``:
+``asyncpg.Connection`` (as of 0.32; a canary test compares the list with the installed asyncpg)
+for type checkers only; at run time it is ``object`` and the handle passes each call to its
+connection. Rows, prepared statements and cursors stay ``Any``:
 their classes are asyncpg's, untyped.
 """
+
+# ruff: noqa: ASYNC109 - the ``timeout`` parameters are asyncpg's own API, spelled out here
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ __all__ = ["ConnectionMethods"]
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
+    from contextlib import AbstractContextManager
     from types import TracebackType
     from typing import Any, Self
 
@@ -84,6 +88,7 @@ if TYPE_CHECKING:
         def remove_termination_listener(self, callback: Callable[..., Any]) -> None: ...
         def add_query_logger(self, callback: Callable[..., Any]) -> None: ...
         def remove_query_logger(self, callback: Callable[..., Any]) -> None: ...
+        def query_logger(self, callback: Callable[..., Any]) -> AbstractContextManager[None]: ...
         def get_server_pid(self) -> int: ...
         def get_server_version(self) -> Any: ...
         def get_settings(self) -> Any: ...
