@@ -149,6 +149,7 @@ class Settings:
     postgres_bindir: Path | None = None  # a directory holding postgres and initdb, tried first
     postgres_tcp: bool = False  # the embedded PostgreSQL also listens on 127.0.0.1
     redis_server: Path | None = None  # a redis-server/valkey-server binary, tried first
+    redis_tcp: bool = False  # the embedded Redis also listens on 127.0.0.1
     keep_failed: bool = False  # keep a failed test's database for a post-mortem
 
 
@@ -188,6 +189,7 @@ _ENV_NAMES = (
     "ISOLATED_ENV_POSTGRES_BINDIR",
     "ISOLATED_ENV_POSTGRES_TCP",
     "ISOLATED_ENV_REDIS_SERVER",
+    "ISOLATED_ENV_REDIS_TCP",
     "ISOLATED_ENV_KEEP_FAILED",
 )
 _resolved: dict[tuple[Any, ...], Settings] = {}
@@ -249,6 +251,7 @@ def _resolve(
     sdir = _lookup("state_dir", state_dir, "ISOLATED_ENV_STATE_DIR", lambda _n, raw: Path(raw), None)
     keep = _lookup("keep_failed", keep_failed, "ISOLATED_ENV_KEEP_FAILED", _truthy, False)
     tcp = _lookup("postgres_tcp", UNSET, "ISOLATED_ENV_POSTGRES_TCP", _truthy, False)
+    redis_tcp = _lookup("redis_tcp", UNSET, "ISOLATED_ENV_REDIS_TCP", _truthy, False)
     bindir = _check_bindir(
         _source("postgres_bindir", "ISOLATED_ENV_POSTGRES_BINDIR"),
         _lookup("postgres_bindir", UNSET, "ISOLATED_ENV_POSTGRES_BINDIR", _optional_path, None),
@@ -267,6 +270,7 @@ def _resolve(
         postgres_bindir=bindir,
         postgres_tcp=bool(tcp),
         redis_server=redis_server,
+        redis_tcp=bool(redis_tcp),
         keep_failed=bool(keep),
     )
 

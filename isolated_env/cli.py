@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from ._config import resolve
+from ._config import Settings, resolve
 from ._errors import IsolatedEnvError, ServiceUnavailable
 from ._registry import ResourceSpec, spec, specs
 
@@ -67,16 +67,58 @@ async def _check(entry: ResourceSpec) -> dict[str, Any]:
 def _row(entry: ResourceSpec, result: dict[str, Any] | BaseException) -> list[str]:
     kind = entry.kind
     if isinstance(result, BaseException):
-        text = str(result)
+        text = result.problem if isinstance(result, ServiceUnavailable) else str(result)
         if isinstance(result, ImportError):
-            extra = f"pip install 'isolated-env[{entry.extra}]'" if entry.extra else "install its package"
-            text = f"driver not installed ({result}); {extra}"
+            text = f"driver not installed ({result})"
         return [kind, "unavailable", "", "", "", text]
     server = result["server"]
     if server is None:
         return [kind, "local", "", "", f"{result['overhead']:.3f}", result["checked"]]
     startup = "reused" if getattr(server, "reused", False) else f"{server.startup_ms:.0f}"
     return [kind, server.source, str(server.version), startup, f"{result['overhead']:.3f}", result["checked"]]
+
+
+def _details(entry: ResourceSpec, result: dict[str, Any] | BaseException, settings: Settings | None) -> list[str]:
+    """Where a service's server comes from: binary, version, state dir and log; or why it cannot
+    be had and the fix (``settings`` is None when they do not resolve)."""
+    from ._servers import registry
+    from ._servers._provider import provider
+
+    lines = [f"{entry.kind}:"]
+
+    def field(name: str, value: object) -> None:
+        lines.append(f"  {name:<10} {value}")
+
+    if isinstance(result, BaseException):
+        field("problem", result.problem if isinstance(result, ServiceUnavailable) else result)
+        for tried in getattr(result, "tried", ()):
+            field("tried", tried)
+        fix = getattr(result, "fix", "")
+        if isinstance(result, ImportError):
+            fix = f"pip install 'isolated-env[{entry.extra}]'" if entry.extra else "install its package"
+        field("fix", fix or "read the problem above")
+        if entry.provider is not None and settings is not None:
+            field("state dir", settings.state_dir)
+        return lines
+    server = result["server"]
+    if server is None:
+        field("server", "none (runs in this process)")
+        return lines
+    assert entry.provider is not None and settings is not None  # a server was had, so both are
+    endpoint = provider(entry.provider).find(settings)
+    if endpoint is not None:
+        field("server", f"external, {endpoint.source}={endpoint.redacted()}")
+        field("version", server.version)
+        field("log", "the external server's own")
+        return lines
+    state = registry.status(entry.provider, settings.state_dir)
+    info = state.info if state is not None else {}
+    field("server", f"embedded, pid {state.pid}" if state is not None else "embedded")
+    field("binary", info.get("binary", "?"))
+    field("version", server.version)
+    field("state dir", settings.state_dir)
+    field("log", info.get("log", "?"))
+    return lines
 
 
 def _table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
@@ -101,6 +143,13 @@ def doctor(entries: Sequence[ResourceSpec]) -> int:
     anyio.run(run)
     header = ["service", "source", "version", "startup ms", "per-test ms", "isolation self-check"]
     print(_table([_row(e, results[e.kind]) for e in entries], header))
+    try:
+        settings: Settings | None = resolve()
+    except IsolatedEnvError:
+        settings = None  # every row says why
+    for entry in entries:
+        print()
+        print("\n".join(_details(entry, results[entry.kind], settings)))
     failed = [k for k, r in results.items() if isinstance(r, BaseException)]
     if failed:
         print(f"\n{len(failed)} service(s) unavailable: {', '.join(failed)}", file=sys.stderr)

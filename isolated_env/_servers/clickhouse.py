@@ -28,6 +28,7 @@ import anyio
 from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import MissingDependencyError, ServiceUnavailable
 from . import registry
+from ._diagnostics import progress
 from ._process import wait_ready
 from ._provider import Provider, ServerProvider, unreachable
 
@@ -159,7 +160,8 @@ def _start(server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     finally:
         sock.close()
     found: dict[str, str] = {}
-    wait_ready("ClickHouse", proc, lambda: _probe(port, password, found), log)
+    with progress(KIND, f"ClickHouse (chdb {chdb_version})"):
+        wait_ready("ClickHouse", proc, lambda: _probe(port, password, found), log)
     return proc, {
         "host": "127.0.0.1",
         "port": port,
@@ -167,6 +169,8 @@ def _start(server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         "password_file": str(password_file),
         "version": found.get("version", "?"),
         "engine": f"chdb {chdb_version} via the isolated_env adaptor",
+        "binary": f"{sys.executable} -m isolated_env._servers.chdb",
+        "log": str(log),
     }
 
 

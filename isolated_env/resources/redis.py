@@ -18,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Hashable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import anyio
 
@@ -86,21 +86,36 @@ class _Slot:
         self.lost: str | None = None  # why the lease was lost, once the heartbeat finds out
 
 
-class RedisHandle:
+if TYPE_CHECKING:
+    # Type checkers see every Redis command on the handle; at run time the handle is a plain
+    # object passing them to ``.client`` (``isinstance(handle, Redis)`` is False).
+    from redis.asyncio import Redis
+    from redis.asyncio import Redis as _Commands
+else:
+    _Commands = object
+
+
+class RedisHandle(_Commands):
     """Every ``redis.asyncio.Redis`` command on the test's own logical database.
 
     ``.client`` is the Redis client, ``.db`` its database number, ``.url`` reaches the same database
-    from another client or process.
+    from another client or process. ``.host`` and ``.port`` are for code that dials TCP: None on a
+    unix socket only (the embedded server, unless ``ISOLATED_ENV_REDIS_TCP=1``).
     """
 
     def __init__(self, slot: _Slot) -> None:
-        self.client = slot.client
-        self.db = slot.db
-        self.server = slot.server
-        self.url = slot.server.url(slot.db)
+        # The handle's ``.client`` is the client itself, in place of ``Redis.client()``.
+        self.client: Redis = slot.client  # type: ignore[assignment]
+        self.db: int = slot.db
+        self.server: RedisServer = slot.server
+        self.url: str = slot.server.url(slot.db)
+        self.host: str | None = slot.server.host
+        self.port: int | None = slot.server.port
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.client, name)
+    if not TYPE_CHECKING:  # hidden from type checkers, or a typo would type-check as Any
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.client, name)
 
     def __repr__(self) -> str:
         return f"<RedisHandle db={self.db} url={redact_url(self.url)}>"
@@ -132,6 +147,9 @@ async def _reap(control: Any, last: int, *, kept: bool = False) -> list[int]:
                 continue
             if await control.eval(_RELEASE, 1, key, value):
                 freed.append(int(key.rsplit(":", 1)[1]))
+    if freed:
+        why = "their owner process died" + (", or kept for failed tests (prune --kept)" if kept else "")
+        log.info("isolated_env: freed Redis database(s) %s: %s", ", ".join(map(str, freed)), why)
     return freed
 
 

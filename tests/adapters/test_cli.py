@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -16,23 +18,76 @@ def cli(*args: str, state_dir: Path | None = None) -> subprocess.CompletedProces
                           env=env, timeout=300)
 
 
-def test_doctor_prints_a_row_per_service() -> None:
-    result = cli("doctor", "postgres", "redis", "fs")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
+def _doctor_output(stdout: str) -> tuple[dict[str, list[str]], dict[str, dict[str, list[str]]]]:
+    """The table's rows by service, and each service's details block (field -> values)."""
+    table, *blocks = stdout.strip().split("\n\n")
+    lines = table.splitlines()
     assert lines[0].split()[:5] == ["service", "source", "version", "startup", "ms"]
     rows = {line.split()[0]: line.split() for line in lines[2:]}
+    details: dict[str, dict[str, list[str]]] = {}
+    for block in blocks:
+        head, *fields = block.splitlines()
+        assert head.endswith(":"), block
+        entry = details[head[:-1]] = {}
+        for line in fields:
+            if line.startswith("  "):  # a log excerpt inside a problem runs on without indentation
+                name, _, value = line.strip().partition(" ")
+                entry.setdefault(name, []).append(value.strip())
+    return rows, details
+
+
+def test_doctor_prints_a_row_and_the_details_per_service() -> None:
+    # On tmpfs and world-searchable: as root the embedded PostgreSQL runs as an unprivileged user.
+    state = Path(tempfile.mkdtemp(prefix="ie-doctor-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    os.chmod(state, 0o711)
+    try:
+        result = cli("doctor", "postgres", "redis", "fs", state_dir=state)
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+    assert result.returncode == 0, result.stderr
+    rows, details = _doctor_output(result.stdout)
     assert rows["postgres"][1] == "embedded" and rows["postgres"][-1] == "ok"
     assert rows["redis"][1] == "embedded" and rows["redis"][-1] == "ok"
     assert float(rows["fs"][2]) > 0
+    for kind, binary in (("postgres", "postgres"), ("redis", "-server")):
+        shown = details[kind]
+        assert shown["server"][0].startswith("embedded, pid ")
+        assert Path(shown["binary"][0]).is_file() and shown["binary"][0].endswith(binary)
+        assert shown["version"] == [rows[kind][2]]
+        assert shown["state"] == [f"dir  {state}"]
+        assert shown["log"][0].startswith(f"{state}/{kind}-") and shown["log"][0].endswith(".log")
+    assert details["fs"] == {"server": ["none (runs in this process)"]}
+    # A first start in a fresh state directory says what it waits for, once per server it was slow for.
+    assert result.stderr.count("isolated_env: starting embedded PostgreSQL") <= 1
 
 
 def test_doctor_reports_an_unreachable_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TEST_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("TEST_REDIS_URL", "redis://user:hunter2@127.0.0.1:1/0")
     result = subprocess.run([sys.executable, "-m", "isolated_env.cli", "doctor", "redis"], capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 1
-    assert "unavailable" in result.stdout and "TEST_REDIS_URL" in result.stdout
+    assert "hunter2" not in result.stdout + result.stderr
+    rows, details = _doctor_output(result.stdout)
+    assert rows["redis"][1] == "unavailable"
+    assert details["redis"]["problem"][0].startswith("cannot connect using TEST_REDIS_URL=redis://user:***@127.0.0.1:1/0")
+    assert details["redis"]["fix"] == [
+        "start the server or correct TEST_REDIS_URL; unset it to use the embedded server instead"
+    ]
+    assert "1 service(s) unavailable: redis" in result.stderr
+
+
+def test_doctor_shows_the_fix_when_the_embedded_server_cannot_start(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEST_REDIS")}
+    env.update(ISOLATED_ENV_STATE_DIR=str(tmp_path / "s"), ISOLATED_ENV_REDIS_SERVER="/bin/false")
+    result = subprocess.run([sys.executable, "-m", "isolated_env.cli", "doctor", "redis"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert result.returncode == 1
+    _rows, details = _doctor_output(result.stdout)
+    shown = details["redis"]
+    assert shown["problem"][0].startswith("the embedded server exited with code 1 while starting")
+    assert shown["tried"] == ["TEST_REDIS_URL / TEST_REDIS_HOST (not set)"]
+    assert "point TEST_REDIS_URL at a running server" in shown["fix"][0]
+    assert shown["state"] == [f"dir  {tmp_path / 's'}"]
 
 
 def test_up_status_down_keep_a_server_warm(tmp_path: Path) -> None:

@@ -4,33 +4,41 @@ same database from any other client."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..._drivers import asyncpg as driver
 from ..._errors import TeardownError
 from ..._servers.postgres import PostgresServer
+from ._connection_api import ConnectionMethods
 from .labels import create_database, drop_database
 
 __all__ = ["Clone", "DatabaseHandle", "PostgresHandle"]
 
 
-class PostgresHandle:
+class PostgresHandle(ConnectionMethods):
     """asyncpg's query API on a test's isolated connection; ``.dsn`` reaches the same database.
 
     Every asyncpg ``Connection`` method works on the handle (``execute``, ``fetch``, ``fetchrow``,
-    ``fetchval``, ``executemany``, ``transaction``, ``copy_*``, ``prepare``, ``cursor`` …).
+    ``fetchval``, ``executemany``, ``transaction``, ``copy_*``, ``prepare``, ``cursor`` …), and type
+    checkers see them. ``.host`` and ``.port`` are for code that dials TCP: None when the server is
+    on a unix socket only (the embedded one, unless ``ISOLATED_ENV_POSTGRES_TCP=1``).
     """
 
     def __init__(self, connection: Any, server: PostgresServer, database: str, mode: str, pool: Any) -> None:
-        self.connection = connection
+        self.connection: Any = connection  # an asyncpg.Connection
         self.server = server
         self.database = database
         self.mode = mode
         self.dsn = server.dsn(database)
+        address = server.address
+        self.host: str | None = address[0] if address else None
+        self.port: int | None = address[1] if address else None
         self._pool = pool
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.connection, name)
+    if not TYPE_CHECKING:  # hidden from type checkers, or a typo would type-check as Any
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.connection, name)
 
     def __repr__(self) -> str:
         return f"<PostgresHandle mode={self.mode} dsn={driver.redacted_dsn(self.server, self.database)}>"

@@ -212,6 +212,8 @@ async def transaction_mode(
                 f"{work.name} is the server's own database named by TEST_POSTGRES_URL, so the committed rows "
                 "are still there and must be removed by hand"
             )
+            log.info("isolated_env: a test escaped the outer transaction (COMMIT or ROLLBACK) on %s; %s",
+                     work.name, "healed: " + healed if work.owned else "not healed: " + healed)
             raise IsolationBroken(
                 f"the test ended the outer transaction itself (COMMIT or ROLLBACK) on {work.name}, so its "
                 f"changes escaped isolation; {healed}. Use `async with db.transaction():` (a savepoint) or "
