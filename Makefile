@@ -27,6 +27,7 @@ bench: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --strict tests/typing/user_test_file.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check isolated_env tests examples benchmarks

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +21,8 @@ from ._errors import LeaseTimeout, PoolClosed
 from ._metrics import percentile
 
 __all__ = ["Lease", "Pool", "PoolStatistics", "TryLater"]
+
+_log = logging.getLogger("isolated_env")
 
 T = TypeVar("T")
 
@@ -138,8 +141,14 @@ class Pool(Generic[T]):
                 f"Raise the capacity (ISOLATED_ENV_CAPACITY or a larger ISOLATED_ENV_PROFILE), or "
                 f"ISOLATED_ENV_LEASE_TIMEOUT, or look for tests that hold resources without releasing them"
             ) from None
+        waited = time.perf_counter() - started
+        if waited > 1.0:
+            _log.info(
+                "isolated_env: waited %.1f s for a lease of %s (capacity %d, all leased); raise "
+                "ISOLATED_ENV_CAPACITY or pick a larger profile if this is common", waited, self.name, self.capacity,
+            )
         try:
-            self._wait_ms.append((time.perf_counter() - started) * 1000)
+            self._wait_ms.append(waited * 1000)
             lease = await self._checkout()
         except BaseException:
             self._limiter.release_on_behalf_of(token)

@@ -75,6 +75,9 @@ async def reap(admin: Any, server: ClickHouseServer, mode: Mode, *, kept: bool =
             if _dead(comment, kept=kept):
                 await admin.command(f"DROP DATABASE IF EXISTS {_ident(name)} SYNC", use_database=False)
                 dropped.append(name)
+        if dropped:
+            log.info("isolated_env: dropped ClickHouse databases %s: their owner died, or they were kept and "
+                     "pruned", ", ".join(dropped))
         return dropped
     rows = (
         await admin.query(

@@ -157,3 +157,25 @@ async def test_statistics_hit_ratio() -> None:
     assert (stats.created, stats.reused, stats.leases) == (1, 9, 10)
     assert stats.hit_ratio == pytest.approx(0.9)
     await pool.aclose()
+
+
+async def test_a_long_wait_for_capacity_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    async def create() -> int:
+        return 1
+
+    async def destroy(item: int) -> None:
+        pass
+
+    pool: Pool[int] = Pool("slow things", create=create, destroy=destroy, capacity=1, lease_timeout=10)
+    caplog.set_level("INFO", logger="isolated_env")
+
+    async def hold() -> None:
+        async with pool.lease():
+            await anyio.sleep(1.2)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hold)
+        await anyio.sleep(0.05)
+        async with pool.lease():
+            pass
+    assert "for a lease of slow things (capacity 1, all leased)" in caplog.text

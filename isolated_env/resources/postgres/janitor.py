@@ -50,7 +50,7 @@ async def reap_orphans(server: PostgresServer, admin: Any) -> int:
         "SELECT datname, shobj_description(oid, 'pg_database') AS owner FROM pg_database "
         "WHERE datname LIKE 'ie\\_%' AND NOT datistemplate"
     )
-    dropped = 0
+    dropped: list[str] = []
     for row in rows:
         try:
             owner = json.loads(row["owner"] or "{}")
@@ -59,8 +59,10 @@ async def reap_orphans(server: PostgresServer, admin: Any) -> int:
         if owner.get("keep") or owner_alive(owner) is not False:
             continue
         if await _try_drop(admin, row["datname"]):
-            dropped += 1
-    return dropped
+            dropped.append(row["datname"])
+    if dropped:
+        log.info("isolated_env: dropped %s: their owner process died", ", ".join(dropped))
+    return len(dropped)
 
 
 async def _try_drop(admin: Any, name: str, *, template: bool = False) -> bool:
