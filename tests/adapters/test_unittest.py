@@ -5,14 +5,25 @@ import os
 import subprocess
 import sys
 import unittest
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+import pytest
+
 import isolated_env
-from isolated_env.unittest import IsolatedEnvironmentTestCase
+from isolated_env.unittest import IsolatedEnvironmentTestCase, close_shared_loop
 
 BACKENDS: list[int] = []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_the_shared_loop() -> Iterator[None]:
+    """The cases here run on the unittest adapter's shared loop, whose pools keep connections on
+    this process's transaction-mode work database; close it when the module is done, so the
+    connections do not outlive it and hold up a later test's retirement of that database."""
+    yield
+    close_shared_loop()
 
 
 class Inventory(IsolatedEnvironmentTestCase):
