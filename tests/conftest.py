@@ -1,6 +1,12 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,3 +23,31 @@ def clean_environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
             monkeypatch.delenv(name)
     monkeypatch.delenv("CI", raising=False)
     return monkeypatch
+
+
+@pytest.fixture
+def private_state_dir() -> Iterator[Path]:
+    """A state directory of its own, for a child process whose embedded servers nobody else may
+    join (one that pins a server, keeps databases, or dirties what it leases on purpose).
+
+    Afterwards its servers are stopped and it is removed; a server that is still in use then is a
+    leak, and fails the test instead of being removed from under its user.
+    """
+    # short (a unix socket path is at most 107 bytes) and world-searchable: the unprivileged
+    # PostgreSQL user must traverse it
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    path = Path(tempfile.mkdtemp(prefix="ie-test-", dir=base))
+    path.chmod(0o711)
+    try:
+        yield path
+    finally:
+        if any(path.glob("*.json")):  # a server's state file: something was started here
+            _stop_servers(path)
+        shutil.rmtree(path)
+
+
+def _stop_servers(state_dir: Path) -> None:
+    down = subprocess.run([sys.executable, "-m", "isolated_env.cli", "down"], capture_output=True, text=True,
+                          env={**os.environ, "ISOLATED_ENV_STATE_DIR": str(state_dir)}, timeout=120)
+    if down.returncode != 0 or "unpinned" in down.stdout:
+        raise AssertionError(f"embedded servers in {state_dir} are still in use: {down.stdout}{down.stderr}")
