@@ -17,8 +17,11 @@ _ENDPOINT_VARS = [name for name in os.environ if name.startswith("TEST_") and na
 
 @pytest.fixture
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """A monkeypatch with every TEST_* endpoint and ISOLATED_ENV_* setting removed."""
+    """A monkeypatch with every TEST_* endpoint and ISOLATED_ENV_* setting removed, but the state
+    directory: a run given one of its own keeps to it (and to its servers) throughout."""
     for name in list(os.environ):
+        if name == "ISOLATED_ENV_STATE_DIR":
+            continue
         if name.startswith(("TEST_POSTGRES", "TEST_REDIS", "TEST_CLICKHOUSE", "ISOLATED_ENV_")):
             monkeypatch.delenv(name)
     monkeypatch.delenv("CI", raising=False)
