@@ -40,6 +40,8 @@ if typing.TYPE_CHECKING:
     )
     from ._contract import (
         current_settings as current_settings,
+    )
+    from ._contract import (
         keeps as keeps,
     )
     from ._environment import (
