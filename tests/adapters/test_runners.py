@@ -67,7 +67,9 @@ def _venv(cell: str) -> pathlib.Path:
     return python
 
 
-def _run(cell: str, tmp_path: pathlib.Path, ini: str, mark: str = "", extra: str = "") -> subprocess.CompletedProcess[str]:
+def _run(
+    cell: str, tmp_path: pathlib.Path, ini: str, mark: str = "", extra: str = ""
+) -> subprocess.CompletedProcess[str]:
     (tmp_path / "pytest.ini").write_text("[pytest]\n" + textwrap.dedent(ini))
     (tmp_path / "test_project.py").write_text(PROJECT.format(mark=mark) + extra)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHONPATH"))}
@@ -104,7 +106,8 @@ def test_pytest_asyncio_strict_mode_with_markers(tmp_path: pathlib.Path) -> None
 
 
 def test_pytest_asyncio_session_loop(tmp_path: pathlib.Path) -> None:
-    ini = "asyncio_mode = auto\nasyncio_default_fixture_loop_scope = session\nasyncio_default_test_loop_scope = session\n"
+    ini = ("asyncio_mode = auto\nasyncio_default_fixture_loop_scope = session\n"
+           "asyncio_default_test_loop_scope = session\n")
     _passed(_run("1.x", tmp_path, ini), 5)
 
 
