@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextvars
 import dataclasses
 import os
 import threading
@@ -14,6 +15,11 @@ __all__ = ["LeakReport", "ProcessSnapshot", "record_setup", "setup_summary", "sn
 
 _lock = threading.Lock()
 _leases = {"reused": 0, "created": 0}
+_kind_leases: dict[str, dict[str, int]] = collections.defaultdict(lambda: {"reused": 0, "created": 0})
+_first_ms: dict[str, float] = {}
+_served = [0]  # resources set up in this process, ever (a deque's maxlen does not cap it)
+# Leases made while one resource is acquired, attributed to its kind when its setup is recorded.
+_pending: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("isolated_env_leases", default=None)
 _setup_ms: dict[str, collections.deque[float]] = collections.defaultdict(lambda: collections.deque(maxlen=100_000))
 _teardown_ms: dict[str, collections.deque[float]] = collections.defaultdict(lambda: collections.deque(maxlen=100_000))
 
@@ -31,6 +37,11 @@ def percentile(samples: list[float], q: float) -> float:
 def record_lease(pool: str, *, reused: bool) -> None:
     with _lock:
         _leases["reused" if reused else "created"] += 1
+    pending = _pending.get()
+    if pending is None:
+        pending = [0, 0]
+        _pending.set(pending)
+    pending[0 if reused else 1] += 1
 
 
 def lease_counts() -> dict[str, int]:
@@ -39,8 +50,36 @@ def lease_counts() -> dict[str, int]:
 
 
 def record_setup(kind: str, ms: float) -> None:
+    """One resource of ``kind`` set up in ``ms``; the first of each kind in a process (which may
+    include starting its server) is kept apart from the per-test figures."""
+    pending = _pending.get()
     with _lock:
-        _setup_ms[kind].append(ms)
+        _served[0] += 1
+        if kind not in _first_ms:
+            _first_ms[kind] = ms
+        else:
+            _setup_ms[kind].append(ms)
+        if pending is not None:
+            counts = _kind_leases[kind]
+            counts["reused"] += pending[0]
+            counts["created"] += pending[1]
+    if pending is not None:
+        pending[0] = pending[1] = 0
+
+
+def served() -> int:
+    """How many resources were set up in this process (a test that used one moves it)."""
+    return _served[0]
+
+
+def first_setups() -> dict[str, float]:
+    with _lock:
+        return dict(_first_ms)
+
+
+def kind_lease_counts() -> dict[str, dict[str, int]]:
+    with _lock:
+        return {kind: dict(counts) for kind, counts in _kind_leases.items()}
 
 
 def record_teardown(kind: str, ms: float) -> None:
@@ -75,6 +114,8 @@ def setup_summary(extra: Mapping[str, list[float]] | None = None) -> Mapping[str
 def reset_timings() -> None:
     with _lock:
         _leases.update(reused=0, created=0)
+        _kind_leases.clear()
+        _first_ms.clear()
         _setup_ms.clear()
         _teardown_ms.clear()
 
@@ -163,3 +204,67 @@ class LeakReport:
         if self.tasks > 0:
             out.append(f"{self.tasks} more asyncio tasks")
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    """What one process (or several merged: xdist workers) reports in the pytest summary."""
+
+    tests: int
+    samples: Mapping[str, list[float]]
+    first: Mapping[str, list[float]]
+    leases: Mapping[str, Mapping[str, int]]
+
+    @classmethod
+    def of_process(cls, tests: int) -> Figures:
+        return cls(tests, setup_samples(), {k: [v] for k, v in first_setups().items()}, kind_lease_counts())
+
+    def to_json(self) -> dict[str, object]:
+        return {"tests": self.tests, "samples": self.samples, "first": self.first, "leases": self.leases}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> Figures:
+        return cls(
+            int(data.get("tests", 0)),  # type: ignore[call-overload]
+            dict(data.get("samples", {})),  # type: ignore[call-overload]
+            dict(data.get("first", {})),  # type: ignore[call-overload]
+            dict(data.get("leases", {})),  # type: ignore[call-overload]
+        )
+
+    @classmethod
+    def merge(cls, parts: list[Figures]) -> Figures:
+        samples: dict[str, list[float]] = collections.defaultdict(list)
+        first: dict[str, list[float]] = collections.defaultdict(list)
+        leases: dict[str, dict[str, int]] = collections.defaultdict(lambda: {"reused": 0, "created": 0})
+        for part in parts:
+            for kind, values in part.samples.items():
+                samples[kind].extend(values)
+            for kind, values in part.first.items():
+                first[kind].extend(values)
+            for kind, counts in part.leases.items():
+                for key, value in counts.items():
+                    leases[kind][key] = leases[kind].get(key, 0) + value
+        return cls(sum(p.tests for p in parts), dict(samples), dict(first), dict(leases))
+
+    def summary_lines(self, kinds: set[str]) -> list[str]:
+        """One header line and one row per resource kind among ``kinds``; none when nothing ran."""
+        used = sorted(k for k in kinds if self.samples.get(k) or self.first.get(k))
+        if not used:
+            return []
+        total = sum(len(self.samples.get(k, [])) + len(self.first.get(k, [])) for k in used)
+        lines = [f"isolated_env: {self.tests} tests used {total} resources"]
+        for kind in used:
+            per_test = sorted(self.samples.get(kind, []))
+            first = self.first.get(kind, [])
+            counts = self.leases.get(kind, {})
+            leased = counts.get("reused", 0) + counts.get("created", 0)
+            ratio = f"{100 * counts.get('reused', 0) / leased:.0f}%" if leased else "n/a"
+            p50 = f"{percentile(per_test, 0.5):.2f} ms" if per_test else "n/a"
+            p95 = f"{percentile(per_test, 0.95):.2f} ms" if per_test else "n/a"
+            lines.append(
+                f"  {kind:<12} {len(per_test) + len(first):>6} set up   p50 {p50:>10}   p95 {p95:>10}   "
+                f"first start {max(first):.0f} ms   pool hit ratio {ratio}"
+                if first else f"  {kind:<12} {len(per_test):>6} set up   p50 {p50:>10}   p95 {p95:>10}   "
+                f"pool hit ratio {ratio}"
+            )
+        return lines

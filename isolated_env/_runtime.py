@@ -21,7 +21,7 @@ import anyio.lowlevel
 
 from ._pool import Pool
 
-__all__ = ["Runtime", "close_current_runtime", "current_runtime", "open_runtimes"]
+__all__ = ["Runtime", "close_current_runtime", "current_runtime", "has_runtime", "open_runtimes"]
 
 T = TypeVar("T")
 log = logging.getLogger("isolated_env")
@@ -183,6 +183,12 @@ async def current_runtime() -> Runtime:
     await gen.__anext__()
     runtime._sentinel = gen
     return runtime
+
+
+def has_runtime(native_loop: object) -> bool:
+    """Whether ``native_loop`` (an asyncio loop, or trio's token) has an open Runtime."""
+    entry = _runtimes.get(id(native_loop))
+    return entry is not None and entry[0] is native_loop and not entry[1].closed
 
 
 def open_runtimes() -> list[Runtime]:

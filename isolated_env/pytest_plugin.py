@@ -12,23 +12,25 @@ Importing this module imports no driver: a resource's module loads when its fixt
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import json
 import sys
 import threading
-import types
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Generator
 from contextlib import AbstractAsyncContextManager, ExitStack
 from typing import Any, NoReturn
 
 import anyio
 import pytest
 
-from . import _metrics
+from . import _metrics, _pytest_loops
 from ._config import UNSET, resolve, set_layer
 from ._contract import Outcome
 from ._environment import Environment
 from ._errors import ConfigError, ServiceUnavailable
+from ._pytest_fixtures import resource_fixtures, with_async_variant
 from ._registry import ResourceSpec, specs
 from ._runtime import open_runtimes
 
@@ -38,17 +40,19 @@ class _State:
     """Everything the plugin keeps for one pytest run (``config.stash``)."""
 
     before: _metrics.ProcessSnapshot | None = None
-    worker_samples: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-    worker_leases: dict[str, int] = dataclasses.field(default_factory=lambda: {"reused": 0, "created": 0})
+    workers: list[_metrics.Figures] = dataclasses.field(default_factory=list)
     leak_problems: list[str] = dataclasses.field(default_factory=list)
     kept: list[str] = dataclasses.field(default_factory=list)
     tests_served: int = 0
+    served_at_start: int = 0
     probes: dict[str, ServiceUnavailable | None] = dataclasses.field(default_factory=dict)
     runner: tuple[tuple[str, str], ExitStack] | None = None
+    own_loop: asyncio.Runner | None = None
 
 
 _state_key = pytest.StashKey[_State]()
 _failed_key = pytest.StashKey[bool]()
+_host_key = pytest.StashKey[_pytest_loops.LoopHost]()
 
 
 def _state(config: pytest.Config) -> _State:
@@ -107,7 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
         resolve()
     except ConfigError as exc:
         raise pytest.UsageError(f"isolated_env: {exc}") from None
-    config.pluginmanager.register(_fixtures(registered), "isolated_env_resources")
+    config.pluginmanager.register(resource_fixtures(registered, _host, _enter), "isolated_env_resources")
 
 
 def unavailable(exc: ServiceUnavailable) -> NoReturn:
@@ -179,17 +183,17 @@ def failed(request: pytest.FixtureRequest) -> bool:
     return bool(request.node.stash.get(_failed_key, False))
 
 
-# -- one event loop for the session ----------------------------------------------------------
+# -- which loop the fixtures run in ------------------------------------------------------------
 
 
-@pytest.fixture
-def _isolated_env_loop(anyio_backend: Any, request: pytest.FixtureRequest) -> None:
-    """Keep anyio's test runner (and so its event loop) alive between tests, so pooled
+def _hold_anyio_runner(request: pytest.FixtureRequest) -> None:
+    """Keep anyio's test runner (and so its event loop) alive between anyio-run tests, so pooled
     connections are reused instead of reopened by every test."""
     if request.config.getini("isolated_env_loop_scope") != "session":
         return
     from ._drivers.anyio_runner import hold_runner, runner_key
 
+    anyio_backend = request.getfixturevalue("anyio_backend")
     state = _state(request.config)
     key = runner_key(anyio_backend)
     if state.runner is not None:
@@ -204,6 +208,44 @@ def _release_runner(state: _State) -> None:
     if state.runner is not None:
         state.runner[1].close()
         state.runner = None
+    if state.own_loop is not None:
+        state.own_loop.close()  # shutdown_asyncgens closes its runtime's pools
+        state.own_loop = None
+
+
+def _host(request: pytest.FixtureRequest) -> _pytest_loops.LoopHost:
+    """The host task the test's fixtures run in: in pytest-asyncio's loop for this test, or in the
+    plugin's own loop for a test no async plugin runs."""
+    host: _pytest_loops.LoopHost | None = request.node.stash.get(_host_key, None)
+    if host is not None:
+        return host
+    if _pytest_loops.is_asyncio_test(request):
+        try:
+            loop = _pytest_loops.asyncio_test_loop(request)
+        except ConfigError as exc:
+            raise pytest.UsageError(f"isolated_env: {exc}") from None
+    else:
+        state = _state(request.config)
+        if state.own_loop is None:
+            state.own_loop = asyncio.Runner()
+        loop = state.own_loop.get_loop()
+    request.node.stash[_host_key] = host = _pytest_loops.LoopHost(loop)
+    return host
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, Any, Any]:  # noqa: E501
+    variant = getattr(fixturedef.func, "_isolated_env_async", None)
+    if variant is not None and _pytest_loops.is_anyio_test(request):
+        # anyio runs the test: hand it the async fixture, which it runs in the test's own task.
+        sync, fixturedef.func = fixturedef.func, variant  # type: ignore[misc]
+        try:
+            return (yield)
+        finally:
+            fixturedef.func = sync  # type: ignore[misc]
+    result = yield
+    _pytest_loops.close_with_loop(fixturedef, result)
+    return result
 
 
 # -- fixtures --------------------------------------------------------------------------------
@@ -217,59 +259,38 @@ async def _enter(env: Environment, cm: AbstractAsyncContextManager[Any], name: s
     unavailable(problem)  # outside the except block: the skip/fail should not chain the driver error
 
 
-@pytest.fixture
-async def isolated_env(
-    anyio_backend: Any, _isolated_env_loop: None, request: pytest.FixtureRequest
-) -> AsyncIterator[Environment]:
-    """An Environment for one test: enter resources with ``await isolated_env.enter(...)``."""
-    state = _state(request.config)
-    state.tests_served += 1
+async def _environment(request: pytest.FixtureRequest) -> AsyncIterator[Environment]:
     env = Environment()
     async with env:
         yield env
         if failed(request):
             env.outcome = Outcome.FAILED
-    state.kept.extend(f"{request.node.nodeid}: {kept}" for kept in env.kept)
+    _state(request.config).kept.extend(f"{request.node.nodeid}: {kept}" for kept in env.kept)
 
 
-def _resource_fixture(entry: ResourceSpec, name: str) -> Callable[..., Any]:
-    async def fixture(isolated_env: Environment) -> Any:
-        return await _enter(isolated_env, entry.factory()())
-
-    fixture.__name__ = name
-    fixture.__doc__ = entry.doc
-    return pytest.fixture(name=name)(fixture)
+async def _isolated_env_async(request: pytest.FixtureRequest) -> AsyncIterator[Environment]:
+    _hold_anyio_runner(request)
+    async for env in _environment(request):
+        yield env
 
 
-def _fixtures(registered: tuple[ResourceSpec, ...]) -> object:
-    """A plugin (a module object, as pytest reads fixtures from) with one fixture per registered
-    resource name."""
-    holder = types.ModuleType("isolated_env.pytest_plugin.resource_fixtures")
-    for entry in registered:
-        for name in entry.fixtures:
-            setattr(holder, name, _resource_fixture(entry, name))
-    return holder
+def _isolated_env(request: pytest.FixtureRequest) -> Generator[Environment, None, None]:
+    """An Environment for one test: enter resources with ``await isolated_env.enter(...)``."""
+    host = _host(request)
+    gen = _environment(request)
+    try:
+        yield host.call(gen.__anext__)
+        host.call(functools.partial(_drain, gen))
+    finally:
+        host.stop()
 
 
-async def _enter_kinds(env: Environment, kinds: tuple[str, ...]) -> Environment:
-    from ._registry import spec
-
-    for kind in kinds:
-        await _enter(env, spec(kind).factory()())
-    return env
+async def _drain(gen: AsyncIterator[Any]) -> None:
+    async for _ in gen:
+        raise RuntimeError("isolated_env's environment fixture yielded twice")
 
 
-@pytest.fixture
-async def websocket_integration_environment(isolated_env: Environment) -> Environment:
-    """An environment with a WebSocket server and client: ``env['websocket']``."""
-    return await _enter_kinds(isolated_env, ("ws",))
-
-
-@pytest.fixture
-async def comprehensive_test_environment(isolated_env: Environment) -> Environment:
-    """PostgreSQL, Redis, WebSocket, HTTP and a directory together: ``env['database']``,
-    ``['redis']``, ``['websocket']``, ``['http']``, ``['fs']``."""
-    return await _enter_kinds(isolated_env, ("postgres", "redis", "ws", "http", "fs"))
+isolated_env = pytest.fixture(name="isolated_env")(with_async_variant(_isolated_env, _isolated_env_async))
 
 
 # -- session bookkeeping ---------------------------------------------------------------------
@@ -278,6 +299,7 @@ async def comprehensive_test_environment(isolated_env: Environment) -> Environme
 def pytest_sessionstart(session: pytest.Session) -> None:
     _metrics.reset_timings()
     _state(session.config).before = _metrics.snapshot()
+    _state(session.config).served_at_start = _metrics.served()
 
 
 def _server_pids() -> set[int]:
@@ -318,13 +340,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         server_pids = set()
     workeroutput = getattr(session.config, "workeroutput", None)
     if workeroutput is not None:
-        workeroutput["isolated_env"] = json.dumps(
-            {"samples": _metrics.setup_samples(), "leases": _metrics.lease_counts(), "tests": state.tests_served,
-             "kept": state.kept}
-        )
+        workeroutput["isolated_env"] = json.dumps(_metrics.Figures.of_process(state.tests_served).to_json()
+                                                  | {"kept": state.kept})
     if state.before is None or session.config.getoption("--isolated-env-no-leak-check"):
         return
-    if not _metrics.setup_samples():
+    if _metrics.served() == state.served_at_start:
         return  # this session used no isolated_env resource
     leak = _metrics.LeakReport.between(state.before, _metrics.snapshot())
     problems = leased + leak.problems(fd_slack=4, thread_slack=4)
@@ -344,29 +364,26 @@ def pytest_testnodedown(node: Any, error: Any) -> None:
         return
     state = _state(node.config)
     data = json.loads(raw)
-    for kind, samples in data["samples"].items():
-        state.worker_samples.setdefault(kind, []).extend(samples)
-    for key, value in data["leases"].items():
-        state.worker_leases[key] = state.worker_leases.get(key, 0) + value
-    state.worker_leases["tests"] = state.worker_leases.get("tests", 0) + data.get("tests", 0)
+    state.workers.append(_metrics.Figures.from_json(data))
     state.kept.extend(data.get("kept", []))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
+    before = _metrics.served()
+    try:
+        return (yield)
+    finally:
+        if _metrics.served() != before:  # the test set up a resource (a fixture, or its own code)
+            _state(item.config).tests_served += 1
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
     state = _state(config)
     known = {entry.kind for entry in specs()}
-    summary = {k: s for k, s in _metrics.setup_summary(state.worker_samples).items() if k in known}
-    if summary:
-        counts = _metrics.lease_counts()
-        reused = counts["reused"] + state.worker_leases.get("reused", 0)
-        total = reused + counts["created"] + state.worker_leases.get("created", 0)
-        served = sum(s.count for s in summary.values())
-        tests = state.tests_served + state.worker_leases.get("tests", 0)
-        parts = ", ".join(f"{kind} {s.p50_ms:.2f} ms" for kind, s in sorted(summary.items()))
-        ratio = f"{100 * reused / total:.1f}%" if total else "n/a"
-        terminalreporter.write_line(
-            f"isolated_env: {tests} tests served, {served} resources; setup p50: {parts}; pool hit ratio {ratio}"
-        )
+    figures = _metrics.Figures.merge([_metrics.Figures.of_process(state.tests_served), *state.workers])
+    for line in figures.summary_lines(known):
+        terminalreporter.write_line(line)
     if state.kept:
         terminalreporter.write_line(
             "isolated_env kept the data of failed tests (remove with `isolated-env prune --kept`):"

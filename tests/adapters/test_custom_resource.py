@@ -128,7 +128,8 @@ def test_a_user_suite_gets_fixture_marker_environment_and_kept_data(
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers", timeout=300)
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines([
-        "isolated_env: 3 tests served, 3 resources; setup p50: sqlite *",
+        "isolated_env: 3 tests used 3 resources",
+        "  sqlite * set up *p50 *",
         "isolated_env kept the data of failed tests*",
         "*::test_fails_and_keeps*: sqlite: */kept/*.sqlite3 (sqlite3 */kept/*.sqlite3)",
     ])

@@ -90,7 +90,10 @@ def test_fixtures_work_and_summary_is_printed(pytester: pytest.Pytester) -> None
     result = run(pytester)
     result.assert_outcomes(passed=5)
     result.stdout.re_match_lines(
-        [r"isolated_env: 5 tests served, 6 resources; setup p50: .*postgres .*; pool hit ratio .*%"]
+        [r"isolated_env: 5 tests used 6 resources",
+         r"  fs .* set up .*p50 .*pool hit ratio .*",
+         r"  postgres .* set up .*p50 .*first start .* ms .*pool hit ratio \d+%",
+         r"  redis .* set up .*p50 .*"]
     )
 
 
@@ -99,7 +102,7 @@ def test_works_under_xdist(pytester: pytest.Pytester) -> None:
     # the worker that started a server may leave before the other one is done with it
     result = run(pytester, "-n", "2", allow=SERVER_OUTLIVES_ITS_STARTER)
     result.assert_outcomes(passed=5)
-    result.stdout.re_match_lines([r"isolated_env: 5 tests served, 6 resources"])
+    result.stdout.re_match_lines([r"isolated_env: 5 tests used 6 resources"])  # the two workers' figures merged
 
 
 def test_loads_without_xdist(pytester: pytest.Pytester) -> None:

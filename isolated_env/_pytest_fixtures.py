@@ -1,0 +1,79 @@
+"""The fixtures the pytest plugin generates from the resource registry, and the composite ones.
+
+Each fixture is a sync function (run in the test's loop through the plugin's host task) carrying an
+async twin, which the plugin hands to anyio's plugin when anyio runs the test.
+"""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
+
+import pytest
+
+from ._environment import Environment
+from ._registry import ResourceSpec
+
+__all__ = ["COMPOSITES", "resource_fixtures", "with_async_variant"]
+
+
+class _Host(Protocol):
+    def call(self, fn: Callable[[], Awaitable[Any]]) -> Any: ...
+
+
+HostOf = Callable[[pytest.FixtureRequest], _Host]
+Enter = Callable[[Environment, AbstractAsyncContextManager[Any]], Awaitable[Any]]
+
+COMPOSITES = (
+    ("websocket_integration_environment", ("ws",), "An environment with a WebSocket server and client: "
+     "``env['websocket']``."),
+    ("comprehensive_test_environment", ("postgres", "redis", "ws", "http", "fs"), "PostgreSQL, Redis, "
+     "WebSocket, HTTP and a directory together: ``env['database']``, ``['redis']``, ``['websocket']``, "
+     "``['http']``, ``['fs']``."),
+)
+
+
+def with_async_variant(sync: Callable[..., Any], variant: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``sync`` as having the async twin ``variant`` (for tests anyio runs)."""
+    sync._isolated_env_async = variant  # type: ignore[attr-defined]
+    return sync
+
+
+def _fixture(name: str, doc: str | None, host_of: HostOf, enter: Callable[[Environment], Awaitable[Any]]) -> Any:
+    async def variant(isolated_env: Environment, request: pytest.FixtureRequest) -> Any:
+        return await enter(isolated_env)
+
+    def fixture(isolated_env: Environment, request: pytest.FixtureRequest) -> Any:
+        return host_of(request).call(lambda: enter(isolated_env))
+
+    fixture.__name__ = name
+    fixture.__doc__ = doc
+    return pytest.fixture(name=name)(with_async_variant(fixture, variant))
+
+
+def resource_fixtures(registered: tuple[ResourceSpec, ...], host_of: HostOf, enter: Enter) -> object:
+    """A plugin (a module object, as pytest reads fixtures from) with one fixture per registered
+    resource name, and the composite environments."""
+    holder = types.ModuleType("isolated_env.pytest_plugin.resource_fixtures")
+
+    def one(entry: ResourceSpec) -> Callable[[Environment], Awaitable[Any]]:
+        return lambda env: enter(env, entry.factory()())
+
+    def several(kinds: tuple[str, ...]) -> Callable[[Environment], Awaitable[Any]]:
+        from ._registry import spec
+
+        async def enter_all(env: Environment) -> Environment:
+            for kind in kinds:
+                await enter(env, spec(kind).factory()())
+            return env
+
+        return enter_all
+
+    for entry in registered:
+        for name in entry.fixtures:
+            setattr(holder, name, _fixture(name, entry.doc, host_of, one(entry)))
+    for name, kinds, doc in COMPOSITES:
+        setattr(holder, name, _fixture(name, doc, host_of, several(kinds)))
+    return holder

