@@ -22,7 +22,7 @@ steps = st.lists(
 )
 
 
-@pristine_examples(max_examples=200)
+@pristine_examples(max_examples=200, deadline=None)  # no timing in this one: the deadline has its own test
 @given(steps=steps)
 async def test_every_example_starts_clean(
     isolated_env: ie.Environment, isolated_database: Any, isolated_redis: Any, steps: list[tuple[str, Any]]
@@ -41,7 +41,7 @@ async def test_every_example_starts_clean(
                 await isolated_database.execute("INSERT INTO prop_rows SELECT generate_series(1, $1)", value)
 
 
-@pristine_examples(max_examples=15)
+@pristine_examples(max_examples=15, deadline=None)
 @given(emails=st.lists(st.emails(), max_size=3, unique=True))
 async def test_database_mode_entered_in_the_first_example_is_clean_in_every_later_one(
     isolated_env: ie.Environment, emails: list[str]
