@@ -108,6 +108,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(f"isolated_env: {exc}") from None
     config.pluginmanager.register(_fixtures(registered), "isolated_env_resources")
+    config.pluginmanager.import_plugin("isolated_env._pytest_sync")
 
 
 def unavailable(exc: ServiceUnavailable) -> NoReturn:

@@ -46,6 +46,7 @@ def close() -> None:
         return
     bridge, stack = running
     try:
+        # The loop's shutdown closes its runtime (pools, pending drops) inside it, as for asyncio.run.
         bridge.call(bridge.stop, True)  # a context left open (never exited) is cancelled, not waited for
     except RuntimeError:  # the loop already stopped on its own; the stack below joins its thread
         pass
