@@ -58,7 +58,7 @@ def test_connections_left_open_are_closed_on_exit() -> None:
 
 
 def test_transaction_mode_is_refused_with_the_reason() -> None:
-    with pytest.raises(ie.ConfigError, match="database mode only.*cannot be shared with another thread"):
+    with pytest.raises(ie.ConfigError, match=r"database mode only.*cannot be shared with another thread"):
         sync.isolated_postgres(mode="transaction")
 
 
@@ -121,7 +121,7 @@ def test_http_answers_by_expectation_and_reports_unmatched_requests() -> None:
         http.expect("GET", "/users/1").respond_json({"id": 1})
         assert http.client.get("/users/1").json() == {"id": 1}
         assert [r.target for r in http.requests] == ["/users/1"]
-    with pytest.raises(ie.ResourceCheckFailed, match="GET /nope matched no expectation"):  # noqa: PT012
+    with pytest.raises(ie.ResourceCheckFailed, match="GET /nope matched no expectation"):
         with sync.isolated_http() as http:
             assert http.client.get("/nope").status_code == 500
 
@@ -174,7 +174,7 @@ def test_environment_failure_is_released_as_failed_and_the_error_goes_on() -> No
 
 
 def test_environment_refuses_async_resources() -> None:
-    with sync.Environment() as env, pytest.raises(ie.ConfigError, match="sync.isolated_"):
+    with sync.Environment() as env, pytest.raises(ie.ConfigError, match=r"sync\.isolated_"):
         env.enter(ie.isolated_redis())  # type: ignore[arg-type]
 
 
@@ -277,7 +277,9 @@ def test_sync_database_of_a_failed_test_is_kept_when_asked(pytester: pytest.Pyte
     pytester.makepyfile(KEEP_SUITE)
     result = _run(pytester, "--isolated-env-keep-failed")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*isolated_env kept the data of failed tests*", "*test_fails: postgres: database ie_*"])
+    result.stdout.fnmatch_lines(
+        ["*isolated_env kept the data of failed tests*", "*test_fails: postgres: database ie_*"]
+    )
     with sync.isolated_postgres() as db:  # tidy up what the run kept
         sync.call(_prune_kept, db.handle.server)
 
