@@ -40,6 +40,13 @@ class Postgres:
         scheme, rest = self.dsn.split("://", 1)
         return f"{scheme}+{driver}://{rest}"
 
+    def django_settings(self) -> dict[str, Any]:
+        """An entry for Django's ``DATABASES`` reaching this database:
+        ``settings.DATABASES["default"].update(db.django_settings())``."""
+        server = self.handle.server
+        return {"ENGINE": "django.db.backends.postgresql", "NAME": self.database, "HOST": server.host,
+                "PORT": str(server.port), "USER": server.user, "PASSWORD": server.password or ""}
+
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         """A new psycopg connection to the private database (closed on exit if still open)."""
         try:
