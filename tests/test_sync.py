@@ -7,7 +7,6 @@ import os
 import shutil
 import threading
 import types
-from typing import Any
 
 import pytest
 
@@ -280,11 +279,18 @@ def test_sync_database_of_a_failed_test_is_kept_when_asked(pytester: pytest.Pyte
     result.stdout.fnmatch_lines(
         ["*isolated_env kept the data of failed tests*", "*test_fails: postgres: database ie_*"]
     )
-    with sync.isolated_postgres() as db:  # tidy up what the run kept
-        sync.call(_prune_kept, db.handle.server)
+    line = next(x for x in result.stdout.lines if "test_fails: postgres: database" in x)
+    kept = line.split("database ", 1)[1].split(":", 1)[0]
+    with sync.isolated_postgres() as db:  # tidy up what the run kept (only that: others may be keeping theirs)
+        with psycopg.connect(db.handle.server.dsn(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{kept}" WITH (FORCE)')
 
 
-async def _prune_kept(server: Any) -> None:
-    from isolated_env.resources.postgres import prune
-
-    await prune(server, kept=True)
+def test_a_context_that_failed_to_enter_can_be_entered_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    cm = sync.isolated_redis()
+    monkeypatch.setenv("TEST_REDIS_URL", "redis://127.0.0.1:1/0")
+    with pytest.raises(ie.ServiceUnavailable), cm:
+        pass
+    monkeypatch.delenv("TEST_REDIS_URL")
+    with cm as r:
+        assert r.dbsize() == 0

@@ -57,14 +57,14 @@ class SyncContext(AbstractContextManager[S], Generic[S]):
             raise IsolatedEnvError(f"this sync {self.kind} context is already open; make a new one")
         self._async = self.make()
         # One task of the background loop enters and leaves the resource (cancel scopes need that).
-        self._blocking = portal().wrap_async_context_manager(self._async)
-        handle = self._blocking.__enter__()
+        blocking = portal().wrap_async_context_manager(self._async)
+        handle = blocking.__enter__()
         try:
             self._handle = self.wrap(handle)
         except BaseException as exc:
-            self._blocking.__exit__(type(exc), exc, exc.__traceback__)
-            self._blocking = None
+            blocking.__exit__(type(exc), exc, exc.__traceback__)
             raise
+        self._blocking = blocking
         return self._handle
 
     def __exit__(
@@ -80,7 +80,6 @@ class SyncContext(AbstractContextManager[S], Generic[S]):
                 handle._close()  # type: ignore[attr-defined]
         finally:
             blocking.__exit__(exc_type, exc, tb)
-
 
 
 class Environment:
