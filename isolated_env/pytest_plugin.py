@@ -112,6 +112,7 @@ def pytest_configure(config: pytest.Config) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(f"isolated_env: {exc}") from None
     config.pluginmanager.register(resource_fixtures(registered, _host, _enter), "isolated_env_resources")
+    config.pluginmanager.import_plugin("isolated_env._pytest_sync")
 
 
 def unavailable(exc: ServiceUnavailable) -> NoReturn:

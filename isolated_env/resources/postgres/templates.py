@@ -80,6 +80,23 @@ class PostgresTemplate:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"PostgresTemplate(name={self.name!r}) must be a non-empty string")
 
+    @classmethod
+    def from_alembic(
+        cls, config: str | os.PathLike[str] = "alembic.ini", *, revision: str = "head", name: str = "alembic",
+        driver: str | None = None,
+    ) -> PostgresTemplate:
+        """A template made by ``alembic upgrade <revision>`` with the project's own ``config`` (an
+        ``alembic.ini``), its hash covering that file and every file under its ``script_location``
+        (``env.py``, the versions): change a migration and the next use builds a new template.
+
+        Alembic runs in a subprocess (its ``env.py`` may call ``asyncio.run`` and reconfigure logging)
+        with ``sqlalchemy.url`` set to the template database, using ``driver`` (default: the one
+        named in the ini's ``sqlalchemy.url``, else ``psycopg``).
+        """
+        ini = Path(config).resolve()
+        digest, driver = _alembic_digest(ini, revision, driver)
+        return cls(setup=_alembic_setup(ini, revision, driver), name=name, version=f"alembic {digest}")
+
     @functools.cached_property
     def _content(self) -> tuple[str, tuple[tuple[str, str], ...]]:
         """The content hash and the SQL sources (label, text), read once so the hash matches what runs."""
@@ -125,6 +142,60 @@ class PostgresTemplate:
 
 
 _EMPTY = PostgresTemplate(name="empty")
+
+
+def _alembic_digest(ini: Path, revision: str, driver: str | None) -> tuple[str, str]:
+    """A hash of ``ini``, every file under its ``script_location`` and ``revision``; and the driver."""
+    import configparser
+
+    parser = configparser.ConfigParser(defaults={"here": str(ini.parent)})
+    try:
+        parser.read_string(ini.read_text(encoding="utf-8"), source=str(ini))
+        location = parser.get("alembic", "script_location")
+        url = parser.get("alembic", "sqlalchemy.url", fallback="")
+    except (OSError, configparser.Error) as exc:
+        raise ConfigError(f"PostgresTemplate.from_alembic({str(ini)!r}): cannot read script_location: {exc}") from exc
+    scripts = ini.parent / location  # relative to the ini's directory, where alembic is run
+    if not scripts.is_dir():
+        raise ConfigError(
+            f"PostgresTemplate.from_alembic({str(ini)!r}): script_location {location!r} is not a directory "
+            "(a 'package:dir' location is not supported; give the directory's path)"
+        )
+    if driver is None:
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        driver = scheme.split("+", 1)[1] if "+" in scheme else "psycopg"
+    h = hashlib.sha256(f"{revision}\0{driver}\0".encode() + ini.read_bytes())
+    for path in sorted(p for p in scripts.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        h.update(b"\0" + str(path.relative_to(scripts)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest(), driver
+
+
+_ALEMBIC_RUN = """
+import sys
+from alembic import command
+from alembic.config import Config
+config = Config(sys.argv[1])
+config.set_main_option("sqlalchemy.url", sys.argv[2].replace("%", "%%"))
+command.upgrade(config, sys.argv[3])
+"""
+
+
+def _alembic_setup(ini: Path, revision: str, driver: str) -> SetupFn:
+    async def alembic_upgrade(db: PostgresHandle) -> None:
+        import subprocess
+        import sys
+
+        scheme, rest = db.dsn.split("://", 1)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        result = await anyio.run_process(
+            [sys.executable, "-c", _ALEMBIC_RUN, str(ini), f"{scheme}+{driver}://{rest}", revision],
+            cwd=ini.parent, env=env, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        if result.returncode != 0:
+            output = result.stdout.decode(errors="replace").strip()[-3000:]
+            raise TemplateError(f"alembic upgrade {revision} ({ini}) exited with {result.returncode}:\n{output}")
+
+    return alembic_upgrade
 
 
 def as_template(template: object) -> PostgresTemplate:
