@@ -100,7 +100,8 @@ async def test_compressed_replies(http: tuple[httpx.AsyncClient, Any]) -> None:
     assert "content-encoding" not in plain.headers and plain.content == b"42\n"
     bad = {**asked, "http_zlib_compression_level": "fast"}
     refused = await client.post("/", params=bad, headers={"Accept-Encoding": "gzip"}, content=b"SELECT 1")
-    assert refused.headers.get("x-clickhouse-exception-code") == "36", (refused.status_code, refused.headers, refused.content[:300])
+    said = (refused.status_code, refused.headers, refused.content[:300])
+    assert refused.headers.get("x-clickhouse-exception-code") == "36", said
 
 
 def test_connection_string_carries_only_values_chdb_reads_back_unchanged() -> None:
