@@ -17,9 +17,12 @@ _ENDPOINT_VARS = [name for name in os.environ if name.startswith("TEST_") and na
 
 @pytest.fixture
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    """A monkeypatch with every TEST_* endpoint and ISOLATED_ENV_* setting removed."""
+    """A monkeypatch with every TEST_* endpoint and ISOLATED_ENV_* setting removed, except the
+    state directory: servers a test starts belong to this run's, not to the machine's default
+    one that other runs share (where they would outlive the test and trip the leak check)."""
     for name in list(os.environ):
-        if name.startswith(("TEST_POSTGRES", "TEST_REDIS", "TEST_CLICKHOUSE", "ISOLATED_ENV_")):
+        if name.startswith(("TEST_POSTGRES", "TEST_REDIS", "TEST_CLICKHOUSE", "ISOLATED_ENV_")) and \
+                name != "ISOLATED_ENV_STATE_DIR":
             monkeypatch.delenv(name)
     monkeypatch.delenv("CI", raising=False)
     return monkeypatch
