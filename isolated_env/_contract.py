@@ -18,11 +18,14 @@ import contextvars
 import dataclasses
 import enum
 from collections.abc import Hashable
-from typing import ClassVar, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, Generic, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from ._config import Settings, resolve
 from ._errors import IsolatedEnvError
 from ._pool import Lease, Pool, PoolStatistics
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
 
 __all__ = ["Kept", "Outcome", "PooledResource", "Resource", "current_settings", "keeps"]
 
@@ -127,11 +130,13 @@ class PooledResource(Generic[T, H]):
 
     _lease: Lease[T] | None = None
     _pool: Pool[T] | None = None
+    runtime: Runtime
 
     # -- what a resource writes ---------------------------------------------------------------
 
     async def prepare(self) -> None:
-        """Runs before the pool is looked up (find the server the pool key names)."""
+        """Runs before the pool is looked up (find the server the pool key names); ``self.runtime``
+        is the event loop's Runtime by then."""
 
     def pool_key(self) -> Hashable:
         return (type(self).__qualname__, current_settings().capacity)
@@ -175,8 +180,8 @@ class PooledResource(Generic[T, H]):
     async def acquire(self) -> H:
         from ._runtime import current_runtime
 
+        self.runtime = runtime = await current_runtime()
         await self.prepare()
-        runtime = await current_runtime()
         self._pool = pool = runtime.pool(self.pool_key(), self._make_pool, on_close=self.on_close)
         lease = await pool.acquire()
         try:

@@ -129,12 +129,16 @@ class Pool(Generic[T]):
         if self._closed:
             raise PoolClosed(f"pool {self.name!r} is closed; create a new Environment in a running event loop")
         token = object()
-        if self._limiter.available_tokens < 1:
-            self._waits += 1
         started = time.perf_counter()
         try:
-            with anyio.fail_after(self.lease_timeout):
-                await self._limiter.acquire_on_behalf_of(token)
+            if self._limiter.available_tokens >= 1:
+                # Free capacity (the usual case): no timeout scope to set up around a wait that
+                # cannot happen.
+                self._limiter.acquire_on_behalf_of_nowait(token)
+            else:
+                self._waits += 1
+                with anyio.fail_after(self.lease_timeout):
+                    await self._limiter.acquire_on_behalf_of(token)
         except TimeoutError:
             raise LeaseTimeout(
                 f"no {self.name} became free within {self.lease_timeout:g} s: all {self.capacity} are leased. "

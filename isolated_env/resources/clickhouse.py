@@ -93,7 +93,7 @@ class ClickHouseResource(PooledResource[_Slot, ClickHouseHandle]):
     async def prepare(self) -> None:
         ch_driver.module()
         self.server = await servers.ensure_server(current_settings())
-        runtime = await current_runtime()
+        runtime = self.runtime
         key = self._slots_key()
         slots: _Slots | None = runtime.objects.get(key)
         if slots is None:

@@ -27,7 +27,7 @@ from .._errors import IsolationBroken, ServiceUnavailable, TeardownError
 from .._pool import TryLater
 from .._redact import redact_url
 from .._resource import ResourceContext
-from .._runtime import Runtime, current_runtime
+from .._runtime import Runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
 from .._servers.registry import owner_alive, owner_tag
@@ -232,8 +232,7 @@ class _Slots:
         await self.control.aclose()
 
 
-async def _slots_for(server: RedisServer) -> _Slots:
-    runtime = await current_runtime()
+def _slots_for(server: RedisServer, runtime: Runtime) -> _Slots:
     key = ("redis-slots", server.url(0))
     slots: _Slots | None = runtime.objects.get(key)
     if slots is None:
@@ -254,7 +253,7 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
 
     async def prepare(self) -> None:
         self.server = await servers.ensure_server(current_settings())
-        self.slots = await _slots_for(self.server)
+        self.slots = _slots_for(self.server, self.runtime)
 
     def pool_key(self) -> Hashable:
         return ("redis", self.server.url(0), current_settings().capacity)
