@@ -104,14 +104,19 @@ class Runtime:
         *args: Any,
         name: str,
         on_error: Callable[[BaseException], None] | None = None,
+        daemon: bool = False,
     ) -> None:
         """Run ``fn(*args)`` in the background of this loop. A failure is logged, kept in
-        ``errors`` and passed to ``on_error`` (which should make the test it concerns fail)."""
+        ``errors`` and passed to ``on_error`` (which should make the test it concerns fail).
+
+        A ``daemon`` is a loop that never finishes on its own (a refill worker): :meth:`settle` and
+        closing do not wait for it, closing cancels it."""
         if self.closed:
             raise RuntimeError("the isolated_env runtime of this event loop is closed")
         tg = await self._ensure_host()
-        self._running += 1
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        if not daemon:
+            self._running += 1
+            self._idle = anyio.Event() if self._idle.is_set() else self._idle
 
         async def run() -> None:
             try:
@@ -124,14 +129,15 @@ class Runtime:
                 if on_error is not None:
                     on_error(exc)
             finally:
-                self._running -= 1
-                if self._running == 0:
-                    self._idle.set()
+                if not daemon:
+                    self._running -= 1
+                    if self._running == 0:
+                        self._idle.set()
 
         tg.start_soon(run, name=name)
 
     async def settle(self) -> None:
-        """Wait until no background task of this loop is running."""
+        """Wait until no background task of this loop is running (daemons aside)."""
         while self._running:
             await self._idle.wait()
 

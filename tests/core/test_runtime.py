@@ -91,7 +91,7 @@ def test_settle_waits_for_background_work() -> None:
     assert sorted(done) == [0, 1, 2]
 
 
-def test_endless_background_work_is_cancelled_at_close() -> None:
+def test_a_daemon_is_not_waited_for_and_is_cancelled_at_close() -> None:
     state: dict[str, Any] = {}
 
     async def forever() -> None:
@@ -102,9 +102,11 @@ def test_endless_background_work_is_cancelled_at_close() -> None:
 
     async def main() -> None:
         runtime = await current_runtime()
-        await runtime.spawn(forever, name="forever")
+        await runtime.spawn(forever, name="forever", daemon=True)
         await anyio.lowlevel.checkpoint()
-        await close_current_runtime()
+        with anyio.fail_after(5):  # closing waits up to 10 s for work that ends: a daemon is not waited for
+            await runtime.settle()
+            await close_current_runtime()
         state["closed"] = runtime.closed
 
     asyncio.run(main())
@@ -139,3 +141,4 @@ def test_the_runtime_works_on_trio() -> None:
 
     anyio.run(main, backend="trio")
     assert done == ["ran"]
+

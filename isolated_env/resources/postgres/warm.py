@@ -102,8 +102,9 @@ class WarmPool:
     async def start(self, runtime: Runtime) -> None:
         """Refill workers and the dropper run in the runtime's task group (never as stray tasks)."""
         for n in range(max(1, min(_MAX_WORKERS, self.target))):
-            await runtime.spawn(self._guarded, self._worker, name=f"isolated_env refill {self.template_name} #{n}")
-        await runtime.spawn(self._guarded, self._dropper, name=f"isolated_env drop {self.template_name}")
+            await runtime.spawn(self._guarded, self._worker, name=f"isolated_env refill {self.template_name} #{n}",
+                                daemon=True)
+        await runtime.spawn(self._guarded, self._dropper, name=f"isolated_env drop {self.template_name}", daemon=True)
 
     async def _guarded(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run one background loop of this pool until the pool closes (its own cancel scope, so that
