@@ -15,8 +15,5 @@ def redact_url(url: str) -> str:
         return "<unparseable URL>"
     if parts.password is None:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    host = parts.netloc.rpartition("@")[2]  # as written: brackets of an IPv6 address, the port
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

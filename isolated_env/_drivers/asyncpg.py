@@ -16,9 +16,9 @@ import contextlib
 import logging
 from collections.abc import Iterator
 from typing import Any, Protocol
-from urllib.parse import quote
 
 from .._errors import IsolatedEnvError, MissingDependencyError, ServiceUnavailable, TeardownError, TemplateError
+from .._redact import redact_url
 from . import _seams
 
 __all__ = ["SEAM_RANGE", "begin", "close", "connect", "module", "redacted_dsn", "rollback", "translate"]
@@ -55,10 +55,7 @@ def module() -> Any:
 
 def redacted_dsn(server: Server, database: str | None = None) -> str:
     """``server.dsn(database)`` with the password shown as ``***`` (for messages and reports)."""
-    dsn = server.dsn(database)
-    if server.password:
-        dsn = dsn.replace(":" + quote(server.password, safe="") + "@", ":***@", 1)
-    return dsn
+    return redact_url(server.dsn(database))
 
 
 def _fix_for(exc: BaseException, asyncpg: Any) -> str | None:

@@ -158,9 +158,8 @@ _keeper = _LeaseKeeper(_REFRESH, lambda: _owner(), lambda: LEASE_TTL_MS, lambda:
 class _Slots:
     """Leases logical databases from one server for one event loop, and keeps the leases alive."""
 
-    def __init__(self, server: RedisServer, runtime: Runtime) -> None:
+    def __init__(self, server: RedisServer) -> None:
         self.server = server
-        self.runtime = runtime
         self.control = redis_driver.asyncio_client(**server.client_kwargs(0))
         # One control connection is plenty (each call is a microsecond script); a lock keeps a burst
         # of 200 concurrent leases from opening 200 connections.
@@ -236,7 +235,7 @@ def _slots_for(server: RedisServer, runtime: Runtime) -> _Slots:
     key = ("redis-slots", server.url(0))
     slots: _Slots | None = runtime.objects.get(key)
     if slots is None:
-        slots = runtime.objects[key] = _Slots(server, runtime)
+        slots = runtime.objects[key] = _Slots(server)
         runtime.on_close(slots.aclose)
     return slots
 

@@ -204,3 +204,11 @@ def test_unix_socket_url_needs_no_host(clean_environ: pytest.MonkeyPatch) -> Non
     clean_environ.setenv("TEST_REDIS_URL", "unix:///run/redis/redis.sock?db=0")
     ep = external_endpoint("redis", schemes=("redis", "rediss", "unix"), port_var="PORT", example="x")
     assert ep is not None and (ep.scheme, ep.host, ep.database) == ("unix", "", "run/redis/redis.sock")
+
+
+def test_redact_url_hides_the_password_and_keeps_the_rest_as_written() -> None:
+    from isolated_env._redact import redact_url
+
+    assert redact_url("postgresql://u:p%40ss@/db?host=/x&port=5432") == "postgresql://u:***@/db?host=/x&port=5432"
+    assert redact_url("redis://:pw@[::1]:6379/0") == "redis://:***@[::1]:6379/0"
+    assert redact_url("postgresql://postgres@/db?host=/x") == "postgresql://postgres@/db?host=/x"
