@@ -30,8 +30,10 @@ _SETTLE_ON_CLOSE_S = 10.0
 
 
 def _loop_key() -> object:
-    # The asyncio loop itself, or trio's token: one per running event loop.
-    return anyio.lowlevel.current_token().native_token
+    # The asyncio loop itself, or trio's token: one per running event loop. anyio < 4.11 returns
+    # that object itself; later versions wrap it in an EventLoopToken.
+    token = anyio.lowlevel.current_token()
+    return getattr(token, "native_token", token)
 
 
 class Runtime:

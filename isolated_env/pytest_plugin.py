@@ -239,11 +239,13 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
     variant = getattr(fixturedef.func, "_isolated_env_async", None)
     if variant is not None and _pytest_loops.is_anyio_test(request):
         # anyio runs the test: hand it the async fixture, which it runs in the test's own task.
-        sync, fixturedef.func = fixturedef.func, variant  # type: ignore[misc]
+        # anyio < 4.4 also adds ``anyio_backend`` to the fixture's argnames for good: undo both, or a
+        # later sync test using the fixture would need ``anyio_backend`` too.
+        sync, argnames, fixturedef.func = fixturedef.func, fixturedef.argnames, variant  # type: ignore[misc]
         try:
             return (yield)
         finally:
-            fixturedef.func = sync  # type: ignore[misc]
+            fixturedef.func, fixturedef.argnames = sync, argnames  # type: ignore[misc]
     result = yield
     _pytest_loops.close_with_loop(fixturedef, result)
     return result

@@ -16,6 +16,13 @@ _ENDPOINT_VARS = [name for name in os.environ if name.startswith("TEST_") and na
 
 
 @pytest.fixture
+def anyio_backend() -> str:
+    """Every anyio test runs on asyncio (trio is installed for the tests that ask for it by
+    parametrizing ``anyio_backend``), as a project on anyio's default backend list would do."""
+    return "asyncio"
+
+
+@pytest.fixture
 def clean_environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """A monkeypatch with every TEST_* endpoint and ISOLATED_ENV_* setting removed, but the state
     directory: a run given one of its own keeps to it (and to its servers) throughout."""

@@ -8,6 +8,7 @@ It never wraps the test's own commands: a test expects redis-py's exceptions fro
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,7 +27,24 @@ def module() -> Any:
 
 
 def asyncio_client(**kwargs: Any) -> Any:
-    return module().Redis(**kwargs)
+    return _client_class()(**kwargs)
+
+
+@functools.cache
+def _client_class() -> Any:
+    """``redis.asyncio.Redis``; before redis 5.0.1, which named ``aclose()`` ``close()``, a subclass
+    that has both, so the rest of the package (and the test) can call ``aclose()`` on any version."""
+    cls = module().Redis
+    if hasattr(cls, "aclose"):
+        return cls
+
+    class Redis(cls):  # type: ignore[misc, valid-type]
+        async def aclose(self, close_connection_pool: bool | None = None) -> None:
+            await self.close(close_connection_pool)
+
+    Redis.__qualname__ = Redis.__name__ = cls.__name__
+    Redis.__module__ = cls.__module__
+    return Redis
 
 
 @contextlib.contextmanager

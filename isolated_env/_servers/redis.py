@@ -155,8 +155,9 @@ class RedisProvider(Provider[RedisServer]):
         )
 
     async def connect_external(self, endpoint: ExternalEndpoint, settings: Settings) -> RedisServer:
-        import redis.asyncio as aredis
         from redis.exceptions import RedisError
+
+        from .._drivers.redis import asyncio_client
 
         unix: str | None = None
         if endpoint.scheme == "unix":
@@ -172,7 +173,7 @@ class RedisProvider(Provider[RedisServer]):
             password=endpoint.password,
             tls=endpoint.scheme == "rediss",
         )
-        client = aredis.Redis(**server.client_kwargs(0), socket_connect_timeout=_CONNECT_TIMEOUT)
+        client = asyncio_client(**server.client_kwargs(0), socket_connect_timeout=_CONNECT_TIMEOUT)
         try:
             with anyio.fail_after(_CONNECT_TIMEOUT + 5):  # the driver's own timeout first
                 info = await client.info("server")
