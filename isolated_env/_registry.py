@@ -18,12 +18,13 @@ import functools
 import importlib
 import importlib.metadata
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._errors import ConfigError
 
-__all__ = ["ResourceSpec", "aliases", "spec", "specs"]
+__all__ = ["ResourceSpec", "aliases", "require_backend", "spec", "specs"]
 
 ENTRY_POINT_GROUP = "isolated_env.resources"
 log = logging.getLogger("isolated_env")
@@ -40,6 +41,8 @@ class ResourceSpec:
     target: str  # "module:attribute" of the factory (or Resource class)
     doc: str
     builtin: bool = True
+    asyncio_only: str | None = None
+    """Why the resource runs on asyncio only (its driver), or None when it runs on trio too."""
 
     @property
     def fixtures(self) -> tuple[str, ...]:
@@ -57,13 +60,17 @@ class ResourceSpec:
 
 _BUILTIN = (
     ResourceSpec("postgres", ("database",), "postgres", "postgres", "isolated_env.resources.postgres:isolated_postgres",
-                 "A PostgreSQL handle (asyncpg API) whose changes are rolled back after the test."),
+                 "A PostgreSQL handle (asyncpg API) whose changes are rolled back after the test.",
+                 asyncio_only="its driver, asyncpg"),
     ResourceSpec("redis", (), "redis", "redis", "isolated_env.resources.redis:isolated_redis",
-                 "A private Redis logical database (redis.asyncio API), flushed after the test."),
+                 "A private Redis logical database (redis.asyncio API), flushed after the test.",
+                 asyncio_only="its driver, redis.asyncio"),
     ResourceSpec("clickhouse", (), "clickhouse", "clickhouse", "isolated_env.resources.clickhouse:isolated_clickhouse",
-                 "A ClickHouse client bound to a private database, dropped after the test."),
+                 "A ClickHouse client bound to a private database, dropped after the test.",
+                 asyncio_only="its driver, clickhouse-connect's async client"),
     ResourceSpec("ws", ("websocket",), None, None, "isolated_env.resources.ws:isolated_ws",
-                 "A real WebSocket server on a loopback port with a connected client."),
+                 "A real WebSocket server on a loopback port with a connected client.",
+                 asyncio_only="its server and client, the websockets library's"),
     ResourceSpec("http", (), None, None, "isolated_env.resources.http:isolated_http",
                  "A real HTTP server with expectations, and an httpx client pointed at it."),
     ResourceSpec("fs", (), None, None, "isolated_env.resources.fs:isolated_fs",
@@ -122,6 +129,27 @@ def spec(name: str) -> ResourceSpec:
         if name == entry.kind or name in entry.aliases:
             return entry
     raise ConfigError(f"no resource is registered as {name!r}; known: {', '.join(s.kind for s in specs())}")
+
+
+def require_backend(kind: str) -> None:
+    """Raise ConfigError when the resource ``kind`` runs on asyncio only and the running event loop
+    is trio's (one line: which resource, why, and how to run the test on asyncio)."""
+    if "trio" not in sys.modules:
+        return  # no trio, so the loop is asyncio's
+    import trio
+
+    try:
+        trio.lowlevel.current_trio_token()
+    except RuntimeError:
+        return  # not in trio's loop
+    why = next((s.asyncio_only for s in specs() if s.kind == kind), None)
+    if why is None:
+        return
+    raise ConfigError(
+        f"isolated_{kind} needs asyncio ({why} runs on asyncio only) and this code runs on trio; "
+        "run the test on asyncio: @pytest.mark.anyio with an anyio_backend fixture (or "
+        "@pytest.mark.parametrize('anyio_backend', ['asyncio'])) that returns \"asyncio\""
+    )
 
 
 @functools.cache

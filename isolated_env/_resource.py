@@ -21,6 +21,7 @@ from ._config import Settings, resolve
 from ._contract import Kept, Outcome, Resource, _settings
 from ._errors import IsolatedEnvError, TeardownError
 from ._pool import PoolStatistics
+from ._registry import require_backend
 
 __all__ = ["ResourceContext", "report_kept", "resource"]
 
@@ -51,6 +52,7 @@ class ResourceContext(Generic[H]):
         return f"<ResourceContext {self.kind}>"
 
     async def __aenter__(self) -> H:
+        require_backend(self.kind)
         settings = _settings.get()
         token = None
         if settings is None:  # standalone: resolve once for the wrapper and the resource alike

@@ -247,8 +247,22 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
         finally:
             fixturedef.func, fixturedef.argnames = sync, argnames  # type: ignore[misc]
     result = yield
+    if fixturedef.argname == "anyio_backend":
+        _drop_other_runner(_state(request.config), result)
     _pytest_loops.close_with_loop(fixturedef, result)
     return result
+
+
+def _drop_other_runner(state: _State, anyio_backend: Any) -> None:
+    """A test on another backend is next: let go of the runner held for the last one, or anyio
+    (whose runner is shared while leased, whatever backend asks) would run it on the held one."""
+    if state.runner is None:
+        return
+    from ._drivers.anyio_runner import runner_key
+
+    if state.runner[0] != runner_key(anyio_backend):
+        state.runner[1].close()
+        state.runner = None
 
 
 # -- fixtures --------------------------------------------------------------------------------

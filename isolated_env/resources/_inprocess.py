@@ -20,7 +20,6 @@ A third server reuses it like this::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -28,7 +27,7 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from .._errors import ResourceCheckFailed, ServiceUnavailable
+from .._errors import ResourceCheckFailed
 
 __all__ = [
     "InProcessHandle",
@@ -38,7 +37,6 @@ __all__ = [
     "ServerTasks",
     "Slot",
     "preview",
-    "require_asyncio",
     "serving",
 ]
 
@@ -252,14 +250,3 @@ def preview(value: Any, limit: int = 200) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
-
-def require_asyncio(what: str) -> None:
-    """The servers run on asyncio (websockets' asyncio server, asyncio streams); say so under trio."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        raise ServiceUnavailable(
-            what,
-            "it runs on asyncio and no asyncio event loop is running (trio is not supported yet)",
-            fix="run the test on the asyncio backend (the anyio pytest plugin's default)",
-        ) from None

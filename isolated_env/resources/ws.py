@@ -19,7 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .._errors import ConfigError
 from .._resource import resource
-from ._inprocess import InProcessHandle, Problem, ServerTasks, Slot, preview, require_asyncio, serving
+from ._inprocess import InProcessHandle, Problem, ServerTasks, Slot, preview, serving
 
 __all__ = ["BinaryHandler", "HandlerReply", "MessageHandler", "WebSocketHandle", "WsExpectation", "isolated_ws"]
 
@@ -383,7 +383,6 @@ async def isolated_ws(
     problem (instead of acknowledging it). ``connect_client=False`` skips the default client, for
     tests where the code under test is the client.
     """
-    require_asyncio("isolated_ws")
     if not path.startswith("/"):
         raise ConfigError(f"isolated_ws(path={path!r}): the path must start with '/'")
     handle = WebSocketHandle(strict=strict)

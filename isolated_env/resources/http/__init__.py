@@ -7,7 +7,7 @@ a dropped connection, a 5xx, a 429 with Retry-After, a body trickled out slowly.
 
 The package, by idea: ``_handle`` (the handle and the factory), ``_expectation`` (one expected
 request and its answer), ``_matching`` (whether a request matches, and why not), ``_faults`` (the
-injected faults), ``_server`` (HTTP/1.1 over asyncio streams, h11 as the parser).
+injected faults), ``_server`` (HTTP/1.1 over anyio sockets, h11 as the parser).
 """
 
 from __future__ import annotations

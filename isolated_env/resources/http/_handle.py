@@ -17,7 +17,7 @@ import httpx
 
 from ..._errors import ConfigError, ResourceCheckFailed
 from ..._resource import resource
-from .._inprocess import InProcessHandle, Problem, require_asyncio, serving
+from .._inprocess import InProcessHandle, Problem, serving
 from ._expectation import HttpExpectation
 from ._matching import NOT_GIVEN, HeadersArg, QueryArg, RequestMatcher
 from ._server import H11Server, RecordedRequest, Reply
@@ -198,7 +198,6 @@ async def isolated_http() -> AsyncIterator[HttpHandle]:
     Everything the server saw go wrong (unmatched requests, responder errors, unmet expectations) is
     raised on exit, or added as a note when the test already failed.
     """
-    require_asyncio("isolated_http")
     handle = HttpHandle()
     await handle._start()
     async with serving(handle._problems, handle._aclose):

@@ -1,4 +1,5 @@
-"""A small HTTP/1.1 server: asyncio streams for I/O, h11 for the protocol (no parsing of our own).
+"""A small HTTP/1.1 server: anyio sockets for I/O (so it serves on asyncio and trio alike), h11 for
+the protocol (no parsing of our own).
 
 Each connection is served by its own task (one of the shared :class:`ServerTasks`), so a slow
 response never holds up another request, and what fails in one is recorded in the problem log. What
@@ -8,20 +9,22 @@ to answer is decided by an ``app`` coroutine that turns a :class:`RecordedReques
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
 import json
 import socket
+import struct
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import unquote
 
 import anyio
+import anyio.abc
 import h11
 import httpx
+from anyio.abc import SocketAttribute
 
+from ..._runtime import Runtime, current_runtime
 from .._inprocess import ProblemLog, ServerTasks, Slot
 
 __all__ = ["TEXT", "H11Server", "RecordedRequest", "Reply"]
@@ -74,6 +77,7 @@ class Reply:
 
 
 App = Callable[[RecordedRequest], Awaitable[Reply]]
+Stream = anyio.abc.SocketStream
 
 
 class H11Server:
@@ -83,87 +87,98 @@ class H11Server:
     def __init__(self, app: App, problems: ProblemLog) -> None:
         self._app = app
         self._problems = problems
-        self._listener: socket.socket | None = None
-        self._connections: set[asyncio.Task[None]] = set()
-        self._tasks: ServerTasks[asyncio.StreamWriter] = ServerTasks(
-            problems, "the test HTTP server", gone=(ConnectionError, OSError)
+        self._runtime: Runtime | None = None
+        self._accepting = anyio.CancelScope()
+        self._accepted = anyio.Event()  # the accept loop has ended
+        self._live = 0  # connection tasks started and not finished
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._tasks: ServerTasks[Stream] = ServerTasks(
+            problems, "the test HTTP server", gone=(ConnectionError, OSError, anyio.BrokenResourceError)
         )
         self.port = 0
 
     async def start(self) -> int:
-        # Accepting ourselves rather than through asyncio.start_server: on Python 3.11 a connection
-        # accepted in the loop iteration before Server.close() never reaches the callback, and its
-        # socket stays open until garbage collection. Here every accepted socket gets its task.
-        listener = socket.create_server(("127.0.0.1", 0))
-        listener.setblocking(False)
-        asyncio.get_running_loop().add_reader(listener, self._accept, listener)
-        self._listener = listener
-        self.port = listener.getsockname()[1]
+        # The accept loop and the connections run in the loop's runtime task group: the server's
+        # life spans the test, which a task group of the resource's own could not (it is entered and
+        # left across a yield). aclose() ends them all before the resource exits.
+        listener = await _loopback_listener()
+        self.port = listener.extra(SocketAttribute.local_port)
+        self._runtime = await current_runtime()
+        await self._runtime.spawn(self._accept_loop, listener, name="isolated-http-accept", daemon=True,
+                                  on_error=self._failed)
         return self.port
 
     async def aclose(self) -> None:
         """Stop listening, end every connection (cancelling responses still in progress)."""
-        self._stop_listening()
+        # Cancel the accept first and close the socket after: closing a socket another task waits on
+        # is not portable across backends.
+        self._accepting.cancel()
+        if self._runtime is not None:
+            await self._accepted.wait()
         await self._tasks.stop()
-        if self._connections:  # including those accepted just now, which see the stop and close
-            await asyncio.wait(set(self._connections))
+        while self._live:  # including those accepted just now, which see the stop and close
+            await self._idle.wait()
 
-    def _stop_listening(self) -> None:
-        if self._listener is not None:
-            asyncio.get_running_loop().remove_reader(self._listener)
-            self._listener.close()
-            self._listener = None
+    def _failed(self, exc: BaseException) -> None:
+        self._problems.record(f"the test HTTP server failed: {exc!r}", exc)
 
-    def _accept(self, listener: socket.socket) -> None:
-        """The listening socket is readable: take every pending connection."""
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return  # none left for now
-            except ConnectionAbortedError:
-                continue  # the client gave up before we took it: nothing to serve
-            except OSError as exc:  # out of file descriptors, say: stop, and say why in the test
-                self._problems.record(f"the test HTTP server stopped accepting connections: {exc!r}", exc)
-                self._stop_listening()
-                return
-            task = asyncio.get_running_loop().create_task(self._connection(conn))
-            self._connections.add(task)
-            task.add_done_callback(self._connections.discard)
-
-    async def _connection(self, conn: socket.socket) -> None:
+    async def _accept_loop(self, listener: anyio.abc.SocketListener) -> None:
         try:
-            reader, writer = await asyncio.open_connection(sock=conn)
-        except OSError:
-            conn.close()  # the client left before its streams were set up: nothing to serve
-            return
-        await self._tasks.run(writer, functools.partial(self._serve, reader))
-
-    async def _serve(self, reader: asyncio.StreamReader, slot: Slot[asyncio.StreamWriter]) -> None:
-        writer = slot.peer
-        try:
-            await self._exchange(reader, writer)
+            with self._accepting:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except ConnectionAbortedError:
+                        continue  # the client gave up before we took it: nothing to serve
+                    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                        return
+                    except OSError as exc:  # out of file descriptors, say: stop, and say why in the test
+                        self._problems.record(f"the test HTTP server stopped accepting connections: {exc!r}", exc)
+                        return
+                    self._live += 1
+                    if self._idle.is_set():
+                        self._idle = anyio.Event()
+                    assert self._runtime is not None
+                    await self._runtime.spawn(self._connection, stream, name="isolated-http-connection", daemon=True,
+                                              on_error=self._failed)
         finally:
-            writer.close()
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+            self._accepted.set()
+
+    async def _connection(self, stream: Stream) -> None:
+        try:
+            await self._tasks.run(stream, self._serve)
+        finally:
+            self._live -= 1
+            if not self._live:
+                self._idle.set()
+
+    async def _serve(self, slot: Slot[Stream]) -> None:
+        stream = slot.peer
+        try:
+            await self._exchange(stream)
+        finally:
             with anyio.CancelScope(shield=True):
                 try:
-                    await writer.wait_closed()
-                except (ConnectionError, OSError):
+                    await stream.aclose()
+                except (ConnectionError, OSError, anyio.BrokenResourceError):
                     pass  # the client reset the connection first: it is closed either way
 
-    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _exchange(self, stream: Stream) -> None:
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                request = await self._read_request(conn, reader, writer)
+                request = await self._read_request(conn, stream)
                 if request is None:
                     return
                 reply = await self._app(request)
                 if reply.drop is not None:
                     if reply.drop == "reset":
-                        writer.transport.abort()
+                        _reset_on_close(stream)
                     return
-                await self._send(conn, writer, request, reply)
+                await self._send(conn, stream, request, reply)
                 if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
                     conn.start_next_cycle()
                 else:
@@ -172,34 +187,36 @@ class H11Server:
             self._problems.record(f"malformed request: {exc}")
             if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                 try:
-                    writer.write(conn.send(h11.Response(status_code=exc.error_status_hint, headers=[])))
-                    writer.write(conn.send(h11.EndOfMessage()))
+                    await stream.send(conn.send(h11.Response(status_code=exc.error_status_hint, headers=[])))
+                    await stream.send(conn.send(h11.EndOfMessage()))
                 except h11.LocalProtocolError:
                     pass  # h11 cannot phrase the error reply; the problem is recorded, the close follows
 
-    async def _read_request(
-        self, conn: h11.Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> RecordedRequest | None:
+    async def _read_request(self, conn: h11.Connection, stream: Stream) -> RecordedRequest | None:
         head: h11.Request | None = None
         body = bytearray()
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
                 if head is not None and conn.they_are_waiting_for_100_continue:
-                    writer.write(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
-                conn.receive_data(await reader.read(_READ_SIZE))
+                    await stream.send(conn.send(h11.InformationalResponse(status_code=100, headers=[])))
+                try:
+                    data = await stream.receive(_READ_SIZE)
+                except anyio.EndOfStream:
+                    data = b""  # h11's word for the peer closing its side
+                conn.receive_data(data)
             elif isinstance(event, h11.Request):
                 head = event
             elif isinstance(event, h11.Data):
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
-                return _record(head, bytes(body), writer)
+                return _record(head, bytes(body), stream)
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return None
 
     async def _send(
-        self, conn: h11.Connection, writer: asyncio.StreamWriter, request: RecordedRequest, reply: Reply
+        self, conn: h11.Connection, stream: Stream, request: RecordedRequest, reply: Reply
     ) -> None:
         headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
         names = {k.lower() for k, _ in headers}
@@ -208,37 +225,34 @@ class H11Server:
         if isinstance(reply.body, bytes) and b"content-length" not in names and not no_length:
             headers.append((b"content-length", str(len(reply.body)).encode()))
         try:
-            writer.write(
+            await stream.send(
                 conn.send(
                     h11.Response(status_code=reply.status, headers=headers, reason=_reason(reply.status))
                 )
             )
             if not no_body:
-                await self._send_body(conn, writer, reply)
-            writer.write(conn.send(h11.EndOfMessage()))
-            await writer.drain()
+                await self._send_body(conn, stream, reply)
+            await stream.send(conn.send(h11.EndOfMessage()))
         except h11.LocalProtocolError as exc:
             self._problems.record(f"could not send the response to {request.method} {request.target}: {exc}", exc)
-            writer.transport.abort()
+            _reset_on_close(stream)
             raise ConnectionAbortedError from exc
 
-    async def _send_body(self, conn: h11.Connection, writer: asyncio.StreamWriter, reply: Reply) -> None:
+    async def _send_body(self, conn: h11.Connection, stream: Stream, reply: Reply) -> None:
         if isinstance(reply.body, bytes):
             if reply.chunk_size is None:
                 if reply.body:
-                    writer.write(conn.send(h11.Data(data=reply.body)))
+                    await stream.send(conn.send(h11.Data(data=reply.body)))
                 return
             step = reply.chunk_size
             for start in range(0, len(reply.body), step):
                 if start:
                     await anyio.sleep(reply.chunk_interval)
-                writer.write(conn.send(h11.Data(data=reply.body[start : start + step])))
-                await writer.drain()
+                await stream.send(conn.send(h11.Data(data=reply.body[start : start + step])))
             return
         async for chunk in reply.body:
             if chunk:
-                writer.write(conn.send(h11.Data(data=chunk)))
-                await writer.drain()
+                await stream.send(conn.send(h11.Data(data=chunk)))
 
 
 def _reason(status: int) -> bytes:
@@ -248,11 +262,31 @@ def _reason(status: int) -> bytes:
         return b""
 
 
-def _record(head: h11.Request, body: bytes, writer: asyncio.StreamWriter) -> RecordedRequest:
+async def _loopback_listener() -> anyio.abc.SocketListener:
+    """A listener on 127.0.0.1 at a free port. anyio >= 4.10 wraps a socket of ours; before,
+    ``create_tcp_listener`` resolves the address in a worker thread first, which costs about 0.25 ms."""
+    wrap = getattr(anyio.abc.SocketListener, "from_socket", None)
+    if wrap is None:
+        listeners = (await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)).listeners
+        return cast(anyio.abc.SocketListener, listeners[0])  # one address, so one listener
+    sock = socket.create_server(("127.0.0.1", 0))
+    try:
+        return cast(anyio.abc.SocketListener, await wrap(sock))
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _reset_on_close(stream: Stream) -> None:
+    """Make the coming close reset the connection (RST) instead of ending it in order (FIN)."""
+    stream.extra(SocketAttribute.raw_socket).setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+def _record(head: h11.Request, body: bytes, stream: Stream) -> RecordedRequest:
     target = head.target.decode("latin-1")
     raw_path, _, query = target.partition("?")
     headers = httpx.Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers])
-    host = headers.get("host") or "127.0.0.1:{}".format(writer.get_extra_info("sockname")[1])
+    host = headers.get("host") or f"127.0.0.1:{stream.extra(SocketAttribute.local_port)}"
     return RecordedRequest(
         method=head.method.decode("ascii"),
         target=target,

@@ -1,0 +1,61 @@
+"""The resources on trio, anyio's other backend: fs and http serve there as on asyncio (anyio sockets
+and ``anyio.Path``), and those whose driver runs on asyncio only say so in one line, with the fix."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+import isolated_env as ie
+from isolated_env._errors import ConfigError
+
+pytest.importorskip("trio")
+pytestmark = pytest.mark.parametrize("anyio_backend", ["trio"])
+
+
+async def test_fs_on_trio() -> None:
+    async with ie.isolated_fs() as fs:
+        await fs.write_text("reports/out.txt", "héllo")
+        await fs.write_bytes("blob.bin", b"\x00\x01")
+        assert await fs.read_text("reports/out.txt") == "héllo"
+        assert await fs.read_bytes("blob.bin") == b"\x00\x01"
+        assert fs.listdir() == ["blob.bin", "reports"]
+        path = fs.path
+    assert not path.exists()
+
+
+async def test_http_on_trio() -> None:
+    async with ie.isolated_http() as http:
+        http.expect("POST", "/items").respond_json({"id": 7}, status=201)
+        http.expect("GET", "/slow").slow_body(chunk_size=2, interval=0.01).respond(body="abcdef")
+        http.expect("GET", "/gone").drop()
+        created = await http.client.post("/items", json={"name": "x"})
+        assert (created.status_code, created.json()) == (201, {"id": 7})
+        assert (await http.client.get("/slow")).text == "abcdef"
+        with pytest.raises(httpx.RemoteProtocolError):
+            await http.client.get("/gone")
+        assert [r.json() for r in http.requests if r.method == "POST"] == [{"name": "x"}]
+
+
+async def test_http_on_trio_raises_what_it_saw_on_exit() -> None:
+    with pytest.raises(ie.ResourceCheckFailed, match="GET /nobody matched no expectation"):
+        async with ie.isolated_http() as http:
+            assert (await http.client.get("/nobody")).status_code == 500
+
+
+async def test_the_fixtures_on_trio(isolated_fs: ie.FileSystemHandle, isolated_http: ie.HttpHandle) -> None:
+    await isolated_fs.write_text("a.txt", "x")
+    isolated_http.expect("GET", "/x").respond_json({"a": 1})
+    assert (await isolated_http.client.get("/x")).json() == {"a": 1}
+
+
+@pytest.mark.parametrize("kind", ["postgres", "redis", "clickhouse", "ws"])
+async def test_asyncio_only_resources_say_so_in_one_line(kind: str) -> None:
+    factory = getattr(ie, f"isolated_{kind}")
+    with pytest.raises(ConfigError) as caught:
+        async with factory():
+            pytest.fail("entered on trio")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(f"isolated_{kind} needs asyncio (") and "runs on trio" in message
+    assert "@pytest.mark.anyio with an anyio_backend fixture" in message
