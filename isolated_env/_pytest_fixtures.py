@@ -9,12 +9,14 @@ from __future__ import annotations
 import types
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
-from ._environment import Environment
 from ._registry import ResourceSpec
+
+if TYPE_CHECKING:
+    from ._environment import Environment
 
 __all__ = ["COMPOSITES", "resource_fixtures", "with_async_variant"]
 
@@ -24,7 +26,7 @@ class _Host(Protocol):
 
 
 HostOf = Callable[[pytest.FixtureRequest], _Host]
-Enter = Callable[[Environment, AbstractAsyncContextManager[Any]], Awaitable[Any]]
+Enter = Callable[["Environment", AbstractAsyncContextManager[Any]], Awaitable[Any]]
 
 COMPOSITES = (
     ("websocket_integration_environment", ("ws",), "An environment with a WebSocket server and client: "

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from ._contract import Outcome
 from ._errors import ServiceUnavailable
 from .pytest_plugin import _state, failed, unavailable
 
@@ -39,6 +38,8 @@ def _held(request: pytest.FixtureRequest, cm: Any) -> Iterator[Any]:
         yield handle
     finally:
         if failed(request):
+            from ._contract import Outcome
+
             cm.outcome = Outcome.FAILED
         cm.__exit__(None, None, None)
         if cm.kept is not None:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, cast
 
 import anyio
 
-from . import _metrics
+from . import _metrics, _usage
 from ._config import Settings, resolve
 from ._contract import Kept, Outcome, Resource, _settings
 from ._errors import IsolatedEnvError, TeardownError
@@ -52,6 +52,7 @@ class ResourceContext(Generic[H]):
         return f"<ResourceContext {self.kind}>"
 
     async def __aenter__(self) -> H:
+        _usage.entering()
         require_backend(self.kind)
         settings = _settings.get()
         token = None

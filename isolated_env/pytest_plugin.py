@@ -12,27 +12,25 @@ Importing this module imports no driver: a resource's module loads when its fixt
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
-import json
-import sys
 import threading
 from collections.abc import AsyncIterator, Generator
 from contextlib import AbstractAsyncContextManager, ExitStack
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import anyio
 import pytest
 
-from . import _metrics, _pytest_loops
 from ._config import UNSET, resolve, set_layer
-from ._contract import Outcome
-from ._environment import Environment
 from ._errors import ConfigError, ServiceUnavailable
 from ._pytest_fixtures import resource_fixtures, with_async_variant
 from ._registry import ResourceSpec, specs
-from ._runtime import open_runtimes
+
+if TYPE_CHECKING:  # loaded when a fixture or hook first needs them: a run that uses none pays nothing
+    import asyncio
+
+    from . import _metrics, _pytest_loops
+    from ._environment import Environment
 
 
 @dataclasses.dataclass
@@ -52,7 +50,7 @@ class _State:
 
 _state_key = pytest.StashKey[_State]()
 _failed_key = pytest.StashKey[bool]()
-_host_key = pytest.StashKey[_pytest_loops.LoopHost]()
+_host_key = pytest.StashKey["_pytest_loops.LoopHost"]()
 
 
 def _state(config: pytest.Config) -> _State:
@@ -113,6 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(f"isolated_env: {exc}") from None
     config.pluginmanager.register(resource_fixtures(registered, _host, _enter), "isolated_env_resources")
     config.pluginmanager.import_plugin("isolated_env._pytest_sync")
+    config.pluginmanager.import_plugin("isolated_env._pytest_session")
 
 
 def unavailable(exc: ServiceUnavailable) -> NoReturn:
@@ -148,6 +147,8 @@ def _probe(config: pytest.Config, entry: ResourceSpec) -> ServiceUnavailable | N
     result: list[ServiceUnavailable | None] = [None]
 
     def run() -> None:
+        import anyio
+
         try:
             anyio.run(probe, entry)
         except ServiceUnavailable as exc:
@@ -220,6 +221,7 @@ def _host(request: pytest.FixtureRequest) -> _pytest_loops.LoopHost:
     host: _pytest_loops.LoopHost | None = request.node.stash.get(_host_key, None)
     if host is not None:
         return host
+    from . import _pytest_loops
     if _pytest_loops.is_asyncio_test(request):
         try:
             loop = _pytest_loops.asyncio_test_loop(request)
@@ -228,6 +230,8 @@ def _host(request: pytest.FixtureRequest) -> _pytest_loops.LoopHost:
     else:
         state = _state(request.config)
         if state.own_loop is None:
+            import asyncio
+
             state.own_loop = asyncio.Runner()
         loop = state.own_loop.get_loop()
     request.node.stash[_host_key] = host = _pytest_loops.LoopHost(loop)
@@ -237,7 +241,7 @@ def _host(request: pytest.FixtureRequest) -> _pytest_loops.LoopHost:
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, Any, Any]:  # noqa: E501
     variant = getattr(fixturedef.func, "_isolated_env_async", None)
-    if variant is not None and _pytest_loops.is_anyio_test(request):
+    if variant is not None and "anyio_backend" in request.fixturenames:  # _pytest_loops.is_anyio_test
         # anyio runs the test: hand it the async fixture, which it runs in the test's own task.
         # anyio < 4.4 also adds ``anyio_backend`` to the fixture's argnames for good: undo both, or a
         # later sync test using the fixture would need ``anyio_backend`` too.
@@ -249,8 +253,14 @@ def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.Fix
     result = yield
     if fixturedef.argname == "anyio_backend":
         _drop_other_runner(_state(request.config), result)
-    _pytest_loops.close_with_loop(fixturedef, result)
+    elif fixturedef.argname.endswith(_LOOP_FIXTURES):  # pytest-asyncio's loops only: others import nothing
+        from . import _pytest_loops
+
+        _pytest_loops.close_with_loop(fixturedef, result)
     return result
+
+
+_LOOP_FIXTURES = ("_scoped_runner", "event_loop", "<event_loop>")
 
 
 def _drop_other_runner(state: _State, anyio_backend: Any) -> None:
@@ -277,6 +287,9 @@ async def _enter(env: Environment, cm: AbstractAsyncContextManager[Any], name: s
 
 
 async def _environment(request: pytest.FixtureRequest) -> AsyncIterator[Environment]:
+    from ._contract import Outcome
+    from ._environment import Environment
+
     env = Environment()
     async with env:
         yield env
@@ -308,106 +321,3 @@ async def _drain(gen: AsyncIterator[Any]) -> None:
 
 
 isolated_env = pytest.fixture(name="isolated_env")(with_async_variant(_isolated_env, _isolated_env_async))
-
-
-# -- session bookkeeping ---------------------------------------------------------------------
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    _metrics.reset_timings()
-    _state(session.config).before = _metrics.snapshot()
-    _state(session.config).served_at_start = _metrics.served()
-
-
-def _server_pids() -> set[int]:
-    from ._servers import registry
-
-    pids: set[int] = set()
-    root = resolve().state_dir
-    for entry in specs():
-        if entry.provider is None:
-            continue
-        state = registry.status(entry.provider, root)
-        if state is not None:
-            pids.add(state.pid)
-    return pids
-
-
-def _leased_slots() -> list[str]:
-    out = []
-    for runtime in open_runtimes():
-        for pool in runtime.pools.values():
-            stats = pool.statistics()
-            if stats.leased:
-                out.append(f"{stats.leased} still leased from {stats.name}")
-    return out
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    state = _state(session.config)
-    leased = _leased_slots()
-    _release_runner(state)  # closes the session's loop, and with it every pool
-    if "isolated_env.unittest" in sys.modules:  # unittest cases run by pytest share a loop of their own
-        sys.modules["isolated_env.unittest"].close_shared_loop()
-    if "isolated_env._servers.registry" in sys.modules:  # no server was joined otherwise
-        server_pids = _server_pids()
-        sys.modules["isolated_env._servers.registry"].release_all()
-    else:
-        server_pids = set()
-    workeroutput = getattr(session.config, "workeroutput", None)
-    if workeroutput is not None:
-        workeroutput["isolated_env"] = json.dumps(_metrics.Figures.of_process(state.tests_served).to_json()
-                                                  | {"kept": state.kept})
-    if state.before is None or session.config.getoption("--isolated-env-no-leak-check"):
-        return
-    if _metrics.served() == state.served_at_start:
-        return  # this session used no isolated_env resource
-    leak = _metrics.LeakReport.between(state.before, _metrics.snapshot())
-    problems = leased + leak.problems(fd_slack=4, thread_slack=4)
-    problems = [p for p in problems if "child processes" not in p]
-    children = sorted(leak.children - server_pids)
-    if children:
-        problems.append(f"child processes still running: {children}")
-    if problems:
-        state.leak_problems.extend(problems)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
-
-
-@pytest.hookimpl(optionalhook=True)
-def pytest_testnodedown(node: Any, error: Any) -> None:
-    raw = getattr(node, "workeroutput", {}).get("isolated_env")
-    if not raw:
-        return
-    state = _state(node.config)
-    data = json.loads(raw)
-    state.workers.append(_metrics.Figures.from_json(data))
-    state.kept.extend(data.get("kept", []))
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, object, object]:
-    before = _metrics.served()
-    try:
-        return (yield)
-    finally:
-        if _metrics.served() != before:  # the test set up a resource (a fixture, or its own code)
-            _state(item.config).tests_served += 1
-
-
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    state = _state(config)
-    known = {entry.kind for entry in specs()}
-    figures = _metrics.Figures.merge([_metrics.Figures.of_process(state.tests_served), *state.workers])
-    for line in figures.summary_lines(known):
-        terminalreporter.write_line(line)
-    if state.kept:
-        terminalreporter.write_line(
-            "isolated_env kept the data of failed tests (remove with `isolated-env prune --kept`):"
-        )
-        for line in state.kept:
-            terminalreporter.write_line(f"  {line}")
-    if state.leak_problems:
-        terminalreporter.write_line(
-            "isolated_env: resources left behind at session end: " + "; ".join(state.leak_problems), red=True
-        )
