@@ -61,16 +61,16 @@ class ResourceSpec:
 _BUILTIN = (
     ResourceSpec("postgres", ("database",), "postgres", "postgres", "isolated_env.resources.postgres:isolated_postgres",
                  "A PostgreSQL handle (asyncpg API) whose changes are rolled back after the test.",
-                 asyncio_only="its driver, asyncpg"),
+                 asyncio_only="asyncpg"),
     ResourceSpec("redis", (), "redis", "redis", "isolated_env.resources.redis:isolated_redis",
                  "A private Redis logical database (redis.asyncio API), flushed after the test.",
-                 asyncio_only="its driver, redis.asyncio"),
+                 asyncio_only="redis.asyncio"),
     ResourceSpec("clickhouse", (), "clickhouse", "clickhouse", "isolated_env.resources.clickhouse:isolated_clickhouse",
                  "A ClickHouse client bound to a private database, dropped after the test.",
-                 asyncio_only="its driver, clickhouse-connect's async client"),
+                 asyncio_only="clickhouse-connect's async client"),
     ResourceSpec("ws", ("websocket",), None, None, "isolated_env.resources.ws:isolated_ws",
                  "A real WebSocket server on a loopback port with a connected client.",
-                 asyncio_only="its server and client, the websockets library's"),
+                 asyncio_only="the websockets library's server and client"),
     ResourceSpec("http", (), None, None, "isolated_env.resources.http:isolated_http",
                  "A real HTTP server with expectations, and an httpx client pointed at it."),
     ResourceSpec("fs", (), None, None, "isolated_env.resources.fs:isolated_fs",
@@ -146,7 +146,7 @@ def require_backend(kind: str) -> None:
     if why is None:
         return
     raise ConfigError(
-        f"isolated_{kind} needs asyncio ({why} runs on asyncio only) and this code runs on trio; "
+        f"isolated_{kind} needs asyncio ({why} runs on asyncio only), and this code runs on trio; "
         "run the test on asyncio: @pytest.mark.anyio with an anyio_backend fixture (or "
         "@pytest.mark.parametrize('anyio_backend', ['asyncio'])) that returns \"asyncio\""
     )

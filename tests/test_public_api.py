@@ -42,3 +42,16 @@ def test_importing_the_package_and_the_plugin_pulls_in_no_driver() -> None:
 def test_names_resolve_lazily_to_their_modules() -> None:
     assert isolated_env.isolated_redis.__module__ == "isolated_env.resources.redis"
     assert isolated_env.Outcome.FAILED.value == "failed"
+
+
+def test_the_plugin_imports_no_event_loop_or_metrics_until_a_resource_is_used() -> None:
+    # A project that never uses the fixtures still loads the plugin in every pytest run: it must
+    # not pay for asyncio, anyio, psutil or our runtime (loaded with the first fixture or resource).
+    code = (
+        "import pytest, sys; before = set(sys.modules); import isolated_env.pytest_plugin; "
+        "print(sorted({m for m in set(sys.modules) - before if m.split('.')[0] in "
+        "('asyncio', 'anyio', 'psutil') or m in ('isolated_env._metrics', 'isolated_env._runtime', "
+        "'isolated_env._environment', 'isolated_env._pool')}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
