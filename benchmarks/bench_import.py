@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "import.json"
-HEAVY = ("httpx", "websockets", "h11", "tenacity", "asyncpg", "redis", "clickhouse_connect", "chdb", "asyncio", "psutil")
+HEAVY = ("httpx", "websockets", "h11", "tenacity", "asyncpg", "redis", "clickhouse_connect", "chdb", "asyncio",
+         "psutil")
 
 CASES = {
     "bare interpreter": "pass",
