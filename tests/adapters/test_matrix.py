@@ -1,10 +1,11 @@
 """The compatibility matrix: real pytest runs of a small user project, each from a clean venv that
 holds only the package and what the cell names (no pytest-xdist, no pytest-asyncio unless named).
 
-Cells: anyio only (and no xdist); trio installed; unittest; a sync-only project; a project that
-never uses the fixtures (same outcomes with and without the plugin, no warnings, and the run time
-of both printed); the lowest supported versions of every dependency (the floors pyproject.toml
-claims). pytest-asyncio's cells (0.23 and 1.x, auto, strict, session loop) are in test_runners.py.
+Cells: anyio only (and no xdist); trio installed (a user project, and the suite's own
+tests/resources/trio_cases.py); unittest; a sync-only project; a project that never uses the
+fixtures (same outcomes with and without the plugin, no warnings, and the run time of both
+printed); the lowest supported versions of every dependency (the floors pyproject.toml claims).
+pytest-asyncio's cells (0.23 and 1.x, auto, strict, session loop) are in test_runners.py.
 """
 
 from __future__ import annotations
@@ -245,6 +246,12 @@ def test_trio_installed(tmp_path: pathlib.Path) -> None:
         "test_a_sync_test_runs_once", "test_asking_for_asyncio[asyncio]", "test_fs_on_trio[trio]",
         "test_http_on_trio[trio]", "test_redis_on_trio_says_what_to_do[trio]",
     ]), out
+
+
+def test_the_resources_on_trio() -> None:
+    # The suite's trio cases, from the checkout, with the trio venv (the suite's own venv has no trio).
+    cases = ROOT / "tests" / "resources" / "trio_cases.py"
+    _passed(_pytest(_python("trio"), ROOT, "-q", str(cases)), 8)
 
 
 def test_unittest_project(tmp_path: pathlib.Path) -> None:

@@ -1,5 +1,10 @@
 """The resources on trio, anyio's other backend: fs and http serve there as on asyncio (anyio sockets
-and ``anyio.Path``), and those whose driver runs on asyncio only say so in one line, with the fix."""
+and ``anyio.Path``), and those whose driver runs on asyncio only say so in one line, with the fix.
+
+trio is not among the dev dependencies (anyio's plugin would run every test of the suite's child
+projects on it too), so this file is not collected by the suite's own run: the trio cell of
+tests/adapters/test_matrix.py runs it with pytest in a clean venv that has trio. With trio in your
+venv: ``pytest tests/resources/trio_cases.py``."""
 
 from __future__ import annotations
 
@@ -9,7 +14,6 @@ import pytest
 import isolated_env as ie
 from isolated_env._errors import ConfigError
 
-pytest.importorskip("trio")
 pytestmark = pytest.mark.parametrize("anyio_backend", ["trio"])
 
 
