@@ -7,7 +7,8 @@ service skips the test with the reason, or fails it under ``CI=true`` or ``--iso
 so a CI run cannot pass by skipping everything. Built on anyio's pytest plugin; the event loop is
 kept for the session (``isolated_env_loop_scope``) so pooled connections live across tests.
 
-Importing this module imports no driver: a resource's module loads when its fixture is used.
+Importing this module imports no driver, no event loop and no metrics (psutil): a resource's module
+loads when its fixture is used, the rest with the first fixture or resource (see ``_pytest_session``).
 """
 
 from __future__ import annotations

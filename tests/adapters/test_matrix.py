@@ -94,6 +94,13 @@ async def test_http_on_trio(isolated_http):
     isolated_http.expect("GET", "/x").respond_json({"a": 1})
     assert (await isolated_http.client.get("/x")).json() == {"a": 1}
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+@pytest.mark.anyio
+async def test_asyncio_again_after_trio():
+    import asyncio
+
+    asyncio.get_running_loop()  # not the trio runner the last test's fixtures were set up in
+
 @pytest.mark.parametrize("anyio_backend", ["trio"])
 @pytest.mark.anyio
 async def test_redis_on_trio_says_what_to_do():
@@ -240,11 +247,12 @@ def test_anyio_only_without_xdist(tmp_path: pathlib.Path) -> None:
 
 
 def test_trio_installed(tmp_path: pathlib.Path) -> None:
-    out = _passed(_pytest(_python("trio"), _project(tmp_path, TRIO_PROJECT), "-v"), 5)
+    out = _passed(_pytest(_python("trio"), _project(tmp_path, TRIO_PROJECT), "-v"), 6)
     ran = re.findall(r"::(\w+(?:\[\w+\])?) PASSED", out)
     assert sorted(ran) == sorted([
         "test_a_sync_test_runs_once", "test_asking_for_asyncio[asyncio]", "test_fs_on_trio[trio]",
-        "test_http_on_trio[trio]", "test_redis_on_trio_says_what_to_do[trio]",
+        "test_http_on_trio[trio]", "test_asyncio_again_after_trio[asyncio]",
+        "test_redis_on_trio_says_what_to_do[trio]",
     ]), out
 
 
