@@ -30,6 +30,7 @@ from .._inprocess import ProblemLog, ServerTasks, Slot
 __all__ = ["TEXT", "H11Server", "RecordedRequest", "Reply"]
 
 _READ_SIZE = 65536
+_STOP_WAIT_S = 5.0
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -88,6 +89,7 @@ class H11Server:
         self._app = app
         self._problems = problems
         self._runtime: Runtime | None = None
+        self._listener: anyio.abc.SocketListener | None = None
         self._accepting = anyio.CancelScope()
         self._accepted = anyio.Event()  # the accept loop has ended
         self._live = 0  # connection tasks started and not finished
@@ -102,7 +104,7 @@ class H11Server:
         # The accept loop and the connections run in the loop's runtime task group: the server's
         # life spans the test, which a task group of the resource's own could not (it is entered and
         # left across a yield). aclose() ends them all before the resource exits.
-        listener = await _loopback_listener()
+        listener = self._listener = await _loopback_listener()
         self.port = listener.extra(SocketAttribute.local_port)
         self._runtime = await current_runtime()
         await self._runtime.spawn(self._accept_loop, listener, name="isolated-http-accept", daemon=True,
@@ -114,11 +116,16 @@ class H11Server:
         # Cancel the accept first and close the socket after: closing a socket another task waits on
         # is not portable across backends.
         self._accepting.cancel()
-        if self._runtime is not None:
+        # Bounded: a task the runtime cancelled before its first step (its loop closing under it)
+        # never runs its cleanup, and must not hang the exit.
+        with anyio.move_on_after(_STOP_WAIT_S):
             await self._accepted.wait()
+        if not self._accepted.is_set() and self._listener is not None:
+            await self._listener.aclose()
         await self._tasks.stop()
-        while self._live:  # including those accepted just now, which see the stop and close
-            await self._idle.wait()
+        with anyio.move_on_after(_STOP_WAIT_S):
+            while self._live:  # including those accepted just now, which see the stop and close
+                await self._idle.wait()
 
     def _failed(self, exc: BaseException) -> None:
         self._problems.record(f"the test HTTP server failed: {exc!r}", exc)
