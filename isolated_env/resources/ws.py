@@ -1,8 +1,9 @@
 """isolated_ws(): a real WebSocket server on an ephemeral loopback port, plus a connected client.
 
-The server is the ``websockets`` library's asyncio server. JSON text messages are dispatched on their
-``"type"``; a type without a handler gets ``{"type": "ack", "id": <message id>}``. Handler errors and
-unexpected messages are recorded in the background and raised in the test by ``check()`` and on exit.
+The server is the ``websockets`` library's asyncio server (on trio, its protocol over anyio: see
+``_ws_anyio``). JSON text messages are dispatched on their ``"type"``; a type without a handler gets
+``{"type": "ack", "id": <message id>}``. Handler errors and unexpected messages are recorded in the
+background and raised in the test by ``check()`` and on exit.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import inspect
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 import anyio
 from websockets.asyncio.client import ClientConnection, connect
@@ -19,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from .._errors import ConfigError
 from .._resource import resource
+from . import _ws_anyio
 from ._inprocess import InProcessHandle, Problem, ServerTasks, Slot, preview, serving
 
 __all__ = ["BinaryHandler", "HandlerReply", "MessageHandler", "WebSocketHandle", "WsExpectation", "isolated_ws"]
@@ -122,7 +124,9 @@ class WebSocketHandle(InProcessHandle):
         """Another client connected to this server (closed on exit); ``options`` go to
         ``websockets.asyncio.client.connect`` (``additional_headers``, ``subprotocols``, ...)."""
         options.setdefault("close_timeout", _CLOSE_TIMEOUT)
-        client = await connect(self.url.rstrip("/") + "/" + path.lstrip("/"), **options)
+        # On trio, a client of the same API over anyio (websockets' own is asyncio-only).
+        opener = cast(Any, _ws_anyio.connect) if _ws_anyio.on_trio() else connect
+        client: ClientConnection = await opener(self.url.rstrip("/") + "/" + path.lstrip("/"), **options)
         self._clients.append(client)
         return client
 
@@ -386,7 +390,10 @@ async def isolated_ws(
     if not path.startswith("/"):
         raise ConfigError(f"isolated_ws(path={path!r}): the path must start with '/'")
     handle = WebSocketHandle(strict=strict)
-    handle._bind(await serve(handle._serve_connection, "127.0.0.1", 0, close_timeout=_CLOSE_TIMEOUT))
+    if _ws_anyio.on_trio():  # websockets' server is asyncio-only: its protocol over anyio instead
+        handle._bind(cast(Any, await _ws_anyio.Server.start(cast(Any, handle._serve_connection), _CLOSE_TIMEOUT)))
+    else:
+        handle._bind(await serve(handle._serve_connection, "127.0.0.1", 0, close_timeout=_CLOSE_TIMEOUT))
     async with serving(handle._problems, handle._aclose):
         if connect_client:
             handle._client = await handle.connect(path)

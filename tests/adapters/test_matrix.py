@@ -94,6 +94,12 @@ async def test_http_on_trio(isolated_http):
     isolated_http.expect("GET", "/x").respond_json({"a": 1})
     assert (await isolated_http.client.get("/x")).json() == {"a": 1}
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+@pytest.mark.anyio
+async def test_ws_on_trio(isolated_ws):
+    await isolated_ws.send_message({"type": "hello", "id": 1})
+    assert await isolated_ws.receive_message() == {"type": "ack", "id": 1}
+
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])
 @pytest.mark.anyio
 async def test_asyncio_again_after_trio():
@@ -247,11 +253,11 @@ def test_anyio_only_without_xdist(tmp_path: pathlib.Path) -> None:
 
 
 def test_trio_installed(tmp_path: pathlib.Path) -> None:
-    out = _passed(_pytest(_python("trio"), _project(tmp_path, TRIO_PROJECT), "-v"), 6)
+    out = _passed(_pytest(_python("trio"), _project(tmp_path, TRIO_PROJECT), "-v"), 7)
     ran = re.findall(r"::(\w+(?:\[\w+\])?) PASSED", out)
     assert sorted(ran) == sorted([
         "test_a_sync_test_runs_once", "test_asking_for_asyncio[asyncio]", "test_fs_on_trio[trio]",
-        "test_http_on_trio[trio]", "test_asyncio_again_after_trio[asyncio]",
+        "test_http_on_trio[trio]", "test_ws_on_trio[trio]", "test_asyncio_again_after_trio[asyncio]",
         "test_redis_on_trio_says_what_to_do[trio]",
     ]), out
 
@@ -259,7 +265,7 @@ def test_trio_installed(tmp_path: pathlib.Path) -> None:
 def test_the_resources_on_trio() -> None:
     # The suite's trio cases, from the checkout, with the trio venv (the suite's own venv has no trio).
     cases = ROOT / "tests" / "resources" / "trio_cases.py"
-    _passed(_pytest(_python("trio"), ROOT, "-q", str(cases)), 8)
+    _passed(_pytest(_python("trio"), ROOT, "-q", str(cases)), 9)
 
 
 def test_unittest_project(tmp_path: pathlib.Path) -> None:

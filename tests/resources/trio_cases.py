@@ -1,5 +1,6 @@
-"""The resources on trio, anyio's other backend: fs and http serve there as on asyncio (anyio sockets
-and ``anyio.Path``), and those whose driver runs on asyncio only say so in one line, with the fix.
+"""The resources on trio, anyio's other backend: fs, http and ws serve there as on asyncio (anyio
+sockets, ``anyio.Path``, websockets' protocol over anyio), and those whose driver runs on asyncio
+only say so in one line, with the fix.
 
 trio is not among the dev dependencies (anyio's plugin would run every test of the suite's child
 projects on it too), so this file is not collected by the suite's own run: the trio cell of
@@ -53,7 +54,7 @@ async def test_the_fixtures_on_trio(isolated_fs: ie.FileSystemHandle, isolated_h
     assert (await isolated_http.client.get("/x")).json() == {"a": 1}
 
 
-@pytest.mark.parametrize("kind", ["postgres", "redis", "clickhouse", "ws"])
+@pytest.mark.parametrize("kind", ["postgres", "redis", "clickhouse"])
 async def test_asyncio_only_resources_say_so_in_one_line(kind: str) -> None:
     factory = getattr(ie, f"isolated_{kind}")
     with pytest.raises(ConfigError) as caught:
@@ -63,3 +64,35 @@ async def test_asyncio_only_resources_say_so_in_one_line(kind: str) -> None:
     assert "\n" not in message
     assert message.startswith(f"isolated_{kind} needs asyncio (") and "runs on trio" in message
     assert "@pytest.mark.anyio with an anyio_backend fixture" in message
+
+
+async def test_ws_on_trio() -> None:
+    async with ie.isolated_ws(strict=True) as ws:
+        ws.register_message_handler("ping", lambda m: {"type": "pong", "n": m["n"] + 1})
+        ws.register_binary_handler(lambda data: data[::-1])
+        seen = ws.expect("note")
+        await ws.send_message({"type": "ping", "n": 1})
+        assert await ws.receive_message() == {"type": "pong", "n": 2}
+        await ws.send_message(b"abc")
+        assert await ws.receive_message() == b"cba"
+        await ws.send_message({"type": "note", "id": 3})
+        assert await ws.receive_message() == {"type": "ack", "id": 3}
+        await seen.wait()
+        other = await ws.connect("/second", additional_headers={"x-test": "1"})
+        assert await ws.broadcast({"type": "news"}) == 2
+        assert await ws.receive_message(client=other) == {"type": "news"}
+        assert sorted(c.request.path for c in ws.server_connections) == ["/", "/second"]
+        assert ws.server_connections[-1].request.headers["x-test"] == "1"
+        ws.check()
+
+
+async def test_ws_on_trio_raises_a_handler_error_in_the_test() -> None:
+    def broken(message: dict[str, object]) -> None:
+        raise ValueError("boom")
+
+    async with ie.isolated_ws() as ws:
+        ws.register_message_handler("x", broken)
+        await ws.send_message({"type": "x"})
+        with pytest.raises(ie.ResourceCheckFailed, match="handler for 'x' raised ValueError: boom"):
+            await ws.receive_message()  # the server closed with 1011; the problem is raised, not the close
+        assert ws.client.close_code == 1011

@@ -15,7 +15,7 @@ import socket
 import struct
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from http import HTTPStatus
-from typing import Any, Literal, cast
+from typing import Any, Literal
 from urllib.parse import unquote
 
 import anyio
@@ -25,7 +25,7 @@ import httpx
 from anyio.abc import SocketAttribute
 
 from ..._runtime import Runtime, current_runtime
-from .._inprocess import ProblemLog, ServerTasks, Slot
+from .._inprocess import ProblemLog, ServerTasks, Slot, loopback_listener
 
 __all__ = ["TEXT", "H11Server", "RecordedRequest", "Reply"]
 
@@ -104,7 +104,7 @@ class H11Server:
         # The accept loop and the connections run in the loop's runtime task group: the server's
         # life spans the test, which a task group of the resource's own could not (it is entered and
         # left across a yield). aclose() ends them all before the resource exits.
-        listener = self._listener = await _loopback_listener()
+        listener = self._listener = await loopback_listener()
         self.port = listener.extra(SocketAttribute.local_port)
         self._runtime = await current_runtime()
         await self._runtime.spawn(self._accept_loop, listener, name="isolated-http-accept", daemon=True,
@@ -267,21 +267,6 @@ def _reason(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode("ascii")
     except ValueError:
         return b""
-
-
-async def _loopback_listener() -> anyio.abc.SocketListener:
-    """A listener on 127.0.0.1 at a free port. anyio >= 4.10 wraps a socket of ours; before,
-    ``create_tcp_listener`` resolves the address in a worker thread first, which costs about 0.25 ms."""
-    wrap = getattr(anyio.abc.SocketListener, "from_socket", None)
-    if wrap is None:
-        listeners = (await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)).listeners
-        return cast(anyio.abc.SocketListener, listeners[0])  # one address, so one listener
-    sock = socket.create_server(("127.0.0.1", 0))
-    try:
-        return cast(anyio.abc.SocketListener, await wrap(sock))
-    except BaseException:
-        sock.close()
-        raise
 
 
 def _reset_on_close(stream: Stream) -> None:
