@@ -22,7 +22,7 @@ import anyio
 
 from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import ServiceUnavailable
-from . import registry
+from . import _redis_acl, registry
 from ._diagnostics import progress
 from ._process import wait_ready
 from ._provider import Provider, ServerProvider, unreachable
@@ -55,6 +55,31 @@ class RedisServer:
     tls: bool = False
     startup_ms: float = 0.0
     reused: bool = False
+    # Guard rails: the secret of the per-database ACL users (None: every client is the admin user).
+    acl_secret: str | None = dataclasses.field(default=None, repr=False)
+    acl_db: bool = False  # the server restricts users to databases (Valkey >= 9.1)
+
+    @property
+    def guarded(self) -> bool:
+        """Test clients authenticate as the restricted user of their database (see :mod:`._redis_acl`)."""
+        return self.acl_secret is not None
+
+    def test_kwargs(self, db: int) -> dict[str, Any]:
+        """Client keyword arguments for a test's client of database ``db``: its restricted user
+        when the server has guard rails, else the same as :meth:`client_kwargs`."""
+        kwargs = self.client_kwargs(db)
+        if self.acl_secret is not None:
+            kwargs.update(username=_redis_acl.USER.format(db), password=_redis_acl.password(self.acl_secret, db))
+        return kwargs
+
+    def test_url(self, db: int) -> str:
+        """:meth:`url` for a test: as the restricted user of ``db`` when the server has guard rails."""
+        if self.acl_secret is None:
+            return self.url(db)
+        user = dataclasses.replace(
+            self, username=_redis_acl.USER.format(db), password=_redis_acl.password(self.acl_secret, db)
+        )
+        return user.url(db)
 
     def client_kwargs(self, db: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"db": db}
@@ -138,7 +163,13 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
             cwd=str(server_dir), start_new_session=True,
         )
         wait_ready("Redis", proc, lambda: _probe(sock), log)
-    return proc, {"unix_socket": sock, "version": version, "databases": DATABASES, "binary": str(binary),
+        try:
+            guard = _redis_acl.create_users(sock, DATABASES)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    return proc, {**guard, "unix_socket": sock, "version": version, "databases": DATABASES, "binary": str(binary),
                   "log": str(log), "tcp_port": port or None}
 
 
@@ -200,6 +231,8 @@ class RedisProvider(Provider[RedisServer]):
             port=state.info.get("tcp_port"),
             startup_ms=state.startup_ms,
             reused=state.reused,
+            acl_secret=state.info.get("acl_secret"),
+            acl_db=bool(state.info.get("acl_db")),
         )
 
 

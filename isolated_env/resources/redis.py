@@ -31,6 +31,7 @@ from .._runtime import Runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
 from .._servers.registry import owner_alive, owner_tag
+from ._redis_guard import test_client
 from ._redis_leases import _LeaseKeeper
 
 __all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
@@ -76,12 +77,15 @@ def _owner() -> str:
 
 
 class _Slot:
-    __slots__ = ("client", "db", "lost", "server")
+    __slots__ = ("admin", "client", "db", "lost", "server")
 
-    def __init__(self, server: RedisServer, db: int, client: Any) -> None:
+    def __init__(self, server: RedisServer, db: int, client: Any, admin: Any = None) -> None:
         self.server = server
         self.db = db
-        self.client = client
+        self.client = client  # the test's: the restricted user of ``db`` on a server with guard rails
+        # Ours, bound to ``db`` as the admin user: the flush on release goes through it, so nothing
+        # a test did to its own connections (even an AUTH as another user) can point it elsewhere.
+        self.admin = admin if admin is not None else client
         self.lost: str | None = None  # why the lease was lost, once the heartbeat finds out
 
 
@@ -107,7 +111,7 @@ class RedisHandle(_Commands):
         self.client: Redis = slot.client  # type: ignore[assignment]
         self.db: int = slot.db
         self.server: RedisServer = slot.server
-        self.url: str = slot.server.url(slot.db)
+        self.url: str = slot.server.test_url(slot.db)
         self.host: str | None = slot.server.host
         self.port: int | None = slot.server.port
 
@@ -185,28 +189,33 @@ class _Slots:
                 f"all {last} Redis databases of {self.server.url(0)} are leased (by this and other processes); "
                 "run fewer workers, lower the capacity, or use a server with more databases"
             )
-        client = redis_driver.asyncio_client(**self.server.client_kwargs(slot))
+        admin = redis_driver.asyncio_client(**self.server.client_kwargs(slot))
         try:
             # A previous owner may have died mid-test: a fresh lease starts from an empty database.
-            await client.flushdb()
+            await admin.flushdb()
+            client = test_client(self.server, slot) if self.server.guarded else admin
         except BaseException:
-            await self._release(slot, client)
+            await self._release(slot, admin)
             raise
-        item = _Slot(self.server, slot, client)
+        item = _Slot(self.server, slot, client, admin)
         _keeper.add(item)
         return item
 
     async def clean(self, slot: _Slot) -> None:
         if slot.lost is not None:
             raise IsolationBroken(slot.lost)
-        await slot.client.flushdb()
+        await slot.admin.flushdb()
 
     async def destroy(self, slot: _Slot) -> None:
         try:
             if slot.lost is None:
-                await slot.client.flushdb()
+                await slot.admin.flushdb()
         finally:
-            await self._release(slot.db, slot.client)
+            try:
+                await self._release(slot.db, slot.admin)
+            finally:
+                if slot.client is not slot.admin:
+                    await slot.client.aclose()
 
     async def keep(self, slot: _Slot) -> Kept:
         label = json.dumps({**json.loads(_owner()), "kept": True}, separators=(",", ":"))
@@ -214,6 +223,8 @@ class _Slots:
             await self.control.eval(_KEEP, 1, f"ie:slot:{slot.db}", _owner(), label)
         _keeper.remove(slot)
         await slot.client.aclose()
+        if slot.admin is not slot.client:
+            await slot.admin.aclose()
         server = self.server
         reach = (f"redis-cli -s {server.unix_socket} -n {slot.db}" if server.unix_socket
                  else f"redis-cli -h {server.host} -p {server.port or 6379} -n {slot.db}")

@@ -1,0 +1,157 @@
+"""The client side of the Redis guard rails: a test's client, and its pub/sub channels made private.
+
+The server lets the user of database ``n`` use only channels named ``ie:<n>:*`` (see
+:mod:`.._servers._redis_acl`). The test's client adds that prefix to every channel it sends and
+strips it from every channel it receives, in its connection class, so ``publish``, ``subscribe``,
+``PubSub`` objects, pipelines and raw ``execute_command`` all keep the names the test chose; a
+``PUBLISH`` reaches only the subscribers of the same test. ``PSUBSCRIBE`` patterns get the prefix
+too, and the server accepts only the pattern ``*`` (Redis matches subscribe patterns against the
+allowed ones literally): other patterns are refused with ``NOPERM``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .._drivers import redis as redis_driver
+from .._servers import _redis_acl
+from .._servers.redis import RedisServer
+
+__all__ = ["test_client"]
+
+# Commands whose every argument after the name is a channel (or a pattern).
+_ALL_CHANNELS = frozenset(
+    {b"SUBSCRIBE", b"UNSUBSCRIBE", b"PSUBSCRIBE", b"PUNSUBSCRIBE", b"SSUBSCRIBE", b"SUNSUBSCRIBE"}
+)
+_FIRST_CHANNEL = frozenset({b"PUBLISH", b"SPUBLISH"})
+# Replies carrying a channel in position 1 (pmessage: the pattern in 1 and the channel in 2).
+_REPLIES = frozenset(
+    {"message", "subscribe", "unsubscribe", "psubscribe", "punsubscribe", "smessage", "ssubscribe", "sunsubscribe"}
+)
+
+
+_HINT = (
+    "(isolated_redis guard rails: a test's client may use only its own database and channels; "
+    "SELECT, SWAPDB, MOVE, FLUSHALL, CONFIG and the other @admin commands are refused, and PSUBSCRIBE "
+    "takes only '*'. Use isolated_redis(admin=True) for a private server where they are allowed)"
+)
+
+
+def _name(arg: Any) -> bytes:
+    if isinstance(arg, bytes):
+        return arg.upper()
+    if isinstance(arg, str):
+        return arg.encode().upper()
+    return b""
+
+
+def _add(prefix: bytes, value: Any) -> Any:
+    if isinstance(value, str):
+        return prefix.decode() + value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return prefix + bytes(value)
+    return prefix.decode() + str(value)
+
+
+def _strip(prefix: bytes, value: Any) -> Any:
+    if isinstance(value, bytes) and value.startswith(prefix):
+        return value[len(prefix):]
+    if isinstance(value, str) and value.startswith(text := prefix.decode()):
+        return value[len(text):]
+    return value
+
+
+def _prefixed(prefix: bytes, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``args`` of one command with its channels prefixed (unchanged for any other command)."""
+    if not args:
+        return args
+    head = args[0]
+    if isinstance(head, str) and " " in head:
+        args = tuple(head.split()) + args[1:]
+    elif isinstance(head, bytes) and b" " in head:
+        args = tuple(head.split()) + args[1:]
+    name = _name(args[0])
+    if name in _ALL_CHANNELS:
+        return (args[0], *(_add(prefix, a) for a in args[1:]))
+    if name in _FIRST_CHANNEL and len(args) > 1:
+        return (args[0], _add(prefix, args[1]), *args[2:])
+    if name == b"PUBSUB" and len(args) > 1:
+        sub = _name(args[1])
+        if sub in (b"CHANNELS", b"SHARDCHANNELS"):
+            return (*args[:2], _add(prefix, args[2] if len(args) > 2 else "*"))
+        if sub in (b"NUMSUB", b"SHARDNUMSUB"):
+            return (*args[:2], *(_add(prefix, a) for a in args[2:]))
+    return args
+
+
+class _PrivateChannels:
+    """Mixed into redis-py's connection classes: channels prefixed on the way out, stripped on the way in."""
+
+    channel_prefix: bytes = b""
+    _subscribed = False
+
+    def pack_command(self, *args: Any) -> Any:
+        args = _prefixed(self.channel_prefix, args)
+        if _name(args[0]) in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"):
+            self._subscribed = True
+        return super().pack_command(*args)  # type: ignore[misc]
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            response = await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except Exception as exc:
+            if type(exc).__name__ == "NoPermissionError":  # redis-py's, named so redis stays imported lazily
+                raise type(exc)(f"{exc} {_HINT}") from None
+            raise
+        # Only a subscribed connection receives pub/sub messages: another reply that merely looks
+        # like one (a list starting with "message") is left alone.
+        if self._subscribed and isinstance(response, list) and len(response) >= 2:
+            kind = response[0].decode() if isinstance(response[0], bytes) else response[0]
+            if kind in _REPLIES:
+                response = [response[0], _strip(self.channel_prefix, response[1]), *response[2:]]
+            elif kind == "pmessage" and len(response) >= 3:
+                prefix = self.channel_prefix
+                response = [response[0], _strip(prefix, response[1]), _strip(prefix, response[2]), *response[3:]]
+        return response
+
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        self._subscribed = False
+        await super().disconnect(*args, **kwargs)  # type: ignore[misc]
+
+
+_classes: dict[tuple[type, bytes], type] = {}
+
+
+def _connection_class(base: type, prefix: bytes) -> type:
+    cls = _classes.get((base, prefix))
+    if cls is None:
+        cls = _classes[(base, prefix)] = type(
+            f"Private{base.__name__}", (_PrivateChannels, base), {"channel_prefix": prefix}
+        )
+    return cls
+
+
+def _stripping(prefix: bytes, then: Callable[..., Any] | None, pairs: bool) -> Callable[..., Any]:
+    def callback(response: Any, **options: Any) -> Any:
+        value = then(response, **options) if then is not None else response
+        if pairs:
+            return [(_strip(prefix, c), n) for c, n in value]
+        return [_strip(prefix, c) for c in value]
+
+    return callback
+
+
+def test_client(server: RedisServer, db: int) -> Any:
+    """The client a test gets for database ``db``: its restricted user, with private channels, when
+    the server has guard rails; else an admin client as before."""
+    client = redis_driver.asyncio_client(**server.test_kwargs(db))
+    if not server.guarded:
+        return client
+    prefix = _redis_acl.CHANNELS.format(db).encode()
+    pool = client.connection_pool
+    pool.connection_class = _connection_class(pool.connection_class, prefix)
+    for command, pairs in (("PUBSUB CHANNELS", False), ("PUBSUB SHARDCHANNELS", False),
+                           ("PUBSUB NUMSUB", True), ("PUBSUB SHARDNUMSUB", True)):
+        client.set_response_callback(command, _stripping(prefix, client.response_callbacks.get(command), pairs))
+    return client
