@@ -78,7 +78,7 @@ def create_users(unix_socket: str, databases: int, *, admin_password: str | None
     try:
         db_acl = supports_database_rules(client)
         secret = new_secret()
-        pipe = client.pipeline(transaction=False)
+        pipe: Any = client.pipeline(transaction=False)
         for db in range(1, databases):
             pipe.execute_command("ACL", "SETUSER", USER.format(db), *rules(secret, db, db_acl=db_acl))
         pipe.execute()
