@@ -27,7 +27,7 @@ from ._diagnostics import progress
 from ._process import wait_ready
 from ._provider import Provider, ServerProvider, unreachable
 
-__all__ = ["PROVIDER", "RedisProvider", "RedisServer", "embedded", "ensure_server", "find_binary"]
+__all__ = ["PROVIDER", "RedisProvider", "RedisServer", "embedded", "ensure_server", "find_binary", "start_private"]
 
 _CONNECT_TIMEOUT = 10.0
 
@@ -139,7 +139,9 @@ def _probe(path: str) -> bool:
         return False
 
 
-def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def _start(
+    settings: Settings, server_dir: Path, *, guard: bool = True
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     binary, _tried = find_binary(settings.redis_server)
     out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False)
     match = re.search(r"v=(\S+)", out.stdout)
@@ -164,13 +166,23 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
         )
         wait_ready("Redis", proc, lambda: _probe(sock), log)
         try:
-            guard = _redis_acl.create_users(sock, DATABASES)
+            users = _redis_acl.create_users(sock, DATABASES) if guard else {}
         except BaseException:
             proc.kill()
             proc.wait()
             raise
-    return proc, {**guard, "unix_socket": sock, "version": version, "databases": DATABASES, "binary": str(binary),
+    return proc, {**users, "unix_socket": sock, "version": version, "databases": DATABASES, "binary": str(binary),
                   "log": str(log), "tcp_port": port or None}
+
+
+def start_private(settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], RedisServer]:
+    """A server of one test's own (``isolated_redis(admin=True)``): no guard rails, not shared."""
+    proc, info = _start(settings, directory, guard=False)
+    server = RedisServer(
+        source="private", version=info["version"], databases=info["databases"], unix_socket=info["unix_socket"],
+        host="127.0.0.1" if info.get("tcp_port") else None, port=info.get("tcp_port"),
+    )
+    return proc, server
 
 
 class RedisProvider(Provider[RedisServer]):

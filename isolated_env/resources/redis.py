@@ -23,7 +23,7 @@ import anyio
 from .._config import Settings, run_id
 from .._contract import Kept, PooledResource, current_settings
 from .._drivers import redis as redis_driver
-from .._errors import IsolationBroken, ServiceUnavailable, TeardownError
+from .._errors import ConfigError, IsolationBroken, ServiceUnavailable, TeardownError
 from .._pool import TryLater
 from .._redact import redact_url
 from .._resource import ResourceContext
@@ -329,12 +329,24 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
         return [f"redis database {db} ({redact_url(server.url(db))})" for db in freed]
 
 
-def isolated_redis(*, keep_on_failure: bool | None = None) -> ResourceContext[RedisHandle]:
+def isolated_redis(*, keep_on_failure: bool | None = None, admin: bool = False) -> ResourceContext[RedisHandle]:
     """A private, empty logical Redis database for one test, flushed when the test ends.
 
+    The test's client is restricted to its database (guard rails, on the embedded server): commands
+    reaching other tests' data or the server itself are refused. ``admin=True`` gives instead a
+    server of the test's own, started for it and stopped after it, where every command is allowed.
     With ``keep_on_failure`` (or ``--isolated-env-keep-failed``) a failed test's database stays
     leased and filled, and the summary says how to reach it.
     """
+    if admin:
+        if keep_on_failure:
+            raise ConfigError(
+                "isolated_redis(admin=True, keep_on_failure=True): a private admin server is stopped with "
+                "its test and cannot be kept; drop one of the two"
+            )
+        from ._redis_admin import admin_redis
+
+        return admin_redis()
     return ResourceContext(RedisResource(keep_on_failure=keep_on_failure))
 
 
