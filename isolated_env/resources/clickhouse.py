@@ -57,7 +57,9 @@ class ClickHouseHandle(_Methods):
         self.prefix: str = slot.prefix
         self.mode: Mode = slots.mode
         self.server: ClickHouseServer = slots.server
-        self.url: str = slots.server.dsn(slot.database)
+        self.url: str = (
+            slots.server.lease_dsn(slot.user, slot.database) if slot.user else slots.server.dsn(slot.database)
+        )
 
     if not TYPE_CHECKING:  # hidden from type checkers, or a typo would type-check as Any
 
