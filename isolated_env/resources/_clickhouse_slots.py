@@ -10,6 +10,8 @@ import logging
 import os
 from typing import Any, Literal
 
+import anyio
+
 from .._config import run_id
 from .._contract import Kept
 from .._drivers import clickhouse as ch_driver
@@ -150,6 +152,7 @@ class _Slots:
         self.dropping = 0  # retired databases not yet dropped (in the list, or being dropped)
         self._working = False
         self._admin: Any = None
+        self._admin_lock = anyio.Lock()
 
     def _name(self, user: str | None = None) -> str:
         if user is not None:
@@ -161,8 +164,9 @@ class _Slots:
         return [name for names in self.spare_sets.values() for name in names]
 
     async def _admin_client(self) -> Any:
-        if self._admin is None:
-            self._admin = await connect(self.server, self.server.database)
+        async with self._admin_lock:  # one for the loop, however many slots are made at once
+            if self._admin is None:
+                self._admin = await connect(self.server, self.server.database)
         return self._admin
 
     async def _ddl(self, slot: _Slot) -> Any:
