@@ -6,7 +6,8 @@ That user may run every command on its own database and none that reaches anothe
 as a whole: ``SELECT`` of another database, ``SWAPDB``, ``MOVE``, ``COPY ... DB``, ``MIGRATE``,
 ``FLUSHALL`` and the ``@admin`` commands (``CONFIG``, ``ACL SETUSER``, ``CLIENT KILL``/``PAUSE``,
 ``DEBUG``, ``SHUTDOWN``, ``MONITOR``, ``REPLICAOF``, ...) are refused by the server with
-``NOPERM``. Database 0, which holds the lease keys, cannot be reached at all.
+``NOPERM``. Database 0, which holds the lease keys, cannot be reached at all. (``RESET``, which
+any user may run and which makes the connection the default user, is refused by the test's client.)
 
 Valkey 9.1 and later restrict a user to databases (``db=<n>``): every cross-database path, ``COPY
 ... DB`` included, is refused there. Redis 7 has no such rule; a user there may ``SELECT`` only its

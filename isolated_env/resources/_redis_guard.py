@@ -18,7 +18,7 @@ from .._drivers import redis as redis_driver
 from .._servers import _redis_acl
 from .._servers.redis import RedisServer
 
-__all__ = ["test_client"]
+__all__ = ["test_client", "untaint"]
 
 # Commands whose every argument after the name is a channel (or a pattern).
 _ALL_CHANNELS = frozenset(
@@ -86,15 +86,33 @@ def _prefixed(prefix: bytes, args: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 class _PrivateChannels:
-    """Mixed into redis-py's connection classes: channels prefixed on the way out, stripped on the way in."""
+    """Mixed into redis-py's connection classes: channels prefixed on the way out, stripped on the
+    way in; and a connection on which the test authenticated again marks its client tainted."""
 
     channel_prefix: bytes = b""
+    tainted: list[bool]  # one per client, shared by its connections (see test_client)
     _subscribed = False
+    _ready = False
+
+    async def on_connect_check_health(self, *args: Any, **kwargs: Any) -> None:
+        self._ready = False
+        await super().on_connect_check_health(*args, **kwargs)  # type: ignore[misc]
+        self._ready = True
 
     def pack_command(self, *args: Any) -> Any:
         args = _prefixed(self.channel_prefix, args)
-        if _name(args[0]) in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"):
+        name = _name(args[0])
+        if name in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"):
             self._subscribed = True
+        elif name == b"RESET":
+            from redis.exceptions import NoPermissionError
+
+            # The server lets any user RESET, and RESET makes the connection the default user.
+            raise NoPermissionError(f"RESET is refused by the client {_HINT}")
+        elif name in (b"AUTH", b"HELLO") and self._ready:
+            # The test switches the user of a pooled connection: the release drops the client's
+            # connections, so the next test of this database starts from its restricted user again.
+            self.tainted[0] = True
         return super().pack_command(*args)  # type: ignore[misc]
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
@@ -120,16 +138,19 @@ class _PrivateChannels:
         await super().disconnect(*args, **kwargs)  # type: ignore[misc]
 
 
-_classes: dict[tuple[type, bytes], type] = {}
-
-
 def _connection_class(base: type, prefix: bytes) -> type:
-    cls = _classes.get((base, prefix))
-    if cls is None:
-        cls = _classes[(base, prefix)] = type(
-            f"Private{base.__name__}", (_PrivateChannels, base), {"channel_prefix": prefix}
-        )
-    return cls
+    # A class per client (made once per slot, not per test): ``tainted`` is that client's.
+    return type(f"Private{base.__name__}", (_PrivateChannels, base), {"channel_prefix": prefix, "tainted": [False]})
+
+
+async def untaint(client: Any) -> None:
+    """Drop the connections of a test's client on which the test authenticated again (``AUTH``,
+    ``HELLO``): they may now be another user, or another database. Free when it did not."""
+    cls = getattr(client.connection_pool, "connection_class", None)
+    tainted = getattr(cls, "tainted", None)
+    if tainted is not None and tainted[0]:
+        tainted[0] = False
+        await client.connection_pool.disconnect()
 
 
 def _stripping(prefix: bytes, then: Callable[..., Any] | None, pairs: bool) -> Callable[..., Any]:

@@ -31,7 +31,7 @@ from .._runtime import Runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
 from .._servers.registry import owner_alive, owner_tag
-from ._redis_guard import test_client
+from ._redis_guard import test_client, untaint
 from ._redis_leases import _LeaseKeeper
 
 __all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
@@ -205,6 +205,7 @@ class _Slots:
         if slot.lost is not None:
             raise IsolationBroken(slot.lost)
         await slot.admin.flushdb()
+        await untaint(slot.client)
 
     async def destroy(self, slot: _Slot) -> None:
         try:
