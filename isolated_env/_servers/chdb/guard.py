@@ -115,7 +115,7 @@ def _tableless(user: str, tokens: list[_Token]) -> None:
             continue
         nxt = tokens[i + 1]
         after = tokens[i + 2] if i + 2 < len(tokens) else None
-        if after is not None and after.text == "(" or nxt.text == "(":
+        if (after is not None and after.text == "(") or nxt.text == "(":
             continue  # a table function (checked with the rest) or a subquery
         table = tokens[i + 3].ident if i + 3 < len(tokens) else None
         if not (nxt.ident == "system" and after is not None and after.text == "." and table in _SAFE_SYSTEM):
@@ -153,7 +153,7 @@ def check(user: str, database: str | None, sql: str, known: Callable[[], frozens
         if len(tokens) > 2 and tokens[2].upper != "FORMAT":
             raise _denied(user, "SHOW DATABASES takes no LIKE, LIMIT or INTO OUTFILE here")
         tail = sql[tokens[2].start:] if len(tokens) > 2 else ""
-        return f"SELECT name FROM system.databases WHERE name = {quote_literal(database)} {tail}"
+        return f"SELECT name FROM system.databases WHERE name = {quote_literal(database or "")} {tail}"
 
     def own(name: str, what: str) -> None:
         if database is None:
