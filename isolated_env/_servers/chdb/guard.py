@@ -153,7 +153,7 @@ def check(user: str, database: str | None, sql: str, known: Callable[[], frozens
         if len(tokens) > 2 and tokens[2].upper != "FORMAT":
             raise _denied(user, "SHOW DATABASES takes no LIKE, LIMIT or INTO OUTFILE here")
         tail = sql[tokens[2].start:] if len(tokens) > 2 else ""
-        return f"SELECT name FROM system.databases WHERE name = {quote_literal(database or "")} {tail}"
+        return f"SELECT name FROM system.databases WHERE name = {quote_literal(database or '')} {tail}"
 
     def own(name: str, what: str) -> None:
         if database is None:
