@@ -25,6 +25,9 @@ _ALL_CHANNELS = frozenset(
     {b"SUBSCRIBE", b"UNSUBSCRIBE", b"PSUBSCRIBE", b"PUNSUBSCRIBE", b"SSUBSCRIBE", b"SUNSUBSCRIBE"}
 )
 _FIRST_CHANNEL = frozenset({b"PUBLISH", b"SPUBLISH"})
+_WATCHED = frozenset(
+    {name.decode() for name in _ALL_CHANNELS | _FIRST_CHANNEL} | {"RESET", "AUTH", "HELLO"}
+)  # and every PUBSUB subcommand
 # Replies carrying a channel in position 1 (pmessage: the pattern in 1 and the channel in 2).
 _REPLIES = frozenset(
     {"message", "subscribe", "unsubscribe", "psubscribe", "punsubscribe", "smessage", "ssubscribe", "sunsubscribe"}
@@ -100,6 +103,10 @@ class _PrivateChannels:
         self._ready = True
 
     def pack_command(self, *args: Any) -> Any:
+        head = args[0]
+        # The fast path: redis-py names its commands in upper case, and most are none of ours.
+        if head.__class__ is str and head.isupper() and head not in _WATCHED and not head.startswith("PUBSUB"):
+            return super().pack_command(*args)  # type: ignore[misc]
         args = _prefixed(self.channel_prefix, args)
         name = _name(args[0])
         if name in (b"SUBSCRIBE", b"PSUBSCRIBE", b"SSUBSCRIBE"):
@@ -124,7 +131,7 @@ class _PrivateChannels:
             raise
         # Only a subscribed connection receives pub/sub messages: another reply that merely looks
         # like one (a list starting with "message") is left alone.
-        if self._subscribed and isinstance(response, list) and len(response) >= 2:
+        if self._subscribed and response.__class__ is list and len(response) >= 2:
             kind = response[0].decode() if isinstance(response[0], bytes) else response[0]
             if kind in _REPLIES:
                 response = [response[0], _strip(self.channel_prefix, response[1]), *response[2:]]

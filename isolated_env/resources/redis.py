@@ -77,7 +77,7 @@ def _owner() -> str:
 
 
 class _Slot:
-    __slots__ = ("admin", "client", "db", "lost", "server")
+    __slots__ = ("admin", "client", "db", "lost", "server", "url")
 
     def __init__(self, server: RedisServer, db: int, client: Any, admin: Any = None) -> None:
         self.server = server
@@ -86,6 +86,7 @@ class _Slot:
         # Ours, bound to ``db`` as the admin user: the flush on release goes through it, so nothing
         # a test did to its own connections (even an AUTH as another user) can point it elsewhere.
         self.admin = admin if admin is not None else client
+        self.url = server.test_url(db)  # once per slot: it derives the user's password
         self.lost: str | None = None  # why the lease was lost, once the heartbeat finds out
 
 
@@ -111,7 +112,7 @@ class RedisHandle(_Commands):
         self.client: Redis = slot.client  # type: ignore[assignment]
         self.db: int = slot.db
         self.server: RedisServer = slot.server
-        self.url: str = slot.server.test_url(slot.db)
+        self.url: str = slot.url
         self.host: str | None = slot.server.host
         self.port: int | None = slot.server.port
 
