@@ -27,7 +27,9 @@ import hmac
 import secrets
 from typing import Any
 
-__all__ = ["CHANNELS", "USER", "create_users", "new_secret", "password", "rules"]
+__all__ = [
+    "CHANNELS", "USER", "create_users", "create_users_async", "external_secret", "new_secret", "password", "rules",
+]
 
 USER = "ie-db-{}"
 """The restricted user of database ``n``."""
@@ -68,6 +70,34 @@ def supports_database_rules(client: Any) -> bool:
         return False
     client.execute_command("ACL", "DELUSER", probe)
     return True
+
+
+def external_secret(username: str | None, password: str | None, where: str) -> str:
+    """The secret of an external server's users: derived from how the admin reaches it, so every
+    process and run given the same ``TEST_REDIS_URL`` derives the same passwords."""
+    material = f"isolated_env redis users|{username or ''}|{password or ''}|{where}"
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+async def create_users_async(client: Any, databases: int, secret: str) -> bool:
+    """Make (or remake, with the same rules) the user of every database but 0 through the asyncio
+    ``client`` (an external server's admin); True when the server has per-database rules."""
+    from redis.exceptions import ResponseError
+
+    try:
+        await client.execute_command("ACL", "SETUSER", "ie-db-probe", "db=0")
+    except ResponseError as exc:
+        if "db=0" not in str(exc) and "Syntax" not in str(exc):
+            raise  # not a rule this server lacks: no right to run ACL SETUSER at all
+        db_acl = False
+    else:
+        await client.execute_command("ACL", "DELUSER", "ie-db-probe")
+        db_acl = True
+    pipe = client.pipeline(transaction=False)
+    for db in range(1, databases):
+        pipe.execute_command("ACL", "SETUSER", USER.format(db), *rules(secret, db, db_acl=db_acl))
+    await pipe.execute()
+    return db_acl
 
 
 def create_users(unix_socket: str, databases: int, *, admin_password: str | None = None) -> dict[str, Any]:

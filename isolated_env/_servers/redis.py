@@ -10,6 +10,7 @@ lease a database of its own. It is shared by every process on the machine throug
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import socket
@@ -20,8 +21,9 @@ from urllib.parse import quote
 
 import anyio
 
-from .._config import ExternalEndpoint, Settings, external_endpoint
-from .._errors import ServiceUnavailable
+from .._config import ExternalEndpoint, Settings, _truthy, external_endpoint
+from .._errors import ConfigError, ServiceUnavailable
+from .._redact import redact_url
 from . import _redis_acl, registry
 from ._diagnostics import progress
 from ._process import wait_ready
@@ -32,6 +34,7 @@ __all__ = ["PROVIDER", "RedisProvider", "RedisServer", "embedded", "ensure_serve
 _CONNECT_TIMEOUT = 10.0
 
 DATABASES = 1024
+GUARD_VAR = "TEST_REDIS_GUARD_RAILS"
 
 _FIX = (
     "install a server (apt-get install redis-server, or pip install 'isolated-env[redis]' for the "
@@ -185,6 +188,25 @@ def start_private(settings: Settings, directory: Path) -> tuple[subprocess.Popen
     return proc, server
 
 
+async def _external_guard(client: Any, server: RedisServer, databases: int) -> dict[str, Any]:
+    """With ``TEST_REDIS_GUARD_RAILS=1``, the per-database users on an external server (made with
+    the URL's user, which must be allowed ``ACL SETUSER``); else nothing: the old behaviour."""
+    from redis.exceptions import NoPermissionError, ResponseError
+
+    if not _truthy(GUARD_VAR, os.environ.get(GUARD_VAR, "")):
+        return {}
+    secret = _redis_acl.external_secret(server.username, server.password, server.url(0))
+    try:
+        db_acl = await _redis_acl.create_users_async(client, databases, secret)
+    except (NoPermissionError, ResponseError) as exc:
+        raise ConfigError(
+            f"{GUARD_VAR}=1 needs a Redis user allowed to run ACL SETUSER (Redis 7 or later), and "
+            f"the server at {redact_url(server.url(0))} "
+            f"said: {exc}; use such a user in TEST_REDIS_URL, or unset {GUARD_VAR}"
+        ) from None
+    return {"acl_secret": secret, "acl_db": db_acl}
+
+
 class RedisProvider(Provider[RedisServer]):
     """Redis: ``TEST_REDIS_*``, or the embedded server started from a found binary."""
 
@@ -223,11 +245,14 @@ class RedisProvider(Provider[RedisServer]):
                     databases = int((await client.config_get("databases")).get("databases") or 16)
                 except RedisError:  # managed servers often forbid CONFIG; 16 is the default
                     databases = 16
+                guard = await _external_guard(client, server, databases)
         except (TimeoutError, RedisError, OSError) as exc:
             raise unreachable(self.display, endpoint, exc, timeout=_CONNECT_TIMEOUT + 5) from exc
         finally:
             await client.aclose()
-        return dataclasses.replace(server, version=str(info.get("redis_version", "?")), databases=databases)
+        return dataclasses.replace(
+            server, version=str(info.get("redis_version", "?")), databases=databases, **guard
+        )
 
     def start(self, settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         return _start(settings, directory)

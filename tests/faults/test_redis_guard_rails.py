@@ -167,3 +167,73 @@ async def test_admin_true_gets_a_server_of_its_own(pair: tuple[RedisHandle, Redi
 async def test_admin_true_cannot_be_kept() -> None:
     with pytest.raises(ie.ConfigError, match="admin=True"):
         ie.isolated_redis(admin=True, keep_on_failure=True)
+
+
+@pytest.fixture
+async def external(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[servers.RedisServer]:
+    """A server of our own, reached the way an external one is (``connect_external``)."""
+    import shutil
+    import tempfile
+
+    import anyio.to_thread
+
+    from isolated_env.resources._redis_admin import _stop
+
+    settings = resolve()
+    base = settings.state_dir / "redis-admin"
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = tempfile.mkdtemp(prefix="x-", dir=base)
+    try:
+        proc, private = await anyio.to_thread.run_sync(servers.start_private, settings, Path(directory))
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    monkeypatch.delenv(servers.GUARD_VAR, raising=False)
+    try:
+        yield private
+    finally:
+        await anyio.to_thread.run_sync(_stop, proc, directory)
+
+
+def _endpoint(server: servers.RedisServer, user: str | None = None, password: str | None = None) -> Any:
+    from isolated_env._config import ExternalEndpoint
+
+    assert server.unix_socket is not None
+    return ExternalEndpoint(
+        scheme="unix", host=server.unix_socket, port=None, user=user or server.username,
+        password=password or server.password, database=None, source="TEST_REDIS_URL",
+    )
+
+
+async def test_external_servers_keep_the_old_behaviour_unless_asked(
+    external: servers.RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from isolated_env.resources._redis_guard import test_client
+
+    plain = await servers.RedisProvider().connect_external(_endpoint(external), resolve())
+    assert not plain.guarded and plain.test_kwargs(3) == plain.client_kwargs(3)
+    monkeypatch.setenv(servers.GUARD_VAR, "1")
+    guarded = await servers.RedisProvider().connect_external(_endpoint(external), resolve())
+    assert guarded.guarded
+    client = test_client(guarded, 3)
+    try:
+        assert await client.acl_whoami() == "ie-db-3"
+        with pytest.raises(NoPermissionError, match="guard rails"):
+            await client.execute_command("SELECT", 4)
+        with pytest.raises(NoPermissionError, match="guard rails"):
+            await client.flushall()
+    finally:
+        await client.aclose()
+
+
+async def test_external_guard_rails_need_acl_rights(
+    external: servers.RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin = aredis.Redis(**external.client_kwargs(0))
+    try:
+        await admin.execute_command("ACL", "SETUSER", "weak", "on", ">weak-pw", "~*", "&*", "+@all", "-@admin")
+    finally:
+        await admin.aclose()
+    monkeypatch.setenv(servers.GUARD_VAR, "1")
+    with pytest.raises(ie.ConfigError, match=f"{servers.GUARD_VAR}=1 needs a Redis user allowed to run ACL SETUSER"):
+        await servers.RedisProvider().connect_external(_endpoint(external, "weak", "weak-pw"), resolve())
