@@ -1,7 +1,7 @@
 """isolated_redis(admin=True): a Redis server of the test's own, where every command is allowed.
 
 For tests that need what the guard rails refuse on the shared server (``SELECT``, ``SWAPDB``,
-``FLUSHALL``, ``CONFIG SET``, keyspace notifications, any ``PSUBSCRIBE`` pattern, ...): the test
+``FLUSHALL``, ``CONFIG SET``, keyspace notifications, ...): the test
 gets the admin user of a private server started for it (~35 ms) and stopped with it, so nothing it
 does can reach another test.
 """

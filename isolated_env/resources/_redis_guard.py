@@ -5,13 +5,13 @@ The server lets the user of database ``n`` use only channels named ``ie:<n>:*`` 
 strips it from every channel it receives, in its connection class, so ``publish``, ``subscribe``,
 ``PubSub`` objects, pipelines and raw ``execute_command`` all keep the names the test chose; a
 ``PUBLISH`` reaches only the subscribers of the same test. ``PSUBSCRIBE`` patterns get the prefix
-too, and the server accepts only the pattern ``*`` (Redis matches subscribe patterns against the
-allowed ones literally): other patterns are refused with ``NOPERM``.
+too; Redis accepts a subscribe pattern only when it is literally one of the user's allowed ones, so
+the client adds each prefixed pattern to its user (``ACL SETUSER``, as the admin) just before.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .._drivers import redis as redis_driver
@@ -36,8 +36,8 @@ _REPLIES = frozenset(
 
 _HINT = (
     "(isolated_redis guard rails: a test's client may use only its own database and channels; "
-    "SELECT, SWAPDB, MOVE, FLUSHALL, CONFIG and the other @admin commands are refused, and PSUBSCRIBE "
-    "takes only '*'. Use isolated_redis(admin=True) for a private server where they are allowed)"
+    "SELECT, SWAPDB, MOVE, FLUSHALL, CONFIG and the other @admin commands are refused. "
+    "Use isolated_redis(admin=True) for a private server where they are allowed)"
 )
 
 
@@ -97,6 +97,17 @@ class _PrivateChannels:
     _subscribed = False
     _ready = False
 
+    # Redis accepts a PSUBSCRIBE pattern only when it is literally one of the user's allowed channel
+    # patterns: each pattern (with the prefix) is allowed just before it is sent (see test_client).
+    allow_patterns: Callable[[list[Any]], Awaitable[None]] | None = None
+
+    async def send_command(self, *args: Any, **kwargs: Any) -> None:
+        if args and self.allow_patterns is not None and _name(args[0]) == b"PSUBSCRIBE":
+            patterns = [p for p in args[1:] if p not in ("*", b"*")]
+            if patterns:
+                await self.allow_patterns(patterns)
+        await super().send_command(*args, **kwargs)  # type: ignore[misc]
+
     async def on_connect_check_health(self, *args: Any, **kwargs: Any) -> None:
         self._ready = False
         await super().on_connect_check_health(*args, **kwargs)  # type: ignore[misc]
@@ -145,9 +156,26 @@ class _PrivateChannels:
         await super().disconnect(*args, **kwargs)  # type: ignore[misc]
 
 
-def _connection_class(base: type, prefix: bytes) -> type:
+def _connection_class(base: type, prefix: bytes, allow: Callable[[list[Any]], Awaitable[None]]) -> type:
     # A class per client (made once per slot, not per test): ``tainted`` is that client's.
-    return type(f"Private{base.__name__}", (_PrivateChannels, base), {"channel_prefix": prefix, "tainted": [False]})
+    attrs = {"channel_prefix": prefix, "tainted": [False], "allow_patterns": staticmethod(allow)}
+    return type(f"Private{base.__name__}", (_PrivateChannels, base), attrs)
+
+
+def _pattern_allower(server: RedisServer, db: int, prefix: bytes) -> Callable[[list[Any]], Awaitable[None]]:
+    user = _redis_acl.USER.format(db)
+
+    async def allow(patterns: list[Any]) -> None:
+        # As the admin, once per PSUBSCRIBE (rare): ACL SETUSER adds the prefixed pattern to the
+        # user's channels. It stays in the test's own namespace (a literal prefix starts it).
+        rules = [b"&" + prefix + (p if isinstance(p, bytes) else str(p).encode()) for p in patterns]
+        admin = redis_driver.asyncio_client(**server.client_kwargs(0))
+        try:
+            await admin.execute_command("ACL", "SETUSER", user, *rules)
+        finally:
+            await admin.aclose()
+
+    return allow
 
 
 async def untaint(client: Any) -> None:
@@ -178,7 +206,7 @@ def test_client(server: RedisServer, db: int) -> Any:
         return client
     prefix = _redis_acl.CHANNELS.format(db).encode()
     pool = client.connection_pool
-    pool.connection_class = _connection_class(pool.connection_class, prefix)
+    pool.connection_class = _connection_class(pool.connection_class, prefix, _pattern_allower(server, db, prefix))
     for command, pairs in (("PUBSUB CHANNELS", False), ("PUBSUB SHARDCHANNELS", False),
                            ("PUBSUB NUMSUB", True), ("PUBSUB SHARDNUMSUB", True)):
         client.set_response_callback(command, _stripping(prefix, client.response_callbacks.get(command), pairs))

@@ -129,21 +129,27 @@ async def test_publish_reaches_only_the_same_test(pair: tuple[RedisHandle, Redis
         await b_sub.aclose()
 
 
-async def test_psubscribe_takes_only_star(pair: tuple[RedisHandle, RedisHandle]) -> None:
+def _seen(message: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    return None if message is None else (message["pattern"], message["channel"], message["data"])
+
+
+async def test_psubscribe_patterns_stay_within_the_test(pair: tuple[RedisHandle, RedisHandle]) -> None:
     a, b = pair
-    sub = a.pubsub()
+    a_sub, b_sub = a.pubsub(), b.pubsub()
     try:
-        await sub.psubscribe("*")
-        confirm = await sub.get_message(timeout=2)
-        assert confirm is not None and confirm["channel"] == b"*"
-        await b.publish("elsewhere", "not for a")
-        await a.publish("mine", "for a")
-        got = await sub.get_message(timeout=2)
-        assert got is not None and (got["pattern"], got["channel"], got["data"]) == (b"*", b"mine", b"for a")
-        with pytest.raises(NoPermissionError, match="PSUBSCRIBE"):
-            await a.execute_command("PSUBSCRIBE", "news.*")
+        await a_sub.psubscribe("news.*")
+        await b_sub.psubscribe("*")
+        for sub, pattern in ((a_sub, b"news.*"), (b_sub, b"*")):
+            confirm = await sub.get_message(timeout=2)
+            assert confirm is not None and confirm["type"] == "psubscribe" and confirm["channel"] == pattern
+        assert await b.publish("news.sports", "b's news") == 1  # b's own "*" only, not a's "news.*"
+        assert await a.publish("news.sports", "a's news") == 1
+        assert _seen(await a_sub.get_message(timeout=2)) == (b"news.*", b"news.sports", b"a's news")
+        assert _seen(await b_sub.get_message(timeout=2)) == (b"*", b"news.sports", b"b's news")
+        assert await a_sub.get_message(timeout=0.2) is None and await b_sub.get_message(timeout=0.2) is None
     finally:
-        await sub.aclose()
+        await a_sub.aclose()
+        await b_sub.aclose()
 
 
 async def test_admin_true_gets_a_server_of_its_own(pair: tuple[RedisHandle, RedisHandle]) -> None:
