@@ -1,7 +1,7 @@
 """Guard rails of a Redis server: one restricted ACL user per logical database.
 
 A test's client authenticates as ``ie-db-<n>``, the user of the database it leased, made once per
-server (at the embedded server's start, all 1023 at once, ~80–90 ms) so nothing is paid per test.
+server (at the embedded server's start, all 1023 at once, ~80-90 ms) so nothing is paid per test.
 That user may run every command on its own database and none that reaches another or the server
 as a whole: ``SELECT`` of another database, ``SWAPDB``, ``MOVE``, ``COPY ... DB``, ``MIGRATE``,
 ``FLUSHALL`` and the ``@admin`` commands (``CONFIG``, ``ACL SETUSER``, ``CLIENT KILL``/``PAUSE``,

@@ -115,15 +115,16 @@ async def _drop_prefixed(client: Any, database: str, prefix: str, keep: str | No
 
 
 class _Slot:
-    __slots__ = ("client", "database", "prefix", "user")
+    __slots__ = ("base", "client", "database", "prefix", "user")
 
-    def __init__(self, client: Any, database: str, prefix: str, user: str | None = None) -> None:
+    def __init__(self, client: Any, database: str, prefix: str, user: str | None = None, base: str = "") -> None:
         self.client = client
         self.database = database
         self.prefix = prefix
         # The slot's lease user on a guarded server: its client reaches only the slot's database,
         # so the slot's DDL goes through the admin client. None: the client is the admin user.
         self.user = user
+        self.base = base  # its DSN up to the database (credentials derived once per slot)
 
     @property
     def marker(self) -> str:
@@ -159,6 +160,9 @@ class _Slots:
             return f"{user}_{next(_counter)}"
         return f"ie_{run_id()}_{os.getpid()}_{next(_counter)}"
 
+    def _admin_base(self) -> str:
+        return self.server.dsn("x")[:-1]
+
     @property
     def spares(self) -> list[str]:
         return [name for names in self.spare_sets.values() for name in names]
@@ -192,7 +196,7 @@ class _Slots:
                 await reap(client, self.server, self.mode)
             name = self._name()
             if self.mode == "prefix":
-                slot = _Slot(client, self.server.database, name + "_")
+                slot = _Slot(client, self.server.database, name + "_", base=self._admin_base())
                 await client.command(
                     f"CREATE TABLE {_ident(slot.database)}.{_ident(slot.marker)} (x UInt8) ENGINE = Memory "
                     f"COMMENT {_literal(_owner_comment())}"
@@ -203,7 +207,7 @@ class _Slots:
             await client.close()
             raise
         client.database = name
-        return _Slot(client, name, "")
+        return _Slot(client, name, "", base=self._admin_base())
 
     async def _create_guarded(self) -> _Slot:
         admin = await self._admin_client()
@@ -220,7 +224,7 @@ class _Slots:
             await self._drop_database(admin, name)
             raise
         self.spare_sets[user] = []
-        return _Slot(client, name, "", user)
+        return _Slot(client, name, "", user, self.server.lease_dsn(user, "x")[:-1])
 
     async def clean(self, slot: _Slot) -> None:
         """Back to empty, keeping the names (``Environment.reset`` between Hypothesis examples)."""
