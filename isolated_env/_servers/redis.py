@@ -181,9 +181,12 @@ def _start(
 def start_private(settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], RedisServer]:
     """A server of one test's own (``isolated_redis(admin=True)``): no guard rails, not shared."""
     proc, info = _start(settings, directory, guard=False)
+    password = info.get("password")
+    if password is None and info.get("password_file"):  # a server that asks for its admin password
+        password = Path(info["password_file"]).read_text().strip()
     server = RedisServer(
         source="private", version=info["version"], databases=info["databases"], unix_socket=info["unix_socket"],
-        host="127.0.0.1" if info.get("tcp_port") else None, port=info.get("tcp_port"),
+        host="127.0.0.1" if info.get("tcp_port") else None, port=info.get("tcp_port"), password=password,
     )
     return proc, server
 
