@@ -188,7 +188,8 @@ class _Slots:
     async def create(self) -> _Slot:
         if self.guarded:
             return await self._create_guarded()
-        client = await connect(self.server, self.server.database)
+        # The test's client, with a session of its own (temporary tables live in one), as before.
+        client = await ch_driver.connect(**self.server.client_kwargs(self.server.database))
         try:
             key = (self.server.source, self.server.url, self.server.database, self.mode)
             if key not in _reaped:
