@@ -31,6 +31,7 @@ from . import registry
 from ._diagnostics import progress
 from ._process import wait_ready
 from ._provider import Provider, ServerProvider, unreachable
+from .chdb.protocol import user_password
 
 __all__ = ["PROVIDER", "ClickHouseProvider", "ClickHouseServer", "embedded", "ensure_server", "external", "forget"]
 
@@ -59,6 +60,7 @@ class ClickHouseServer:
     startup_ms: float = 0.0
     reused: bool = False
     pid: int | None = None  # the adaptor process (embedded only)
+    guarded: bool = False  # the adaptor knows lease users (each test reaches its own database only)
 
     @property
     def url(self) -> str:
@@ -83,6 +85,20 @@ class ClickHouseServer:
             "interface": "https" if self.secure else "http",
             "database": database or self.database,
         }
+
+    def lease_kwargs(self, user: str, database: str) -> dict[str, Any]:
+        """:meth:`client_kwargs` for a test's client: as lease user ``user`` on a guarded server
+        (it reaches only its own database, see :mod:`.chdb.guard`), else as the admin user."""
+        kwargs = self.client_kwargs(database)
+        if self.guarded:
+            kwargs.update(username=user, password=user_password(self.password, user))
+        return kwargs
+
+    def lease_dsn(self, user: str, database: str) -> str:
+        """:meth:`dsn` for a test: as lease user ``user`` on a guarded server."""
+        if not self.guarded:
+            return self.dsn(database)
+        return dataclasses.replace(self, username=user, password=user_password(self.password, user)).dsn(database)
 
     def describe(self) -> str:
         """One line for ``isolated-env doctor``."""
@@ -169,6 +185,7 @@ def _start(server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         "password_file": str(password_file),
         "version": found.get("version", "?"),
         "engine": f"chdb {chdb_version} via the isolated_env adaptor",
+        "guard": True,
         "binary": f"{sys.executable} -m isolated_env._servers.chdb",
         "log": str(log),
     }
@@ -196,6 +213,7 @@ def _view(state: registry.ServerState) -> ClickHouseServer:
         startup_ms=state.startup_ms,
         reused=state.reused,
         pid=state.pid,
+        guarded=bool(info.get("guard")),
     )
 
 

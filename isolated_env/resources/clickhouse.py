@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote
 
 from .._config import Settings
 from .._contract import Kept, PooledResource, current_settings
@@ -57,7 +58,7 @@ class ClickHouseHandle(_Methods):
         self.prefix: str = slot.prefix
         self.mode: Mode = slots.mode
         self.server: ClickHouseServer = slots.server
-        self.url: str = slots.server.dsn(slot.database)
+        self.url: str = slot.base + quote(slot.database, safe="")
 
     if not TYPE_CHECKING:  # hidden from type checkers, or a typo would type-check as Any
 

@@ -8,9 +8,12 @@ moved under ``kept/`` when keep-on-failure is on, and stays there until ``prune 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -82,19 +85,19 @@ class FileSystemHandle:
         return Path(target)
 
     async def write_text(self, relative: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
-        target = anyio.Path(self.resolve(relative))
-        await target.parent.mkdir(parents=True, exist_ok=True)
-        await target.write_text(text, encoding=encoding)
-        return Path(target)
+        """Write ``text`` to ``relative`` inside the directory (see :meth:`write_bytes`)."""
+        return await self.write_bytes(relative, text.encode(encoding))
 
     async def read_text(self, relative: str | os.PathLike[str], encoding: str = "utf-8") -> str:
         return await anyio.Path(self.resolve(relative)).read_text(encoding=encoding)
 
     async def write_bytes(self, relative: str | os.PathLike[str], data: bytes) -> Path:
-        target = anyio.Path(self.resolve(relative))
-        await target.parent.mkdir(parents=True, exist_ok=True)
-        await target.write_bytes(data)
-        return Path(target)
+        """Write ``data`` to ``relative`` inside the directory. A write never leaves it: a symlink
+        is refused (``UnsafePath``), and a file with other hard links is replaced by a new file, so
+        a link to a file outside the directory keeps that file's content."""
+        target = self.resolve(relative)
+        await anyio.to_thread.run_sync(_write_inside, relative, target, data)
+        return target
 
     async def read_bytes(self, relative: str | os.PathLike[str]) -> bytes:
         return await anyio.Path(self.resolve(relative)).read_bytes()
@@ -111,6 +114,60 @@ class FileSystemHandle:
                 shutil.rmtree(child)
             else:
                 child.unlink()
+
+
+def _write_inside(relative: str | os.PathLike[str], target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.realpath(target.parent) != str(target.parent):  # resolve() gave a path free of symlinks
+        raise UnsafePath(f"{str(relative)!r}: a directory on its way was replaced by a symlink while writing")
+    try:
+        # Without O_TRUNC: a file with other hard links must not be emptied before it is looked at.
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePath(
+                f"{str(relative)!r} is a symlink; isolated_fs writes do not follow symlinks (write to its "
+                "target's own path inside the directory, or remove the link first)"
+            ) from None
+        if exc.errno == errno.ENXIO:  # a FIFO without a reader (O_NONBLOCK keeps the open from hanging)
+            raise _not_regular(relative) from None
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise _not_regular(relative)
+        if info.st_nlink > 1:
+            # Another name (maybe outside the directory) shares this file: write a new file and
+            # rename it over this name, so the other names keep the old content.
+            os.close(fd)
+            fd = -1
+            _replace(target, data, stat.S_IMODE(info.st_mode))
+            return
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _not_regular(relative: str | os.PathLike[str]) -> UnsafePath:
+    return UnsafePath(f"{str(relative)!r} is not a regular file; isolated_fs writes only regular files")
+
+
+def _replace(target: Path, data: bytes, mode: int) -> None:
+    fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(temp, mode)
+        os.replace(temp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):  # already renamed, or never written
+            os.unlink(temp)
+        raise
 
 
 async def _reset(handle: FileSystemHandle) -> None:

@@ -23,7 +23,7 @@ import anyio
 from .._config import Settings, run_id
 from .._contract import Kept, PooledResource, current_settings
 from .._drivers import redis as redis_driver
-from .._errors import IsolationBroken, ServiceUnavailable, TeardownError
+from .._errors import ConfigError, IsolationBroken, ServiceUnavailable, TeardownError
 from .._pool import TryLater
 from .._redact import redact_url
 from .._resource import ResourceContext
@@ -31,6 +31,7 @@ from .._runtime import Runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
 from .._servers.registry import owner_alive, owner_tag
+from ._redis_guard import test_client, untaint
 from ._redis_leases import _LeaseKeeper
 
 __all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
@@ -76,12 +77,16 @@ def _owner() -> str:
 
 
 class _Slot:
-    __slots__ = ("client", "db", "lost", "server")
+    __slots__ = ("admin", "client", "db", "lost", "server", "url")
 
-    def __init__(self, server: RedisServer, db: int, client: Any) -> None:
+    def __init__(self, server: RedisServer, db: int, client: Any, admin: Any = None) -> None:
         self.server = server
         self.db = db
-        self.client = client
+        self.client = client  # the test's: the restricted user of ``db`` on a server with guard rails
+        # Ours, bound to ``db`` as the admin user: the flush on release goes through it, so nothing
+        # a test did to its own connections (even an AUTH as another user) can point it elsewhere.
+        self.admin = admin if admin is not None else client
+        self.url = server.test_url(db)  # once per slot: it derives the user's password
         self.lost: str | None = None  # why the lease was lost, once the heartbeat finds out
 
 
@@ -107,7 +112,7 @@ class RedisHandle(_Commands):
         self.client: Redis = slot.client  # type: ignore[assignment]
         self.db: int = slot.db
         self.server: RedisServer = slot.server
-        self.url: str = slot.server.url(slot.db)
+        self.url: str = slot.url
         self.host: str | None = slot.server.host
         self.port: int | None = slot.server.port
 
@@ -185,28 +190,34 @@ class _Slots:
                 f"all {last} Redis databases of {self.server.url(0)} are leased (by this and other processes); "
                 "run fewer workers, lower the capacity, or use a server with more databases"
             )
-        client = redis_driver.asyncio_client(**self.server.client_kwargs(slot))
+        admin = redis_driver.asyncio_client(**self.server.client_kwargs(slot))
         try:
             # A previous owner may have died mid-test: a fresh lease starts from an empty database.
-            await client.flushdb()
+            await admin.flushdb()
+            client = test_client(self.server, slot) if self.server.guarded else admin
         except BaseException:
-            await self._release(slot, client)
+            await self._release(slot, admin)
             raise
-        item = _Slot(self.server, slot, client)
+        item = _Slot(self.server, slot, client, admin)
         _keeper.add(item)
         return item
 
     async def clean(self, slot: _Slot) -> None:
         if slot.lost is not None:
             raise IsolationBroken(slot.lost)
-        await slot.client.flushdb()
+        await slot.admin.flushdb()
+        await untaint(slot.client)
 
     async def destroy(self, slot: _Slot) -> None:
         try:
             if slot.lost is None:
-                await slot.client.flushdb()
+                await slot.admin.flushdb()
         finally:
-            await self._release(slot.db, slot.client)
+            try:
+                await self._release(slot.db, slot.admin)
+            finally:
+                if slot.client is not slot.admin:
+                    await slot.client.aclose()
 
     async def keep(self, slot: _Slot) -> Kept:
         label = json.dumps({**json.loads(_owner()), "kept": True}, separators=(",", ":"))
@@ -214,6 +225,8 @@ class _Slots:
             await self.control.eval(_KEEP, 1, f"ie:slot:{slot.db}", _owner(), label)
         _keeper.remove(slot)
         await slot.client.aclose()
+        if slot.admin is not slot.client:
+            await slot.admin.aclose()
         server = self.server
         reach = (f"redis-cli -s {server.unix_socket} -n {slot.db}" if server.unix_socket
                  else f"redis-cli -h {server.host} -p {server.port or 6379} -n {slot.db}")
@@ -318,12 +331,24 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
         return [f"redis database {db} ({redact_url(server.url(db))})" for db in freed]
 
 
-def isolated_redis(*, keep_on_failure: bool | None = None) -> ResourceContext[RedisHandle]:
+def isolated_redis(*, keep_on_failure: bool | None = None, admin: bool = False) -> ResourceContext[RedisHandle]:
     """A private, empty logical Redis database for one test, flushed when the test ends.
 
+    The test's client is restricted to its database (guard rails, on the embedded server): commands
+    reaching other tests' data or the server itself are refused. ``admin=True`` gives instead a
+    server of the test's own, started for it and stopped after it, where every command is allowed.
     With ``keep_on_failure`` (or ``--isolated-env-keep-failed``) a failed test's database stays
     leased and filled, and the summary says how to reach it.
     """
+    if admin:
+        if keep_on_failure:
+            raise ConfigError(
+                "isolated_redis(admin=True, keep_on_failure=True): a private admin server is stopped with "
+                "its test and cannot be kept; drop one of the two"
+            )
+        from ._redis_admin import admin_redis
+
+        return admin_redis()
     return ResourceContext(RedisResource(keep_on_failure=keep_on_failure))
 
 

@@ -358,7 +358,7 @@ def test_bad_mode_is_a_config_error() -> None:
         anyio.run(enter)
 
 
-async def test_keep_on_failure_keeps_the_database_until_pruned() -> None:
+async def test_keep_on_failure_keeps_the_database_until_pruned(admin: Any) -> None:
     from isolated_env._config import resolve
     from isolated_env.resources.clickhouse import ClickHouseResource
 
@@ -371,9 +371,11 @@ async def test_keep_on_failure_keeps_the_database_until_pruned() -> None:
     assert kept.kind == "clickhouse" and ch.database in kept.where
     async with ie.isolated_clickhouse() as other:
         assert other.database != ch.database
-        rows = (await other.query(f"SELECT x FROM `{ch.database}`.evidence")).result_rows
+        rows = (await admin.query(f"SELECT x FROM `{ch.database}`.evidence")).result_rows
         assert rows == [(42,)]
+        if other.server.guarded:  # another test's lease may not read it
+            with pytest.raises(DatabaseError, match="ACCESS_DENIED"):
+                await other.query(f"SELECT x FROM `{ch.database}`.evidence")
         removed = await ClickHouseResource.reap(resolve(), kept=True)
         assert ch.database in removed
-        names = (await other.query("SELECT name FROM system.databases")).result_rows
-        assert (ch.database,) not in names
+        assert ch.database not in await _databases(admin)

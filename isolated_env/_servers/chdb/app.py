@@ -10,6 +10,7 @@ clients (sync and async) talk to it over HTTP exactly as to a real server. ``/pi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import socket
 import sys
@@ -66,7 +67,7 @@ class Adaptor:
                 raise EngineError.of(
                     48, "NOT_IMPLEMENTED", f"There is no handle {path} (the chdb adaptor serves / only)"
                 )
-            authenticate(headers, params, self._password)
+            user = authenticate(headers, params, self._password)
             encoding = compression.response_encoding(headers, params)
             level = self._compression_level(params) if encoding else 0
             body = await self._read_body(receive)
@@ -75,7 +76,7 @@ class Adaptor:
             # Decoding (decompression, finding the data of an INSERT) and the engine call run in a
             # worker thread: the event loop only moves bytes.
             outcome = await anyio.to_thread.run_sync(
-                self._execute, scope["method"], headers, params, body, limiter=limiter
+                self._execute, scope["method"], headers, params, body, user, limiter=limiter
             )
         except EngineError as err:
             await self._error(send, err, query_id)
@@ -126,8 +127,11 @@ class Adaptor:
                 break
         return b"".join(chunks)
 
-    def _execute(self, method: str, headers: Mapping[str, str], params: Mapping[str, str], body: bytes) -> Outcome:
-        return self.engine.execute(decode_request(method, headers, params, body))
+    def _execute(
+        self, method: str, headers: Mapping[str, str], params: Mapping[str, str], body: bytes, user: str
+    ) -> Outcome:
+        query = decode_request(method, headers, params, body)
+        return self.engine.execute(dataclasses.replace(query, user=user) if user != query.user else query)
 
     def _common_headers(self, query_id: str) -> list[tuple[str, str]]:
         return reply.common_headers(self.display_name, query_id, self.engine.timezone)

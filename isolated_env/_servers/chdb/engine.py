@@ -16,6 +16,7 @@ the extension's ``classify_query`` does with the engine's own parser: that one s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import re
@@ -27,6 +28,7 @@ from typing import Any
 
 from isolated_env._drivers import _seams
 
+from .guard import ADMIN, check
 from .protocol import (
     EngineError,
     Outcome,
@@ -120,8 +122,10 @@ class Engine:
         self.version, self.timezone = info[0], info[1].strip()
         names = self._keeper.query("SELECT name FROM system.settings", "TabSeparated").bytes().decode()
         self.settings_names = frozenset(names.split())
-        self._sessions: dict[str, _Session] = {}
+        # Keyed by user too: a lease user cannot take over a session of another user.
+        self._sessions: dict[tuple[str, str], _Session] = {}
         self._sessions_lock = threading.Lock()
+        self._known: tuple[float, frozenset[str]] = (0.0, frozenset())
 
     def close(self) -> None:
         with self._sessions_lock:
@@ -139,6 +143,8 @@ class Engine:
     def execute(self, query: Query) -> Outcome:
         """Run one request to completion (blocking: called in a worker thread)."""
         self.check_settings(query.settings)
+        if query.user != ADMIN:
+            query = dataclasses.replace(query, sql=check(query.user, query.database, query.sql, self.databases))
         if query.session_id is None:
             conn = self._connect(query.settings, query.database)
             try:
@@ -156,6 +162,19 @@ class Engine:
         finally:
             session.expires = time.monotonic() + session.timeout
             session.lock.release()
+
+    def databases(self) -> frozenset[str]:
+        """The names of the engine's databases (for the guard rails; cached for a second)."""
+        at, names = self._known
+        if time.monotonic() - at > 1.0:
+            conn = self._open(self.path)
+            try:
+                text = conn.query("SELECT name FROM system.databases", "TabSeparated").bytes().decode()
+            finally:
+                _close(conn, "a connection listing databases")
+            names = frozenset(text.split())
+            self._known = (time.monotonic(), names)
+        return names
 
     def _open(self, target: str) -> Any:
         try:
@@ -184,11 +203,12 @@ class Engine:
             for key, session in list(self._sessions.items()):
                 if session.expires < now and not session.lock.locked():
                     expired.append(self._sessions.pop(key))
-            found = self._sessions.get(query.session_id)
+            found = self._sessions.get((query.user, query.session_id))
             if found is None:
                 if query.session_check:
                     raise EngineError.of(372, "SESSION_NOT_FOUND", f"Session {query.session_id} not found")
-                session = self._sessions[query.session_id] = _Session(self._open(self.path), query.session_timeout)
+                session = _Session(self._open(self.path), query.session_timeout)
+                self._sessions[(query.user, query.session_id)] = session
             else:
                 # Refreshed under the lock, so a concurrent sweep cannot close it before it is used.
                 session = found

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import hmac
 import ipaddress
 import re
@@ -24,12 +25,13 @@ from .compression import UnknownEncoding, decompress
 
 __all__ = [
     "HTTP_PARAMS", "USER", "EngineError", "ExternalTable", "Outcome", "Query", "authenticate",
-    "check_client", "count_statements", "decode_request", "may_hold_several_statements", "parse_form",
-    "parse_params", "quote_ident", "quote_literal", "result_format", "split_insert",
+    "check_client", "count_statements", "decode_request", "may_hold_several_statements", "owner_of", "parse_form",
+    "parse_params", "quote_ident", "quote_literal", "result_format", "split_insert", "user_password",
 ]
 
 USER = "default"
-"""The only user the adaptor knows; its password is generated per server."""
+"""The admin user (isolated_env itself); its password is generated per server. Lease users are
+the other users the adaptor knows (see :mod:`.guard`)."""
 
 HTTP_PARAMS = frozenset(
     {
@@ -52,6 +54,7 @@ _TOKEN = re.compile(
     re.DOTALL,
 )
 _FORMAT_NAME = re.compile(rb"\s+([A-Za-z0-9_]+)")
+_LEASE_USER = re.compile(r"^ie_[a-z0-9]+_\d+_s\d+$")
 _MAX_HEAD = 256 * 1024  # ClickHouse's max_query_size: the INSERT head is looked for only this far
 
 class EngineError(Exception):
@@ -104,6 +107,7 @@ class Query:
     session_timeout: float
     session_check: bool
     external: tuple[ExternalTable, ...] = ()
+    user: str = USER  # who sent it (set once authenticated): the default user, or a lease user
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,8 +301,9 @@ def _external_table(params: Mapping[str, str], name: str, data: bytes) -> Extern
     return ExternalTable(name, structure, params.get(f"{name}_format") or "TabSeparated", data)
 
 
-def authenticate(headers: Mapping[str, str], params: Mapping[str, str], password: bytes) -> None:
-    """Accept the one user with the server's password, from headers, parameters or Basic auth."""
+def authenticate(headers: Mapping[str, str], params: Mapping[str, str], password: bytes) -> str:
+    """The user of a request, from headers, parameters or Basic auth: the default user with the
+    server's password, or a lease user with the password derived for it (see :mod:`.guard`)."""
     user: str | None = headers.get("x-clickhouse-user") or params.get("user")
     given: str | None = headers.get("x-clickhouse-key") or params.get("password")
     auth = headers.get("authorization", "")
@@ -312,12 +317,30 @@ def authenticate(headers: Mapping[str, str], params: Mapping[str, str], password
     user = user or USER
     if not given:
         raise EngineError.of(194, "REQUIRED_PASSWORD", f"{user}: Authentication failed: password is required")
-    if user != USER or not hmac.compare_digest(given.encode(), password):
+    if user == USER:
+        expected = password
+    elif owner_of(user) is not None:
+        expected = user_password(password.decode(), user).encode()
+    else:
+        expected = b""
+    if not expected or not hmac.compare_digest(given.encode(), expected):
         raise EngineError.of(
             516,
             "AUTHENTICATION_FAILED",
             f"{user}: Authentication failed: password is incorrect, or there is no user with such name",
         )
+    return user
+
+
+def user_password(secret: str, user: str) -> str:
+    """The password of the lease user ``user``: derived from the server's secret, so isolated_env
+    makes a user without asking the server, and only a holder of the secret can."""
+    return hmac.new(secret.encode(), b"clickhouse:" + user.encode(), hashlib.sha256).hexdigest()
+
+
+def owner_of(user: str) -> str | None:
+    """``user`` when it names a lease user (``ie_<run>_<pid>_s<k>``), else None."""
+    return user if _LEASE_USER.match(user) else None
 
 
 def check_client(host: str | None) -> None:

@@ -1,0 +1,118 @@
+"""Guard rails of a Redis server: one restricted ACL user per logical database.
+
+A test's client authenticates as ``ie-db-<n>``, the user of the database it leased, made once per
+server (at the embedded server's start, all 1023 at once, ~80-90 ms) so nothing is paid per test.
+That user may run every command on its own database and none that reaches another or the server
+as a whole: ``SELECT`` of another database, ``SWAPDB``, ``MOVE``, ``COPY ... DB``, ``MIGRATE``,
+``FLUSHALL`` and the ``@admin`` commands (``CONFIG``, ``ACL SETUSER``, ``CLIENT KILL``/``PAUSE``,
+``DEBUG``, ``SHUTDOWN``, ``MONITOR``, ``REPLICAOF``, ...) are refused by the server with
+``NOPERM``. Database 0, which holds the lease keys, cannot be reached at all. (``RESET``, which
+any user may run and which makes the connection the default user, is refused by the test's client.)
+
+Valkey 9.1 and later restrict a user to databases (``db=<n>``): every cross-database path, ``COPY
+... DB`` included, is refused there. Redis 7 has no such rule; a user there may ``SELECT`` only its
+own database (``+select|<n>``), and ``COPY`` is refused as a whole (its ``DB`` option would reach
+another database).
+
+Pub/sub channels are one namespace for the whole server, so each user may only use channels
+named ``ie:<n>:*``; the test's client adds that prefix to the channels it sends and strips it from
+what it receives (:mod:`..resources._redis_guard`), so tests name their channels as they like and a
+``PUBLISH`` never reaches another test's subscriber.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
+__all__ = [
+    "CHANNELS", "USER", "create_users", "create_users_async", "external_secret", "new_secret", "password", "rules",
+]
+
+USER = "ie-db-{}"
+"""The restricted user of database ``n``."""
+CHANNELS = "ie:{}:"
+"""The prefix of every pub/sub channel the user of database ``n`` may use."""
+
+_REFUSED = ("-flushall", "-swapdb", "-move", "-migrate", "-select")
+
+
+def new_secret() -> str:
+    """A server's secret, from which each user's password is derived (kept in its 0600 state file)."""
+    return secrets.token_urlsafe(24)
+
+
+def password(secret: str, db: int) -> str:
+    """The password of the user of database ``db``: derived, so any process holding the server's
+    secret reaches it without another lookup."""
+    return hmac.new(secret.encode(), USER.format(db).encode(), hashlib.sha256).hexdigest()
+
+
+def rules(secret: str, db: int, *, db_acl: bool) -> list[str]:
+    """The ``ACL SETUSER`` rules of the user of database ``db``."""
+    return [
+        "reset", "on", ">" + password(secret, db), "~*", "&" + CHANNELS.format(db) + "*",
+        "+@all", "-@admin", *_REFUSED, f"+select|{db}",
+        *([f"db={db}"] if db_acl else ["-copy"]),
+    ]
+
+
+def supports_database_rules(client: Any) -> bool:
+    """True when the server restricts users to databases (``db=<n>``: Valkey 9.1 and later)."""
+    from redis.exceptions import ResponseError
+
+    probe = "ie-db-probe"
+    try:
+        client.execute_command("ACL", "SETUSER", probe, "db=0")
+    except ResponseError:
+        return False
+    client.execute_command("ACL", "DELUSER", probe)
+    return True
+
+
+def external_secret(username: str | None, password: str | None, where: str) -> str:
+    """The secret of an external server's users: derived from how the admin reaches it, so every
+    process and run given the same ``TEST_REDIS_URL`` derives the same passwords."""
+    material = f"isolated_env redis users|{username or ''}|{password or ''}|{where}"
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+async def create_users_async(client: Any, databases: int, secret: str) -> bool:
+    """Make (or remake, with the same rules) the user of every database but 0 through the asyncio
+    ``client`` (an external server's admin); True when the server has per-database rules."""
+    from redis.exceptions import ResponseError
+
+    try:
+        await client.execute_command("ACL", "SETUSER", "ie-db-probe", "db=0")
+    except ResponseError as exc:
+        if "db=0" not in str(exc) and "Syntax" not in str(exc):
+            raise  # not a rule this server lacks: no right to run ACL SETUSER at all
+        db_acl = False
+    else:
+        await client.execute_command("ACL", "DELUSER", "ie-db-probe")
+        db_acl = True
+    pipe = client.pipeline(transaction=False)
+    for db in range(1, databases):
+        pipe.execute_command("ACL", "SETUSER", USER.format(db), *rules(secret, db, db_acl=db_acl))
+    await pipe.execute()
+    return db_acl
+
+
+def create_users(unix_socket: str, databases: int, *, admin_password: str | None = None) -> dict[str, Any]:
+    """Make the user of every database but 0 on the server at ``unix_socket``; what the server's
+    state records so every process can authenticate as them."""
+    import redis
+
+    client = redis.Redis(unix_socket_path=unix_socket, password=admin_password, socket_timeout=10)
+    try:
+        db_acl = supports_database_rules(client)
+        secret = new_secret()
+        pipe: Any = client.pipeline(transaction=False)
+        for db in range(1, databases):
+            pipe.execute_command("ACL", "SETUSER", USER.format(db), *rules(secret, db, db_acl=db_acl))
+        pipe.execute()
+    finally:
+        client.close()
+    return {"acl_secret": secret, "acl_db": db_acl}
