@@ -1,0 +1,132 @@
+"""One kind of embedded server as this process sees it: joined once, answered from a cache, and
+found dead when a test's connection fails.
+
+The cache costs nothing per test. Liveness is checked only when something already went wrong
+(:meth:`Embedded.died`, called by a resource whose test failed or whose cleanup failed): the
+recorded pid, its start time and identity. A dead server is forgotten, so the next environment
+starts (or joins) a new one; the test gets one :class:`~isolated_env.ServerDied` with the tail of
+the server's log.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import anyio
+import anyio.to_thread
+
+from .._config import Settings
+from .._errors import ServerDied
+from . import registry
+from ._process import log_tail
+from ._statefile import ServerState, inside
+
+__all__ = ["Embedded"]
+
+_log = logging.getLogger("isolated_env")
+
+T = TypeVar("T")
+
+
+class Embedded(Generic[T]):
+    """One kind of embedded server as this process sees it: joined (or started) once per state
+    directory through :func:`.registry.acquire`, then answered from a cache."""
+
+    def __init__(
+        self,
+        kind: str,
+        start: Callable[[Settings, Path], tuple[subprocess.Popen[bytes], dict[str, Any]]],
+        view: Callable[[ServerState], T],
+        *,
+        stop_signal: signal.Signals = signal.SIGTERM,
+        display: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.display = display or kind
+        self._start = start
+        self._view = view
+        self._stop_signal = stop_signal
+        self._lock = threading.Lock()
+        self._cache: dict[str, T] = {}
+        self._states: dict[str, ServerState] = {}
+        self._dead: dict[int, tuple[ServerState, str]] = {}  # id(view) -> (its state, how it died)
+        self._dead_views: list[T] = []  # keeps the ids above from being reused
+        registry.on_release_all(self.forget)
+
+    def cached(self, settings: Settings) -> T | None:
+        return self._cache.get(str(settings.state_dir))
+
+    def join(self, settings: Settings) -> T:
+        """Blocking: start or join the server and register this process as a user."""
+        key = str(settings.state_dir)
+        with self._lock:
+            server = self._cache.get(key)
+            if server is None:
+                state = registry.acquire(
+                    self.kind, settings.state_dir, lambda d: self._start(settings, d), stop_signal=self._stop_signal
+                )
+                server = self._cache[key] = self._view(state)
+                self._states[key] = state
+            return server
+
+    def keep_up(self, settings: Settings) -> ServerState:
+        """Blocking: start the server if needed and pin it (``isolated-env up``)."""
+        return registry.acquire(
+            self.kind, settings.state_dir, lambda d: self._start(settings, d), pin=True, stop_signal=self._stop_signal
+        )
+
+    async def ensure(self, settings: Settings) -> T:
+        cached = self.cached(settings)
+        if cached is not None:
+            return cached
+        return await anyio.to_thread.run_sync(self.join, settings)
+
+    def died(self, server: T) -> ServerDied | None:
+        """The error for a test whose embedded ``server`` is dead, or None while it runs (or when
+        it is not an embedded server of this process). A dead server is forgotten: the next
+        :meth:`ensure` starts a new one."""
+        with self._lock:
+            dead = self._dead.get(id(server))
+            if dead is None:
+                key = next((k for k, v in self._cache.items() if v is server), None)
+                if key is None:
+                    return None
+                state = self._states[key]
+                if state.server_alive():
+                    return None
+                del self._cache[key], self._states[key]
+                dead = self._dead[id(server)] = (state, _how(state))
+                self._dead_views.append(server)
+                _log.warning("isolated_env: the embedded %s server (pid %d) died %s; the next environment starts "
+                             "a new one", self.kind, state.pid, dead[1])
+        state, how = dead
+        log = state.info.get("log")
+        directory = state.directory
+        readable = isinstance(log, str) and directory is not None and inside(directory, Path(log))
+        tail = log_tail(Path(log)) if readable else "(no log recorded)"  # type: ignore[arg-type]
+        return ServerDied(self.display, pid=state.pid, how=how, log=str(log), log_tail=tail)
+
+    def forget(self) -> None:
+        """Drop the cached views (after the registry released the server)."""
+        with self._lock:
+            self._cache.clear()
+            self._states.clear()
+
+
+def _how(state: ServerState) -> str:
+    proc = registry.child(state.pid)
+    code = proc.poll() if proc is not None else None
+    if code is None:
+        return "(how is unknown: another process started it)" if proc is None else ""
+    if code < 0:
+        try:
+            return f"(killed by {signal.Signals(-code).name})"
+        except ValueError:
+            return f"(killed by signal {-code})"
+    return f"(exit code {code})"
