@@ -121,9 +121,12 @@ class Embedded(Generic[T]):
 
 def _how(state: ServerState) -> str:
     proc = registry.child(state.pid)
-    code = proc.poll() if proc is not None else None
-    if code is None:
-        return "(how is unknown: another process started it)" if proc is None else ""
+    if proc is None:
+        return "(how is unknown: another process started it)"
+    try:
+        code = proc.wait(timeout=2)  # it may still be on its way out
+    except subprocess.TimeoutExpired:
+        return "(it no longer answers as our server)"
     if code < 0:
         try:
             return f"(killed by {signal.Signals(-code).name})"

@@ -177,8 +177,13 @@ def _collect(state: ServerState) -> None:
         proc.poll()  # collect the exit status of our own dead child
 
 
-def _collect_spawners() -> None:
-    _spawners[:] = [p for p in _spawners if p.poll() is None]
+def _collect_spawners(wait: float = 0.0) -> None:
+    """Collect the supervisor launchers that exited (each exits once it forked its supervisor off);
+    with ``wait``, wait that long for each one still starting."""
+    for proc in _spawners:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait) if wait else proc.poll()
+    _spawners[:] = [p for p in _spawners if p.returncode is None]
 
 
 def release(kind: str, state_dir: Path, *, unpin: bool = False) -> bool:
@@ -337,5 +342,7 @@ def release_all() -> None:
             release(kind, Path(root))
         except Exception as exc:  # one server that cannot be left must not keep us from the others
             _log.warning("could not leave the embedded %s server in %s: %r", kind, root, exc)
+    with _local:
+        _collect_spawners(wait=5.0)  # no launcher is left a child of ours
     for callback in _on_release_all:
         callback()

@@ -30,6 +30,7 @@ from .._servers.clickhouse import ClickHouseServer
 from ._clickhouse_slots import Mode, _Slot, _Slots
 from ._clickhouse_slots import connect as _connect
 from ._clickhouse_slots import reap as _reap
+from ._died import died as _died
 
 __all__ = ["ClickHouseHandle", "ClickHouseResource", "isolated_clickhouse", "prune", "settle"]
 
@@ -126,6 +127,9 @@ class ClickHouseResource(PooledResource[_Slot, ClickHouseHandle]):
 
     def wrap(self, item: _Slot) -> ClickHouseHandle:
         return ClickHouseHandle(item, self.slots)
+
+    async def died(self) -> BaseException | None:
+        return await _died("clickhouse", self.server, self.server.url)
 
     async def reset(self, handle: ClickHouseHandle) -> None:
         # In place, keeping the names the test already holds (the release swaps databases instead).

@@ -31,6 +31,7 @@ from .._runtime import Runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
 from .._servers.registry import owner_alive, owner_tag
+from ._died import died as _died
 from ._redis_leases import _LeaseKeeper
 
 __all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
@@ -277,6 +278,9 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
 
     def wrap(self, item: _Slot) -> RedisHandle:
         return RedisHandle(item)
+
+    async def died(self) -> BaseException | None:
+        return await _died("redis", self.server, self.server.url(0))
 
     async def keep(self, item: _Slot) -> Kept:
         with redis_driver.translate(f"keeping database {item.db}", failure=TeardownError):
