@@ -102,8 +102,9 @@ def _stop(state: ServerState, pidfd: int | None) -> None:
 
 def run(root: Path, kind: str, server_dir: Path, grace: float) -> None:
     try:
-        state = read_state(server_dir / SERVER_FILE, kind)
-    except CorruptState:
+        state = read_state(server_dir / SERVER_FILE, kind, root=root)
+    except CorruptState as exc:
+        print(f"isolated_env supervisor: {server_dir / SERVER_FILE} cannot be trusted ({exc})", file=sys.stderr)
         return
     if state is None:
         return

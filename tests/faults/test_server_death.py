@@ -19,6 +19,7 @@ import pytest
 
 import isolated_env as ie
 from isolated_env._servers import registry
+from isolated_env._servers._process import poll_until
 
 KILLS = 5
 
@@ -45,13 +46,11 @@ def own_servers(private_state_dir: Path, clean_environ: pytest.MonkeyPatch) -> I
             registry.release(kind, private_state_dir)
 
 
-async def _kill(kind: str, state_dir: Path) -> int:
+def _kill(kind: str, state_dir: Path) -> int:
     state = registry.status(kind, state_dir)
     assert state is not None and state.server_alive()
     os.kill(state.pid, signal.SIGKILL)
-    with anyio.fail_after(10):
-        while state.server_alive():
-            await anyio.sleep(0.005)
+    assert poll_until(lambda: not state.server_alive(), 10)
     return state.pid
 
 
@@ -68,7 +67,7 @@ async def test_a_killed_server_fails_the_running_test_once_and_comes_back(kind: 
         with pytest.raises(ie.ServerDied) as caught:
             async with ie.Environment() as env:
                 handle = await env.enter(factory())
-                pid = await _kill(kind, own_servers)
+                pid = _kill(kind, own_servers)
                 with anyio.fail_after(10):
                     while True:  # the driver's own error, first: what a test sees mid-query
                         await _query(kind, handle)
@@ -96,10 +95,13 @@ async def test_a_killed_server_fails_the_running_test_once_and_comes_back(kind: 
     # nothing of the dead servers stays: their directories went with the restarts
     state = registry.status(kind, own_servers)
     assert state is not None
-    assert [p.name for p in own_servers.glob(f"{kind}-*")] == [Path(state.info["dir"]).name]
-    with anyio.fail_after(10):  # the dead servers' supervisors see them gone and exit
-        while _others(own_servers, kind, str(state.info["dir"])):
-            await anyio.sleep(0.05)
+    assert _server_dirs(own_servers, kind) == [Path(state.info["dir"]).name]
+    # the dead servers' supervisors see them gone and exit
+    assert poll_until(lambda: not _others(own_servers, kind, str(state.info["dir"])), 10)
+
+
+def _server_dirs(state_dir: Path, kind: str) -> list[str]:
+    return [p.name for p in state_dir.glob(f"{kind}-*")]
 
 
 def _others(state_dir: Path, kind: str, live_dir: str) -> list[psutil.Process]:
