@@ -1,20 +1,24 @@
 """One kind of embedded server as this process sees it: joined once, answered from a cache, and
 found dead when a test's connection fails.
 
-The cache costs nothing per test. Liveness is checked only when something already went wrong
-(:meth:`Embedded.died`, called by a resource whose test failed or whose cleanup failed): the
-recorded pid, its start time and identity. A dead server is forgotten, so the next environment
-starts (or joins) a new one; the test gets one :class:`~isolated_env.ServerDied` with the tail of
-the server's log.
+Per test, the cache costs one ``poll`` of the server's pidfd (about 2 µs), which says whether
+that very process has exited: a server that died between tests is forgotten and replaced before
+the next test touches it. When something went wrong during a test (:meth:`Embedded.died`, called
+by a resource whose test or cleanup failed) the recorded pid, its start time and identity are
+checked; a dead server is forgotten, so the next environment starts (or joins) a new one, and the
+test gets one :class:`~isolated_env.ServerDied` with the tail of the server's log. Listeners
+(:meth:`Embedded.on_death`) drop what the event loop kept of a dead server (its pools).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import select
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -57,7 +61,13 @@ class Embedded(Generic[T]):
         self._states: dict[str, ServerState] = {}
         self._dead: dict[int, tuple[ServerState, str]] = {}  # id(view) -> (its state, how it died)
         self._dead_views: list[T] = []  # keeps the ids above from being reused
+        self._exits: dict[str, tuple[int, select.poll]] = {}  # state dir -> the server's pidfd, polled
+        self._listeners: list[Callable[[T], Awaitable[None]]] = []
         registry.on_release_all(self.forget)
+
+    def on_death(self, listener: Callable[[T], Awaitable[None]]) -> None:
+        """Await ``listener(view)`` in the event loop that finds the server of ``view`` dead."""
+        self._listeners.append(listener)
 
     def cached(self, settings: Settings) -> T | None:
         return self._cache.get(str(settings.state_dir))
@@ -73,7 +83,23 @@ class Embedded(Generic[T]):
                 )
                 server = self._cache[key] = self._view(state)
                 self._states[key] = state
+                self._watch(key, state.pid)
             return server
+
+    def _watch(self, key: str, pid: int) -> None:
+        self._unwatch(key)
+        try:
+            fd = os.pidfd_open(pid)
+        except (OSError, AttributeError):  # an old kernel: deaths are found on the failing path only
+            return
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        self._exits[key] = (fd, poller)
+
+    def _unwatch(self, key: str) -> None:
+        exit_ = self._exits.pop(key, None)
+        if exit_ is not None:
+            os.close(exit_[0])
 
     def keep_up(self, settings: Settings) -> ServerState:
         """Blocking: start the server if needed and pin it (``isolated-env up``)."""
@@ -82,9 +108,16 @@ class Embedded(Generic[T]):
         )
 
     async def ensure(self, settings: Settings) -> T:
-        cached = self.cached(settings)
+        key = str(settings.state_dir)
+        cached = self._cache.get(key)
         if cached is not None:
-            return cached
+            exit_ = self._exits.get(key)
+            if exit_ is None or not exit_[1].poll(0):
+                return cached
+            # It died between tests: nobody was using it, so nobody gets an error; a new one starts.
+            if self.died(cached) is not None:
+                for listener in self._listeners:
+                    await listener(cached)
         return await anyio.to_thread.run_sync(self.join, settings)
 
     def died(self, server: T) -> ServerDied | None:
@@ -101,6 +134,7 @@ class Embedded(Generic[T]):
                 if state.server_alive():
                     return None
                 del self._cache[key], self._states[key]
+                self._unwatch(key)
                 dead = self._dead[id(server)] = (state, _how(state))
                 self._dead_views.append(server)
                 _log.warning("isolated_env: the embedded %s server (pid %d) died %s; the next environment starts "
@@ -117,6 +151,8 @@ class Embedded(Generic[T]):
         with self._lock:
             self._cache.clear()
             self._states.clear()
+            for key in list(self._exits):
+                self._unwatch(key)
 
 
 def _how(state: ServerState) -> str:

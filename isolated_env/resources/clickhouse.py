@@ -31,6 +31,7 @@ from ._clickhouse_slots import Mode, _Slot, _Slots
 from ._clickhouse_slots import connect as _connect
 from ._clickhouse_slots import reap as _reap
 from ._died import died as _died
+from ._died import watch as _watch
 
 __all__ = ["ClickHouseHandle", "ClickHouseResource", "isolated_clickhouse", "prune", "settle"]
 
@@ -168,6 +169,7 @@ def isolated_clickhouse(
 
 
 isolated_clickhouse.resource_class = ClickHouseResource  # type: ignore[attr-defined]
+_watch("clickhouse", lambda server: server.url)
 
 
 async def settle() -> None:

@@ -32,6 +32,7 @@ from .._servers import redis as servers
 from .._servers.redis import RedisServer
 from .._servers.registry import owner_alive, owner_tag
 from ._died import died as _died
+from ._died import watch as _watch
 from ._redis_leases import _LeaseKeeper
 
 __all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
@@ -332,3 +333,4 @@ def isolated_redis(*, keep_on_failure: bool | None = None) -> ResourceContext[Re
 
 
 isolated_redis.resource_class = RedisResource  # type: ignore[attr-defined]
+_watch("redis", lambda server: server.url(0))

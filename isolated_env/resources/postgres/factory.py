@@ -11,7 +11,7 @@ from ..._drivers import asyncpg as driver
 from ..._errors import ConfigError, IsolatedEnvError, ServerDied
 from ..._resource import report_kept, resource
 from ..._servers import postgres as servers
-from .._died import died
+from .._died import died, watch
 from .database import database_mode
 from .handle import DatabaseHandle, PostgresHandle
 from .janitor import prune
@@ -41,6 +41,9 @@ async def _self_check() -> None:
     async with isolated_postgres() as c:
         if await c.fetchval("SELECT to_regclass('ie_doctor')") is not None:
             raise IsolatedEnvError("isolation self-check failed: a table survived its test")
+
+
+watch("postgres", server_key, also=disown_server)
 
 
 async def _died(server: servers.PostgresServer) -> ServerDied | None:
