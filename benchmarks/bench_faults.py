@@ -21,7 +21,6 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,8 @@ LOOP = textwrap.dedent(
     def server_pid():
         return json.load(open(os.path.join(os.environ["ISOLATED_ENV_STATE_DIR"], kind + ".json")))["pid"]
     async def main():
-        out = {"kills": kills, "server_died": 0, "other_error": 0, "failures_after": 0, "recover_s": []}
+        out = {"kills": kills, "server_died": 0, "other_error": 0, "failures_after": 0, "recover_s": [],
+               "detect_s": [], "restart_s": []}
         async with ie.Environment() as env:
             await query(await env.enter(factory()))
         for _ in range(kills):
@@ -65,9 +65,11 @@ LOOP = textwrap.dedent(
             except BaseException as exc:
                 name = "ServerDied" if "ServerDied" in repr(exc) else type(exc).__name__
                 out["server_died" if name == "ServerDied" else "other_error"] += 1
-            for attempt in range(30):  # the next environments, until one works (10 s at most)
+            errored = time.perf_counter()
+            out["detect_s"].append(errored - killed)
+            for attempt in range(10):  # the next environments, until one works
                 try:
-                    with anyio.fail_after(10):
+                    with anyio.fail_after(5):
                         async with ie.Environment() as env:
                             await query(await env.enter(factory()))
                     break
@@ -75,6 +77,7 @@ LOOP = textwrap.dedent(
                     out["failures_after"] += 1
                     await anyio.sleep(0.3)
             out["recover_s"].append(time.perf_counter() - killed)
+            out["restart_s"].append(time.perf_counter() - errored)
         print(json.dumps(out))
     anyio.run(main)
     """
@@ -148,9 +151,10 @@ def kill_loop(kind: str, kills: int) -> dict[str, Any]:
         if done.returncode != 0 or not done.stdout.strip():
             return {"kills": kills, "error": done.stderr.strip().splitlines()[-1:] or ["no output"]}
         out: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-        rec = out.pop("recover_s")
-        out["recover_median_ms"] = statistics.median(rec) * 1000 if rec else None
-        out["recover_max_ms"] = max(rec) * 1000 if rec else None
+        for name in ("recover", "detect", "restart"):
+            samples = out.pop(f"{name}_s")
+            out[f"{name}_median_ms"] = statistics.median(samples) * 1000 if samples else None
+            out[f"{name}_max_ms"] = max(samples) * 1000 if samples else None
         return out
     finally:
         _cleanup(state_dir)
@@ -190,23 +194,31 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--wait", type=float, default=30.0)
+    parser.add_argument("--only", choices=["kills", "leftovers"], help="run one part only")
     args = parser.parse_args()
-    report: dict[str, Any] = {"benchmark": "faults", "kills": {k: kill_loop(k, args.kills) for k in KINDS},
-                              "sigkilled_run": leftovers(args.wait)}
+    report: dict[str, Any] = {
+        "benchmark": "faults",
+        "kills": {k: kill_loop(k, args.kills) for k in KINDS} if args.only != "leftovers" else {},
+        "sigkilled_run": leftovers(args.wait) if args.only != "kills" else None,
+    }
     print(f"\n{'server':<11} {'kills':>5} {'ServerDied':>10} {'other err':>9} {'fail after':>10} "
-          f"{'recover p50 ms':>14} {'max ms':>8}")
+          f"{'recover p50 ms':>14} {'max ms':>8} {'detect p50':>10} {'restart p50':>11}")
     for kind, r in report["kills"].items():
         if "error" in r:
             print(f"{kind:<11} {r['kills']:>5}  failed: {r['error']}")
             continue
         print(f"{kind:<11} {r['kills']:>5} {r['server_died']:>10} {r['other_error']:>9} {r['failures_after']:>10} "
-              f"{r['recover_median_ms'] or 0:>14.0f} {r['recover_max_ms'] or 0:>8.0f}")
+              f"{r['recover_median_ms'] or 0:>14.0f} {r['recover_max_ms'] or 0:>8.0f} "
+              f"{r['detect_median_ms'] or 0:>10.0f} {r['restart_median_ms'] or 0:>11.0f}")
     s = report["sigkilled_run"]
-    print(f"\nSIGKILLed run: while running {s['while_running']}, right after the kill {s['right_after_kill']}, "
-          f"after {args.wait:g} s {s[f'after_{args.wait:g}s']}; processes gone after {s['processes_gone_after_s']} s")
+    if s is not None:
+        print(f"\nSIGKILLed run: while running {s['while_running']}, right after the kill {s['right_after_kill']}, "
+              f"after {args.wait:g} s {s[f'after_{args.wait:g}s']}; processes gone after "
+              f"{s['processes_gone_after_s']} s")
+    out = RESULTS.with_name(f"faults_{args.only}.json") if args.only else RESULTS
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2))
-    print(f"wrote {RESULTS}")
+    out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
