@@ -142,7 +142,7 @@ class Embedded(Generic[T]):
         state, how = dead
         log = state.info.get("log")
         directory = state.directory
-        readable = isinstance(log, str) and directory is not None and inside(directory, Path(log))
+        readable = isinstance(log, str) and directory is not None and inside(directory.parent, Path(log))
         tail = log_tail(Path(log)) if readable else "(no log recorded)"  # type: ignore[arg-type]
         return ServerDied(self.display, pid=state.pid, how=how, log=str(log), log_tail=tail)
 

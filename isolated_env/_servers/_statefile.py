@@ -4,8 +4,8 @@ A state file (``<state dir>/<kind>.json``) says which process is a kind's server
 directory is and who uses it. Whoever can write the state directory can write it, so nothing read
 from one is trusted:
 
-- a state that does not parse, or names a directory outside the state directory (or a file of
-  the server outside that directory), is :class:`CorruptState`, never acted on;
+- a state that does not parse, or names a directory (or a file, a socket) outside the state
+  directory, is :class:`CorruptState`, never acted on;
 - a pid is our server only when the process started at the recorded time, runs the recorded
   executable and works in (or names on its command line) the server's directory;
 - a directory is removed only when it lies inside the state directory and is named
@@ -38,7 +38,8 @@ __all__ = [
 
 _log = logging.getLogger("isolated_env")
 
-# Paths a provider records in ``info`` that must lie inside the server's directory.
+# Paths a provider records in ``info`` that must lie inside the state directory (files we read,
+# sockets we connect to: never /etc/shadow, never another user's socket).
 _PATH_KEYS = ("log", "password_file", "unix_socket")
 
 
@@ -143,12 +144,11 @@ def _check_paths(state: ServerState, root: Path) -> None:
         raise CorruptState(f"its server directory {directory} is not named {state.kind}-…")
     for key in _PATH_KEYS:
         value = state.info.get(key)
-        if value is not None and (not isinstance(value, str) or not inside(directory, Path(value))):
-            raise CorruptState(f"its {key} {value!r} is not inside the server directory {directory}")
+        if value is not None and (not isinstance(value, str) or not inside(root, Path(value))):
+            raise CorruptState(f"its {key} {value!r} is not inside the state directory {root}")
     host = state.info.get("host")
-    socket_dir = Path(host) if isinstance(host, str) and host.startswith("/") else None
-    if socket_dir is not None and not (socket_dir == directory or inside(directory, socket_dir)):
-        raise CorruptState(f"its socket directory {host!r} is not the server directory {directory}")
+    if isinstance(host, str) and host.startswith("/") and not inside(root, Path(host)):
+        raise CorruptState(f"its socket directory {host!r} is not inside the state directory {root}")
 
 
 def read_state(path: Path, kind: str, *, root: Path | None = None) -> ServerState | None:

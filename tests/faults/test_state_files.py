@@ -120,16 +120,19 @@ def test_a_state_file_that_does_not_parse_is_corrupt(tmp_path: Path, text: str) 
         read_state(tmp_path / "redis.json", "redis")
 
 
-def test_a_state_naming_files_outside_its_server_dir_is_corrupt(tmp_path: Path) -> None:
-    server_dir = tmp_path / "clickhouse-1"
+def test_a_state_naming_files_outside_the_state_dir_is_corrupt(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state"
+    server_dir = state_dir / "clickhouse-1"
+    server_dir.mkdir(parents=True)
     for info in ({"dir": str(server_dir), "password_file": "/etc/shadow"},
                  {"dir": str(server_dir), "log": str(tmp_path / "other.log")},
+                 {"dir": str(server_dir), "unix_socket": str(server_dir / ".." / ".." / "x.sock")},
                  {"dir": str(server_dir), "host": "/tmp"},
-                 {"dir": str(tmp_path / "redis-1")}):
-        (tmp_path / "clickhouse.json").write_text(json.dumps(
+                 {"dir": str(state_dir / "redis-1")}):
+        (state_dir / "clickhouse.json").write_text(json.dumps(
             {"kind": "clickhouse", "pid": 1, "create_time": 0.0, "info": info}))
         with pytest.raises(CorruptState):
-            read_state(tmp_path / "clickhouse.json", "clickhouse")
+            read_state(state_dir / "clickhouse.json", "clickhouse")
 
 
 PIN_AND_CORRUPT = textwrap.dedent(
