@@ -98,7 +98,7 @@ def test_servers_of_a_sigkilled_run_stop_themselves(private_state_dir: Path) -> 
 
 
 def test_a_pinned_server_outlives_its_grace_and_a_normal_run_leaves_no_supervisor(private_state_dir: Path) -> None:
-    env = _env(private_state_dir)
+    env = {**_env(private_state_dir), "ISOLATED_ENV_REAP_AFTER": "1"}
     up = subprocess.run([sys.executable, "-m", "isolated_env.cli", "up", "redis"], env=env, capture_output=True,
                         text=True, timeout=60)
     assert up.returncode == 0, up.stderr
@@ -110,7 +110,7 @@ def test_a_pinned_server_outlives_its_grace_and_a_normal_run_leaves_no_superviso
     assert poll_until(lambda: not [p for p in _ours(private_state_dir)
                                    if any("postgres-" in a for a in p.info["cmdline"] or [])], 5)
     # the pinned server is still up after several grace periods, with its supervisor
-    assert not poll_until(lambda: not psutil.pid_exists(pinned), 5, most=0.5)
+    assert not poll_until(lambda: not psutil.pid_exists(pinned), 3, most=0.5)
     assert len(_ours(private_state_dir)) == 2
     down = subprocess.run([sys.executable, "-m", "isolated_env.cli", "down", "redis"], env=env, capture_output=True,
                           text=True, timeout=60)
