@@ -81,6 +81,9 @@ if typing.TYPE_CHECKING:
         ResourceCheckFailed as ResourceCheckFailed,
     )
     from ._errors import (
+        ServerDied as ServerDied,
+    )
+    from ._errors import (
         ServiceUnavailable as ServiceUnavailable,
     )
     from ._errors import (
@@ -164,7 +167,7 @@ if typing.TYPE_CHECKING:
 
 _ERRORS = (
     "BudgetExceeded CircuitOpen ConfigError IsolatedEnvError IsolationBroken LeaseTimeout MissingDependencyError "
-    "PoolClosed PoolError ResourceCheckFailed ServiceUnavailable TeardownError TemplateError UnsafePath"
+    "PoolClosed PoolError ResourceCheckFailed ServerDied ServiceUnavailable TeardownError TemplateError UnsafePath"
 ).split()
 
 _WHERE: dict[str, str] = {

@@ -171,6 +171,11 @@ class PooledResource(Generic[T, H]):
     async def on_close(self) -> None:
         """Runs when the pool's event loop closes (close control connections)."""
 
+    async def died(self) -> BaseException | None:
+        """The error to raise when this resource's server died (asked only after the test failed
+        or a reset failed, never on the passing path); None when it runs."""
+        return None
+
     @classmethod
     async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:
         return []
@@ -215,6 +220,12 @@ class PooledResource(Generic[T, H]):
         self._lease = None
         if lease is None or pool is None:
             return None
+        if outcome is not Outcome.PASSED:
+            died = await self.died()
+            if died is not None:  # nothing to keep or clean on a dead server: one clear error instead
+                lease.discard()
+                await pool.release(lease)
+                raise died
         if keeps(outcome, self.keep_on_failure):
             kept = await self.keep(lease.value)
             if kept is not None:
@@ -222,7 +233,11 @@ class PooledResource(Generic[T, H]):
                 return kept
         if outcome is Outcome.ESCAPED:
             lease.discard()
-        await pool.release(lease)
+        failure = await pool.release(lease)
+        if failure is not None:
+            died = await self.died()
+            if died is not None:
+                raise died from failure
         return None
 
     def statistics(self) -> PoolStatistics | None:

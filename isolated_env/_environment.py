@@ -13,7 +13,7 @@ import anyio
 from . import _metrics
 from ._config import UNSET, Settings, _Unset, resolve
 from ._contract import Kept, Outcome, Resource, restore_settings, with_settings
-from ._errors import ConfigError, IsolatedEnvError, TeardownError
+from ._errors import ConfigError, IsolatedEnvError, ServerDied, TeardownError
 from ._pool import PoolStatistics
 from ._resource import ResourceContext
 
@@ -100,8 +100,8 @@ class Environment:
         if self._before is not None:
             self._leaks = _metrics.LeakReport.between(self._before, _metrics.snapshot())
         errors, self._teardown_errors = self._teardown_errors, []
-        if len(errors) == 1 and exc is None:
-            raise errors[0]
+        if len(errors) == 1 and (exc is None or isinstance(errors[0], ServerDied)):
+            raise errors[0]  # a server that died is the one clear error (the driver's is its context)
         if errors:
             raise ExceptionGroup(f"{len(errors)} resource(s) failed to clean up", errors)  # type: ignore[type-var]
 

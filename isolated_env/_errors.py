@@ -8,6 +8,7 @@ builtin, so ``except TimeoutError`` or ``except ValueError`` keeps working::
     │   └── UnsafePath                         a path would leave an isolated directory
     ├── MissingDependencyError (ImportError)   an optional extra is not installed
     ├── ServiceUnavailable (RuntimeError)      no server could be found, started or reached
+    │   └── ServerDied                         an embedded server died while a test used it
     ├── PoolError
     │   ├── LeaseTimeout (TimeoutError)        capacity stayed exhausted past lease_timeout
     │   └── PoolClosed (RuntimeError)          the pool was closed while a lease was wanted
@@ -34,6 +35,7 @@ __all__ = [
     "PoolClosed",
     "PoolError",
     "ResourceCheckFailed",
+    "ServerDied",
     "ServiceUnavailable",
     "TeardownError",
     "TemplateError",
@@ -82,6 +84,26 @@ class ServiceUnavailable(IsolatedEnvError, RuntimeError):
         if fix:
             text += f". Fix: {fix}"
         super().__init__(text)
+
+
+class ServerDied(ServiceUnavailable):
+    """An embedded server died (killed, crashed, out of memory) while a test used it.
+
+    The test that was running gets this error once, with the last lines of the server's log in
+    ``log_tail``; the server is started again for the next environment. Not a reason to skip: the
+    pytest plugin fails the test."""
+
+    def __init__(self, service: str, *, pid: int, how: str, log: str, log_tail: str) -> None:
+        self.pid = pid
+        self.log = log
+        self.log_tail = log_tail
+        super().__init__(
+            service,
+            f"the embedded server (pid {pid}) died {how} while this test used it; the last lines of its log "
+            f"({log}):\n{log_tail}\n",
+            fix="nothing to do for the next test, which gets a new server; if servers keep dying, read the log "
+            "(out of memory? killed by another process?)",
+        )
 
 
 class PoolError(IsolatedEnvError):

@@ -162,18 +162,21 @@ class Pool(Generic[T]):
         self._max_concurrent = max(self._max_concurrent, self._leased)
         return lease
 
-    async def release(self, lease: Lease[T]) -> None:
-        """Give a leased instance back: reset and pooled, or destroyed when discarded or dirty."""
+    async def release(self, lease: Lease[T]) -> Exception | None:
+        """Give a leased instance back: reset and pooled, or destroyed when discarded or dirty.
+        Returns why the reset failed (the instance was destroyed), None when it did not."""
         if lease.token is None:
-            return  # already given back
+            return None  # already given back
         token, lease.token = lease.token, None
         self._leased -= 1
+        failure: Exception | None = None
         try:
             # A cancelled test must still hand its instance back clean (or destroy it).
             with anyio.CancelScope(shield=True):
-                await self._checkin(lease)
+                failure = await self._checkin(lease)
         finally:
             self._limiter.release_on_behalf_of(token)
+        return failure
 
     async def detach(self, lease: Lease[T]) -> None:
         """Take a leased instance out of the pool for good (kept for a failed test): its capacity
@@ -214,11 +217,11 @@ class Pool(Generic[T]):
             _metrics.record_lease(self.name, reused=False)
             return Lease(item, fresh=True)
 
-    async def _checkin(self, lease: Lease[T]) -> None:
+    async def _checkin(self, lease: Lease[T]) -> Exception | None:
         item = lease.value
         if lease.discarded or self._closed:
             await self._destroy_quietly(item)
-            return
+            return None
         if self._reset is not None:
             try:
                 with anyio.fail_after(self._reset_timeout):
@@ -227,8 +230,9 @@ class Pool(Generic[T]):
                 self._reset_failures += 1
                 self.errors.append(exc)
                 await self._destroy_quietly(item)
-                return
+                return exc
         self._idle.append(item)
+        return None
 
     async def _destroy_quietly(self, item: T) -> None:
         self._destroyed += 1

@@ -27,6 +27,7 @@ T = TypeVar("T")
 log = logging.getLogger("isolated_env")
 
 _SETTLE_ON_CLOSE_S = 10.0
+_DROP_S = 5.0
 
 
 def _loop_key() -> object:
@@ -67,6 +68,28 @@ class Runtime:
 
     def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
         self._closers.append(closer)
+
+    async def drop(self, token: str) -> None:
+        """Close and forget every pool and object filed under a key naming ``token`` (all that
+        was bound to a server that died): none of its dead connections is handed out again.
+        Closing talks to a dead server, so it is bounded and its failures do not matter."""
+
+        def names(key: Hashable) -> bool:
+            return key == token or (isinstance(key, tuple) and token in key)
+
+        closing: list[Callable[[], Awaitable[None]]] = []
+        for key in [k for k in self.pools if names(k)]:
+            closing.append(self.pools.pop(key).aclose)
+        for key in [k for k in self.objects if names(k)]:
+            close = getattr(self.objects.pop(key), "aclose", None)
+            if close is not None:
+                closing.append(close)
+        with anyio.CancelScope(shield=True), anyio.move_on_after(_DROP_S):
+            for close in closing:
+                try:
+                    await close()
+                except Exception as exc:  # the server is gone: what its connections say about it is moot
+                    log.debug("isolated_env: closing %r of a dead server failed: %r", close, exc)
 
     # -- background work ----------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pytest
 
 from ._config import UNSET, resolve, set_layer
-from ._errors import ConfigError, ServiceUnavailable
+from ._errors import ConfigError, ServerDied, ServiceUnavailable
 from ._pytest_fixtures import resource_fixtures, with_async_variant
 from ._registry import ResourceSpec, specs
 
@@ -116,7 +116,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def unavailable(exc: ServiceUnavailable) -> NoReturn:
-    """Skip the test with the reason, or fail it when services are required (CI)."""
+    """Skip the test with the reason, or fail it when services are required (CI). A server that
+    died under the test is no reason to skip: that fails."""
+    if isinstance(exc, ServerDied):
+        raise exc
     if resolve().require_services:
         pytest.fail(f"{exc} (required: CI=true or --isolated-env-require)", pytrace=False)
     pytest.skip(str(exc))

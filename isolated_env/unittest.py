@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 from ._config import resolve
 from ._drivers.unittest_runner import shares_loops
 from ._environment import Environment
-from ._errors import ServiceUnavailable
+from ._errors import ServerDied, ServiceUnavailable
 from ._registry import spec
 
 __all__ = ["IsolatedEnvironmentTestCase"]
@@ -65,7 +65,7 @@ class IsolatedEnvironmentTestCase(unittest.IsolatedAsyncioTestCase):
             await ready
         except ServiceUnavailable as exc:
             await self._ie_host
-            if resolve().require_services:
+            if resolve().require_services or isinstance(exc, ServerDied):
                 raise
             self.skipTest(str(exc))
 

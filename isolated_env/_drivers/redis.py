@@ -27,6 +27,14 @@ def module() -> Any:
 
 
 def asyncio_client(**kwargs: Any) -> Any:
+    """A ``redis.asyncio.Redis``. On a unix socket (the embedded server) a failed command is retried
+    once, at once: redis-py's default of ten retries with backoff only delays, by seconds, the
+    error of a server that died, since a local socket that refuses a connection keeps refusing."""
+    if "unix_socket_path" in kwargs and "retry" not in kwargs:
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        kwargs["retry"] = Retry(NoBackoff(), 1)
     return _client_class()(**kwargs)
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from .._config import ExternalEndpoint, Settings
-from .._errors import ConfigError, ServiceUnavailable
+from .._errors import ConfigError, ServerDied, ServiceUnavailable
 from . import registry
+from ._embedded import Embedded
 
-__all__ = ["Provider", "ServerProvider", "provider", "provider_kinds", "unreachable"]
+__all__ = ["Provider", "ServerProvider", "provider", "provider_kinds", "server_died", "unreachable"]
 
 S = TypeVar("S")
 
@@ -48,7 +49,7 @@ class ServerProvider(Protocol[S]):
         ...
 
     @property
-    def embedded(self) -> registry.Embedded[S]:
+    def embedded(self) -> Embedded[S]:
         """The embedded server alone (``keep_up`` for ``isolated-env up``, ``cached``)."""
         ...
 
@@ -80,6 +81,11 @@ class ServerProvider(Protocol[S]):
         """The server this process uses: external if the environment names one, else embedded."""
         ...
 
+    def died(self, server: S) -> ServerDied | None:
+        """The error for a test whose embedded ``server`` died (it is then forgotten, and the next
+        :meth:`ensure` starts a new one); None while it runs, and for external servers."""
+        ...
+
 
 class Provider(Generic[S]):
     """What every provider shares: :meth:`ensure`, stop and reap through :mod:`.registry`.
@@ -94,8 +100,8 @@ class Provider(Generic[S]):
     stop_signal: ClassVar[signal.Signals] = signal.SIGTERM
 
     def __init__(self) -> None:
-        self.embedded: registry.Embedded[S] = registry.Embedded(
-            self.kind, self.start, self.view, stop_signal=self.stop_signal
+        self.embedded: Embedded[S] = Embedded(
+            self.kind, self.start, self.view, stop_signal=self.stop_signal, display=self.display
         )
         self._external: dict[tuple[Any, ...], S] = {}
 
@@ -134,6 +140,12 @@ class Provider(Generic[S]):
             return await self.embedded.ensure(settings)
         except ServiceUnavailable as exc:
             raise self._not_embedded(exc) from exc
+
+    def died(self, server: S) -> ServerDied | None:
+        """The error for a test whose embedded ``server`` died (it is then forgotten, and the next
+        :meth:`ensure` starts a new one); None while it runs, and for external servers. Checked
+        only after something failed: a pid, its start time and identity, never per test."""
+        return self.embedded.died(server)
 
     def forget(self) -> None:
         """Drop this process's cached views (after the registry released the server)."""
@@ -179,6 +191,11 @@ def unreachable(
         problem,
         fix=f"start the server or correct {endpoint.source}; unset it to use {fallback} instead",
     )
+
+
+def server_died(kind: str, server: Any) -> ServerDied | None:
+    """:meth:`Provider.died` of ``kind``'s provider."""
+    return provider(kind).died(server)
 
 
 def provider_kinds() -> tuple[str, ...]:

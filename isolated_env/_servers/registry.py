@@ -2,9 +2,11 @@
 
 One server per kind and machine, shared by every process that wants it (pytest-xdist workers,
 two concurrent runs): a file lock serialises start and stop, a JSON state file says where the
-server is and which processes use it. The last user to leave stops it; a user that died without
-leaving (SIGKILL) is pruned the next time anyone looks; a state file whose server is dead is
-replaced. ``isolated-env up`` pins a server so it outlives its users for a fast edit-test loop.
+server is, and each user holds a shared lock on the server's ``users.lock`` for as long as it uses
+it (the kernel drops it when the user dies, SIGKILL included). The last user to leave stops the
+server; when every user was killed, the server's supervisor (:mod:`._supervisor`) stops it. A state
+file whose server is dead is replaced; one that cannot be trusted is never acted on, and its server
+is found again (:mod:`._recover`). ``isolated-env up`` pins a server so it outlives its users.
 
 Nothing here knows a kind of server: how to start one, stop one and read its state comes from the
 kind's provider (:mod:`._provider`); the stop signal it asks for is recorded in the state file, so
@@ -15,9 +17,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import dataclasses
-import fcntl
-import json
 import logging
 import os
 import shutil
@@ -25,57 +24,24 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
-import anyio
-import anyio.to_thread
 import psutil
 
-from .._config import Settings
-from . import _diagnostics
-from ._owners import owner_alive, owner_tag
+from . import _diagnostics, _supervisor
+from ._owners import hold_users_lock, owner_alive, owner_tag, users_present
 from ._process import poll_until
+from ._recover import adopt, load, stop_orphans
+from ._statefile import CorruptState, ServerState, file_lock, read_state, remove_server_dir, write_state
 
 __all__ = [
-    "Embedded", "ServerState", "acquire", "owner_alive", "owner_tag", "pin", "reap", "release", "release_all",
-    "status", "stop",
+    "ServerState", "acquire", "file_lock", "owner_alive", "owner_tag", "pin", "reap", "release", "release_all",
+    "state_root", "status", "stop",
 ]
 
 _log = logging.getLogger("isolated_env")
-
-
-@dataclasses.dataclass
-class ServerState:
-    """What the state file says about one running server."""
-
-    kind: str
-    pid: int
-    create_time: float
-    info: dict[str, Any]
-    users: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    pinned: bool = False
-    startup_ms: float = 0.0
-    stop_signal: str = "SIGTERM"  # the provider's choice, recorded for whoever stops the server
-    reused: bool = False  # this process found the server already running
-
-    def to_json(self) -> str:
-        data = dataclasses.asdict(self)
-        data.pop("reused")
-        return json.dumps(data, indent=1)
-
-    @classmethod
-    def from_json(cls, text: str) -> ServerState:
-        data = json.loads(text)
-        return cls(**data)
-
-    def server_alive(self) -> bool:
-        try:
-            proc = psutil.Process(self.pid)
-            return proc.status() != psutil.STATUS_ZOMBIE and abs(proc.create_time() - self.create_time) < 0.05
-        except psutil.Error:
-            return False
 
 
 StartFn = Callable[[Path], tuple[subprocess.Popen[bytes], dict[str, Any]]]
@@ -83,7 +49,10 @@ StartFn = Callable[[Path], tuple[subprocess.Popen[bytes], dict[str, Any]]]
 
 _local = threading.Lock()
 _held: dict[tuple[str, str], ServerState] = {}
+_user_locks: dict[tuple[str, str], tuple[str, int]] = {}  # (kind, root) -> (server dir, users.lock fd)
 _children: dict[int, subprocess.Popen[bytes]] = {}
+_spawners: list[subprocess.Popen[bytes]] = []  # supervisor launchers, collected once they exit
+_on_release_all: list[Callable[[], None]] = []
 _atexit_registered = False
 
 
@@ -95,29 +64,9 @@ def state_root(state_dir: Path) -> Path:
     return state_dir
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
-
-
-def _read(path: Path) -> ServerState | None:
-    try:
-        return ServerState.from_json(path.read_text())
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def _write(path: Path, state: ServerState) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(state.to_json())
-    os.replace(tmp, path)
+def child(pid: int) -> subprocess.Popen[bytes] | None:
+    """The Popen of a server this process started (to read how it exited), if it did."""
+    return _children.get(pid)
 
 
 def acquire(
@@ -142,52 +91,99 @@ def acquire(
             # so has nothing to leave.
             atexit.register(release_all)
             _atexit_registered = True
+        _collect_spawners()
         held = _held.get(key)
         if held is not None and held.server_alive() and not pin:
             return held
         statefile = root / f"{kind}.json"
         with file_lock(root / f"{kind}.lock"):
-            state = _read(statefile)
+            state = load(root, kind)
             if state is not None and not state.server_alive():
-                _remove_dir(state)
+                _collect(state)
+                remove_server_dir(state)
                 _diagnostics.reaped(kind, [state.info.get("dir", str(statefile))],
                                     f"its server (pid {state.pid}) is no longer running; starting a new one")
                 state = None
             if state is None:
-                server_dir = root / f"{kind}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
-                _remove_tree(server_dir)
-                server_dir.mkdir(parents=True)
-                os.chmod(server_dir, 0o711)
-                started = time.perf_counter()
-                try:
-                    proc, info = start(server_dir)
-                except BaseException:
-                    _remove_tree(server_dir)
-                    raise
-                _children[proc.pid] = proc
-                info.setdefault("dir", str(server_dir))
-                state = ServerState(
-                    kind=kind,
-                    pid=proc.pid,
-                    create_time=psutil.Process(proc.pid).create_time(),
-                    info=info,
-                    startup_ms=(time.perf_counter() - started) * 1000,
-                    stop_signal=stop_signal.name,
-                )
-                _diagnostics.started(kind, state.pid, info, root, state.startup_ms)
+                state = _start(kind, root, start, stop_signal)
             else:
                 state.reused = True
                 _diagnostics.joined(kind, state.pid, state.info)
             me = owner_tag()
-            state.users = [u for u in state.users if owner_alive(u) is not False and u["pid"] != me["pid"]]
+            state.users = [u for u in state.users if owner_alive(u) is not False and u.get("pid") != me["pid"]]
+            directory = state.directory
             if pin:
                 state.pinned = True
+                if directory is not None:
+                    (directory / _supervisor.PINNED).touch()
             else:
+                _join_users(key, state)
                 state.users.append(me)
-            _write(statefile, state)
+            write_state(statefile, state.to_json())
         if not pin:
             _held[key] = state
         return state
+
+
+def _start(kind: str, root: Path, start: StartFn, stop_signal: signal.Signals) -> ServerState:
+    grace = _supervisor.reap_after()  # a bad ISOLATED_ENV_REAP_AFTER fails before anything starts
+    server_dir = root / f"{kind}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+    shutil.rmtree(server_dir, ignore_errors=True)
+    server_dir.mkdir(parents=True)
+    os.chmod(server_dir, 0o711)
+    started = time.perf_counter()
+    try:
+        proc, info = start(server_dir)
+    except BaseException:
+        shutil.rmtree(server_dir, ignore_errors=True)
+        raise
+    _children[proc.pid] = proc
+    info.setdefault("dir", str(server_dir))
+    server = psutil.Process(proc.pid)
+    with contextlib.suppress(psutil.Error):  # recorded so that a pid is only ever taken for this server
+        info.setdefault("exe", server.exe())
+    state = ServerState(
+        kind=kind, pid=proc.pid, create_time=server.create_time(), info=info,
+        startup_ms=(time.perf_counter() - started) * 1000, stop_signal=stop_signal.name,
+    )
+    write_state(server_dir / _supervisor.SERVER_FILE, state.to_json())
+    _spawners.append(_supervisor.spawn(root, kind, server_dir, grace))
+    _diagnostics.started(kind, state.pid, info, root, state.startup_ms)
+    return state
+
+
+def _join_users(key: tuple[str, str], state: ServerState) -> None:
+    directory = state.directory
+    held = _user_locks.get(key)
+    if held is not None:
+        if directory is not None and held[0] == str(directory):
+            return
+        os.close(_user_locks.pop(key)[1])
+    if directory is not None:
+        fd = hold_users_lock(directory)
+        if fd is not None:
+            _user_locks[key] = (str(directory), fd)
+
+
+def _leave_users(key: tuple[str, str]) -> None:
+    held = _user_locks.pop(key, None)
+    if held is not None:
+        os.close(held[1])  # not LOCK_UN: a forked child sharing the descriptor stays a user
+
+
+def _collect(state: ServerState) -> None:
+    proc = _children.pop(state.pid, None)
+    if proc is not None:
+        proc.poll()  # collect the exit status of our own dead child
+
+
+def _collect_spawners(wait: float = 0.0) -> None:
+    """Collect the supervisor launchers that exited (each exits once it forked its supervisor off);
+    with ``wait``, wait that long for each one still starting."""
+    for proc in _spawners:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(wait) if wait else proc.poll()
+    _spawners[:] = [p for p in _spawners if p.returncode is None]
 
 
 def release(kind: str, state_dir: Path, *, unpin: bool = False) -> bool:
@@ -199,22 +195,26 @@ def release(kind: str, state_dir: Path, *, unpin: bool = False) -> bool:
     key = (kind, str(root))
     with _local:
         _held.pop(key, None)
-        statefile = root / f"{kind}.json"
-        if not statefile.exists():
+        _leave_users(key)
+        _collect_spawners()
+        if not os.path.lexists(root / f"{kind}.json"):
             return False
         with file_lock(root / f"{kind}.lock"):
-            state = _read(statefile)
+            state = load(root, kind)
             if state is None:
                 return False
             me = os.getpid()
             state.users = [u for u in state.users if u.get("pid") != me and owner_alive(u) is not False]
             if unpin:
                 state.pinned = False
-            if state.users or state.pinned:
-                _write(statefile, state)
+                if state.directory is not None:
+                    (state.directory / _supervisor.PINNED).unlink(missing_ok=True)
+            in_use = state.directory is not None and users_present(state.directory)
+            if state.server_alive() and (state.pinned or in_use):
+                write_state(root / f"{kind}.json", state.to_json())
                 return False
             stop(state)
-            statefile.unlink(missing_ok=True)
+            (root / f"{kind}.json").unlink(missing_ok=True)
             return True
 
 
@@ -222,26 +222,38 @@ def pin(kind: str, state_dir: Path, pinned: bool = True) -> bool:
     """Keep the running server of ``kind`` up after its last user leaves (until ``release(unpin=True)``,
     i.e. ``isolated-env down``), or with ``pinned=False`` let it stop with its last user again.
     Returns False when no server of that kind is running."""
-    statefile = state_dir / f"{kind}.json"
     with _local, file_lock(state_dir / f"{kind}.lock"):
-        state = _read(statefile)
-        if state is None or not state.server_alive():
+        state = load(state_dir, kind)
+        if state is None or not state.server_alive() or state.directory is None:
             return False
         state.pinned = pinned
-        _write(statefile, state)
+        marker = state.directory / _supervisor.PINNED
+        if pinned:
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
+        write_state(state_dir / f"{kind}.json", state.to_json())
         return True
 
 
 def status(kind: str, state_dir: Path) -> ServerState | None:
-    state = _read(state_dir / f"{kind}.json")
+    """The state of ``kind``'s server (its live users only); a state file that cannot be trusted is
+    recovered first (its server adopted or, when none is found, the file removed)."""
+    try:
+        state = read_state(state_dir / f"{kind}.json", kind)
+    except CorruptState:
+        with _local, file_lock(state_dir / f"{kind}.lock"):
+            state = load(state_dir, kind)
     if state is not None:
         state.users = [u for u in state.users if owner_alive(u) is not False]
+        if state.directory is not None:
+            state.pinned = state.pinned or (state.directory / _supervisor.PINNED).exists()
     return state
 
 
 def stop(state: ServerState, timeout: float = 10.0, *, sig: signal.Signals | None = None) -> None:
     """Stop the server process (``sig``, by default the signal its state records, then SIGKILL) and
-    remove its directory."""
+    remove its directory. A pid the state names is signalled only when it is this server."""
     proc = _children.pop(state.pid, None)
     if state.server_alive():
         chosen = sig if sig is not None else _signal_named(state.stop_signal)
@@ -255,7 +267,7 @@ def stop(state: ServerState, timeout: float = 10.0, *, sig: signal.Signals | Non
             _exited(state, proc, 5.0)
     elif proc is not None:
         proc.poll()  # collect the exit status of a child that died on its own
-    _remove_dir(state)
+    remove_server_dir(state)
 
 
 def _signal_named(name: str) -> signal.Signals:
@@ -278,7 +290,8 @@ def _exited(state: ServerState, proc: subprocess.Popen[bytes] | None, timeout: f
 
 def reap(kind: str, state_dir: Path) -> list[str]:
     """Remove what dead embedded servers of ``kind`` left in ``state_dir``: the state file of a
-    server that is gone and every ``<kind>-*`` directory no live server owns. Returns the paths.
+    server that is gone (or that cannot be trusted, its server adopted), servers that no state
+    names, and every ``<kind>-*`` directory no live server owns. Returns the paths.
 
     Blocking. Holds the kind's lock, under which servers are started, so a directory being filled by
     a start in progress is never taken for a leftover.
@@ -288,89 +301,38 @@ def reap(kind: str, state_dir: Path) -> list[str]:
     removed: list[str] = []
     statefile = state_dir / f"{kind}.json"
     with _local, file_lock(state_dir / f"{kind}.lock"):
-        state = _read(statefile)
+        try:
+            state = read_state(statefile, kind)
+        except CorruptState as exc:
+            _log.warning("isolated_env: the state file %s cannot be trusted (%s)", statefile, exc)
+            state = adopt(state_dir, kind)
+            if state is not None:
+                write_state(statefile, state.to_json())
+            else:
+                statefile.unlink(missing_ok=True)
+                removed.append(str(statefile))
         live_dir: str | None = None
         if state is not None and state.server_alive():
-            live_dir = state.info.get("dir")
-        elif statefile.exists():
-            proc = _children.pop(state.pid, None) if state is not None else None
-            if proc is not None:
-                proc.poll()  # collect the exit status of our own dead child
+            live_dir = str(state.directory)
+        elif state is not None:
+            _collect(state)
             statefile.unlink(missing_ok=True)
             removed.append(str(statefile))
+        stop_orphans(state_dir, kind, keep=state.pid if state is not None and live_dir else None)
         for path in sorted(state_dir.glob(f"{kind}-*")):
-            if path.is_dir() and str(path) != live_dir:
-                _remove_tree(path)
+            if path.is_symlink():
+                path.unlink()  # never followed: whatever it points at stays
+                removed.append(str(path))
+            elif path.is_dir() and str(path) != live_dir:
+                shutil.rmtree(path, ignore_errors=True)
                 removed.append(str(path))
     _diagnostics.reaped(kind, removed, "left by embedded servers that are no longer running")
     return removed
 
 
-def _remove_dir(state: ServerState) -> None:
-    d = state.info.get("dir")
-    if d:
-        _remove_tree(Path(d))
-
-
-def _remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-T = TypeVar("T")
-_views: list[Embedded[Any]] = []
-
-
-class Embedded(Generic[T]):
-    """One kind of embedded server as this process sees it: joined (or started) once per state
-    directory through :func:`acquire`, then answered from a cache."""
-
-    def __init__(
-        self,
-        kind: str,
-        start: Callable[[Settings, Path], tuple[subprocess.Popen[bytes], dict[str, Any]]],
-        view: Callable[[ServerState], T],
-        *,
-        stop_signal: signal.Signals = signal.SIGTERM,
-    ) -> None:
-        self.kind = kind
-        self._start = start
-        self._view = view
-        self._stop_signal = stop_signal
-        self._lock = threading.Lock()
-        self._cache: dict[str, T] = {}
-        _views.append(self)
-
-    def cached(self, settings: Settings) -> T | None:
-        return self._cache.get(str(settings.state_dir))
-
-    def join(self, settings: Settings) -> T:
-        """Blocking: start or join the server and register this process as a user."""
-        key = str(settings.state_dir)
-        with self._lock:
-            server = self._cache.get(key)
-            if server is None:
-                state = acquire(
-                    self.kind, settings.state_dir, lambda d: self._start(settings, d), stop_signal=self._stop_signal
-                )
-                server = self._cache[key] = self._view(state)
-            return server
-
-    def keep_up(self, settings: Settings) -> ServerState:
-        """Blocking: start the server if needed and pin it (``isolated-env up``)."""
-        return acquire(
-            self.kind, settings.state_dir, lambda d: self._start(settings, d), pin=True, stop_signal=self._stop_signal
-        )
-
-    async def ensure(self, settings: Settings) -> T:
-        cached = self.cached(settings)
-        if cached is not None:
-            return cached
-        return await anyio.to_thread.run_sync(self.join, settings)
-
-    def forget(self) -> None:
-        """Drop the cached view (after the registry released the server)."""
-        with self._lock:
-            self._cache.clear()
+def on_release_all(callback: Callable[[], None]) -> None:
+    """Run ``callback`` after :func:`release_all` left every server (drop cached views)."""
+    _on_release_all.append(callback)
 
 
 def release_all() -> None:
@@ -380,5 +342,7 @@ def release_all() -> None:
             release(kind, Path(root))
         except Exception as exc:  # one server that cannot be left must not keep us from the others
             _log.warning("could not leave the embedded %s server in %s: %r", kind, root, exc)
-    for view in _views:
-        view.forget()
+    with _local:
+        _collect_spawners(wait=5.0)  # no launcher is left a child of ours
+    for callback in _on_release_all:
+        callback()

@@ -31,6 +31,8 @@ from .._servers.clickhouse import ClickHouseServer
 from ._clickhouse_slots import Mode, _Slot, _Slots
 from ._clickhouse_slots import connect as _connect
 from ._clickhouse_slots import reap as _reap
+from ._died import died as _died
+from ._died import watch as _watch
 
 __all__ = ["ClickHouseHandle", "ClickHouseResource", "isolated_clickhouse", "prune", "settle"]
 
@@ -128,6 +130,9 @@ class ClickHouseResource(PooledResource[_Slot, ClickHouseHandle]):
     def wrap(self, item: _Slot) -> ClickHouseHandle:
         return ClickHouseHandle(item, self.slots)
 
+    async def died(self) -> BaseException | None:
+        return await _died("clickhouse", self.server, self.server.url)
+
     async def reset(self, handle: ClickHouseHandle) -> None:
         # In place, keeping the names the test already holds (the release swaps databases instead).
         if self._lease is not None:
@@ -165,6 +170,7 @@ def isolated_clickhouse(
 
 
 isolated_clickhouse.resource_class = ClickHouseResource  # type: ignore[attr-defined]
+_watch("clickhouse", lambda server: server.url)
 
 
 async def settle() -> None:

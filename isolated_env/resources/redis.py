@@ -31,6 +31,8 @@ from .._runtime import Runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
 from .._servers.registry import owner_alive, owner_tag
+from ._died import died as _died
+from ._died import watch as _watch
 from ._redis_guard import test_client, untaint
 from ._redis_leases import _LeaseKeeper
 
@@ -291,6 +293,9 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
     def wrap(self, item: _Slot) -> RedisHandle:
         return RedisHandle(item)
 
+    async def died(self) -> BaseException | None:
+        return await _died("redis", self.server, self.server.url(0))
+
     async def keep(self, item: _Slot) -> Kept:
         with redis_driver.translate(f"keeping database {item.db}", failure=TeardownError):
             return await self.slots.keep(item)
@@ -353,3 +358,4 @@ def isolated_redis(*, keep_on_failure: bool | None = None, admin: bool = False) 
 
 
 isolated_redis.resource_class = RedisResource  # type: ignore[attr-defined]
+_watch("redis", lambda server: server.url(0))

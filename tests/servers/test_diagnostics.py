@@ -82,8 +82,9 @@ def _dead_pid() -> int:
 
 def test_a_reap_says_what_it_removed_and_why(state_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     statefile = state_dir / "diagkind.json"
-    statefile.write_text(json.dumps({"kind": "diagkind", "pid": _dead_pid(), "create_time": 0.0, "info": {}}))
     leftover = state_dir / "diagkind-1-2"
+    statefile.write_text(json.dumps({"kind": "diagkind", "pid": _dead_pid(), "create_time": 0.0,
+                                     "info": {"dir": str(leftover)}}))
     leftover.mkdir()
     with caplog.at_level(logging.INFO, logger="isolated_env"):
         removed = registry.reap("diagkind", state_dir)
@@ -107,7 +108,9 @@ def test_replacing_a_dead_server_is_logged_with_the_new_start(
         {"kind": "diagkind", "pid": dead, "create_time": 0.0, "info": {"dir": str(old_dir)}}))
 
     def start(directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
-        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+        # cwd: like a real server, it works in its directory (what tells it from a reused pid)
+        proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,
+                                cwd=directory)
         return proc, {"version": "1.2", "binary": sys.executable, "log": str(directory / "x.log")}
 
     with caplog.at_level(logging.INFO, logger="isolated_env"):

@@ -8,12 +8,14 @@ from typing import Any
 from ..._config import Settings
 from ..._contract import Kept, Outcome, current_settings, keeps
 from ..._drivers import asyncpg as driver
-from ..._errors import ConfigError, IsolatedEnvError
+from ..._errors import ConfigError, IsolatedEnvError, ServerDied
 from ..._resource import report_kept, resource
 from ..._servers import postgres as servers
+from .._died import died, watch
 from .database import database_mode
 from .handle import DatabaseHandle, PostgresHandle
 from .janitor import prune
+from .labels import disown_server, server_key
 from .templates import as_template, template_database
 from .transaction import transaction_mode
 
@@ -41,6 +43,16 @@ async def _self_check() -> None:
             raise IsolatedEnvError("isolation self-check failed: a table survived its test")
 
 
+watch("postgres", server_key, also=disown_server)
+
+
+async def _died(server: servers.PostgresServer) -> ServerDied | None:
+    dead = await died("postgres", server, server_key(server))
+    if dead is not None:
+        disown_server(server)  # its databases died with it
+    return dead
+
+
 @resource(
     "postgres", aliases=("database",), provider="postgres", extra="postgres", reap=_reap, self_check=_self_check,
     reset=lambda handle: handle._reset(), statistics=lambda handle: handle._pool.statistics(),
@@ -61,24 +73,36 @@ async def isolated_postgres(
     settings = current_settings()
     keep = keeps(Outcome.FAILED, keep_on_failure)  # whether a failure would be kept
     server = await servers.ensure_server(settings)
-    if mode == "database":
-        handle = None
-        try:
-            async with database_mode(server, settings, checked, keep_on_failure=keep) as handle:
+    outcome: Outcome | None = None
+    try:
+        if mode == "database":
+            handle = None
+            try:
+                async with database_mode(server, settings, checked, keep_on_failure=keep) as handle:
+                    outcome = yield handle
+                    if isinstance(handle, DatabaseHandle):
+                        handle.failed = outcome is Outcome.FAILED
+            finally:
+                if isinstance(handle, DatabaseHandle) and handle.kept:
+                    report_kept(Kept(
+                        "postgres", f"database {handle.database}: {driver.redacted_dsn(server, handle.database)}",
+                        "remove with `isolated-env prune --kept`"
+                        + ("; the embedded server stays up until `isolated-env down`" if server.source == "embedded"
+                           else ""),
+                    ))
+        else:
+            template_name = None if template is None else await template_database(server, checked)
+            async with transaction_mode(server, settings, template_name) as handle:
                 outcome = yield handle
-                if isinstance(handle, DatabaseHandle):
-                    handle.failed = outcome is Outcome.FAILED
-        finally:
-            if isinstance(handle, DatabaseHandle) and handle.kept:
-                report_kept(Kept(
-                    "postgres", f"database {handle.database}: {driver.redacted_dsn(server, handle.database)}",
-                    "remove with `isolated-env prune --kept`"
-                    + ("; the embedded server stays up until `isolated-env down`" if server.source == "embedded"
-                       else ""),
-                ))
-        return
-    template_name = None if template is None else await template_database(server, checked)
-    async with transaction_mode(server, settings, template_name) as handle:
-        outcome = yield handle
-    if keep and outcome is Outcome.FAILED:
-        report_kept(_NOTHING_KEPT)
+    except Exception as exc:
+        # Asked only on the failing path: a test whose server died gets that, not a driver error.
+        dead = await _died(server)
+        if dead is not None:
+            raise dead from exc
+        raise
+    if outcome is Outcome.FAILED:
+        dead = await _died(server)
+        if dead is not None:
+            raise dead
+        if keep and mode == "transaction":
+            report_kept(_NOTHING_KEPT)

@@ -22,7 +22,7 @@ from ..._servers.postgres import PostgresServer
 from ..._servers.registry import owner_tag
 from .sql import quote_ident, quote_literal
 
-__all__ = ["create_database", "disown", "drop", "drop_database", "no_createdb", "own", "server_key"]
+__all__ = ["create_database", "disown", "disown_server", "drop", "drop_database", "no_createdb", "own", "server_key"]
 
 log = logging.getLogger("isolated_env")
 
@@ -86,6 +86,14 @@ def disown(name: str) -> None:
     """Forget a database: it was dropped, or it is kept for a failed test."""
     with _owned_lock:
         _owned.pop(name, None)
+
+
+def disown_server(server: PostgresServer) -> None:
+    """Forget every database on ``server``: it died, and its databases with it."""
+    key = server_key(server)
+    with _owned_lock:
+        for name in [n for n, s in _owned.items() if server_key(s) == key]:
+            del _owned[name]
 
 
 def _drop_owned_blocking() -> None:

@@ -1,0 +1,148 @@
+"""The reaper that needs no next run (finding 8): embedded servers stop themselves once no live
+user remains, even when every user was SIGKILLed; a pinned server stays; a normal run leaves no
+supervisor behind. Real servers and a real SIGKILL, in a state directory of their own, with a
+short grace period (ISOLATED_ENV_REAP_AFTER)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+import pytest
+
+from isolated_env._servers._process import poll_until
+
+KINDS = ["postgres", "redis"] + (["clickhouse"] if importlib.util.find_spec("chdb") else [])
+
+USER = textwrap.dedent(
+    """
+    import sys, anyio, isolated_env as ie
+    async def main():
+        async with ie.Environment() as env:
+            for kind in sys.argv[2:]:
+                await env.enter(getattr(ie, f"isolated_{kind}")())
+            print("ready", flush=True)
+            if sys.argv[1] == "hold":
+                await anyio.sleep(120)
+    anyio.run(main)
+    """
+)
+
+
+def _env(state_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_REDIS", "TEST_POSTGRES", "TEST_CLICKHOUSE"))}
+    return {**env, "ISOLATED_ENV_STATE_DIR": str(state_dir), "ISOLATED_ENV_REAP_AFTER": "2"}
+
+
+def _ours(state_dir: Path) -> list[psutil.Process]:
+    """Every process (server, supervisor) that names the state directory."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(str(state_dir) in arg for arg in proc.info["cmdline"] or []) and proc.status() != "zombie":
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _server_pids(state_dir: Path) -> list[int]:
+    return [json.loads((state_dir / f"{kind}.json").read_text())["pid"] for kind in KINDS]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _shm_mb(state_dir: Path) -> float:
+    total = 0
+    for root, _dirs, files in os.walk(state_dir):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                continue
+    return total / 1e6
+
+
+def test_servers_of_a_sigkilled_run_stop_themselves(private_state_dir: Path) -> None:
+    user = subprocess.Popen([sys.executable, "-c", USER, "hold", *KINDS], env=_env(private_state_dir),
+                            stdout=subprocess.PIPE, text=True)
+    assert user.stdout is not None
+    try:
+        assert user.stdout.readline() == "ready\n"
+        pids = _server_pids(private_state_dir)
+        assert all(psutil.pid_exists(pid) for pid in pids)
+        assert len(_ours(private_state_dir)) >= 2 * len(KINDS)  # each server and its supervisor
+        print(f"before the kill: {len(_ours(private_state_dir))} processes, {_shm_mb(private_state_dir):.0f} MB")
+    finally:
+        user.kill()
+        user.wait()
+        user.stdout.close()
+    # within the issue's 30 s bound (grace 2 s here): servers, supervisors, directories, state files gone
+    assert poll_until(lambda: not _ours(private_state_dir), 30, most=0.2), [p.info for p in _ours(private_state_dir)]
+    assert poll_until(lambda: not any(_running(pid) for pid in pids), 10)
+    assert poll_until(lambda: not [p for p in private_state_dir.iterdir() if p.name.split("-")[0] in KINDS
+                                   and (p.is_dir() or p.suffix == ".json")], 10)
+    print(f"after the kill: {len(_ours(private_state_dir))} processes, {_shm_mb(private_state_dir):.0f} MB "
+          "(the cluster cache aside)")
+
+
+def test_a_pinned_server_outlives_its_grace_and_a_normal_run_leaves_no_supervisor(private_state_dir: Path) -> None:
+    env = {**_env(private_state_dir), "ISOLATED_ENV_REAP_AFTER": "1"}
+    up = subprocess.run([sys.executable, "-m", "isolated_env.cli", "up", "redis"], env=env, capture_output=True,
+                        text=True, timeout=60)
+    assert up.returncode == 0, up.stderr
+    pinned = json.loads((private_state_dir / "redis.json").read_text())["pid"]
+    run = subprocess.run([sys.executable, "-c", USER, "quick", "redis", "postgres"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    # postgres was left by its last user: it and its supervisor are gone at once, not after a grace
+    assert poll_until(lambda: not [p for p in _ours(private_state_dir)
+                                   if any("postgres-" in a for a in p.info["cmdline"] or [])], 5)
+    # the pinned server is still up after several grace periods, with its supervisor
+    assert not poll_until(lambda: not psutil.pid_exists(pinned), 3, most=0.5)
+    assert len(_ours(private_state_dir)) == 2
+    down = subprocess.run([sys.executable, "-m", "isolated_env.cli", "down", "redis"], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert "redis: stopped" in down.stdout, down.stdout + down.stderr
+    assert poll_until(lambda: not _ours(private_state_dir), 5)
+
+
+def test_a_bad_grace_period_is_refused_before_anything_starts(private_state_dir: Path) -> None:
+    env = {**_env(private_state_dir), "ISOLATED_ENV_REAP_AFTER": "soon"}
+    run = subprocess.run([sys.executable, "-c", USER, "quick", "redis"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode != 0
+    assert "ISOLATED_ENV_REAP_AFTER='soon'" in run.stderr
+    assert not _ours(private_state_dir)
+
+
+@pytest.mark.parametrize("kind", ["redis"])
+def test_the_supervisor_is_nobodys_child(private_state_dir: Path, kind: str) -> None:
+    user = subprocess.Popen([sys.executable, "-c", USER, "hold", kind], env=_env(private_state_dir),
+                            stdout=subprocess.PIPE, text=True)
+    assert user.stdout is not None
+    try:
+        assert user.stdout.readline() == "ready\n"
+        # its launcher exits at once, after forking the supervisor off: never a zombie child of the
+        # user, never a child its leak check would count
+        def supervisors() -> list[psutil.Process]:
+            return [p for p in _ours(private_state_dir) if "_supervisor" in " ".join(p.info["cmdline"])]
+
+        assert poll_until(lambda: len(supervisors()) == 1 and supervisors()[0].ppid() != user.pid, 10)
+        assert supervisors()[0].pid not in {c.pid for c in psutil.Process(user.pid).children()}
+    finally:
+        user.terminate()
+        user.wait()
+        user.stdout.close()
+    assert poll_until(lambda: not _ours(private_state_dir), 15)
