@@ -13,7 +13,7 @@ from typing import Any
 
 from .._errors import IsolatedEnvError, MissingDependencyError, ServiceUnavailable
 
-__all__ = ["asyncio_client", "module", "translate"]
+__all__ = ["asyncio_client", "module", "sync_client", "translate"]
 
 
 def module() -> Any:
@@ -25,8 +25,32 @@ def module() -> Any:
     return aredis
 
 
+_driver_info: list[Any] = []
+
+
+def _client_defaults() -> dict[str, Any]:
+    # redis-py >= 7 looks its own version up in the package metadata for every client it makes
+    # (about 1.5 ms, more than a test's Redis work); the version is looked up once here instead.
+    if not _driver_info:
+        try:
+            from redis.driver_info import DriverInfo
+        except ImportError:  # older redis-py: the version is a default argument, computed at import
+            _driver_info.append(None)
+        else:
+            _driver_info.append(DriverInfo())
+    info = _driver_info[0]
+    return {} if info is None else {"driver_info": info}
+
+
 def asyncio_client(**kwargs: Any) -> Any:
-    return module().Redis(**kwargs)
+    return module().Redis(**(_client_defaults() | kwargs))
+
+
+def sync_client(**kwargs: Any) -> Any:
+    """A ``redis.Redis`` (for the threads that keep leases, never for a test's own work)."""
+    import redis
+
+    return redis.Redis(**(_client_defaults() | kwargs))
 
 
 @contextlib.contextmanager
