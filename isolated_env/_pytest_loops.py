@@ -126,7 +126,8 @@ def asyncio_test_loop(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
         )
     requester = _requester_loop_fixture(request)
     names = [name for name in request.fixturenames if _is_loop_fixture(name)]
-    for name in reversed([*names, requester] if requester is not None else names):  # pytest-asyncio appends the test's own loop last
+    # pytest-asyncio appends the test's own loop last; a requesting fixture's loop comes first.
+    for name in reversed([*names, requester] if requester is not None else names):
         loop = _loop_of(request.getfixturevalue(name))
         if loop is not None:
             return loop
