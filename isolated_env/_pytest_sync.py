@@ -77,3 +77,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     running = sys.modules.get("isolated_env.sync._portal")
     if running is not None:
         running.close()
+    sessions = sys.modules.get("isolated_env._drivers.asyncpg_sessions")
+    if sessions is not None:  # PostgreSQL sessions parked between event loops end with the run
+        sessions.close_all()
