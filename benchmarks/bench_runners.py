@@ -12,7 +12,9 @@ each test running one query.
 The per-test cost is (time of the run's test loop - the same for a project of N trivial tests under
 the same runner) / N, so pytest's and the runner's own per-test work cancel out; the test loop is
 timed by a conftest hook around ``pytest_runtestloop`` (process start, import and collection are
-left out; the first connection of a run is in). Medians over the repeats, runs interleaved so that
+left out; the first connection of a run is in). ``cpu ms`` is the same difference in the pytest
+process's own CPU time: steadier on a busy machine, but blind to the servers' side (a backend's
+start-up) and to waits. Medians over the repeats, runs interleaved so that
 machine noise hits every row alike. The embedded servers are kept up for the whole benchmark
 (``isolated-env up``), as in an edit-test loop. Prints a table and writes
 benchmarks/results/runners.json.
@@ -72,12 +74,12 @@ async def private_database(isolated_env):
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtestloop(session):
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     try:
         return (yield)
     finally:
         with open(os.environ["BENCH_RUNNERS_OUT"], "w") as out:
-            json.dump({"loop_s": time.perf_counter() - started}, out)
+            json.dump({"loop_s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu}, out)
 '''
 
 
@@ -102,7 +104,7 @@ def _project(where: Path, runner: str, kind: str, tests: int) -> None:
     (where / "test_generated.py").write_text("\n".join(source))
 
 
-def _run(python: Path, where: Path, runner: str, env: dict[str, str]) -> tuple[float, float]:
+def _run(python: Path, where: Path, runner: str, env: dict[str, str]) -> tuple[float, float, float]:
     out = where / "timing.json"
     env = env | {"BENCH_RUNNERS_OUT": str(out)}
     args = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", *RUNNERS[runner][3]]
@@ -111,7 +113,8 @@ def _run(python: Path, where: Path, runner: str, env: dict[str, str]) -> tuple[f
     wall = time.perf_counter() - started
     if result.returncode != 0:
         raise SystemExit(f"{runner} run in {where} failed:\n{result.stdout[-4000:]}\n{result.stderr[-2000:]}")
-    return json.loads(out.read_text())["loop_s"], wall
+    timing = json.loads(out.read_text())
+    return timing["loop_s"], timing["cpu_s"], wall
 
 
 def main() -> None:
@@ -132,6 +135,7 @@ def main() -> None:
                    capture_output=True)
     loop_s: dict[tuple[str, str], list[float]] = {(r, k): [] for r in args.runners for k in kinds}
     wall_s: dict[tuple[str, str], list[float]] = {(r, k): [] for r in args.runners for k in kinds}
+    cpu_s: dict[tuple[str, str], list[float]] = {(r, k): [] for r in args.runners for k in kinds}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-runners-") as tmp:
             for runner in args.runners:
@@ -140,8 +144,9 @@ def main() -> None:
             for _ in range(args.repeats):
                 for runner in args.runners:
                     for kind in kinds:
-                        loop, wall = _run(pythons[runner], Path(tmp) / runner / kind, runner, env)
+                        loop, cpu, wall = _run(pythons[runner], Path(tmp) / runner / kind, runner, env)
                         loop_s[(runner, kind)].append(loop)
+                        cpu_s[(runner, kind)].append(cpu)
                         wall_s[(runner, kind)].append(wall)
     finally:
         subprocess.run([str(any_python), "-m", "isolated_env.cli", "down", "postgres", "redis"], env=env,
@@ -149,21 +154,25 @@ def main() -> None:
     rows = []
     for runner in args.runners:
         base = statistics.median(loop_s[(runner, "trivial")])
+        base_cpu = statistics.median(cpu_s[(runner, "trivial")])
         for kind in args.kinds:
             loop = statistics.median(loop_s[(runner, kind)])
+            cpu = statistics.median(cpu_s[(runner, kind)])
             rows.append({
                 "runner": runner, "kind": kind,
                 "per_test_ms": round((loop - base) / args.tests * 1000, 3),
+                "per_test_cpu_ms": round((cpu - base_cpu) / args.tests * 1000, 3),
                 "target_ms": TARGETS_MS[kind] if runner.endswith("function") else None,
                 "loop_s": round(loop, 3), "trivial_loop_s": round(base, 3),
                 "wall_s": round(statistics.median(wall_s[(runner, kind)]), 3),
                 "samples_s": [round(s, 3) for s in loop_s[(runner, kind)]],
             })
-    print(f"{'runner':<22} {'kind':<12} {'per test ms':>11} {'target':>7} {'loop s':>7} {'trivial s':>9}")
+    print(f"{'runner':<22} {'kind':<12} {'per test ms':>11} {'cpu ms':>7} {'target':>7} {'loop s':>7} "
+          f"{'trivial s':>9}")
     for r in rows:
         target = f"{r['target_ms']:.1f}" if r["target_ms"] is not None else "-"
-        print(f"{r['runner']:<22} {r['kind']:<12} {r['per_test_ms']:>11.2f} {target:>7} {r['loop_s']:>7.2f} "
-              f"{r['trivial_loop_s']:>9.2f}")
+        print(f"{r['runner']:<22} {r['kind']:<12} {r['per_test_ms']:>11.2f} {r['per_test_cpu_ms']:>7.2f} {target:>7} "
+              f"{r['loop_s']:>7.2f} {r['trivial_loop_s']:>9.2f}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({
         "python": platform.python_version(), "tests": args.tests, "repeats": args.repeats, "rows": rows,

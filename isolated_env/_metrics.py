@@ -154,6 +154,13 @@ def _children(proc: psutil.Process | None) -> frozenset[int]:
     alive = set()
     for pid in pids:
         try:
+            with open(f"/proc/{pid}/stat") as f:  # "pid (name) state …": Z is a zombie
+                if f.read().rpartition(")")[2].split()[0] != "Z":
+                    alive.add(pid)
+            continue
+        except (OSError, IndexError):
+            pass
+        try:
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 alive.add(pid)
         except psutil.Error:

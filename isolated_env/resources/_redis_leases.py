@@ -85,7 +85,9 @@ class _LeaseKeeper:
 
         keys = [f"ie:slot:{db}" for db in slots]
         try:
-            client = sync_client(**server.client_kwargs(0), socket_timeout=5)
+            # No retries: a server that is gone must not hold up the beat of the others (redis-py
+            # >= 6 retries with a backoff of seconds by default); the next beat is the retry.
+            client = sync_client(**server.client_kwargs(0), socket_timeout=5, socket_connect_timeout=2, retry=None)
             try:
                 lost = client.eval(self._script, len(keys), *keys, self._owner(), self._ttl_ms())
             finally:
@@ -199,7 +201,7 @@ class _Bank:
             try:
                 from .._drivers.redis import sync_client
 
-                client = sync_client(**server.client_kwargs(0), socket_timeout=2)
+                client = sync_client(**server.client_kwargs(0), socket_timeout=2, socket_connect_timeout=2, retry=None)
                 try:
                     for slot in slots:
                         client.eval(self._script, 1, f"ie:slot:{slot.db}", self._owner())
