@@ -13,7 +13,8 @@ such as PgBouncer does for its clients. Only the messages before ``ReadyForQuery
 less the authentication exchange; the server's process id and cancel key are the real ones.
 
 The seam is asyncpg calling ``loop.create_unix_connection(factory, path)``: it is wrapped on the
-loop (unix sockets only, asyncio's own loops only), for the one call of one connect. Anything
+loop instance (unix sockets only, asyncio's own loops only); the wrapper passes every call through
+untouched except the one of the connect that registered for it. Anything
 unexpected (another packet, a socket that has data or has closed) falls back to a new connection.
 """
 
@@ -35,6 +36,7 @@ __all__ = ["close_all", "connect", "park", "parked"]
 log = logging.getLogger("isolated_env")
 
 _MAX_PARKED_PER_KEY = 64
+_MAX_GREETINGS = 1024  # one per database: a clone's is needed once, the work database's always
 
 _lock = threading.Lock()
 _parked: dict[tuple[Any, ...], list[socket.socket]] = {}
@@ -108,6 +110,8 @@ class _Record(asyncio.Protocol):
             if self.startup is not None:
                 with _lock:
                     _greetings.setdefault(self.key, (self.startup, _replayable(bytes(self.greeting))))
+                    while len(_greetings) > _MAX_GREETINGS:
+                        del _greetings[next(iter(_greetings))]  # the oldest
         self.real.data_received(data)
 
     def eof_received(self) -> bool | None:
@@ -178,6 +182,8 @@ def _take(key: tuple[Any, ...]) -> socket.socket | None:
         socks = _parked.get(key)
         while socks:
             sock = socks.pop()
+            if not socks:
+                del _parked[key]
             try:
                 if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
                     sock.close()  # the server ended the session (a dropped database, a restart)
@@ -235,13 +241,15 @@ async def connect(module: Any, kwargs: dict[str, Any]) -> Any:
     finally:
         handlers.pop(task, None)
     if "transport" in seen:
-        _transports[conn] = (key, seen["transport"])
+        with _lock:  # connections are made in test loops and in the background loop's thread
+            _transports[conn] = (key, seen["transport"])
     return conn
 
 
 async def park(conn: Any) -> bool:
     """Detach ``conn``'s session for a later loop (True), or leave ``conn`` to be closed (False)."""
-    entry = _transports.pop(conn, None)
+    with _lock:
+        entry = _transports.pop(conn, None)
     if entry is None or conn.is_closed() or conn.is_in_transaction():
         return False
     key, transport = entry
