@@ -3,9 +3,9 @@ the warm pool (:mod:`.warm`); IntegreSQL's idea, done in-process.
 
 A lease is a pop from a list of ready clones, kept by the process's background loop; the test's
 loop only takes over the session parked for the clone. A released database is never handed out
-again (it is dropped in the background, :func:`settle` waits for that). Every database carries its owner in
-a comment (:mod:`.labels`); a failed test's database can be kept (``keep_on_failure``,
-:mod:`.janitor`).
+again (it is dropped in the background, :func:`settle` waits for that). Every database carries
+its owner in a comment (:mod:`.labels`); a failed test's database can be kept
+(``keep_on_failure``, :mod:`.janitor`).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ __all__ = ["WarmPoolStatistics", "database_mode", "settle", "warm_pool_statistic
 
 
 async def settle() -> None:
-    """Wait until every database released in this event loop has been dropped (releases drop in
-    the background so that a test's teardown does not wait for ``DROP DATABASE``)."""
+    """Wait until every database released so far has been dropped (releases drop in the
+    background loop so that a test's teardown does not wait for ``DROP DATABASE``)."""
     async def settle_all() -> None:
         for warm in warm_pools(await current_runtime()):
             await warm.settle()
@@ -40,7 +40,7 @@ async def settle() -> None:
 
 
 async def warm_pool_statistics() -> list[WarmPoolStatistics]:
-    """Statistics of this event loop's warm pools (one per template and capacity)."""
+    """Statistics of the process's warm pools (one per template and capacity)."""
     async def collect() -> list[WarmPoolStatistics]:
         return [warm.statistics() for warm in warm_pools(await current_runtime())]
 
