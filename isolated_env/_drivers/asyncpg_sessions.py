@@ -36,12 +36,14 @@ __all__ = ["close_all", "connect", "park", "parked"]
 log = logging.getLogger("isolated_env")
 
 _MAX_PARKED_PER_KEY = 64
-_MAX_GREETINGS = 1024  # one per database: a clone's is needed once, the work database's always
 
 _lock = threading.Lock()
-_parked: dict[tuple[Any, ...], list[socket.socket]] = {}
-_greetings: dict[tuple[Any, ...], tuple[bytes, bytes]] = {}  # key → (startup packet, replayable greeting)
-_transports: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+# A parked session: its socket, the startup packet it was opened with, and its greeting (which
+# carries the backend's own process id and cancel key: it belongs to that session alone).
+_Session = tuple[socket.socket, bytes, bytes]
+_parked: dict[tuple[Any, ...], list[_Session]] = {}
+# asyncpg connection → (key, transport, startup packet, greeting), once its startup is known.
+_transports: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any, Any]] = weakref.WeakKeyDictionary()
 _pending: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[asyncio.Task[Any], Callable[..., Any]]] = (
     weakref.WeakKeyDictionary()
 )
@@ -107,12 +109,14 @@ class _Record(asyncio.Protocol):
         self.greeting += data
         if _complete(bytes(self.greeting)):
             self.transport.set_protocol(self.real)
-            if self.startup is not None:
-                with _lock:
-                    _greetings.setdefault(self.key, (self.startup, _replayable(bytes(self.greeting))))
-                    while len(_greetings) > _MAX_GREETINGS:
-                        del _greetings[next(iter(_greetings))]  # the oldest
         self.real.data_received(data)
+
+    def session(self) -> tuple[bytes, bytes] | None:
+        """The startup packet and replayable greeting, once the startup exchange is over."""
+        greeting = bytes(self.greeting)
+        if self.startup is None or not _complete(greeting):
+            return None
+        return self.startup, _replayable(greeting)
 
     def eof_received(self) -> bool | None:
         return bool(self.real.eof_received())
@@ -176,20 +180,21 @@ def _install(loop: asyncio.AbstractEventLoop) -> dict[asyncio.Task[Any], Callabl
     return handlers
 
 
-def _take(key: tuple[Any, ...]) -> socket.socket | None:
+def _take(key: tuple[Any, ...]) -> _Session | None:
     with _lock:
         _forked()
-        socks = _parked.get(key)
-        while socks:
-            sock = socks.pop()
-            if not socks:
+        sessions = _parked.get(key)
+        while sessions:
+            parked = sessions.pop()
+            if not sessions:
                 del _parked[key]
+            sock = parked[0]
             try:
                 if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
                     sock.close()  # the server ended the session (a dropped database, a restart)
                     continue
             except BlockingIOError:
-                return sock  # idle, nothing unread: as it was parked
+                return parked  # idle, nothing unread: as it was parked
             except OSError:
                 pass
             sock.close()  # data arrived while parked, or the socket broke: not reusable
@@ -213,25 +218,24 @@ async def connect(module: Any, kwargs: dict[str, Any]) -> Any:
     if handlers is None or task is None:
         return await module.connect(**kwargs)
     key = _key(kwargs)
-    with _lock:
-        known = _greetings.get(key)
-    sock = _take(key) if known is not None else None
+    parked = _take(key)
     seen: dict[str, Any] = {}
 
     async def record(original: Any, factory: Any, path: Any, **kw: Any) -> Any:
         transport, proto = await original(lambda: _Record(factory(), key), path, **kw)
-        seen["transport"] = transport
+        seen["transport"], seen["session"] = transport, proto.session
         return transport, proto.real
 
     async def adopt(original: Any, factory: Any, path: Any, **kw: Any) -> Any:
-        assert sock is not None and known is not None
-        transport, proto = await original(lambda: _Adopt(factory(), *known), sock=sock, **kw)
+        assert parked is not None
+        sock, startup, greeting = parked
+        transport, proto = await original(lambda: _Adopt(factory(), startup, greeting), sock=sock, **kw)
         if not proto.matched:
             raise _Mismatch("asyncpg's startup packet differs from the parked session's")
-        seen["transport"] = transport
+        seen["transport"], seen["session"] = transport, lambda: (startup, greeting)
         return transport, proto.real
 
-    handlers[task] = adopt if sock is not None else record
+    handlers[task] = adopt if parked is not None else record
     try:
         conn = await module.connect(**kwargs)
     except _Mismatch:
@@ -242,7 +246,7 @@ async def connect(module: Any, kwargs: dict[str, Any]) -> Any:
         handlers.pop(task, None)
     if "transport" in seen:
         with _lock:  # connections are made in test loops and in the background loop's thread
-            _transports[conn] = (key, seen["transport"])
+            _transports[conn] = (key, seen["transport"], seen["session"])
     return conn
 
 
@@ -252,9 +256,10 @@ async def park(conn: Any) -> bool:
         entry = _transports.pop(conn, None)
     if entry is None or conn.is_closed() or conn.is_in_transaction():
         return False
-    key, transport = entry
+    key, transport, session_of = entry
+    session = session_of()
     with _lock:
-        if key not in _greetings or len(_parked.get(key, ())) >= _MAX_PARKED_PER_KEY:
+        if session is None or len(_parked.get(key, ())) >= _MAX_PARKED_PER_KEY:
             return False
     try:
         await conn.execute("DISCARD ALL")
@@ -272,7 +277,7 @@ async def park(conn: Any) -> bool:
     global _hooked
     with _lock:
         _forked()
-        _parked.setdefault(key, []).append(sock)
+        _parked.setdefault(key, []).append((sock, *session))
         if not _hooked:
             _hooked = True
             atexit.register(close_all)
@@ -288,7 +293,7 @@ def parked() -> int:
 def close_all() -> None:
     """End every parked session (session end, exit): the server sees its client leave."""
     with _lock:
-        socks = [sock for group in _parked.values() for sock in group]
+        socks = [parked[0] for group in _parked.values() for parked in group]
         _parked.clear()
     for sock in socks:
         try:

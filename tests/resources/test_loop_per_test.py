@@ -75,6 +75,18 @@ def test_a_transaction_mode_session_carries_over_to_the_next_loop_clean(server_d
     assert prepared <= 2  # only this loop's own statements, not the last one's
 
 
+def test_each_session_taken_over_keeps_its_own_process_id_and_cancel_key(server_dsn: str) -> None:
+    async def two() -> list[tuple[int, int]]:
+        async with ie.Environment() as env:
+            dbs = [await env.enter(ie.isolated_postgres(), name=f"db{i}") for i in range(3)]
+            return [(db.connection.get_server_pid(), await db.fetchval("SELECT pg_backend_pid()")) for db in dbs]
+
+    for _ in range(3):  # three sessions parked, then taken over in another order
+        pairs = in_a_new_loop(two)
+        assert all(told == real for told, real in pairs), pairs
+        assert len({real for _, real in pairs}) == 3
+
+
 def test_a_parked_session_that_died_is_not_handed_out(server_dsn: str) -> None:
     async def pid_of_a_test() -> int:
         async with ie.isolated_postgres() as db:
