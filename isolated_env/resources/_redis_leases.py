@@ -63,8 +63,15 @@ class _LeaseKeeper:
     def _run(self) -> None:
         last_ok: dict[str, float] = {}
         beat = time.monotonic()
+        applied_ttl_s = self._ttl_ms() / 1000
+
+        def due() -> float:
+            # Never later than a third of the TTL the last beat gave the keys: when the TTL grows
+            # (tests shorten it for a while), keys set with the short one are renewed in time.
+            return beat + min(self._every_s(), applied_ttl_s / 3)
+
         while True:
-            self._wake.wait(max(0.0, beat + self._every_s() - time.monotonic()))
+            self._wake.wait(max(0.0, due() - time.monotonic()))
             with self._lock:
                 # Decided under the lock: an add() racing with our exit either sees no thread (and
                 # starts one) or puts a slot in _held that keeps this thread running.
@@ -73,10 +80,11 @@ class _LeaseKeeper:
                     self._wake.clear()
                     return
                 self._wake.clear()
-                if time.monotonic() < beat + self._every_s():
+                if time.monotonic() < due():
                     continue  # woken early by add(): not due yet
                 held = [(url, server, dict(slots)) for url, (server, slots) in self._held.items()]
             beat = time.monotonic()
+            applied_ttl_s = self._ttl_ms() / 1000
             for url, server, slots in held:
                 self._refresh(url, server, slots, last_ok)
 
