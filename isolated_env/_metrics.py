@@ -6,6 +6,7 @@ import collections
 import contextvars
 import dataclasses
 import os
+import sys
 import threading
 from collections.abc import Mapping
 
@@ -140,7 +141,7 @@ def _task_count() -> int:
         return 0
 
 
-def _children(proc: psutil.Process) -> frozenset[int]:
+def _children(proc: psutil.Process | None) -> frozenset[int]:
     # Linux lists each thread's children in /proc: a few reads instead of psutil's scan of every
     # process on the machine (0.8 ms), which would dominate an environment's setup.
     try:
@@ -149,9 +150,16 @@ def _children(proc: psutil.Process) -> frozenset[int]:
             with open(f"/proc/self/task/{tid}/children") as f:
                 pids.update(int(pid) for pid in f.read().split())
     except OSError:
-        pids = {c.pid for c in proc.children(recursive=False)}
+        pids = {c.pid for c in (proc or psutil.Process(os.getpid())).children(recursive=False)}
     alive = set()
     for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:  # "pid (name) state …": Z is a zombie
+                if f.read().rpartition(")")[2].split()[0] != "Z":
+                    alive.add(pid)
+            continue
+        except (OSError, IndexError):
+            pass
         try:
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 alive.add(pid)
@@ -160,7 +168,29 @@ def _children(proc: psutil.Process) -> frozenset[int]:
     return frozenset(alive)
 
 
+def _linux_snapshot() -> ProcessSnapshot | None:
+    # Every Environment takes two snapshots, so they must cost microseconds, not the ~0.5 ms of
+    # building a psutil.Process: on Linux, /proc answers each figure in one read.
+    try:
+        fds = len(os.listdir("/proc/self/fd"))  # as psutil counts (with the one listdir holds)
+        threads = len(os.listdir("/proc/self/task"))
+        with open("/proc/self/statm") as f:
+            rss_pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return ProcessSnapshot(
+        fds=fds, threads=threads, children=_children(None), tasks=_task_count(),
+        rss_bytes=rss_pages * _PAGE_SIZE,
+    )
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
 def snapshot() -> ProcessSnapshot:
+    fast = _linux_snapshot() if sys.platform.startswith("linux") else None
+    if fast is not None:
+        return fast
     proc = psutil.Process(os.getpid())
     with proc.oneshot():
         return ProcessSnapshot(

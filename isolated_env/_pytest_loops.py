@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
+import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -60,10 +61,59 @@ def _loop_of(value: object) -> asyncio.AbstractEventLoop | None:
     return None
 
 
-def asyncio_test_loop(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoop:
-    """The loop pytest-asyncio will run this test in (and the fixtures of its loop scope).
+def _is_loop_fixture(name: str) -> bool:
+    return (name.startswith("_") and name.endswith("_scoped_runner")) or name in (
+        "event_loop", "_session_event_loop") or name.endswith("::<event_loop>")
 
-    pytest-asyncio adds the fixture providing it to the test's fixture names before setup:
+
+def _async_requester(request: pytest.FixtureRequest) -> Any:
+    """The FixtureDef of the nearest fixture up the chain of requests that pytest-asyncio runs
+    (a user's async fixture requesting ours), or None when the test itself is the nearest.
+
+    The chain is pytest's ``_parent_request``/``_fixturedef`` (private, there since pytest 3);
+    without them the test's loop is used, as before."""
+    mode = request.config.getoption("asyncio_mode", None) or request.config.getini("asyncio_mode")
+    current = getattr(request, "_parent_request", None)
+    while current is not None:
+        fixturedef = getattr(current, "_fixturedef", None)
+        if fixturedef is None:
+            return None  # the test's own request
+        func = getattr(fixturedef.func, "__func__", fixturedef.func)
+        if getattr(func, "_force_asyncio_fixture", False) or (
+            str(mode) == "auto" and (inspect.iscoroutinefunction(func) or inspect.isasyncgenfunction(func))
+        ):
+            return fixturedef
+        current = getattr(current, "_parent_request", None)
+    return None
+
+
+def _requester_loop_fixture(request: pytest.FixtureRequest) -> str | None:
+    """The name of the fixture giving the loop of the async fixture that requests ours, if any.
+
+    0.23 adds that fixture to the async fixture's argnames at collection; 1.x picks
+    ``_<loop_scope>_scoped_runner`` at setup, from the fixture's ``loop_scope`` (set by
+    ``pytest_asyncio.fixture``), else ``asyncio_default_fixture_loop_scope``, else its own scope.
+    """
+    fixturedef = _async_requester(request)
+    if fixturedef is None:
+        return None
+    for name in fixturedef.argnames:
+        if _is_loop_fixture(name):
+            return str(name)
+    func = getattr(fixturedef.func, "__func__", fixturedef.func)
+    default = request.config.getini("asyncio_default_fixture_loop_scope")
+    if default == "fixture-scope":
+        default = None
+    scope = getattr(func, "_loop_scope", None) or default or fixturedef.scope
+    return f"_{scope}_scoped_runner"
+
+
+def asyncio_test_loop(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoop:
+    """The loop pytest-asyncio runs the fixture that requests ours in: the loop of the nearest
+    async fixture up the chain of requests, else the test's own loop (and the fixtures of its
+    loop scope).
+
+    pytest-asyncio adds the fixture providing the test's loop to its fixture names before setup:
     ``_<scope>_scoped_runner`` (1.x, an ``asyncio.Runner``), ``event_loop``, ``_session_event_loop``
     or ``<node id>::<event_loop>`` (0.23, the loop itself).
     """
@@ -74,12 +124,10 @@ def asyncio_test_loop(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
             f"{version} is installed; install a tested version, or run the test with anyio's plugin "
             "(@pytest.mark.anyio)"
         )
-    names = [
-        name for name in request.fixturenames
-        if (name.startswith("_") and name.endswith("_scoped_runner"))
-        or name in ("event_loop", "_session_event_loop") or name.endswith("::<event_loop>")
-    ]
-    for name in reversed(names):  # pytest-asyncio appends the test's own loop last
+    requester = _requester_loop_fixture(request)
+    names = [name for name in request.fixturenames if _is_loop_fixture(name)]
+    # pytest-asyncio appends the test's own loop last; a requesting fixture's loop comes first.
+    for name in reversed([*names, requester] if requester is not None else names):
         loop = _loop_of(request.getfixturevalue(name))
         if loop is not None:
             return loop

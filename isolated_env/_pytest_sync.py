@@ -78,3 +78,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     running = sys.modules.get("isolated_env.sync._portal")
     if running is not None:
         running.close()
+    background = sys.modules.get("isolated_env._background")
+    if background is not None:  # the warm pools' loop: its clones' spares and drops are settled
+        background.close()
+    sessions = sys.modules.get("isolated_env._drivers.asyncpg_sessions")
+    if sessions is not None:  # PostgreSQL sessions parked between event loops end with the run
+        sessions.close_all()

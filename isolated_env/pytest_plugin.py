@@ -236,7 +236,8 @@ def _host(request: pytest.FixtureRequest) -> _pytest_loops.LoopHost:
         if state.own_loop is None:
             import asyncio
 
-            state.own_loop = asyncio.Runner()
+            # A factory: the thread's current loop (pytest-asyncio < 1.0 keeps one) is not replaced.
+            state.own_loop = asyncio.Runner(loop_factory=asyncio.new_event_loop)
         loop = state.own_loop.get_loop()
     request.node.stash[_host_key] = host = _pytest_loops.LoopHost(loop)
     return host

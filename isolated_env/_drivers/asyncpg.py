@@ -99,14 +99,25 @@ def translate(
         raise ServiceUnavailable("PostgreSQL", problem, fix=fix or "see the server's log for the cause") from exc
 
 
-async def connect(server: Server, database: str | None = None) -> Any:
-    """An asyncpg connection to ``database`` (the server's own by default)."""
+async def connect(server: Server, database: str | None = None, *, reuse: bool = False) -> Any:
+    """An asyncpg connection to ``database`` (the server's own by default); with ``reuse``, on a
+    session an earlier event loop parked (:mod:`.asyncpg_sessions`) when one is waiting."""
     with translate("connect to", redacted_dsn(server, database)):
+        if reuse:
+            from . import asyncpg_sessions
+
+            return await asyncpg_sessions.connect(module(), {**server.connect_kwargs(database), "timeout": 30})
         return await module().connect(**server.connect_kwargs(database), timeout=30)
 
 
-async def close(conn: Any) -> None:
-    """Close politely, or the hard way when the connection is already broken."""
+async def close(conn: Any, *, park: bool = False) -> None:
+    """Close politely, or the hard way when the connection is already broken; with ``park``, a
+    clean connection opened with ``reuse`` is parked for the next event loop instead."""
+    if park:
+        from . import asyncpg_sessions
+
+        if await asyncpg_sessions.park(conn):
+            return
     try:
         await conn.close(timeout=5)
     except Exception as exc:  # broken or unresponsive: terminate() frees it without a round trip

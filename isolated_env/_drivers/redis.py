@@ -14,7 +14,7 @@ from typing import Any
 
 from .._errors import IsolatedEnvError, MissingDependencyError, ServiceUnavailable
 
-__all__ = ["asyncio_client", "module", "translate"]
+__all__ = ["asyncio_client", "module", "sync_client", "translate"]
 
 
 def module() -> Any:
@@ -26,6 +26,23 @@ def module() -> Any:
     return aredis
 
 
+_driver_info: list[Any] = []
+
+
+def _client_defaults() -> dict[str, Any]:
+    # redis-py >= 7 looks its own version up in the package metadata for every client it makes
+    # (about 1.5 ms, more than a test's Redis work); the version is looked up once here instead.
+    if not _driver_info:
+        try:
+            from redis.driver_info import DriverInfo
+        except ImportError:  # older redis-py: the version is a default argument, computed at import
+            _driver_info.append(None)
+        else:
+            _driver_info.append(DriverInfo())
+    info = _driver_info[0]
+    return {} if info is None else {"driver_info": info}
+
+
 def asyncio_client(**kwargs: Any) -> Any:
     """A ``redis.asyncio.Redis``. On a unix socket (the embedded server) a failed command is retried
     once, at once: redis-py's default of ten retries with backoff only delays, by seconds, the
@@ -35,7 +52,7 @@ def asyncio_client(**kwargs: Any) -> Any:
         from redis.backoff import NoBackoff
 
         kwargs["retry"] = Retry(NoBackoff(), 1)
-    return _client_class()(**kwargs)
+    return _client_class()(**(_client_defaults() | kwargs))
 
 
 @functools.cache
@@ -53,6 +70,13 @@ def _client_class() -> Any:
     Redis.__qualname__ = Redis.__name__ = cls.__name__
     Redis.__module__ = cls.__module__
     return Redis
+
+
+def sync_client(**kwargs: Any) -> Any:
+    """A ``redis.Redis`` (for the threads that keep leases, never for a test's own work)."""
+    import redis
+
+    return redis.Redis(**(_client_defaults() | kwargs))
 
 
 @contextlib.contextmanager

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +15,7 @@ from .._redact import redact_url
 if TYPE_CHECKING:
     from .._servers.redis import RedisServer
 
-__all__ = ["_LeaseKeeper"]
+__all__ = ["_Bank", "_LeaseKeeper"]
 
 log = logging.getLogger("isolated_env")
 
@@ -34,6 +36,7 @@ class _LeaseKeeper:
         self._held: dict[str, tuple[RedisServer, dict[int, Any]]] = {}
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self.on_lost: Callable[[Any], None] | None = None  # told of each slot found lost
 
     def add(self, slot: Any) -> None:
         with self._lock:
@@ -41,6 +44,8 @@ class _LeaseKeeper:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="isolated-env-redis-leases", daemon=True)
                 self._thread.start()
+            else:
+                self._wake.set()  # the period may have changed (tests shorten it): the thread looks again
 
     def remove(self, slot: Any) -> None:
         self.discard(slot.server, slot.db)
@@ -57,8 +62,16 @@ class _LeaseKeeper:
 
     def _run(self) -> None:
         last_ok: dict[str, float] = {}
+        beat = time.monotonic()
+        applied_ttl_s = self._ttl_ms() / 1000
+
+        def due() -> float:
+            # Never later than a third of the TTL the last beat gave the keys: when the TTL grows
+            # (tests shorten it for a while), keys set with the short one are renewed in time.
+            return beat + min(self._every_s(), applied_ttl_s / 3)
+
         while True:
-            self._wake.wait(self._every_s())
+            self._wake.wait(max(0.0, due() - time.monotonic()))
             with self._lock:
                 # Decided under the lock: an add() racing with our exit either sees no thread (and
                 # starts one) or puts a slot in _held that keeps this thread running.
@@ -67,16 +80,22 @@ class _LeaseKeeper:
                     self._wake.clear()
                     return
                 self._wake.clear()
+                if time.monotonic() < due():
+                    continue  # woken early by add(): not due yet
                 held = [(url, server, dict(slots)) for url, (server, slots) in self._held.items()]
+            beat = time.monotonic()
+            applied_ttl_s = self._ttl_ms() / 1000
             for url, server, slots in held:
                 self._refresh(url, server, slots, last_ok)
 
     def _refresh(self, url: str, server: RedisServer, slots: dict[int, Any], last_ok: dict[str, float]) -> None:
-        import redis
+        from .._drivers.redis import sync_client
 
         keys = [f"ie:slot:{db}" for db in slots]
         try:
-            client = redis.Redis(**server.client_kwargs(0), socket_timeout=5)
+            # No retries: a server that is gone must not hold up the beat of the others (redis-py
+            # >= 6 retries with a backoff of seconds by default); the next beat is the retry.
+            client = sync_client(**server.client_kwargs(0), socket_timeout=5, socket_connect_timeout=2, retry=None)
             try:
                 lost = client.eval(self._script, len(keys), *keys, self._owner(), self._ttl_ms())
             finally:
@@ -89,6 +108,7 @@ class _LeaseKeeper:
                         f"the lease of Redis database {slot.db} expired: its heartbeat could not reach the server "
                         f"for over {self._ttl_ms() // 1000} s ({exc!r}); another run may have used the database"
                     )
+                    self._lost(slot)
             return
         last_ok[url] = time.monotonic()
         for key in lost:
@@ -99,5 +119,102 @@ class _LeaseKeeper:
             if current is not None and current is slot:  # not released meanwhile (a release deletes its own key first)
                 slot.lost = (f"the lease of Redis database {db} was taken by someone else while this test held "
                              "it (a FLUSHALL, or a lease key deleted); another test may have used the database")
+                self._lost(slot)
+
+    def _lost(self, slot: Any) -> None:
+        if self.on_lost is not None:
+            self.on_lost(slot)
 
 
+
+
+class _Bank:
+    """Database numbers this process holds the lease of and no event loop is using: flushed, kept
+    alive by the keeper, and handed to the next loop that needs one without a round trip.
+
+    A lease belongs to the process, a connection to a loop: when a loop closes (pytest-asyncio
+    makes one per test), its clients are closed and its clean slots come here, so the next loop
+    opens a client and nothing else, instead of leasing, flushing and releasing over a control
+    connection of its own. The leases are given back when the process exits.
+    """
+
+    def __init__(self, keeper: _LeaseKeeper, release_script: str, owner: Callable[[], str]) -> None:
+        self._keeper = keeper
+        self._script = release_script
+        self._owner = owner
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._idle: dict[str, tuple[RedisServer, list[Any]]] = {}
+        self._reaped: set[str] = set()
+        self._hooked = False
+        keeper.on_lost = self.forget
+
+    def _mine(self) -> None:
+        if self._pid != os.getpid():  # a forked child: its parent's leases are not its own
+            self._idle.clear()
+            self._reaped.clear()
+            self._pid = os.getpid()
+            self._hooked = False
+
+    def first_use(self, server: RedisServer) -> bool:
+        """True the first time this process leases from ``server`` (time to reap dead owners)."""
+        with self._lock:
+            self._mine()
+            url = server.url(0)
+            if url in self._reaped:
+                return False
+            self._reaped.add(url)
+            return True
+
+    def take(self, server: RedisServer) -> Any | None:
+        """A clean slot of ``server`` this process still holds, or None."""
+        with self._lock:
+            self._mine()
+            entry = self._idle.get(server.url(0))
+            while entry is not None and entry[1]:
+                slot = entry[1].pop()
+                if slot.lost is None:
+                    return slot
+                self._keeper.remove(slot)  # lost while banked: never handed out
+            return None
+
+    def forget(self, slot: Any) -> None:
+        """Take a lost slot out of the bank (it is never handed out, nor kept alive any more)."""
+        with self._lock:
+            entry = self._idle.get(slot.server.url(0))
+            if entry is None or slot not in entry[1]:
+                return
+            entry[1].remove(slot)
+            self._keeper.remove(slot)
+
+    def put(self, slot: Any) -> None:
+        """Bank ``slot`` (flushed, its client closed), still leased and kept alive."""
+        with self._lock:
+            self._mine()
+            self._idle.setdefault(slot.server.url(0), (slot.server, []))[1].append(slot)
+            if not self._hooked:
+                self._hooked = True
+                atexit.register(self.release_all)
+
+    def release_all(self) -> None:
+        """Give back every banked lease (at exit; the keys expire by their TTL anyway)."""
+        with self._lock:
+            self._mine()
+            idle, self._idle = self._idle, {}
+        for server, slots in idle.values():
+            for slot in slots:
+                self._keeper.remove(slot)
+            if not slots:
+                continue
+            try:
+                from .._drivers.redis import sync_client
+
+                client = sync_client(**server.client_kwargs(0), socket_timeout=2, socket_connect_timeout=2, retry=None)
+                try:
+                    for slot in slots:
+                        client.eval(self._script, 1, f"ie:slot:{slot.db}", self._owner())
+                finally:
+                    client.close()
+            except Exception as exc:  # the server may have stopped with its last user: nothing is left to free
+                log.debug("isolated_env: giving back banked Redis leases on %s failed: %r",
+                          redact_url(server.url(0)), exc)

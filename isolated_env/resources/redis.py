@@ -34,7 +34,7 @@ from .._servers.registry import owner_alive, owner_tag
 from ._died import died as _died
 from ._died import watch as _watch
 from ._redis_guard import test_client, untaint
-from ._redis_leases import _LeaseKeeper
+from ._redis_leases import _Bank, _LeaseKeeper
 
 __all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
 
@@ -79,7 +79,7 @@ def _owner() -> str:
 
 
 class _Slot:
-    __slots__ = ("admin", "client", "db", "lost", "server", "url")
+    __slots__ = ("admin", "clean", "client", "db", "lost", "server", "url")
 
     def __init__(self, server: RedisServer, db: int, client: Any, admin: Any = None) -> None:
         self.server = server
@@ -90,6 +90,7 @@ class _Slot:
         self.admin = admin if admin is not None else client
         self.url = server.test_url(db)  # once per slot: it derives the user's password
         self.lost: str | None = None  # why the lease was lost, once the heartbeat finds out
+        self.clean = True  # flushed since a test last had it
 
 
 if TYPE_CHECKING:
@@ -160,18 +161,27 @@ async def _reap(control: Any, last: int, *, kept: bool = False) -> list[int]:
 
 
 _keeper = _LeaseKeeper(_REFRESH, lambda: _owner(), lambda: LEASE_TTL_MS, lambda: HEARTBEAT_S)
+_bank = _Bank(_keeper, _RELEASE, lambda: _owner())
 
 
 class _Slots:
-    """Leases logical databases from one server for one event loop, and keeps the leases alive."""
+    """Leases logical databases from one server for one event loop, and keeps the leases alive.
+
+    A slot another loop of this process gave back (the bank) is taken first: then this loop only
+    opens its client. The control connection is opened when a new lease is needed."""
 
     def __init__(self, server: RedisServer) -> None:
         self.server = server
-        self.control = redis_driver.asyncio_client(**server.client_kwargs(0))
+        self._control: Any = None
         # One control connection is plenty (each call is a microsecond script); a lock keeps a burst
         # of 200 concurrent leases from opening 200 connections.
         self.lock = anyio.Lock()
-        self.reaped = False
+
+    @property
+    def control(self) -> Any:
+        if self._control is None:
+            self._control = redis_driver.asyncio_client(**self.server.client_kwargs(0))
+        return self._control
 
     async def create(self) -> _Slot:
         last = self.server.databases - 1
@@ -180,9 +190,16 @@ class _Slots:
                 "Redis", f"the server at {self.server.url(0)} has a single database; isolated_redis needs at "
                 "least 2 (database 0 holds the leases)", fix="start it with --databases 1024",
             )
+        banked: _Slot | None = _bank.take(self.server)
+        if banked is not None and banked.server.acl_secret != self.server.acl_secret:
+            _keeper.remove(banked)  # banked before its server restarted: that lease went with it
+            banked = None
+        if banked is not None:
+            banked.admin = redis_driver.asyncio_client(**self.server.client_kwargs(banked.db))
+            banked.client = test_client(self.server, banked.db) if self.server.guarded else banked.admin
+            return banked
         async with self.lock:
-            if not self.reaped:
-                self.reaped = True
+            if _bank.first_use(self.server):
                 await _reap(self.control, last)
             slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), LEASE_TTL_MS, 1, last))
             if slot < 0 and await _reap(self.control, last):
@@ -209,8 +226,20 @@ class _Slots:
             raise IsolationBroken(slot.lost)
         await slot.admin.flushdb()
         await untaint(slot.client)
+        slot.clean = True
 
     async def destroy(self, slot: _Slot) -> None:
+        if slot.clean and slot.lost is None:
+            # Idle in a closing loop's pool, flushed when it came back: the lease stays with the
+            # process for the next loop, only this loop's client goes.
+            client, admin, slot.client, slot.admin = slot.client, slot.admin, None, None
+            try:
+                await client.aclose()
+            finally:
+                if admin is not client:
+                    await admin.aclose()
+            _bank.put(slot)
+            return
         try:
             if slot.lost is None:
                 await slot.admin.flushdb()
@@ -243,7 +272,8 @@ class _Slots:
             await client.aclose()
 
     async def aclose(self) -> None:
-        await self.control.aclose()
+        if self._control is not None:
+            await self._control.aclose()
 
 
 def _slots_for(server: RedisServer, runtime: Runtime) -> _Slots:
@@ -291,6 +321,7 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
             await self.slots.destroy(item)
 
     def wrap(self, item: _Slot) -> RedisHandle:
+        item.clean = False
         return RedisHandle(item)
 
     async def died(self) -> BaseException | None:

@@ -1,10 +1,11 @@
 """Database mode: a private PostgreSQL database per test, cloned from a template and leased from
 the warm pool (:mod:`.warm`); IntegreSQL's idea, done in-process.
 
-A lease is a pop from a list of ready clones; a released database is never handed out again (it
-is dropped in the background, :func:`settle` waits for that). Every database carries its owner in
-a comment (:mod:`.labels`); a failed test's database can be kept (``keep_on_failure``,
-:mod:`.janitor`).
+A lease is a pop from a list of ready clones, kept by the process's background loop; the test's
+loop only takes over the session parked for the clone. A released database is never handed out
+again (it is dropped in the background, :func:`settle` waits for that). Every database carries
+its owner in a comment (:mod:`.labels`); a failed test's database can be kept
+(``keep_on_failure``, :mod:`.janitor`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from ..._background import call as in_background
+from ..._background import submit
 from ..._config import Settings
 from ..._drivers import asyncpg as driver
 from ..._pool import Pool
@@ -21,21 +24,27 @@ from .handle import Clone, DatabaseHandle, PostgresHandle
 from .janitor import keep, reap_once
 from .labels import server_key
 from .templates import PostgresTemplate, template_database
-from .warm import WarmPoolStatistics, warm_pool, warm_pools
+from .warm import WarmPool, WarmPoolStatistics, warm_pool, warm_pools
 
 __all__ = ["WarmPoolStatistics", "database_mode", "settle", "warm_pool_statistics"]
 
 
 async def settle() -> None:
-    """Wait until every database released in this event loop has been dropped (releases drop in
-    the background so that a test's teardown does not wait for ``DROP DATABASE``)."""
-    for warm in warm_pools(await current_runtime()):
-        await warm.settle()
+    """Wait until every database released so far has been dropped (releases drop in the
+    background loop so that a test's teardown does not wait for ``DROP DATABASE``)."""
+    async def settle_all() -> None:
+        for warm in warm_pools(await current_runtime()):
+            await warm.settle()
+
+    await in_background(settle_all)
 
 
 async def warm_pool_statistics() -> list[WarmPoolStatistics]:
-    """Statistics of this event loop's warm pools (one per template and capacity)."""
-    return [warm.statistics() for warm in warm_pools(await current_runtime())]
+    """Statistics of the process's warm pools (one per template and capacity)."""
+    async def collect() -> list[WarmPoolStatistics]:
+        return [warm.statistics() for warm in warm_pools(await current_runtime())]
+
+    return await in_background(collect)
 
 
 
@@ -47,14 +56,31 @@ async def database_mode(
     await reap_once(server, unlabelled=True)
     template_name = await template_database(server, template)
     scope = await current_runtime()
-    warm = await warm_pool(scope, server, template, template_name, settings.capacity)
+
+    async def warm_in_background() -> WarmPool:
+        return await warm_pool(await current_runtime(), server, template, template_name, settings.capacity)
+
+    warm = await in_background(warm_in_background)
 
     async def take() -> Clone:
         with driver.translate(f"make a database from {warm.template_name} on", driver.redacted_dsn(server)):
-            return await warm.take()
+            clone = await in_background(warm.take)
+            try:
+                clone.conn = await driver.connect(server, clone.name, reuse=True)
+            except BaseException:
+                await release(clone)
+                raise
+            return clone
 
     async def release(clone: Clone) -> None:
-        warm.release(clone)
+        if clone.conn is not None:
+            clone.conn.terminate()  # in this loop, which owns the connection
+            clone.conn = None
+
+        async def drop() -> None:
+            warm.release(clone)
+
+        submit(drop)  # not waited for: the drop is the background's business
 
     pool = scope.pool(
         ("postgres-db", server_key(server), template_name, settings.capacity),

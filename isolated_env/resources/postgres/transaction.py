@@ -138,13 +138,14 @@ async def _drop_if_done(work: _WorkDatabase) -> None:
 
 def _tx_pool(work: _WorkDatabase, settings: Settings) -> Pool[Any]:
     async def create() -> Any:
-        conn = await driver.connect(work.server, work.name)
+        conn = await driver.connect(work.server, work.name, reuse=True)
         work.open_connections += 1
         return conn
 
     async def destroy(conn: Any) -> None:
         try:
-            await driver.close(conn)
+            # A clean session outlives its loop, for the next loop's pool (pytest-asyncio's loop per test).
+            await driver.close(conn, park=not work.retired)
         finally:
             work.open_connections -= 1
             await _drop_if_done(work)

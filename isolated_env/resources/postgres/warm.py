@@ -1,10 +1,12 @@
-"""The warm pool: clones of one template made ahead of demand by background tasks of one event
-loop, each with a connection already open, so a lease is a pop from a list; released clones are
-dropped in the background, never handed out again.
+"""The warm pool: clones of one template made ahead of demand by background tasks, each with a
+session already started and parked (:mod:`~isolated_env._drivers.asyncpg_sessions`), so a lease
+is a pop from a list and the test's loop takes the session over without starting a backend;
+released clones are dropped in the background, never handed out again.
 
-asyncpg only runs on asyncio, so the background tasks are asyncio tasks; they live and die with
-the event loop's :class:`~isolated_env._runtime.Runtime`. The names of clones that were made but
-never leased outlive a loop (a database does not belong to a loop) and are reused by the next one.
+The pools live in the process's background loop (:mod:`~isolated_env._background`), not in a
+test's: a database belongs to no loop, and with a loop per test (pytest-asyncio) the refills
+would otherwise start again, and run while the test does, in every test's loop. The names of
+clones made but never leased when the pool closes are reused by the next pool of the process.
 """
 
 from __future__ import annotations
@@ -130,7 +132,7 @@ class WarmPool:
         while self.ready:
             clone = self.ready.popleft()
             self._wake.set()
-            if not clone.conn.is_closed():
+            if clone.conn is None or not clone.conn.is_closed():
                 return clone
             self.release(clone)
         self._starved += 1
@@ -148,7 +150,8 @@ class WarmPool:
 
     def release(self, clone: Clone) -> None:
         """Close the clone's connection and have it dropped in the background (kept ones stay)."""
-        clone.conn.terminate()
+        if clone.conn is not None:
+            clone.conn.terminate()
         if clone.kept:
             return
         if self.closed:
@@ -196,7 +199,9 @@ class WarmPool:
                         await create_database(admin, self.server, name, self.template_name, mode="database",
                                               origin=self.template_name)
                         created = True
-                    conn = await driver.connect(self.server, name)
+                    # Started here, parked for the loop that leases the clone to take over.
+                    conn = await driver.connect(self.server, name, reuse=True)
+                    await driver.close(conn, park=True)
                 except Exception as exc:  # reported to waiting leases, then retried
                     self.creating.discard(name)
                     if created:  # the database exists but cannot be used: drop it
@@ -231,7 +236,7 @@ class WarmPool:
                     self._clone_ms.append((time.perf_counter() - started) * 1000)
                 else:
                     self._spares += 1
-                self._deliver(Clone(name, conn))
+                self._deliver(Clone(name, None))
         finally:
             if admin is not None:
                 admin.terminate()
@@ -290,7 +295,8 @@ class WarmPool:
         spares = []
         while self.ready:
             clone = self.ready.popleft()
-            clone.conn.terminate()
+            if clone.conn is not None:
+                clone.conn.terminate()
             spares.append(clone.name)
         with _spare_lock:
             _spare[self.spare_key].extend(spares)

@@ -1,0 +1,303 @@
+"""PostgreSQL sessions that outlive an event loop: a connection of a closing loop is parked (its
+socket, not its asyncpg object) and the next loop's connection to the same database takes it over.
+
+asyncpg binds a connection to the loop that opened it, and pytest-asyncio makes a loop per test,
+so every test would pay a new server backend (about 2 ms here, most of a transaction-mode test).
+A unix socket is bound to no loop. When a loop's pool closes, a clean connection (rolled back,
+then ``DISCARD ALL``: no prepared statement, setting, temp table, lock or LISTEN is left) is
+detached from asyncpg without a Terminate message; its socket waits here. A new asyncpg
+connection with the same startup parameters is then given that socket: the startup packet asyncpg
+writes is swallowed (it must be byte for byte the one the session was started with) and the
+server's greeting, recorded when the session was first opened, is replayed to it, as a pooler
+such as PgBouncer does for its clients. Only the messages before ``ReadyForQuery`` are replayed,
+less the authentication exchange; the server's process id and cancel key are the real ones.
+
+The seam is asyncpg calling ``loop.create_unix_connection(factory, path)``: it is wrapped on the
+loop instance (unix sockets only, asyncio's own loops only); the wrapper passes every call through
+untouched except the one of the connect that registered for it. Anything
+unexpected (another packet, a socket that has data or has closed) falls back to a new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import os
+import socket
+import struct
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["close_all", "connect", "park", "parked"]
+
+log = logging.getLogger("isolated_env")
+
+_MAX_PARKED_PER_KEY = 64
+
+_lock = threading.Lock()
+# A parked session: its socket, the startup packet it was opened with, and its greeting (which
+# carries the backend's own process id and cancel key: it belongs to that session alone).
+_Session = tuple[socket.socket, bytes, bytes]
+_parked: dict[tuple[Any, ...], list[_Session]] = {}
+# asyncpg connection → (key, transport, startup packet, greeting), once its startup is known.
+_transports: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any, Any]] = weakref.WeakKeyDictionary()
+_pending: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[asyncio.Task[Any], Callable[..., Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_pid = os.getpid()
+_hooked = False
+
+
+def _key(kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(sorted((k, repr(v)) for k, v in kwargs.items()))
+
+
+def _messages(data: bytes) -> list[tuple[bytes, bytes]]:
+    out, at = [], 0
+    while at + 5 <= len(data):
+        (length,) = struct.unpack_from("!I", data, at + 1)
+        out.append((data[at : at + 1], data[at : at + 1 + length]))
+        at += 1 + length
+    return out
+
+
+def _replayable(greeting: bytes) -> bytes:
+    """The greeting without the authentication exchange: AuthenticationOk, then everything else."""
+    kept = []
+    for kind, message in _messages(greeting):
+        if kind == b"R" and message[5:9] != b"\x00\x00\x00\x00":
+            continue  # a password or SASL request: the taken-over session is authenticated already
+        kept.append(message)
+    return b"".join(kept)
+
+
+def _complete(greeting: bytes) -> bool:
+    messages = _messages(greeting)
+    return bool(messages) and messages[-1][0] == b"Z" and sum(len(m) for _, m in messages) == len(greeting)
+
+
+class _Record(asyncio.Protocol):
+    """Sits in front of asyncpg's protocol for the startup exchange of a new session, noting the
+    startup packet and the greeting, then steps aside."""
+
+    def __init__(self, real: Any, key: tuple[Any, ...]) -> None:
+        self.real = real
+        self.key = key
+        self.startup: bytes | None = None
+        self.greeting = bytearray()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        write = transport.write
+
+        def first(data: Any) -> None:
+            if self.startup is None:
+                self.startup = bytes(data)
+            write(data)
+
+        transport.write = first
+        try:
+            self.real.connection_made(transport)
+        finally:
+            del transport.write
+
+    def data_received(self, data: bytes) -> None:
+        self.greeting += data
+        if _complete(bytes(self.greeting)):
+            self.transport.set_protocol(self.real)
+        self.real.data_received(data)
+
+    def session(self) -> tuple[bytes, bytes] | None:
+        """The startup packet and replayable greeting, once the startup exchange is over."""
+        greeting = bytes(self.greeting)
+        if self.startup is None or not _complete(greeting):
+            return None
+        return self.startup, _replayable(greeting)
+
+    def eof_received(self) -> bool | None:
+        return bool(self.real.eof_received())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.real.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.real.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.real.resume_writing()
+
+
+class _Mismatch(Exception):
+    pass
+
+
+class _Adopt(asyncio.Protocol):
+    """Hands asyncpg's protocol a parked session: its startup packet is checked and swallowed,
+    the recorded greeting is fed to it, then it talks to the server directly."""
+
+    def __init__(self, real: Any, startup: bytes, greeting: bytes) -> None:
+        self.real = real
+        self.startup = startup
+        self.greeting = greeting
+        self.matched = False
+
+    def connection_made(self, transport: Any) -> None:
+        transport.set_protocol(self.real)
+        written: list[bytes] = []
+        transport.write = lambda data: written.append(bytes(data))
+        try:
+            self.real.connection_made(transport)
+        finally:
+            del transport.write
+        if written != [self.startup]:  # asyncpg asked for something else: this session will not do
+            transport.abort()
+            return
+        self.matched = True
+        self.real.data_received(self.greeting)
+
+
+def _install(loop: asyncio.AbstractEventLoop) -> dict[asyncio.Task[Any], Callable[..., Any]] | None:
+    handlers = _pending.get(loop)
+    if handlers is not None:
+        return handlers
+    if type(loop).__module__.split(".")[0] != "asyncio":
+        return None  # uvloop and others: their methods cannot be wrapped on the instance
+    handlers = _pending[loop] = {}
+    original = loop.create_unix_connection
+
+    async def create_unix_connection(protocol_factory: Any, path: Any = None, **kwargs: Any) -> Any:
+        task = asyncio.current_task()
+        handler = handlers.pop(task, None) if task is not None else None
+        if handler is None:
+            return await original(protocol_factory, path, **kwargs)
+        return await handler(original, protocol_factory, path, **kwargs)
+
+    loop.create_unix_connection = create_unix_connection  # type: ignore[method-assign]
+    return handlers
+
+
+def _take(key: tuple[Any, ...]) -> _Session | None:
+    with _lock:
+        _forked()
+        sessions = _parked.get(key)
+        while sessions:
+            parked = sessions.pop()
+            if not sessions:
+                del _parked[key]
+            sock = parked[0]
+            try:
+                if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                    sock.close()  # the server ended the session (a dropped database, a restart)
+                    continue
+            except BlockingIOError:
+                return parked  # idle, nothing unread: as it was parked
+            except OSError:
+                pass
+            sock.close()  # data arrived while parked, or the socket broke: not reusable
+        return None
+
+
+def _forked() -> None:
+    global _pid, _hooked
+    if _pid != os.getpid():  # a forked child must not share its parent's sessions
+        _parked.clear()
+        _pid = os.getpid()
+        _hooked = False
+
+
+async def connect(module: Any, kwargs: dict[str, Any]) -> Any:
+    """``module.connect(**kwargs)``, on a parked session of the same parameters when one waits."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    host = str(kwargs.get("host") or "")
+    handlers = _install(loop) if host.startswith("/") and task is not None else None
+    if handlers is None or task is None:
+        return await module.connect(**kwargs)
+    key = _key(kwargs)
+    parked = _take(key)
+    seen: dict[str, Any] = {}
+
+    async def record(original: Any, factory: Any, path: Any, **kw: Any) -> Any:
+        transport, proto = await original(lambda: _Record(factory(), key), path, **kw)
+        seen["transport"], seen["session"] = transport, proto.session
+        return transport, proto.real
+
+    async def adopt(original: Any, factory: Any, path: Any, **kw: Any) -> Any:
+        assert parked is not None
+        sock, startup, greeting = parked
+        transport, proto = await original(lambda: _Adopt(factory(), startup, greeting), sock=sock, **kw)
+        if not proto.matched:
+            raise _Mismatch("asyncpg's startup packet differs from the parked session's")
+        seen["transport"], seen["session"] = transport, lambda: (startup, greeting)
+        return transport, proto.real
+
+    handlers[task] = adopt if parked is not None else record
+    try:
+        conn = await module.connect(**kwargs)
+    except _Mismatch:
+        log.debug("isolated_env: a parked PostgreSQL session did not fit; opening a new one")
+        handlers[task] = record
+        conn = await module.connect(**kwargs)
+    finally:
+        handlers.pop(task, None)
+    if "transport" in seen:
+        with _lock:  # connections are made in test loops and in the background loop's thread
+            _transports[conn] = (key, seen["transport"], seen["session"])
+    return conn
+
+
+async def park(conn: Any) -> bool:
+    """Detach ``conn``'s session for a later loop (True), or leave ``conn`` to be closed (False)."""
+    with _lock:
+        entry = _transports.pop(conn, None)
+    if entry is None or conn.is_closed() or conn.is_in_transaction():
+        return False
+    key, transport, session_of = entry
+    session = session_of()
+    with _lock:
+        if session is None or len(_parked.get(key, ())) >= _MAX_PARKED_PER_KEY:
+            return False
+    try:
+        await conn.execute("DISCARD ALL")
+    except Exception as exc:  # a broken session is closed, not parked
+        log.debug("isolated_env: DISCARD ALL before parking failed: %r", exc)
+        return False
+    raw = transport.get_extra_info("socket")
+    if raw is None or conn.is_closed():
+        return False
+    sock = socket.socket(fileno=os.dup(raw.fileno()))
+    # asyncpg's terminate() writes a Terminate message, which would end the session: it is
+    # swallowed here, and only asyncpg's descriptor closes; the session lives on in ``sock``.
+    transport.write = lambda data: None
+    conn.terminate()
+    global _hooked
+    with _lock:
+        _forked()
+        _parked.setdefault(key, []).append((sock, *session))
+        if not _hooked:
+            _hooked = True
+            atexit.register(close_all)
+    return True
+
+
+def parked() -> int:
+    """How many sessions wait to be taken over."""
+    with _lock:
+        return sum(len(socks) for socks in _parked.values())
+
+
+def close_all() -> None:
+    """End every parked session (session end, exit): the server sees its client leave."""
+    with _lock:
+        socks = [parked[0] for group in _parked.values() for parked in group]
+        _parked.clear()
+    for sock in socks:
+        try:
+            sock.sendall(b"X\x00\x00\x00\x04")  # Terminate, so the server logs no lost client
+        except OSError:
+            pass
+        sock.close()
