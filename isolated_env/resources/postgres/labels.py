@@ -46,12 +46,26 @@ async def drop_database(admin: Any, name: str) -> None:
 
 
 async def drop(admin: Any, name: str) -> None:
-    """Drop a database of ours, template or not, ending its sessions."""
+    """Drop a database of ours, template or not, ending its sessions; also an invalid one.
+
+    An interrupted ``DROP DATABASE`` leaves an invalid database (``datconnlimit = -2``, PostgreSQL
+    15.4 and later) that only ``DROP`` accepts: ``ALTER DATABASE`` on it is a FATAL error that ends
+    the session, so it is never sent one. An invalid database still marked as a template (which
+    ``DROP`` refuses) is unmarked in the catalog, which only a superuser may do.
+    """
     ident = quote_ident(name)
-    try:
-        await admin.execute(f"ALTER DATABASE {ident} WITH IS_TEMPLATE false")
-    except driver.module().InvalidCatalogNameError:
-        pass  # not there: the DROP … IF EXISTS below has nothing to do either
+    row = await admin.fetchrow(
+        "SELECT datistemplate, datconnlimit = -2 AS invalid FROM pg_database WHERE datname = $1", name
+    )
+    if row is None:
+        return
+    if row["datistemplate"] and row["invalid"]:
+        await admin.execute("UPDATE pg_database SET datistemplate = false WHERE datname = $1", name)
+    elif row["datistemplate"]:
+        try:
+            await admin.execute(f"ALTER DATABASE {ident} WITH IS_TEMPLATE false")
+        except driver.module().InvalidCatalogNameError:
+            return  # dropped meanwhile
     await admin.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
 
 

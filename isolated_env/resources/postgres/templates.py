@@ -243,7 +243,8 @@ def forget_templates(names: Iterable[str] | None = None) -> None:
 
 async def _template_ready(admin: Any, name: str) -> bool:
     row = await admin.fetchrow(
-        "SELECT datistemplate AND NOT datallowconn AS ready FROM pg_database WHERE datname = $1", name
+        "SELECT datistemplate AND NOT datallowconn AND datconnlimit <> -2 AS ready FROM pg_database "
+        "WHERE datname = $1", name
     )
     return bool(row and row["ready"])
 
@@ -336,6 +337,8 @@ async def _build(admin: Any, server: PostgresServer, template: PostgresTemplate,
         # Nothing half-built is left behind, even when the build is cancelled.
         with anyio.CancelScope(shield=True):
             try:
+                if admin.is_in_transaction():  # cancelled inside the sealing transaction
+                    await admin.execute("ROLLBACK")
                 await drop(admin, name)
             except Exception as exc:  # the build's own error matters more; the next builder drops it
                 log.debug("isolated_env: could not drop the half-built template %s: %r", name, exc)
