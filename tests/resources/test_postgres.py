@@ -6,8 +6,10 @@ import pytest
 
 import isolated_env as ie
 from isolated_env._config import resolve
+from isolated_env._contract import current_settings
 from isolated_env._runtime import current_runtime
 from isolated_env._servers import postgres as pg_servers
+from isolated_env._servers.postgres import ensure_server
 
 
 async def _admin(dsn: str) -> asyncpg.Connection:
@@ -111,8 +113,7 @@ async def test_reset_rolls_back_without_teardown() -> None:
 async def test_broken_connection_is_replaced() -> None:
     async with ie.isolated_postgres() as db:
         pid = db.get_server_pid()
-        dsn = db.dsn
-    admin = await _admin(dsn)
+    admin = await asyncpg.connect(**(await ensure_server(current_settings())).connect_kwargs())  # the superuser
     try:
         await admin.execute("SELECT pg_terminate_backend($1)", pid)
     finally:
@@ -123,10 +124,10 @@ async def test_broken_connection_is_replaced() -> None:
         assert await db.fetchval("SELECT 1") == 1
     # and a connection killed during a test is discarded, not reused
     with pytest.raises(asyncpg.PostgresError):
-        async with ie.isolated_postgres() as db:
+        async with ie.isolated_postgres(superuser=True) as db:
             pid = db.get_server_pid()
             await db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-    async with ie.isolated_postgres() as db:
+    async with ie.isolated_postgres(superuser=True) as db:
         assert db.get_server_pid() != pid
 
 

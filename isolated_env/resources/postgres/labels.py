@@ -32,12 +32,16 @@ def server_key(server: PostgresServer) -> str:
     return f"{server.host}:{server.port}:{server.user}"
 
 
-async def create_database(admin: Any, server: PostgresServer, name: str, template: str, **extra: Any) -> None:
-    """CREATE DATABASE … TEMPLATE …, labelled with its owner so a reaper can tell if it is orphaned."""
+async def create_database(
+    admin: Any, server: PostgresServer, name: str, template: str, *, grant: str | None = None, **extra: Any
+) -> None:
+    """CREATE DATABASE … TEMPLATE …, labelled with its owner so a reaper can tell if it is orphaned;
+    ``grant`` is a role given ``CREATE`` on it (the test role, which owns no database)."""
     strategy = " STRATEGY FILE_COPY" if server.major >= 15 else ""
     await admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(template)}{strategy}")
     label = json.dumps({**owner_tag(), "run": run_id(), **extra})
-    await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(label)}")
+    also = f"; GRANT CREATE ON DATABASE {quote_ident(name)} TO {quote_ident(grant)}" if grant else ""
+    await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(label)}{also}")
 
 
 async def drop_database(admin: Any, name: str) -> None:

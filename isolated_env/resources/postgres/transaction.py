@@ -29,18 +29,20 @@ from ..._servers.postgres import PostgresServer
 from .handle import PostgresHandle
 from .janitor import reap_once
 from .labels import create_database, disown, drop_database, own, server_key
+from .roles import Rails, rails
 
 __all__ = ["TransactionHandle", "transaction_mode"]
 
 log = logging.getLogger("isolated_env")
 
-# Set inside the outer transaction; gone once the test ends that transaction (SET LOCAL).
-_GUARD = "SET LOCAL ie.guard = 'on'"
+# Set inside the outer transaction; gone once the test ends that transaction (SET LOCAL). Session
+# advisory locks survive ROLLBACK, so they are released here and in _CHECK (the same round trips).
+_GUARD = "SELECT pg_advisory_unlock_all(); SET LOCAL ie.guard = 'on'"
 # Fails when our guard is gone, i.e. the outer transaction was ended by the test (COMMIT, or
 # COMMIT followed by its own BEGIN); run in the same round trip as the ROLLBACK.
 _CHECK = (
     "DO $$BEGIN IF current_setting('ie.guard', true) IS DISTINCT FROM 'on' THEN "
-    "RAISE EXCEPTION 'isolated_env: outer transaction escaped'; END IF; END$$"
+    "RAISE EXCEPTION 'isolated_env: outer transaction escaped'; END IF; END$$; SELECT pg_advisory_unlock_all()"
 )
 
 
@@ -84,6 +86,7 @@ class _WorkDatabase:
     name: str
     server: PostgresServer  # the administrator's view: creates, drops and heals it
     template: str  # what it is a copy of
+    grant: str | None  # the tests' role, given CREATE on it
     owned: bool  # created by us (healable), or the external URL's own database
     generation: int = 0  # bumped by every heal: pools of an older generation hold dead connections
     dirty: bool = False  # a test committed into it: healed once no connection is leased on it
@@ -95,7 +98,7 @@ _work: dict[tuple[str, str, str], _WorkDatabase] = {}
 _counter = 0
 
 
-async def _work_database(server: PostgresServer, template: str | None) -> _WorkDatabase:
+async def _work_database(server: PostgresServer, template: str | None, guard: Rails) -> _WorkDatabase:
     global _counter
     key = (server_key(server), server.database, template or "")
     work = _work.get(key)
@@ -110,7 +113,7 @@ async def _work_database(server: PostgresServer, template: str | None) -> _WorkD
             return work
         if server.source == "external" and template is None and server.database != "postgres":
             # The URL names the application's own (migrated) database: use it as it is.
-            work = _WorkDatabase(server.database, server, "", owned=False)
+            work = _WorkDatabase(server.database, server, "", None, owned=False)
         else:
             with _work_lock:
                 _counter += 1
@@ -118,12 +121,12 @@ async def _work_database(server: PostgresServer, template: str | None) -> _WorkD
             own(name, server)
             try:
                 with anyio.CancelScope(shield=True):  # created and labelled, or not there
-                    await create_database(admin, server, name, template or "template1")
+                    await create_database(admin, server, name, template or guard.base, grant=guard.role)
             except asyncpg.InsufficientPrivilegeError:
                 disown(name)
-                work = _WorkDatabase(server.database, server, "", owned=False)
+                work = _WorkDatabase(server.database, server, "", None, owned=False)
             else:
-                work = _WorkDatabase(name, server, template or "template1", owned=True)
+                work = _WorkDatabase(name, server, template or guard.base, guard.role, owned=True)
         _work[key] = work
         return work
     finally:
@@ -138,7 +141,7 @@ async def _heal(scope: Runtime, work: _WorkDatabase) -> None:
         admin = await driver.connect(work.server)
         try:
             await drop_database(admin, work.name)  # WITH (FORCE): idle pooled sessions end too
-            await create_database(admin, work.server, work.name, work.template)
+            await create_database(admin, work.server, work.name, work.template, grant=work.grant)
         finally:
             await driver.close(admin)
     work.generation += 1
@@ -180,7 +183,8 @@ def _scope_lock(scope: Runtime) -> anyio.Lock:
 
 
 async def _lease(
-    scope: Runtime, server: PostgresServer, tests: PostgresServer, settings: Settings, template_name: str | None
+    scope: Runtime, server: PostgresServer, guard: Rails, tests: PostgresServer, settings: Settings,
+    template_name: str | None,
 ) -> tuple[_WorkDatabase, Pool[Any], Lease[Any], TransactionHandle]:
     """A connection of the work database inside the test's outer transaction. A failure of the
     first try (a pooled session ended from outside, the database dropped from outside) is retried
@@ -188,7 +192,7 @@ async def _lease(
     for attempt in (1, 2):
         async with _scope_lock(scope):
             with driver.translate("prepare the work database on", server):
-                work = await _work_database(server, template_name)
+                work = await _work_database(server, template_name, guard)
                 if work.owned and work.dirty and work.leased == 0:
                     await _heal(scope, work)  # left dirty by a heal that failed
         key = ("postgres-tx", server_key(tests), work.name, work.generation, settings.capacity)
@@ -227,17 +231,18 @@ async def _lease(
 
 @asynccontextmanager
 async def transaction_mode(
-    server: PostgresServer, settings: Settings, template_name: str | None, *, tests: PostgresServer | None = None
+    server: PostgresServer, settings: Settings, template_name: str | None, *, superuser: bool = False
 ) -> AsyncIterator[PostgresHandle]:
     """A pooled connection inside the test's outer transaction on the work database (a clone of
     ``template_name`` when given); rolled back on exit, healed when the test escaped it.
 
-    ``server`` creates and heals the work database; the test connects as ``tests`` (the same
-    server as a restricted role), or as ``server``'s own user when None.
+    ``server`` creates and heals the work database; the test connects as the test role
+    (:mod:`.roles`), or as ``server``'s own user with ``superuser=True``.
     """
     scope = await current_runtime()
-    tests = tests or server
-    work, pool, lease, handle = await _lease(scope, server, tests, settings, template_name)
+    guard = await rails(server)
+    tests = server if superuser else guard.tests
+    work, pool, lease, handle = await _lease(scope, server, guard, tests, settings, template_name)
     escaped = healed = False
     try:
         yield handle

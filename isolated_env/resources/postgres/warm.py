@@ -73,9 +73,12 @@ class WarmPool:
     """Ready clones of one template for one event loop, refilled by worker tasks, drained by a dropper."""
 
     def __init__(
-        self, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int
+        self, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int,
+        tests: PostgresServer | None = None, grant: str | None = None,
     ) -> None:
-        self.server = server
+        self.server = server  # creates and drops the clones
+        self.tests = tests or server  # whom the clones' connections log in as
+        self.grant = grant  # the role given CREATE on each clone
         self.template = template
         self.template_name = template_name
         self.target = target
@@ -97,7 +100,7 @@ class WarmPool:
 
     @property
     def spare_key(self) -> tuple[str, str]:
-        return (server_key(self.server), self.template_name)
+        return (server_key(self.tests), self.template_name)
 
     async def start(self, runtime: Runtime) -> None:
         """Refill workers and the dropper run in the runtime's task group (never as stray tasks)."""
@@ -193,10 +196,10 @@ class WarmPool:
                     if spare is None:
                         if admin is None or admin.is_closed():
                             admin = await driver.connect(self.server)
-                        await create_database(admin, self.server, name, self.template_name, mode="database",
-                                              origin=self.template_name)
+                        await create_database(admin, self.server, name, self.template_name, grant=self.grant,
+                                              mode="database", origin=self.template_name)
                         created = True
-                    conn = await driver.connect(self.server, name)
+                    conn = await driver.connect(self.tests, name)
                 except Exception as exc:  # reported to waiting leases, then retried
                     self.creating.discard(name)
                     if created:  # the database exists but cannot be used: drop it
@@ -346,12 +349,13 @@ class WarmPool:
 
 
 async def warm_pool(
-    scope: Runtime, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int
+    scope: Runtime, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int,
+    tests: PostgresServer | None = None, grant: str | None = None,
 ) -> WarmPool:
-    key = ("postgres-warm", server_key(server), template_name, target)
+    key = ("postgres-warm", server_key(tests or server), template_name, target)
     warm = scope.objects.get(key)
     if warm is None or warm.closed:
-        warm = scope.objects[key] = WarmPool(server, template, template_name, target)
+        warm = scope.objects[key] = WarmPool(server, template, template_name, target, tests, grant)
         await warm.start(scope)
         scope.on_close(warm.aclose)
     return warm
