@@ -22,7 +22,7 @@ import anyio
 
 from ..._config import Settings, run_id
 from ..._drivers import asyncpg as driver
-from ..._errors import IsolationBroken, TeardownError
+from ..._errors import IsolationBroken, PoolError, TeardownError
 from ..._pool import Lease, Pool
 from ..._runtime import Runtime, current_runtime
 from ..._servers.postgres import PostgresServer
@@ -146,10 +146,8 @@ async def _heal(scope: Runtime, work: _WorkDatabase) -> None:
             await driver.close(admin)
     work.generation += 1
     work.dirty = False
-    tests_key = next((k[1] for k in scope.pools if isinstance(k, tuple) and k[:1] == ("postgres-tx",)
-                      and k[2] == work.name), None)
-    for key in [k for k in scope.pools if isinstance(k, tuple) and k[:3] == ("postgres-tx", tests_key, work.name)]:
-        if key[3] < work.generation:
+    for key in [k for k in scope.pools if isinstance(k, tuple) and k[0] == "postgres-tx" and k[2] == work.name]:
+        if key[3] < work.generation:  # every role's pool of the old generation (its sessions were ended)
             await scope.pools.pop(key).aclose()
 
 
@@ -207,8 +205,8 @@ async def _lease(
             if lease is not None:
                 lease.discard()
                 await pool.release(lease)
-            if attempt == 2 or not work.owned:
-                raise
+            if attempt == 2 or not work.owned or isinstance(exc, PoolError):
+                raise  # a full pool is not a broken session: waiting again would double the wait
             log.debug("isolated_env: a session of %s failed (%r); trying again", work.name, exc)
             with anyio.CancelScope(shield=True):
                 async with _scope_lock(scope):
@@ -257,10 +255,12 @@ async def transaction_mode(
             if escaped:
                 lease.discard()
                 work.dirty = work.dirty or work.owned
-            await pool.release(lease)
-            with _work_lock:
-                work.leased -= 1
-                heal = work.dirty and work.leased == 0
+            try:
+                await pool.release(lease)
+            finally:
+                with _work_lock:
+                    work.leased -= 1
+                    heal = work.dirty and work.leased == 0
             if heal:
                 # No other connection is leased on it: heal it now, so the next test is clean.
                 async with _scope_lock(scope):
