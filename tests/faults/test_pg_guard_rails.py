@@ -121,6 +121,20 @@ async def test_session_advisory_locks_do_not_outlive_the_test(server: PostgresSe
         await watcher.close()
 
 
+async def test_session_settings_and_temporary_tables_do_not_reach_the_next_test() -> None:
+    async with ie.isolated_postgres() as db:
+        pid = db.get_server_pid()
+        defaults = await db.fetchrow("SELECT current_setting('work_mem') AS w, current_setting('search_path') AS p")
+        await db.execute("SET work_mem = '1234kB'; SET search_path = pg_catalog; CREATE TEMP TABLE mine (x int)")
+        await db.execute("SELECT set_config('application_name', 'leaky', false)")
+    async with ie.isolated_postgres() as db:
+        assert db.get_server_pid() == pid  # the same pooled session
+        row = await db.fetchrow("SELECT current_setting('work_mem') AS w, current_setting('search_path') AS p")
+        assert row == defaults
+        assert await db.fetchval("SELECT current_setting('application_name')") != "leaky"
+        assert await db.fetchval("SELECT to_regclass('pg_temp.mine')") is None
+
+
 @pytest.mark.parametrize("mode", MODES)
 async def test_superuser_true_gives_the_commands_back(
     mode: str, server: PostgresServer, admin: asyncpg.Connection
