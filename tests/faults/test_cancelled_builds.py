@@ -79,6 +79,9 @@ _SCENARIO = textwrap.dedent('''
                             await db.execute("INSERT INTO t VALUES (3)")
                 except ie.IsolatedEnvError:
                     errors_during += 1  # e.g. a lease racing a drop of its template: allowed here
+                except TimeoutError:  # a lease that waited out the lease timeout: say what was stuck
+                    await describe(server)
+                    raise
             cancelled += scope.cancelled_caught
         invalid_after_cancellations = await count_invalid(server)
         errors = []
@@ -100,6 +103,23 @@ _SCENARIO = textwrap.dedent('''
                           "errors_during": errors_during, "invalid_after_cancellations": invalid_after_cancellations,
                           "invalid_left": await count_invalid(server),
                           "seconds": round(time.perf_counter() - started, 1)}))
+
+    async def describe(server):
+        from isolated_env.resources.postgres import warm_pool_statistics
+        for stats in await warm_pool_statistics():
+            print("warm pool:", stats, file=sys.stderr)
+        admin = await driver.connect(server)
+        try:
+            for row in await admin.fetch(
+                "SELECT pid, datname, state, wait_event_type, wait_event, left(query, 120) AS query, "
+                "now() - query_start AS age FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            ):
+                print("session:", dict(row), file=sys.stderr)
+            for row in await admin.fetch("SELECT datname, datistemplate, datallowconn, datconnlimit "
+                                         "FROM pg_database WHERE datname LIKE 'ie_%'"):
+                print("database:", dict(row), file=sys.stderr)
+        finally:
+            await driver.close(admin)
 
     async def count_invalid(server):
         admin = await driver.connect(server)
