@@ -139,7 +139,8 @@ def test_random_cancellations_from_a_cold_start_leave_every_later_lease_working(
     script.write_text(_SCENARIO)
     seed = int.from_bytes(os.urandom(4), "big")
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("TEST_POSTGRES", "PYTEST_"))},
-           "ISOLATED_ENV_STATE_DIR": str(private_state_dir), "PYTHONPATH": str(REPO)}
+           "ISOLATED_ENV_STATE_DIR": str(private_state_dir), "PYTHONPATH": str(REPO),
+           "ISOLATED_ENV_LEASE_TIMEOUT": "30"}  # a stuck lease fails in 30 s, not the default 120
     result = subprocess.run([sys.executable, str(script), str(ROUNDS), str(seed)], env=env, capture_output=True,
                             text=True, timeout=600)
     assert result.returncode == 0, f"seed {seed}:\n{result.stdout[-3000:]}{result.stderr[-5000:]}"
