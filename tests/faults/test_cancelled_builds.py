@@ -80,7 +80,8 @@ _SCENARIO = textwrap.dedent('''
                 except ie.IsolatedEnvError:
                     errors_during += 1  # e.g. a lease racing a drop of its template: allowed here
                 except TimeoutError:  # a lease that waited out the lease timeout: say what was stuck
-                    await describe(server)
+                    with anyio.CancelScope(shield=True):  # the round's deadline has passed
+                        await describe(server)
                     raise
             cancelled += scope.cancelled_caught
         invalid_after_cancellations = await count_invalid(server)

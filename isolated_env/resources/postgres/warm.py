@@ -356,8 +356,11 @@ async def warm_pool(
     warm = scope.objects.get(key)
     if warm is None or warm.closed:
         warm = scope.objects[key] = WarmPool(server, template, template_name, target, tests, grant)
-        await warm.start(scope)
         scope.on_close(warm.aclose)
+        # Shielded: a lease cancelled here would leave a registered pool with no workers, on which
+        # every later lease of this template waits out the lease timeout.
+        with anyio.CancelScope(shield=True):
+            await warm.start(scope)
     return warm
 
 
