@@ -32,10 +32,11 @@ __all__ = [
 
 
 def isolated_postgres(
-    *, mode: str = "database", template: Any = None, keep_on_failure: bool | None = None
+    *, mode: str = "database", template: Any = None, keep_on_failure: bool | None = None, superuser: bool = False
 ) -> SyncContext[Postgres]:
     """A private PostgreSQL database cloned from ``template`` (a :class:`~isolated_env.PostgresTemplate`),
-    dropped on exit (kept for a failed test with ``keep_on_failure``). Database mode only."""
+    dropped on exit (kept for a failed test with ``keep_on_failure``). Database mode only;
+    ``superuser`` as for :func:`isolated_env.isolated_postgres`."""
     if mode != "database":
         raise ConfigError(
             f"sync.isolated_postgres(mode={mode!r}): synchronous code gets database mode only. A transaction-mode "
@@ -46,7 +47,9 @@ def isolated_postgres(
     from ..resources.postgres import isolated_postgres as make
 
     return SyncContext(
-        "postgres", lambda: make(mode="database", template=template, keep_on_failure=keep_on_failure), Postgres
+        "postgres",
+        lambda: make(mode="database", template=template, keep_on_failure=keep_on_failure, superuser=superuser),
+        Postgres,
     )
 
 

@@ -6,8 +6,10 @@ import pytest
 
 import isolated_env as ie
 from isolated_env._config import resolve
+from isolated_env._contract import current_settings
 from isolated_env._runtime import current_runtime
 from isolated_env._servers import postgres as pg_servers
+from isolated_env._servers.postgres import ensure_server
 
 
 async def _admin(dsn: str) -> asyncpg.Connection:
@@ -78,14 +80,8 @@ async def test_commit_escaping_the_transaction_is_caught_and_healed() -> None:
             escaped_db = db.database
     assert isinstance(info.value, AssertionError)
     async with ie.isolated_postgres() as db:
-        assert db.database != escaped_db
+        assert db.database == escaped_db  # healed in place: the same name, a fresh copy
         assert await db.fetchval("SELECT to_regclass('escaped')") is None
-    # the retired work database is dropped once its connections are gone
-    admin = await _admin(db.dsn)
-    try:
-        assert await admin.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", escaped_db) == 0
-    finally:
-        await admin.close()
 
 
 async def test_commit_then_begin_is_caught_too() -> None:
@@ -117,8 +113,7 @@ async def test_reset_rolls_back_without_teardown() -> None:
 async def test_broken_connection_is_replaced() -> None:
     async with ie.isolated_postgres() as db:
         pid = db.get_server_pid()
-        dsn = db.dsn
-    admin = await _admin(dsn)
+    admin = await asyncpg.connect(**(await ensure_server(current_settings())).connect_kwargs())  # the superuser
     try:
         await admin.execute("SELECT pg_terminate_backend($1)", pid)
     finally:
@@ -129,10 +124,10 @@ async def test_broken_connection_is_replaced() -> None:
         assert await db.fetchval("SELECT 1") == 1
     # and a connection killed during a test is discarded, not reused
     with pytest.raises(asyncpg.PostgresError):
-        async with ie.isolated_postgres() as db:
+        async with ie.isolated_postgres(superuser=True) as db:
             pid = db.get_server_pid()
             await db.execute("SELECT pg_terminate_backend(pg_backend_pid())")
-    async with ie.isolated_postgres() as db:
+    async with ie.isolated_postgres(superuser=True) as db:
         assert db.get_server_pid() != pid
 
 
@@ -223,26 +218,27 @@ async def test_escape_seen_by_reset_is_healed_on_exit() -> None:
         assert await db.fetchval("SELECT to_regclass('leaked_by_reset')") is None
 
 
-async def test_escape_among_concurrent_tests_drops_the_retired_database() -> None:
+async def test_escape_among_concurrent_tests_is_healed_once_they_are_done() -> None:
     release = anyio.Event()
     names: list[str] = []
+    seen: list[object] = []
 
     async def bystander() -> None:
         async with ie.isolated_postgres() as db:
             names.append(db.database)
             await release.wait()
+            seen.append(await db.fetchval("SELECT 1"))  # its session survived the other's escape
 
     async with anyio.create_task_group() as tg:
         for _ in range(3):
             tg.start_soon(bystander)
         await anyio.sleep(0.05)
-        with pytest.raises(ie.IsolationBroken):
+        with pytest.raises(ie.IsolationBroken, match="once the other connections leased on it come back"):
             async with ie.isolated_postgres() as db:
-                retired = db.database
-                await db.execute("COMMIT")
+                escaped = db.database
+                await db.execute("CREATE TABLE committed_among_others (x int); COMMIT")
         release.set()
-    assert set(names) == {retired}
+    assert set(names) == {escaped} and seen == [1, 1, 1]
     async with ie.isolated_postgres() as db:
-        assert db.database != retired
-        left = await db.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", retired)
-        assert left == 0, "the retired work database (and its idle connections) outlived its last lease"
+        assert db.database == escaped
+        assert await db.fetchval("SELECT to_regclass('committed_among_others')") is None

@@ -62,7 +62,8 @@ async def test_other_driver_errors_become_the_given_error_with_the_cause() -> No
 async def test_reset_on_a_killed_connection_is_our_error_and_the_next_test_works() -> None:
     async with ie.Environment() as env:
         db = await env.enter(ie.isolated_postgres())
-        admin = await asyncpg.connect(db.dsn)
+        # the superuser may end other sessions (the test role may not)
+        admin = await asyncpg.connect(**(await ensure_server(current_settings())).connect_kwargs())
         try:
             await admin.execute("SELECT pg_terminate_backend($1)", db.get_server_pid())
         finally:

@@ -135,4 +135,4 @@ async def test_a_healed_escape_is_logged(caplog: pytest.LogCaptureFixture) -> No
     assert len(heals) == 1
     text = heals[0]
     assert "escaped the outer transaction (COMMIT or ROLLBACK)" in text
-    assert "healed: the work database was replaced by a fresh copy" in text
+    assert "healed: the work database was made a fresh copy of its template under the same name" in text

@@ -4,6 +4,7 @@ One idea per module, each importing only those listed before it:
 
 - :mod:`.sql`: quoting, and splitting SQL scripts as psql would;
 - :mod:`.labels`: the owner label on every database of ours, and what this process owns;
+- :mod:`.roles`: the role tests connect as, and the base every database starts from (guard rails);
 - :mod:`.handle`: :class:`PostgresHandle` and :class:`DatabaseHandle` (asyncpg's API, ``.dsn``);
 - :mod:`.templates`: :class:`PostgresTemplate`, built once under an advisory lock;
 - :mod:`.janitor`: reaping dead owners' databases, keeping a failed test's, :func:`prune`;

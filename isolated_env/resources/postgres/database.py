@@ -23,6 +23,7 @@ from ..._servers.postgres import PostgresServer
 from .handle import Clone, DatabaseHandle, PostgresHandle
 from .janitor import keep, reap_once
 from .labels import server_key
+from .roles import rails
 from .templates import PostgresTemplate, template_database
 from .warm import WarmPool, WarmPoolStatistics, warm_pool, warm_pools
 
@@ -50,15 +51,20 @@ async def warm_pool_statistics() -> list[WarmPoolStatistics]:
 
 @contextlib.asynccontextmanager
 async def database_mode(
-    server: PostgresServer, settings: Settings, template: PostgresTemplate, *, keep_on_failure: bool
+    server: PostgresServer, settings: Settings, template: PostgresTemplate, *, keep_on_failure: bool,
+    superuser: bool = False,
 ) -> AsyncIterator[PostgresHandle]:
-    """A private database cloned from ``template``, leased from the warm pool."""
+    """A private database cloned from ``template``, leased from the warm pool; the test connects as
+    the test role (:mod:`.roles`), or as ``server``'s own user with ``superuser=True``."""
     await reap_once(server, unlabelled=True)
     template_name = await template_database(server, template)
+    guard = await rails(server)
+    tests = server if superuser else guard.tests
     scope = await current_runtime()
 
     async def warm_in_background() -> WarmPool:
-        return await warm_pool(await current_runtime(), server, template, template_name, settings.capacity)
+        return await warm_pool(await current_runtime(), server, template, template_name, settings.capacity,
+                               tests, guard.role)
 
     warm = await in_background(warm_in_background)
 
@@ -66,7 +72,7 @@ async def database_mode(
         with driver.translate(f"make a database from {warm.template_name} on", driver.redacted_dsn(server)):
             clone = await in_background(warm.take)
             try:
-                clone.conn = await driver.connect(server, clone.name, reuse=True)
+                clone.conn = await driver.connect(tests, clone.name, reuse=True)
             except BaseException:
                 await release(clone)
                 raise
@@ -83,13 +89,14 @@ async def database_mode(
         submit(drop)  # not waited for: the drop is the background's business
 
     pool = scope.pool(
-        ("postgres-db", server_key(server), template_name, settings.capacity),
+        ("postgres-db", server_key(tests), template_name, settings.capacity),
         lambda: Pool(f"postgres databases ({template_name})", create=take, destroy=release,
                      capacity=settings.capacity, lease_timeout=settings.lease_timeout),
     )
     async with pool.lease() as lease:
         lease.discard()  # a used database is never handed out again
-        handle = DatabaseHandle(lease.value, server, pool, warm.template_name, keep_on_failure)
+        handle = DatabaseHandle(lease.value, tests, pool, warm.template_name, keep_on_failure, admin=server,
+                                grant=guard.role)
         try:
             yield handle
         except BaseException as exc:

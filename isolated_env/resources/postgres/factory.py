@@ -58,7 +58,7 @@ async def _died(server: servers.PostgresServer) -> ServerDied | None:
     reset=lambda handle: handle._reset(), statistics=lambda handle: handle._pool.statistics(),
 )
 async def isolated_postgres(
-    *, mode: str = "transaction", template: Any = None, keep_on_failure: bool | None = None
+    *, mode: str = "transaction", template: Any = None, keep_on_failure: bool | None = None, superuser: bool = False
 ) -> AsyncIterator[PostgresHandle]:
     """A private view of PostgreSQL for one test, rolled back (or dropped) on exit.
 
@@ -66,9 +66,16 @@ async def isolated_postgres(
     ``mode="database"``: a private database reachable by ``.dsn`` from any driver and connection,
     cloned from ``template`` (a :class:`PostgresTemplate`); ``keep_on_failure`` keeps it when the
     test fails (default: ``ISOLATED_ENV_KEEP_FAILED``, set by ``--isolated-env-keep-failed``).
+
+    On the embedded server the test connects as a role that cannot harm other tests (no
+    ``DROP DATABASE``, ``ALTER SYSTEM``, ``pg_terminate_backend``, no connection to a template);
+    ``superuser=True`` connects as the server's superuser instead, for a test that needs such
+    commands, and gives up that protection (see docs/postgres.md).
     """
     if mode not in {"transaction", "database"}:
         raise ConfigError(f"isolated_postgres(mode={mode!r}): mode must be 'transaction' or 'database'")
+    if not isinstance(superuser, bool):
+        raise ConfigError(f"isolated_postgres(superuser={superuser!r}): superuser must be True or False")
     checked = as_template(template)
     settings = current_settings()
     keep = keeps(Outcome.FAILED, keep_on_failure)  # whether a failure would be kept
@@ -78,7 +85,8 @@ async def isolated_postgres(
         if mode == "database":
             handle = None
             try:
-                async with database_mode(server, settings, checked, keep_on_failure=keep) as handle:
+                async with database_mode(server, settings, checked, keep_on_failure=keep,
+                                         superuser=superuser) as handle:
                     outcome = yield handle
                     if isinstance(handle, DatabaseHandle):
                         handle.failed = outcome is Outcome.FAILED
@@ -92,7 +100,7 @@ async def isolated_postgres(
                     ))
         else:
             template_name = None if template is None else await template_database(server, checked)
-            async with transaction_mode(server, settings, template_name) as handle:
+            async with transaction_mode(server, settings, template_name, superuser=superuser) as handle:
                 outcome = yield handle
     except Exception as exc:
         # Asked only on the failing path: a test whose server died gets that, not a driver error.

@@ -61,9 +61,12 @@ class DatabaseHandle(PostgresHandle):
     """
 
     def __init__(
-        self, clone: Clone, server: PostgresServer, pool: Any, template: str, keep_on_failure: bool
+        self, clone: Clone, server: PostgresServer, pool: Any, template: str, keep_on_failure: bool, *,
+        admin: PostgresServer | None = None, grant: str | None = None,
     ) -> None:
         super().__init__(clone.conn, server, clone.name, "database", pool)
+        self._admin = admin or server  # creates, relabels and drops the database
+        self._grant = grant
         self.template = template
         self.keep_on_failure = keep_on_failure
         self.kept = False
@@ -75,11 +78,11 @@ class DatabaseHandle(PostgresHandle):
         self.connection.terminate()
         with driver.translate(f"reset {self.database} (a fresh copy of {self.template}) on",
                               driver.redacted_dsn(self.server), failure=TeardownError):
-            admin = await driver.connect(self.server)
+            admin = await driver.connect(self._admin)
             try:
                 await drop_database(admin, self.database)
-                await create_database(admin, self.server, self.database, self.template, mode="database",
-                                      origin=self.template)
+                await create_database(admin, self._admin, self.database, self.template, grant=self._grant,
+                                      mode="database", origin=self.template)
             finally:
                 await driver.close(admin)
             self.connection = self._ie_clone.conn = await driver.connect(self.server, self.database)

@@ -132,7 +132,7 @@ async def keep(handle: DatabaseHandle, reason: str) -> str:
              "keep": True, "kept_at": round(time.time()), "reason": reason[:500]}
     try:
         with anyio.CancelScope(shield=True), anyio.fail_after(10):
-            admin = await driver.connect(handle.server)
+            admin = await driver.connect(handle._admin)
             try:
                 comment = quote_literal(json.dumps(label))
                 await admin.execute(f"COMMENT ON DATABASE {quote_ident(handle.database)} IS {comment}")

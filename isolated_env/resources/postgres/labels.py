@@ -32,12 +32,16 @@ def server_key(server: PostgresServer) -> str:
     return f"{server.host}:{server.port}:{server.user}"
 
 
-async def create_database(admin: Any, server: PostgresServer, name: str, template: str, **extra: Any) -> None:
-    """CREATE DATABASE … TEMPLATE …, labelled with its owner so a reaper can tell if it is orphaned."""
+async def create_database(
+    admin: Any, server: PostgresServer, name: str, template: str, *, grant: str | None = None, **extra: Any
+) -> None:
+    """CREATE DATABASE … TEMPLATE …, labelled with its owner so a reaper can tell if it is orphaned;
+    ``grant`` is a role given ``CREATE`` on it (the test role, which owns no database)."""
     strategy = " STRATEGY FILE_COPY" if server.major >= 15 else ""
     await admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(template)}{strategy}")
     label = json.dumps({**owner_tag(), "run": run_id(), **extra})
-    await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(label)}")
+    also = f"; GRANT CREATE ON DATABASE {quote_ident(name)} TO {quote_ident(grant)}" if grant else ""
+    await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(label)}{also}")
 
 
 async def drop_database(admin: Any, name: str) -> None:
@@ -46,12 +50,26 @@ async def drop_database(admin: Any, name: str) -> None:
 
 
 async def drop(admin: Any, name: str) -> None:
-    """Drop a database of ours, template or not, ending its sessions."""
+    """Drop a database of ours, template or not, ending its sessions; also an invalid one.
+
+    An interrupted ``DROP DATABASE`` leaves an invalid database (``datconnlimit = -2``, PostgreSQL
+    15.4 and later) that only ``DROP`` accepts: ``ALTER DATABASE`` on it is a FATAL error that ends
+    the session, so it is never sent one. An invalid database still marked as a template (which
+    ``DROP`` refuses) is unmarked in the catalog, which only a superuser may do.
+    """
     ident = quote_ident(name)
-    try:
-        await admin.execute(f"ALTER DATABASE {ident} WITH IS_TEMPLATE false")
-    except driver.module().InvalidCatalogNameError:
-        pass  # not there: the DROP … IF EXISTS below has nothing to do either
+    row = await admin.fetchrow(
+        "SELECT datistemplate, datconnlimit = -2 AS invalid FROM pg_database WHERE datname = $1", name
+    )
+    if row is None:
+        return
+    if row["datistemplate"] and row["invalid"]:
+        await admin.execute("UPDATE pg_database SET datistemplate = false WHERE datname = $1", name)
+    elif row["datistemplate"]:
+        try:
+            await admin.execute(f"ALTER DATABASE {ident} WITH IS_TEMPLATE false")
+        except driver.module().InvalidCatalogNameError:
+            return  # dropped meanwhile
     await admin.execute(f"DROP DATABASE IF EXISTS {ident} WITH (FORCE)")
 
 

@@ -31,6 +31,7 @@ from ..._servers.postgres import PostgresServer
 from ..._servers.registry import owner_tag
 from .handle import PostgresHandle
 from .labels import create_database, drop, no_createdb, server_key
+from .roles import Rails, rails, ready
 from .sql import quote_ident, quote_literal, split_sql
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
 
 log = logging.getLogger("isolated_env")
 
-_FORMAT = "1"  # bump when the way templates are built changes, so old ones are not reused
+_FORMAT = "2"  # bump when the way templates are built changes, so old ones are not reused
 _LOCK_CLASS = 0x1E7E  # first key of our advisory locks (pg_advisory_lock(int4, int4))
 
 SetupFn = Callable[[PostgresHandle], Awaitable[None]]
@@ -241,13 +242,6 @@ def forget_templates(names: Iterable[str] | None = None) -> None:
             del _templates[key]
 
 
-async def _template_ready(admin: Any, name: str) -> bool:
-    row = await admin.fetchrow(
-        "SELECT datistemplate AND NOT datallowconn AS ready FROM pg_database WHERE datname = $1", name
-    )
-    return bool(row and row["ready"])
-
-
 async def template_database(server: PostgresServer, template: object) -> str:
     """The name of ``template``'s built template database on ``server`` (built first if needed).
 
@@ -270,13 +264,14 @@ async def build_template(server: PostgresServer, template: PostgresTemplate) -> 
     built = False
     with driver.translate(f"build template {template.name!r} ({name}) on", driver.redacted_dsn(server),
                           failure=TemplateError):
+        guard = await rails(server)
         admin = await driver.connect(server)
         try:
-            if not await _template_ready(admin, name):
+            if not await ready(admin, name):
                 await admin.execute("SELECT pg_advisory_lock($1, $2)", _LOCK_CLASS, lock)
                 try:
-                    if not await _template_ready(admin, name):
-                        await _build(admin, server, template, name)
+                    if not await ready(admin, name):
+                        await _build(admin, server, template, name, guard)
                         built = True
                 finally:
                     with anyio.CancelScope(shield=True):
@@ -292,20 +287,20 @@ async def build_template(server: PostgresServer, template: PostgresTemplate) -> 
     return TemplateBuild(name, template.digest, built=built, ms=(time.perf_counter() - started) * 1000)
 
 
-async def _build(admin: Any, server: PostgresServer, template: PostgresTemplate, name: str) -> None:
+async def _build(admin: Any, server: PostgresServer, template: PostgresTemplate, name: str, using: Rails) -> None:
     asyncpg = driver.module()
     _digest, sources = template._content
     # A database of this name that is not a finished template was left by a builder that died
     # (we hold the lock, so nobody is building it now).
     await drop(admin, name)
     try:
-        await create_database(admin, server, name, "template1", building=template.name)
+        await create_database(admin, server, name, using.base, grant=using.role, building=template.name)
     except asyncpg.InsufficientPrivilegeError as exc:
         raise no_createdb(server, exc) from exc
     except asyncpg.PostgresError as exc:
         raise TemplateError(f"template {template.name!r}: cannot create its database {name}: {exc}") from exc
     try:
-        conn = await driver.connect(server, name)
+        conn = await driver.connect(using.tests, name)  # what it makes belongs to the tests' role
         try:
             for source, text in sources:
                 for number, (line, statement) in enumerate(split_sql(text), 1):
@@ -315,7 +310,7 @@ async def _build(admin: Any, server: PostgresServer, template: PostgresTemplate,
                         message = _statement_failed(template, source, number, line, statement, exc)
                         raise TemplateError(message) from exc
             if template.setup is not None:
-                handle = PostgresHandle(conn, server, name, "template", None)
+                handle = PostgresHandle(conn, using.tests, name, "template", None)
                 try:
                     await template.setup(handle)
                 except Exception as exc:
@@ -336,6 +331,8 @@ async def _build(admin: Any, server: PostgresServer, template: PostgresTemplate,
         # Nothing half-built is left behind, even when the build is cancelled.
         with anyio.CancelScope(shield=True):
             try:
+                if admin.is_in_transaction():  # cancelled inside the sealing transaction
+                    await admin.execute("ROLLBACK")
                 await drop(admin, name)
             except Exception as exc:  # the build's own error matters more; the next builder drops it
                 log.debug("isolated_env: could not drop the half-built template %s: %r", name, exc)

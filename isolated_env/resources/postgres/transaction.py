@@ -2,13 +2,15 @@
 per-process work database.
 
 The test's own ``transaction()`` nests as a savepoint. A test that escapes the outer transaction
-(runs ``COMMIT`` itself) is caught on exit: the work database is retired and replaced by a fresh
-clone, so the next test is clean, and the test fails with :class:`IsolationBroken`.
+(runs ``COMMIT`` itself) is caught on exit: the work database is made a fresh copy of its template
+again under the same name (so a ``.dsn`` kept by the tests stays valid), and the test fails with
+:class:`IsolationBroken`. A work database dropped from outside is re-created the same way.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import threading
@@ -20,25 +22,27 @@ import anyio
 
 from ..._config import Settings, run_id
 from ..._drivers import asyncpg as driver
-from ..._errors import IsolationBroken, TeardownError
-from ..._pool import Pool
+from ..._errors import IsolationBroken, PoolError, TeardownError
+from ..._pool import Lease, Pool
 from ..._runtime import Runtime, current_runtime
 from ..._servers.postgres import PostgresServer
 from .handle import PostgresHandle
 from .janitor import reap_once
 from .labels import create_database, disown, drop_database, own, server_key
+from .roles import Rails, rails
 
 __all__ = ["TransactionHandle", "transaction_mode"]
 
 log = logging.getLogger("isolated_env")
 
-# Set inside the outer transaction; gone once the test ends that transaction (SET LOCAL).
-_GUARD = "SET LOCAL ie.guard = 'on'"
+# Set inside the outer transaction; gone once the test ends that transaction (SET LOCAL). Session
+# advisory locks survive ROLLBACK, so they are released here and in _CHECK (the same round trips).
+_GUARD = "SELECT pg_advisory_unlock_all(); SET LOCAL ie.guard = 'on'"
 # Fails when our guard is gone, i.e. the outer transaction was ended by the test (COMMIT, or
 # COMMIT followed by its own BEGIN); run in the same round trip as the ROLLBACK.
 _CHECK = (
     "DO $$BEGIN IF current_setting('ie.guard', true) IS DISTINCT FROM 'on' THEN "
-    "RAISE EXCEPTION 'isolated_env: outer transaction escaped'; END IF; END$$"
+    "RAISE EXCEPTION 'isolated_env: outer transaction escaped'; END IF; END$$; SELECT pg_advisory_unlock_all()"
 )
 
 
@@ -74,81 +78,94 @@ class TransactionHandle(PostgresHandle):
 
 
 # ---------------------------------------------------------------------------------------------
-# Work databases: one per process and template, replaced (a new generation) when a test escapes.
+# Work databases: one per process and template, healed in place (same name) when a test escapes.
 
 
 @dataclasses.dataclass
 class _WorkDatabase:
     name: str
-    server: PostgresServer
-    owned: bool  # created by us (droppable), or the external URL's own database
-    retired: bool = False
-    open_connections: int = 0
+    server: PostgresServer  # the administrator's view: creates, drops and heals it
+    template: str  # what it is a copy of
+    grant: str | None  # the tests' role, given CREATE on it
+    owned: bool  # created by us (healable), or the external URL's own database
+    generation: int = 0  # bumped by every heal: pools of an older generation hold dead connections
+    dirty: bool = False  # a test committed into it: healed once no connection is leased on it
+    leased: int = 0  # connections leased on it, in every event loop of the process
 
 
 _work_lock = threading.Lock()
 _work: dict[tuple[str, str, str], _WorkDatabase] = {}
-_generation = 0
+_counter = 0
 
 
-async def _work_database(server: PostgresServer, template: str | None) -> _WorkDatabase:
-    global _generation
+async def _work_database(server: PostgresServer, template: str | None, guard: Rails) -> _WorkDatabase:
+    global _counter
     key = (server_key(server), server.database, template or "")
     work = _work.get(key)
-    if work is not None and not work.retired:
+    if work is not None:
         return work
     asyncpg = driver.module()
     admin = await driver.connect(server)
     try:
         await reap_once(server, unlabelled=False, admin=admin)
         work = _work.get(key)  # another task may have made it while we connected
-        if work is not None and not work.retired:
+        if work is not None:
             return work
         if server.source == "external" and template is None and server.database != "postgres":
             # The URL names the application's own (migrated) database: use it as it is.
-            work = _WorkDatabase(server.database, server, owned=False)
+            work = _WorkDatabase(server.database, server, "", None, owned=False)
         else:
             with _work_lock:
-                _generation += 1
-                name = f"ie_tx_{run_id()}_{os.getpid()}_{_generation}"
+                _counter += 1
+                name = f"ie_tx_{run_id()}_{os.getpid()}_{_counter}"
+            own(name, server)
             try:
-                await create_database(admin, server, name, template or "template1")
+                with anyio.CancelScope(shield=True):  # created and labelled, or not there
+                    await create_database(admin, server, name, template or guard.base, grant=guard.role)
             except asyncpg.InsufficientPrivilegeError:
-                work = _WorkDatabase(server.database, server, owned=False)
+                disown(name)
+                work = _WorkDatabase(server.database, server, "", None, owned=False)
             else:
-                work = _WorkDatabase(name, server, owned=True)
-                own(name, server)
+                work = _WorkDatabase(name, server, template or guard.base, guard.role, owned=True)
         _work[key] = work
         return work
     finally:
         await driver.close(admin)
 
 
-async def _drop_if_done(work: _WorkDatabase) -> None:
-    if work.owned and work.retired and work.open_connections == 0:
-        with driver.translate(f"drop the retired work database {work.name} on", driver.redacted_dsn(work.server),
-                              failure=TeardownError):
-            admin = await driver.connect(work.server)
-            try:
-                await drop_database(admin, work.name)
-            finally:
-                await driver.close(admin)
-        disown(work.name)
+async def _heal(scope: Runtime, work: _WorkDatabase) -> None:
+    """Make ``work`` a fresh copy of its template again, under the same name, so a ``.dsn`` kept
+    by the tests stays valid; also what re-creates a work database dropped from outside."""
+    with driver.translate(f"heal the work database {work.name} (a fresh copy of {work.template}) on",
+                          driver.redacted_dsn(work.server), failure=TeardownError):
+        admin = await driver.connect(work.server)
+        try:
+            await drop_database(admin, work.name)  # WITH (FORCE): idle pooled sessions end too
+            await create_database(admin, work.server, work.name, work.template, grant=work.grant)
+        finally:
+            await driver.close(admin)
+    work.generation += 1
+    work.dirty = False
+    for key in [k for k in scope.pools if isinstance(k, tuple) and k[0] == "postgres-tx" and k[2] == work.name]:
+        if key[3] < work.generation:  # every role's pool of the old generation (its sessions were ended)
+            await scope.pools.pop(key).aclose()
 
 
-def _tx_pool(work: _WorkDatabase, settings: Settings) -> Pool[Any]:
+async def _exists(work: _WorkDatabase) -> bool:
+    admin = await driver.connect(work.server)
+    try:
+        return bool(await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", work.name))
+    finally:
+        await driver.close(admin)
+
+
+def _tx_pool(work: _WorkDatabase, tests: PostgresServer, settings: Settings) -> Pool[Any]:
     async def create() -> Any:
-        conn = await driver.connect(work.server, work.name, reuse=True)
-        work.open_connections += 1
-        return conn
+        return await driver.connect(tests, work.name, reuse=True)
 
     async def destroy(conn: Any) -> None:
-        try:
-            # A clean session outlives its loop, for the next loop's pool (pytest-asyncio's loop per test).
-            await driver.close(conn, park=not work.retired)
-        finally:
-            work.open_connections -= 1
-            await _drop_if_done(work)
+        # A clean session outlives its loop, for the next loop's pool (pytest-asyncio's loop per test).
+        await driver.close(conn, park=not work.dirty)
 
     return Pool(
         f"postgres connections ({work.name})",
@@ -167,56 +184,107 @@ def _scope_lock(scope: Runtime) -> anyio.Lock:
     return lock
 
 
+async def _lease(
+    scope: Runtime, server: PostgresServer, guard: Rails, tests: PostgresServer, settings: Settings,
+    template_name: str | None,
+) -> tuple[_WorkDatabase, Pool[Any], Lease[Any], TransactionHandle]:
+    """A connection of the work database inside the test's outer transaction. A failure of the
+    first try (a pooled session ended from outside, the database dropped from outside) is retried
+    once, on a re-created database when it is gone."""
+    for attempt in (1, 2):
+        async with _scope_lock(scope):
+            with driver.translate("prepare the work database on", server):
+                work = await _work_database(server, template_name, guard)
+                if work.owned and work.dirty and work.leased == 0:
+                    await _heal(scope, work)  # left dirty by a heal that failed
+        key = ("postgres-tx", server_key(tests), work.name, work.generation, settings.capacity)
+        pool = scope.pool(key, functools.partial(_tx_pool, work, tests, settings))
+        lease = None
+        try:
+            lease = await pool.acquire()
+            handle = TransactionHandle(lease.value, tests, work.name, pool)
+            with driver.translate(f"begin the test's transaction on {work.name} of", tests):
+                await handle._begin()
+        except Exception as exc:
+            if lease is not None:
+                lease.discard()
+                await pool.release(lease)
+            if attempt == 2 or not work.owned or isinstance(exc, PoolError):
+                raise  # a full pool is not a broken session: waiting again would double the wait
+            log.debug("isolated_env: a session of %s failed (%r); trying again", work.name, exc)
+            with anyio.CancelScope(shield=True):
+                async with _scope_lock(scope):
+                    if not await _exists(work):
+                        log.info("isolated_env: the work database %s was dropped from outside; re-creating it",
+                                 work.name)
+                        await _heal(scope, work)
+            continue
+        except BaseException:
+            if lease is not None:
+                lease.discard()
+                with anyio.CancelScope(shield=True):
+                    await pool.release(lease)
+            raise
+        with _work_lock:
+            work.leased += 1
+        return work, pool, lease, handle
+    raise AssertionError("unreachable")
+
+
 @asynccontextmanager
 async def transaction_mode(
-    server: PostgresServer, settings: Settings, template_name: str | None
+    server: PostgresServer, settings: Settings, template_name: str | None, *, superuser: bool = False
 ) -> AsyncIterator[PostgresHandle]:
     """A pooled connection inside the test's outer transaction on the work database (a clone of
-    ``template_name`` when given); rolled back on exit, healed when the test escaped it."""
+    ``template_name`` when given); rolled back on exit, healed when the test escaped it.
+
+    ``server`` creates and heals the work database; the test connects as the test role
+    (:mod:`.roles`), or as ``server``'s own user with ``superuser=True``.
+    """
     scope = await current_runtime()
-    async with _scope_lock(scope):
-        with driver.translate("prepare the work database on", server):
-            work = await _work_database(server, template_name)
-    key = ("postgres-tx", server_key(server), work.name, settings.capacity)
-    pool = scope.pool(key, lambda: _tx_pool(work, settings))
-    async with pool.lease() as lease:
-        conn = lease.value
-        handle = TransactionHandle(conn, server, work.name, pool)
-        try:
-            with driver.translate(f"begin the test's transaction on {work.name} of", server):
-                await handle._begin()
-        except BaseException:
-            lease.discard()
-            raise
-        escaped = False
-        try:
-            yield handle
-        finally:
-            with anyio.CancelScope(shield=True):
-                try:
-                    escaped = await handle._end() or handle._escaped
-                except Exception as exc:
-                    # The connection broke (often what the test itself did); it is not reused.
-                    log.debug("isolated_env: rolling back %s failed (%r); discarding its connection", work.name, exc)
-                    lease.discard()
-                if escaped:
-                    lease.discard()
-                    if work.owned and not work.retired:
-                        # New leases go to a fresh work database; the old one is dropped once the
-                        # connections still leased on it come back.
-                        work.retired = True
-                        if scope.pools.get(key) is pool:
-                            del scope.pools[key]
-                        await pool.aclose()
-        if escaped:
-            healed = "the work database was replaced by a fresh copy, so later tests are clean" if work.owned else (
-                f"{work.name} is the server's own database named by TEST_POSTGRES_URL, so the committed rows "
-                "are still there and must be removed by hand"
-            )
-            log.info("isolated_env: a test escaped the outer transaction (COMMIT or ROLLBACK) on %s; %s",
-                     work.name, "healed: " + healed if work.owned else "not healed: " + healed)
-            raise IsolationBroken(
-                f"the test ended the outer transaction itself (COMMIT or ROLLBACK) on {work.name}, so its "
-                f"changes escaped isolation; {healed}. Use `async with db.transaction():` (a savepoint) or "
-                "isolated_postgres(mode='database') for code that must commit"
-            )
+    guard = await rails(server)
+    tests = server if superuser else guard.tests
+    work, pool, lease, handle = await _lease(scope, server, guard, tests, settings, template_name)
+    escaped = healed = False
+    try:
+        yield handle
+    finally:
+        with anyio.CancelScope(shield=True):
+            try:
+                escaped = await handle._end() or handle._escaped
+            except Exception as exc:
+                # The connection broke (often what the test itself did); it is not reused.
+                log.debug("isolated_env: rolling back %s failed (%r); discarding its connection", work.name, exc)
+                lease.discard()
+            if escaped:
+                lease.discard()
+                work.dirty = work.dirty or work.owned
+            try:
+                await pool.release(lease)
+            finally:
+                with _work_lock:
+                    work.leased -= 1
+                    heal = work.dirty and work.leased == 0
+            if heal:
+                # No other connection is leased on it: heal it now, so the next test is clean.
+                async with _scope_lock(scope):
+                    if work.dirty and work.leased == 0:
+                        await _heal(scope, work)
+                healed = True
+    if escaped:
+        if not work.owned:
+            healed_how = (f"{work.name} is the server's own database named by TEST_POSTGRES_URL, so the committed "
+                          "rows are still there and must be removed by hand")
+        elif healed:
+            healed_how = ("the work database was made a fresh copy of its template under the same name "
+                          "(.dsn stays valid)")
+        else:
+            healed_how = ("the work database is made a fresh copy of its template under the same name once the "
+                          "other connections leased on it come back")
+        log.info("isolated_env: a test escaped the outer transaction (COMMIT or ROLLBACK) on %s; %s",
+                 work.name, ("healed: " if work.owned else "not healed: ") + healed_how)
+        raise IsolationBroken(
+            f"the test ended the outer transaction itself (COMMIT or ROLLBACK) on {work.name}, so its "
+            f"changes escaped isolation; {healed_how}. Use `async with db.transaction():` (a savepoint) or "
+            "isolated_postgres(mode='database') for code that must commit"
+        )

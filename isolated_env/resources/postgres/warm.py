@@ -75,9 +75,12 @@ class WarmPool:
     """Ready clones of one template for one event loop, refilled by worker tasks, drained by a dropper."""
 
     def __init__(
-        self, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int
+        self, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int,
+        tests: PostgresServer | None = None, grant: str | None = None,
     ) -> None:
-        self.server = server
+        self.server = server  # creates and drops the clones
+        self.tests = tests or server  # whom the clones' connections log in as
+        self.grant = grant  # the role given CREATE on each clone
         self.template = template
         self.template_name = template_name
         self.target = target
@@ -99,7 +102,7 @@ class WarmPool:
 
     @property
     def spare_key(self) -> tuple[str, str]:
-        return (server_key(self.server), self.template_name)
+        return (server_key(self.tests), self.template_name)
 
     async def start(self, runtime: Runtime) -> None:
         """Refill workers and the dropper run in the runtime's task group (never as stray tasks)."""
@@ -196,11 +199,11 @@ class WarmPool:
                     if spare is None:
                         if admin is None or admin.is_closed():
                             admin = await driver.connect(self.server)
-                        await create_database(admin, self.server, name, self.template_name, mode="database",
-                                              origin=self.template_name)
+                        await create_database(admin, self.server, name, self.template_name, grant=self.grant,
+                                              mode="database", origin=self.template_name)
                         created = True
                     # Started here, parked for the loop that leases the clone to take over.
-                    conn = await driver.connect(self.server, name, reuse=True)
+                    conn = await driver.connect(self.tests, name, reuse=True)
                     await driver.close(conn, park=True)
                 except Exception as exc:  # reported to waiting leases, then retried
                     self.creating.discard(name)
@@ -352,14 +355,18 @@ class WarmPool:
 
 
 async def warm_pool(
-    scope: Runtime, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int
+    scope: Runtime, server: PostgresServer, template: PostgresTemplate, template_name: str, target: int,
+    tests: PostgresServer | None = None, grant: str | None = None,
 ) -> WarmPool:
-    key = ("postgres-warm", server_key(server), template_name, target)
+    key = ("postgres-warm", server_key(tests or server), template_name, target)
     warm = scope.objects.get(key)
     if warm is None or warm.closed:
-        warm = scope.objects[key] = WarmPool(server, template, template_name, target)
-        await warm.start(scope)
+        warm = scope.objects[key] = WarmPool(server, template, template_name, target, tests, grant)
         scope.on_close(warm.aclose)
+        # Shielded: a lease cancelled here would leave a registered pool with no workers, on which
+        # every later lease of this template waits out the lease timeout.
+        with anyio.CancelScope(shield=True):
+            await warm.start(scope)
     return warm
 
 

@@ -1,0 +1,167 @@
+"""Finding 6 (PostgreSQL): a test cannot harm another. On the embedded server tests connect as a
+role that owns no database: each harmful command is refused with PostgreSQL's own error, in both
+modes, from the handle's connection and from ``.dsn``; ``superuser=True`` gives them back."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+import isolated_env as ie
+from isolated_env._contract import current_settings
+from isolated_env._servers.postgres import PostgresServer, ensure_server
+from isolated_env.resources.postgres import settle, template_database
+from isolated_env.resources.postgres.labels import drop
+from isolated_env.resources.postgres.roles import TEST_ROLE
+from isolated_env.resources.postgres.templates import forget_templates
+
+MODES = ["transaction", "database"]
+SCHEMA = ie.PostgresTemplate(name="rails", sql="CREATE TABLE items (x int)")
+
+
+@pytest.fixture
+async def server() -> PostgresServer:
+    server = await ensure_server(current_settings())
+    if server.source != "embedded":
+        pytest.skip("the guard rails are set up on the embedded server (docs/postgres.md: external servers)")
+    return server
+
+
+@pytest.fixture
+async def admin(server: PostgresServer) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(**server.connect_kwargs())
+    yield conn
+    await conn.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_the_test_connects_as_the_restricted_role(mode: str, server: PostgresServer) -> None:
+    async with ie.isolated_postgres(mode=mode, template=SCHEMA) as db:
+        row = await db.fetchrow("SELECT current_user AS who, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles "
+                                "WHERE rolname = current_user")
+        assert dict(row) == {"who": TEST_ROLE, "rolsuper": False, "rolcreatedb": False, "rolcreaterole": False}
+        assert TEST_ROLE in db.dsn
+        # what tests do still works: DDL, writes, schemas, temporary tables, advisory locks
+        await db.execute("CREATE SCHEMA mine; CREATE TABLE mine.t (x int); INSERT INTO items VALUES (1)")
+        await db.execute("CREATE TEMP TABLE scratch (x int); SELECT pg_advisory_xact_lock(7)")
+    async with ie.isolated_postgres(mode=mode, template=SCHEMA, superuser=True) as db:
+        assert await db.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is True
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_dropping_another_tests_database_is_refused(mode: str) -> None:
+    async with ie.isolated_postgres(mode="database") as victim:
+        async with ie.isolated_postgres(mode=mode) as db:
+            other = await asyncpg.connect(db.dsn)  # DROP DATABASE cannot run inside the test's transaction
+            try:
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match="must be owner of database"):
+                    await other.execute(f'DROP DATABASE "{victim.database}" WITH (FORCE)')
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied to create database"):
+                    await other.execute("CREATE DATABASE ie_not_allowed")
+            finally:
+                await other.close()
+        assert await victim.fetchval("SELECT 1") == 1  # untouched
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_ending_another_session_is_refused(mode: str) -> None:
+    async with ie.isolated_postgres(mode="database") as victim:
+        async with ie.isolated_postgres(mode=mode) as db:
+            for fn in ("pg_terminate_backend", "pg_cancel_backend"):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError, match=f"permission denied for function {fn}"):
+                    async with db.transaction():
+                        await db.execute(f"SELECT {fn}($1)", victim.get_server_pid())
+        assert await victim.fetchval("SELECT 1") == 1
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_alter_system_is_refused(mode: str) -> None:
+    async with ie.isolated_postgres(mode=mode) as db:
+        other = await asyncpg.connect(db.dsn)  # ALTER SYSTEM cannot run inside a transaction either
+        try:
+            refused = 'permission denied to set parameter "work_mem"'
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match=refused):
+                await other.execute("ALTER SYSTEM SET work_mem = '1MB'")
+        finally:
+            await other.close()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_templates_cannot_be_reached_or_reopened(mode: str, server: PostgresServer) -> None:
+    name = await template_database(server, SCHEMA)
+    async with ie.isolated_postgres(mode=mode, template=SCHEMA) as db:
+        with pytest.raises(asyncpg.PostgresError, match="not currently accepting connections"):
+            await asyncpg.connect(db.dsn.replace(db.database, name, 1))
+        other = await asyncpg.connect(db.dsn)
+        try:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="must be owner of database"):
+                await other.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+        finally:
+            await other.close()
+
+
+async def test_session_advisory_locks_do_not_outlive_the_test(server: PostgresServer) -> None:
+    key = int.from_bytes(uuid.uuid4().bytes[:4], "big") >> 1
+    async with ie.isolated_postgres() as db:
+        watcher = await asyncpg.connect(**server.connect_kwargs(db.database))  # advisory locks are per database
+        try:
+            await db.execute("SELECT pg_advisory_lock($1)", key)  # a session lock: ROLLBACK does not release it
+            assert await watcher.fetchval("SELECT pg_try_advisory_lock($1)", key) is False
+        except BaseException:
+            await watcher.close()
+            raise
+    try:
+        # the pooled connection is idle now, and holds nothing
+        assert await watcher.fetchval("SELECT pg_try_advisory_lock($1)", key) is True
+        await watcher.execute("SELECT pg_advisory_unlock($1)", key)
+    finally:
+        await watcher.close()
+
+
+async def test_session_settings_and_temporary_tables_do_not_reach_the_next_test() -> None:
+    async with ie.isolated_postgres() as db:
+        pid = db.get_server_pid()
+        defaults = await db.fetchrow("SELECT current_setting('work_mem') AS w, current_setting('search_path') AS p")
+        await db.execute("SET work_mem = '1234kB'; SET search_path = pg_catalog; CREATE TEMP TABLE mine (x int)")
+        await db.execute("SELECT set_config('application_name', 'leaky', false)")
+    async with ie.isolated_postgres() as db:
+        assert db.get_server_pid() == pid  # the same pooled session
+        row = await db.fetchrow("SELECT current_setting('work_mem') AS w, current_setting('search_path') AS p")
+        assert row == defaults
+        assert await db.fetchval("SELECT current_setting('application_name')") != "leaky"
+        assert await db.fetchval("SELECT to_regclass('pg_temp.mine')") is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_superuser_true_gives_the_commands_back(
+    mode: str, server: PostgresServer, admin: asyncpg.Connection
+) -> None:
+    template = ie.PostgresTemplate(name="reopened", sql="CREATE TABLE t (x int)", version=uuid.uuid4().hex)
+    name = await template_database(server, template)
+    try:
+        async with ie.isolated_postgres(mode="database") as victim:
+            async with ie.isolated_postgres(mode=mode, superuser=True) as db:
+                assert await db.fetchval("SELECT pg_cancel_backend($1)", victim.get_server_pid()) is True
+                other = await asyncpg.connect(db.dsn)
+                try:
+                    await other.execute("ALTER SYSTEM SET work_mem = '5MB'")
+                    await other.execute("ALTER SYSTEM RESET work_mem")
+                    await other.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+                    await other.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+                    await other.execute(f'DROP DATABASE "{victim.database}" WITH (FORCE)')
+                finally:
+                    await other.close()
+            assert await admin.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", victim.database) == 0
+        await settle()
+    finally:
+        await drop(admin, name)
+        forget_templates([name])
+
+
+async def test_superuser_must_be_a_bool() -> None:
+    with pytest.raises(ie.ConfigError, match=r"superuser='yes'\): superuser must be True or False"):
+        async with ie.isolated_postgres(superuser="yes"):  # type: ignore[arg-type]
+            pass
