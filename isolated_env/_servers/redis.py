@@ -10,6 +10,7 @@ lease a database of its own. It is shared by every process on the machine throug
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import socket
@@ -22,9 +23,10 @@ import anyio
 
 from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import ServiceUnavailable
+from .._redact import redact_url
 from . import registry
 from ._diagnostics import progress
-from ._process import wait_ready
+from ._process import read_secret, wait_ready, write_secret
 from ._provider import Provider, ServerProvider, unreachable
 
 __all__ = ["PROVIDER", "RedisProvider", "RedisServer", "embedded", "ensure_server", "find_binary"]
@@ -51,10 +53,15 @@ class RedisServer:
     host: str | None = None
     port: int | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
     tls: bool = False
     startup_ms: float = 0.0
     reused: bool = False
+    password_file: str | None = None  # the embedded server's: where a shell command can read it
+
+    def redacted_url(self, db: int) -> str:
+        """:meth:`url` with the password shown as ``***`` (for messages and reports)."""
+        return redact_url(self.url(db))
 
     def client_kwargs(self, db: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"db": db}
@@ -103,13 +110,19 @@ def find_binary(override: Path | None = None) -> tuple[Path, list[str]]:
     raise ServiceUnavailable("Redis", "no Redis or Valkey server binary found", tried=tried, fix=_FIX)
 
 
-def _probe(path: str) -> bool:
+def _probe(path: str, password: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(2)
             s.connect(path)
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            s.sendall(b"AUTH " + password.encode() + b"\r\nPING\r\n")
+            reply = b""
+            while reply.count(b"\r\n") < 2:  # one reply to AUTH, one to PING
+                chunk = s.recv(64)
+                if not chunk:
+                    return False
+                reply += chunk
+            return reply.startswith(b"+OK\r\n+PONG")
     except OSError:
         return False
 
@@ -126,8 +139,16 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+    # The socket's directory and the config holding the password: this user's alone.
+    os.chmod(server_dir, 0o700)
+    password = write_secret(server_dir / "password")
+    conf = server_dir / "redis.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:  # a file, not --requirepass: every user can read a command line
+        f.write(f"requirepass {password}\n")
     cmd = [
-        str(binary), "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", sock, "--unixsocketperm", "700",
+        str(binary), str(conf), "--port", str(port), "--bind", "127.0.0.1",
+        "--unixsocket", sock, "--unixsocketperm", "700",
         "--save", "", "--appendonly", "no", "--databases", str(DATABASES),
         "--daemonize", "no", "--dir", str(server_dir), "--logfile", str(log),
         "--maxclients", "10000", "--protected-mode", "no",
@@ -137,9 +158,9 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             cwd=str(server_dir), start_new_session=True,
         )
-        wait_ready("Redis", proc, lambda: _probe(sock), log)
+        wait_ready("Redis", proc, lambda: _probe(sock, password), log)
     return proc, {"unix_socket": sock, "version": version, "databases": DATABASES, "binary": str(binary),
-                  "log": str(log), "tcp_port": port or None}
+                  "log": str(log), "tcp_port": port or None, "password_file": str(server_dir / "password")}
 
 
 class RedisProvider(Provider[RedisServer]):
@@ -198,8 +219,10 @@ class RedisProvider(Provider[RedisServer]):
             # Clients use the socket; host and port are for code that dials TCP (ISOLATED_ENV_REDIS_TCP).
             host="127.0.0.1" if state.info.get("tcp_port") else None,
             port=state.info.get("tcp_port"),
+            password=read_secret(state.info["password_file"], "Redis") if "password_file" in state.info else None,
             startup_ms=state.startup_ms,
             reused=state.reused,
+            password_file=state.info.get("password_file"),
         )
 
 
