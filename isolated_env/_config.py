@@ -392,9 +392,9 @@ class ExternalEndpoint:
     host: str
     port: int | None
     user: str | None
-    password: str | None
-    database: str | None
-    source: str  # which variables named it, for messages
+    password: str | None = dataclasses.field(repr=False)
+    database: str | None = None
+    source: str = ""  # which variables named it, for messages
     params: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def redacted(self) -> str:

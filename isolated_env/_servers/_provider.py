@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from .._config import ExternalEndpoint, Settings
 from .._errors import ConfigError, ServiceUnavailable
+from .._redact import scrubbed, secret_digest
 from . import registry
 
 __all__ = ["Provider", "ServerProvider", "provider", "provider_kinds", "unreachable"]
@@ -154,7 +155,8 @@ class Provider(Generic[S]):
 
 def _endpoint_key(endpoint: ExternalEndpoint) -> tuple[Any, ...]:
     return (
-        endpoint.source, endpoint.scheme, endpoint.host, endpoint.port, endpoint.user, endpoint.password,
+        endpoint.source, endpoint.scheme, endpoint.host, endpoint.port, endpoint.user,
+        secret_digest(endpoint.password),
         endpoint.database, tuple(sorted(endpoint.params.items())),
     )
 
@@ -174,6 +176,7 @@ def unreachable(
             detail = detail.replace(endpoint.password, "***")
         problem = f"cannot connect using {source}: {detail}"
     fallback = engine or "the embedded server"
+    scrubbed(exc)  # the driver's frames hold the password in their locals
     return ServiceUnavailable(
         display,
         problem,

@@ -41,7 +41,10 @@ from ._provider import Provider, ServerProvider, unreachable
 
 __all__ = ["PROVIDER", "PostgresProvider", "PostgresServer", "embedded", "ensure_server", "find_bindir"]
 
-_CONNECT_TIMEOUT = 10.0
+# Checking an external server: the driver's own timeouts first, then a bound on the whole check,
+# so a server that accepts and never answers fails in seconds, not a driver's default minute.
+_CONNECT_TIMEOUT = 3.0
+_CHECK_TIMEOUT = 4.0
 
 _FIX = (
     "install PostgreSQL (apt-get install postgresql, or pip install 'isolated-env[postgres]' for the "
@@ -252,14 +255,14 @@ class PostgresProvider(Provider[PostgresServer]):
             params=tuple(sorted((k, v) for k, v in endpoint.params.items() if k not in {"host", "port"})),
         )
         try:
-            with anyio.fail_after(_CONNECT_TIMEOUT):
-                conn = await asyncpg.connect(**server.connect_kwargs())
+            with anyio.fail_after(_CHECK_TIMEOUT):
+                conn = await asyncpg.connect(**server.connect_kwargs(), timeout=_CONNECT_TIMEOUT)
                 try:
                     version = await conn.fetchval("show server_version")
                 finally:
                     await conn.close()
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise unreachable(self.display, endpoint, exc, timeout=_CONNECT_TIMEOUT) from exc
+            raise unreachable(self.display, endpoint, exc, timeout=_CHECK_TIMEOUT) from exc
         return dataclasses.replace(server, version=str(version).split()[0])
 
     def start(self, settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:

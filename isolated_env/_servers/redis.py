@@ -31,7 +31,10 @@ from ._provider import Provider, ServerProvider, unreachable
 
 __all__ = ["PROVIDER", "RedisProvider", "RedisServer", "embedded", "ensure_server", "find_binary"]
 
-_CONNECT_TIMEOUT = 10.0
+# Checking an external server: the driver's own timeouts first, then a bound on the whole check,
+# so a server that accepts and never answers fails in seconds, not a driver's default minute.
+_CONNECT_TIMEOUT = 3.0
+_CHECK_TIMEOUT = 4.0
 
 DATABASES = 1024
 
@@ -193,16 +196,24 @@ class RedisProvider(Provider[RedisServer]):
             password=endpoint.password,
             tls=endpoint.scheme == "rediss",
         )
-        client = aredis.Redis(**server.client_kwargs(0), socket_connect_timeout=_CONNECT_TIMEOUT)
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # No retries: redis-py's default retries a refused login (an AuthenticationError is a
+        # ConnectionError) with backoff, which turns a wrong password into a long wait.
+        client = aredis.Redis(
+            **server.client_kwargs(0), socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_CONNECT_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
         try:
-            with anyio.fail_after(_CONNECT_TIMEOUT + 5):  # the driver's own timeout first
+            with anyio.fail_after(_CHECK_TIMEOUT):
                 info = await client.info("server")
                 try:
                     databases = int((await client.config_get("databases")).get("databases") or 16)
                 except RedisError:  # managed servers often forbid CONFIG; 16 is the default
                     databases = 16
         except (TimeoutError, RedisError, OSError) as exc:
-            raise unreachable(self.display, endpoint, exc, timeout=_CONNECT_TIMEOUT + 5) from exc
+            raise unreachable(self.display, endpoint, exc, timeout=_CHECK_TIMEOUT) from exc
         finally:
             await client.aclose()
         return dataclasses.replace(server, version=str(info.get("redis_version", "?")), databases=databases)
