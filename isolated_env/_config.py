@@ -291,7 +291,8 @@ def resolve(
     key: tuple[Any, ...] | None = None
     if all(arg is UNSET for arg in explicit):
         # Resolved on every lease: answer from a cache while the inputs are unchanged.
-        key = (tuple(os.environ.get(name) for name in _ENV_NAMES), tuple(sorted(_layer.items())))
+        # The size of the environment too: a variable added since may be a misspelt one (_check_names).
+        key = (tuple(os.environ.get(name) for name in _ENV_NAMES), tuple(sorted(_layer.items())), len(os.environ))
         cached = _resolved.get(key)
         if cached is not None:
             return cached
