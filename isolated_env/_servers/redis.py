@@ -23,7 +23,7 @@ import anyio
 
 from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import ServiceUnavailable
-from .._redact import redact_url
+from .._redact import redact_url, secret_digest
 from . import registry
 from ._diagnostics import progress
 from ._process import read_secret, wait_ready, write_secret
@@ -61,6 +61,11 @@ class RedisServer:
     startup_ms: float = 0.0
     reused: bool = False
     password_file: str | None = None  # the embedded server's: where a shell command can read it
+
+    @property
+    def key(self) -> str:
+        """This server as seen by this login, for cache keys (which tracebacks may print): no password."""
+        return f"{self.redacted_url(0)}#{secret_digest(self.password) or ''}"
 
     def redacted_url(self, db: int) -> str:
         """:meth:`url` with the password shown as ``***`` (for messages and reports)."""

@@ -239,7 +239,7 @@ class _Slots:
 
 
 def _slots_for(server: RedisServer, runtime: Runtime) -> _Slots:
-    key = ("redis-slots", server.url(0))
+    key = ("redis-slots", server.key)
     slots: _Slots | None = runtime.objects.get(key)
     if slots is None:
         slots = runtime.objects[key] = _Slots(server)
@@ -262,7 +262,7 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
         self.slots = _slots_for(self.server, self.runtime)
 
     def pool_key(self) -> Hashable:
-        return ("redis", self.server.url(0), current_settings().capacity)
+        return ("redis", self.server.key, current_settings().capacity)
 
     def pool_name(self) -> str:
         return f"redis databases ({self.server.redacted_url(0)})"
