@@ -11,14 +11,13 @@ import dataclasses
 import enum
 import os
 import socket
-import stat
-import tempfile
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ._checks import check_names, tmpfs_dir
 from ._errors import ConfigError
 
 __all__ = [
@@ -26,7 +25,6 @@ __all__ = [
     "UNSET",
     "ExternalEndpoint",
     "Settings",
-    "checked_private_dir",
     "resolve",
     "run_id",
 ]
@@ -156,60 +154,14 @@ class Settings:
     cache_dir: Path = dataclasses.field(default_factory=lambda: _default_cache_dir())  # initdb's cluster cache
 
 
-def _tmpfs() -> Path:
-    if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK):
-        return Path("/dev/shm")
-    return Path(tempfile.gettempdir())
-
-
 def _default_state_dir() -> Path:
     # tmpfs: server data and sockets churn there (ext4 made cluster copies 10x slower), and the
     # path stays short enough for a unix socket (at most 107 bytes with the socket's own name).
-    return _tmpfs() / f"isolated-env-{os.getuid()}"
+    return tmpfs_dir("isolated-env")
 
 
 def _default_cache_dir() -> Path:
-    # One per user and machine, shared by every state directory (a cluster build is ~40 MB of RAM).
-    return _tmpfs() / f"isolated-env-cache-{os.getuid()}"
-
-
-def checked_private_dir(path: Path, variable: str) -> Path:
-    """``path``, created (0711) if missing; a :class:`ConfigError` naming ``variable`` and the fix
-    unless it is a directory this user owns, can write, and no other user can write into.
-
-    What a state or cache directory holds is trusted (server directories to remove, pids to signal),
-    and the defaults sit in world-writable ``/dev/shm``, where anyone could create them first.
-    """
-    uid = os.geteuid()
-    where = f"{variable} {str(path)!r}"
-    try:
-        path.mkdir(mode=0o711, parents=True, exist_ok=True)
-        link, target = os.lstat(path), os.stat(path)
-    except OSError as exc:
-        raise ConfigError(
-            f"{where} cannot be created or used as a directory ({exc.strerror or exc}); set {variable} to "
-            "a directory this user can write, e.g. one under /dev/shm or $HOME"
-        ) from None
-    if uid not in {link.st_uid, target.st_uid} or link.st_uid != target.st_uid:
-        raise ConfigError(
-            f"{where} belongs to uid {target.st_uid if target.st_uid != uid else link.st_uid}, not to this user "
-            f"(uid {uid}): another user could plant state there that isolated_env would act on; remove it "
-            f"(rm -r {path}) if it is stale, or set {variable} to a directory of your own"
-        )
-    if target.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise ConfigError(
-            f"{where} is writable by other users (mode {stat.S_IMODE(target.st_mode):04o}); run chmod 0711 "
-            f"{path}, or set {variable} to a directory only this user can write"
-        )
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(
-            f"{where} is not writable (a read-only file system?); set {variable} to a writable directory, "
-            "e.g. one under /dev/shm"
-        )
-    if stat.S_IMODE(target.st_mode) != 0o711:
-        # 0711: an unprivileged server user (PostgreSQL as root's helper) must traverse it, list nothing.
-        os.chmod(path, 0o711)
-    return path
+    return tmpfs_dir("isolated-env-cache")  # one per user and machine: a cluster build is ~40 MB of RAM
 
 
 def _lookup(key: str, explicit: Any, env_name: str, parse: Callable[[str, str], _T], default: _T) -> _T:
@@ -245,34 +197,6 @@ _ENV_NAMES = (
 )
 # Read elsewhere, not settings; known so a near miss of one is not taken for a misspelling.
 _OTHER_NAMES = ("ISOLATED_ENV_RUN_ID", "ISOLATED_ENV_RUNNERS_CACHE")
-
-
-def _distance(a: str, b: str) -> int:
-    """Edit distance with adjacent transpositions (optimal string alignment)."""
-    prev2: list[int] = []
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        row = [i]
-        for j, cb in enumerate(b, 1):
-            cost = min(prev[j] + 1, row[j - 1] + 1, prev[j - 1] + (ca != cb))
-            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
-                cost = min(cost, prev2[j - 2] + 1)
-            row.append(cost)
-        prev2, prev = prev, row
-    return prev[-1]
-
-
-def _check_names() -> None:
-    """A misspelt variable (``ISOLATED_ENV_REDIS_SEVRER``) would be ignored without a word: refuse it."""
-    known = set(_ENV_NAMES) | set(_OTHER_NAMES)
-    for name in os.environ:
-        if name.startswith("ISOLATED_ENV_") and name not in known:
-            near = sorted(k for k in known if _distance(name, k) <= 2)
-            if near:
-                raise ConfigError(
-                    f"{name} is not a setting of isolated_env and would be ignored; did you mean {near[0]}? "
-                    "Rename it (docs/configuration.md lists every variable)"
-                )
 _resolved: dict[tuple[Any, ...], Settings] = {}
 
 
@@ -313,7 +237,7 @@ def _resolve(
     state_dir: Any,
     keep_failed: Any,
 ) -> Settings:
-    _check_names()
+    check_names(_ENV_NAMES + _OTHER_NAMES)
     ci = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}  # CI=anything-else is not CI
     prof = _lookup("profile", profile, "ISOLATED_ENV_PROFILE", _profile, "ci-fast" if ci else "dev")
     if prof not in PROFILES:

@@ -25,7 +25,8 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-from .._config import Settings, checked_private_dir
+from .._checks import checked_private_dir
+from .._config import Settings
 from .._errors import ServiceUnavailable
 from ._process import ServerUser, poll_until
 

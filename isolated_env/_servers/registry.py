@@ -33,7 +33,8 @@ import anyio
 import anyio.to_thread
 import psutil
 
-from .._config import Settings, checked_private_dir
+from .._checks import checked_private_dir
+from .._config import Settings
 from . import _diagnostics
 from ._owners import owner_alive, owner_tag
 from ._process import poll_until
