@@ -110,6 +110,12 @@ def servers(state_dir: Path) -> Servers:
     return found
 
 
+# Other plugins installed here that the run does not need (hypothesis's alone imports for 3 s);
+# isolated_env's own plugin loads through its entry point, as for a user.
+_UNUSED_PLUGINS = [arg for name in ("hypothesispytest", "pytest_postgresql", "pytest_redis", "django", "valkey",
+                                    "xdist", "xdist.looponfail") for arg in ("-p", f"no:{name}")]
+
+
 def _run(pytester: pytest.Pytester, **urls: str) -> str:
     """A failing pytest run in a child with ``urls`` as its TEST_*_URL: its whole output."""
     pytester.makepyfile(test_user=USER_TESTS)
@@ -119,7 +125,7 @@ def _run(pytester: pytest.Pytester, **urls: str) -> str:
     env.pop("PYTEST_ADDOPTS", None)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-vv", "--showlocals", "--tb=long",
-         "-o", "log_cli=true", "--log-cli-level=DEBUG", "-W", "ignore", str(pytester.path)],
+         "-o", "log_cli=true", "--log-cli-level=DEBUG", "-W", "ignore", *_UNUSED_PLUGINS, str(pytester.path)],
         capture_output=True, text=True, env=env, cwd=pytester.path, timeout=120,
     )
     out = result.stdout + result.stderr
