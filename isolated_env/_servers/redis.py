@@ -10,6 +10,7 @@ lease a database of its own. It is shared by every process on the machine throug
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import shutil
@@ -62,10 +63,15 @@ class RedisServer:
     reused: bool = False
     password_file: str | None = None  # the embedded server's: where a shell command can read it
 
-    @property
+    @functools.cached_property  # looked up on every lease and release
     def key(self) -> str:
         """This server as seen by this login, for cache keys (which tracebacks may print): no password."""
-        return f"{self.redacted_url(0)}#{secret_digest(self.password) or ''}"
+        return f"{self.redacted}#{secret_digest(self.password) or ''}"
+
+    @functools.cached_property
+    def redacted(self) -> str:
+        """The server's URL (database 0) with the password shown as ``***``, for messages."""
+        return self.redacted_url(0)
 
     def redacted_url(self, db: int) -> str:
         """:meth:`url` with the password shown as ``***`` (for messages and reports)."""

@@ -172,7 +172,7 @@ class _Slots:
         last = self.server.databases - 1
         if last < 1:
             raise ServiceUnavailable(
-                "Redis", f"the server at {self.server.redacted_url(0)} has a single database; isolated_redis needs at "
+                "Redis", f"the server at {self.server.redacted} has a single database; isolated_redis needs at "
                 "least 2 (database 0 holds the leases)", fix="start it with --databases 1024",
             )
         async with self.lock:
@@ -184,7 +184,7 @@ class _Slots:
                 slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), LEASE_TTL_MS, 1, last))
         if slot < 0:
             raise TryLater(
-                f"all {last} Redis databases of {self.server.redacted_url(0)} are leased (by this and other "
+                f"all {last} Redis databases of {self.server.redacted} are leased (by this and other "
                 "processes); "
                 "run fewer workers, lower the capacity, or use a server with more databases"
             )
@@ -265,13 +265,13 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
         return ("redis", self.server.key, current_settings().capacity)
 
     def pool_name(self) -> str:
-        return f"redis databases ({self.server.redacted_url(0)})"
+        return f"redis databases ({self.server.redacted})"
 
     def capacity(self) -> int:
         return max(1, min(current_settings().capacity, self.server.databases - 1))
 
     async def create(self) -> _Slot:
-        with redis_driver.translate(f"leasing a database of {self.server.redacted_url(0)}"):
+        with redis_driver.translate(f"leasing a database of {self.server.redacted}"):
             return await self.slots.create()
 
     async def clean(self, item: _Slot) -> None:
