@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,9 +97,20 @@ async def test_a_state_dir_others_can_write_is_refused(clean_environ: pytest.Mon
 def test_a_misspelt_setting_is_named_with_the_one_meant(clean_environ: pytest.MonkeyPatch, name: str,
                                                         meant: str) -> None:
     clean_environ.setenv(name, "/usr/bin")
+    # An explicit argument resolves afresh; a process's settings without one are answered from a
+    # cache keyed on the settings' variables and the environment's size (see the next test).
     with pytest.raises(ie.ConfigError, match=f"{name} is not a setting of isolated_env and would be ignored; "
                                              f"did you mean {meant}"):
-        ie.resolve()
+        ie.resolve(profile="dev")
+
+
+def test_a_misspelt_setting_fails_a_run_at_its_first_resolution(clean_environ: pytest.MonkeyPatch) -> None:
+    env = {**os.environ, "ISOLATED_ENV_REDIS_SEVRER": "/usr/bin/redis-server"}
+    run = subprocess.run([sys.executable, "-c", "import isolated_env as ie; ie.resolve()"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0
+    assert "ConfigError: ISOLATED_ENV_REDIS_SEVRER is not a setting of isolated_env" in run.stderr, run.stderr
+    assert "did you mean ISOLATED_ENV_REDIS_SERVER?" in run.stderr
 
 
 def test_a_setting_naming_a_missing_program_is_a_config_error(clean_environ: pytest.MonkeyPatch) -> None:
