@@ -188,7 +188,8 @@ def pytest_postgresql_per_test(server: PostgresServer, sql_file: Path, n: int) -
             )
             with janitor:  # init(): CREATE DATABASE … TEMPLATE …; exit: drop()
                 conn = psycopg.connect(
-                    dbname=f"pgpy_test_{i}", user=server.user, host=server.host, port=server.port
+                    dbname=f"pgpy_test_{i}", user=server.user, password=server.password, host=server.host,
+                    port=server.port,
                 )
                 try:
                     with conn.cursor() as cur:

@@ -89,21 +89,24 @@ async def main(iterations: int, peer_iterations: int) -> dict[str, Any]:
 
     # --- peers: pytest-postgresql's per-test janitor, pytest-redis's client fixture ---------
     template = f"bench_tpl_{uuid.uuid4().hex[:8]}"
-    tpl = DatabaseJanitor(user=pg.user, host=pg.host, port=pg.port, dbname=template, as_template=True)
+    tpl = DatabaseJanitor(user=pg.user, password=pg.password, host=pg.host, port=pg.port, dbname=template,
+                         as_template=True)
     tpl.init()
-    with psycopg.connect(host=pg.host, port=pg.port, user=pg.user, dbname=template, autocommit=True) as c:
+    with psycopg.connect(host=pg.host, port=pg.port, user=pg.user, password=pg.password, dbname=template,
+                         autocommit=True) as c:
         c.execute(SCHEMA)
 
     def peer_pg() -> None:
         name = f"bench_{uuid.uuid4().hex[:10]}"
-        janitor = DatabaseJanitor(user=pg.user, host=pg.host, port=pg.port, dbname=name, template_dbname=template)
+        janitor = DatabaseJanitor(user=pg.user, password=pg.password, host=pg.host, port=pg.port, dbname=name,
+                                  template_dbname=template)
         with janitor:
-            with psycopg.connect(host=pg.host, port=pg.port, user=pg.user, dbname=name) as conn:
+            with psycopg.connect(host=pg.host, port=pg.port, user=pg.user, password=pg.password, dbname=name) as conn:
                 uid = conn.execute("INSERT INTO users (email) VALUES ('a@example.com') RETURNING id").fetchone()[0]  # type: ignore[index]
                 assert conn.execute("SELECT email FROM users WHERE id = %s", (uid,)).fetchone() == ("a@example.com",)
 
     def peer_redis() -> None:
-        client = redis.Redis(unix_socket_path=rs.unix_socket, db=0)
+        client = redis.Redis(unix_socket_path=rs.unix_socket, password=rs.password, db=0)
         client.set("user:1", "alice")
         assert client.get("user:1") == b"alice"
         client.flushall()

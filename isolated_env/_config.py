@@ -11,13 +11,13 @@ import dataclasses
 import enum
 import os
 import socket
-import tempfile
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from ._checks import check_names, tmpfs_dir
 from ._errors import ConfigError
 
 __all__ = [
@@ -151,15 +151,17 @@ class Settings:
     redis_server: Path | None = None  # a redis-server/valkey-server binary, tried first
     redis_tcp: bool = False  # the embedded Redis also listens on 127.0.0.1
     keep_failed: bool = False  # keep a failed test's database for a post-mortem
+    cache_dir: Path = dataclasses.field(default_factory=lambda: _default_cache_dir())  # initdb's cluster cache
 
 
 def _default_state_dir() -> Path:
     # tmpfs: server data and sockets churn there (ext4 made cluster copies 10x slower), and the
     # path stays short enough for a unix socket (at most 107 bytes with the socket's own name).
-    base = Path("/dev/shm") if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK) else Path(
-        tempfile.gettempdir()
-    )
-    return base / f"isolated-env-{os.getuid()}"
+    return tmpfs_dir("isolated-env")
+
+
+def _default_cache_dir() -> Path:
+    return tmpfs_dir("isolated-env-cache")  # one per user and machine: a cluster build is ~40 MB of RAM
 
 
 def _lookup(key: str, explicit: Any, env_name: str, parse: Callable[[str, str], _T], default: _T) -> _T:
@@ -191,7 +193,10 @@ _ENV_NAMES = (
     "ISOLATED_ENV_REDIS_SERVER",
     "ISOLATED_ENV_REDIS_TCP",
     "ISOLATED_ENV_KEEP_FAILED",
+    "ISOLATED_ENV_CACHE_DIR",
 )
+# Read elsewhere, not settings; known so a near miss of one is not taken for a misspelling.
+_OTHER_NAMES = ("ISOLATED_ENV_RUN_ID", "ISOLATED_ENV_RUNNERS_CACHE")
 _resolved: dict[tuple[Any, ...], Settings] = {}
 
 
@@ -210,7 +215,8 @@ def resolve(
     key: tuple[Any, ...] | None = None
     if all(arg is UNSET for arg in explicit):
         # Resolved on every lease: answer from a cache while the inputs are unchanged.
-        key = (tuple(os.environ.get(name) for name in _ENV_NAMES), tuple(sorted(_layer.items())))
+        # The size of the environment too: a variable added since may be a misspelt one (_check_names).
+        key = (tuple(os.environ.get(name) for name in _ENV_NAMES), tuple(sorted(_layer.items())), len(os.environ))
         cached = _resolved.get(key)
         if cached is not None:
             return cached
@@ -231,6 +237,7 @@ def _resolve(
     state_dir: Any,
     keep_failed: Any,
 ) -> Settings:
+    check_names(_ENV_NAMES + _OTHER_NAMES)
     ci = os.environ.get("CI", "").strip().lower() in {"1", "true", "yes", "on"}  # CI=anything-else is not CI
     prof = _lookup("profile", profile, "ISOLATED_ENV_PROFILE", _profile, "ci-fast" if ci else "dev")
     if prof not in PROFILES:
@@ -250,6 +257,7 @@ def _resolve(
     require = _lookup("require_services", require_services, "ISOLATED_ENV_REQUIRE", _truthy, ci)
     sdir = _lookup("state_dir", state_dir, "ISOLATED_ENV_STATE_DIR", lambda _n, raw: Path(raw), None)
     keep = _lookup("keep_failed", keep_failed, "ISOLATED_ENV_KEEP_FAILED", _truthy, False)
+    cache = _lookup("cache_dir", UNSET, "ISOLATED_ENV_CACHE_DIR", _optional_path, None)
     tcp = _lookup("postgres_tcp", UNSET, "ISOLATED_ENV_POSTGRES_TCP", _truthy, False)
     redis_tcp = _lookup("redis_tcp", UNSET, "ISOLATED_ENV_REDIS_TCP", _truthy, False)
     bindir = _check_bindir(
@@ -272,6 +280,7 @@ def _resolve(
         redis_server=redis_server,
         redis_tcp=bool(redis_tcp),
         keep_failed=bool(keep),
+        cache_dir=Path(cache) if cache is not None else _default_cache_dir(),
     )
 
 
@@ -308,9 +317,9 @@ class ExternalEndpoint:
     host: str
     port: int | None
     user: str | None
-    password: str | None
-    database: str | None
-    source: str  # which variables named it, for messages
+    password: str | None = dataclasses.field(repr=False)
+    database: str | None = None
+    source: str = ""  # which variables named it, for messages
     params: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     def redacted(self) -> str:

@@ -298,5 +298,9 @@ def test_sync_database_of_a_failed_test_is_kept_when_asked(pytester: pytest.Pyte
     line = next(x for x in result.stdout.lines if "test_fails: postgres: database" in x)
     dsn = re.search(r"postgresql://\S+", line)
     assert dsn is not None
-    with psycopg.connect(dsn.group()) as conn:  # still there, for the developer to look at
+    # the summary shows no password, but where to read it (the embedded server's 0600 file)
+    pwfile = re.search(r"password: `cat (\S+)`", line)
+    assert pwfile is not None
+    password = Path(pwfile.group(1)).read_text().strip()
+    with psycopg.connect(dsn.group().replace(":***@", f":{password}@")) as conn:  # still there, to look at
         assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from .._errors import IsolatedEnvError, MissingDependencyError, ServiceUnavailable, TeardownError, TemplateError
-from .._redact import redact_url
+from .._redact import redact_url, scrubbed
 from . import _seams
 
 __all__ = ["SEAM_RANGE", "begin", "close", "connect", "module", "redacted_dsn", "rollback", "translate"]
@@ -96,6 +96,7 @@ def translate(
         fix = _fix_for(exc, asyncpg)
         if fix is None and failure is not None:
             raise failure(problem) from exc
+        scrubbed(exc)  # a connect's frames hold the password in their locals
         raise ServiceUnavailable("PostgreSQL", problem, fix=fix or "see the server's log for the cause") from exc
 
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._errors import IsolatedEnvError, MissingDependencyError, ServiceUnavailable
+from .._redact import scrubbed
 
 __all__ = ["connect", "module", "translate"]
 
@@ -41,6 +42,7 @@ def translate(where: str, *, failure: type[IsolatedEnvError] | None = None) -> I
         problem = f"{where} failed: {type(exc).__name__}: {exc}"
         if failure is not None:
             raise failure(problem) from exc
+        scrubbed(exc)  # a connect's frames hold the password in their locals
         raise ServiceUnavailable(
             "ClickHouse", problem,
             fix="check that the server is running and reachable (isolated-env doctor shows which is used)",

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._errors import IsolatedEnvError, MissingDependencyError, ServiceUnavailable
+from .._redact import scrubbed
 
 __all__ = ["asyncio_client", "module", "sync_client", "translate"]
 
@@ -96,4 +97,5 @@ def translate(where: str, *, failure: type[IsolatedEnvError] | None = None) -> I
         fix = "check that the server is running and reachable (isolated-env doctor shows which is used)"
         if isinstance(exc, rex.AuthenticationError):
             fix = "check the user and password in TEST_REDIS_URL / TEST_REDIS_USER / TEST_REDIS_PASSWORD"
+        scrubbed(exc)  # a connect's frames hold the password in their locals
         raise ServiceUnavailable("Redis", problem, fix=fix) from exc

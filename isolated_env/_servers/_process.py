@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import os
 import pwd
+import secrets
 import shutil
 import stat
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .._errors import ServiceUnavailable
 
@@ -17,10 +19,12 @@ __all__ = [
     "ServerUser",
     "log_tail",
     "poll_until",
+    "read_secret",
     "readable_copy",
     "server_user",
     "traversable_by_others",
     "wait_ready",
+    "write_secret",
 ]
 
 
@@ -41,6 +45,13 @@ class ServerUser:
     @property
     def name(self) -> str | None:
         return self.entry.pw_name if self.entry else None
+
+    def popen_kwargs(self) -> dict[str, Any]:
+        """What ``subprocess`` needs to start a process as this user: its uid, its own group and no
+        supplementary groups. ``user=`` alone would keep root's gid 0 (and root's groups)."""
+        if self.entry is None:
+            return {}
+        return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
     def chown(self, path: Path) -> None:
         if self.entry is None:
@@ -96,6 +107,29 @@ def readable_copy(prefix: Path, cache_root: Path, user: ServerUser) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     return target
+
+
+def write_secret(path: Path) -> str:
+    """A new random password, written to ``path`` (created, never followed or reused; mode 0600:
+    the test-running user alone can read it)."""
+    secret = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret)
+    return secret
+
+
+def read_secret(path: str | Path, service: str) -> str:
+    """The password a server's :func:`write_secret` left, or :class:`ServiceUnavailable` saying why not."""
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise ServiceUnavailable(
+            service,
+            f"the embedded server's password file cannot be read ({exc})",
+            fix="stop the server (isolated-env down) so the next run starts a fresh one, or check "
+            "that ISOLATED_ENV_STATE_DIR belongs to this user",
+        ) from None
 
 
 def log_tail(path: Path, lines: int = 15) -> str:

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from .._config import ExternalEndpoint, Settings
 from .._errors import ConfigError, ServerDied, ServiceUnavailable
+from .._redact import scrubbed, secret_digest
 from . import registry
 from ._embedded import Embedded
 
@@ -166,7 +167,8 @@ class Provider(Generic[S]):
 
 def _endpoint_key(endpoint: ExternalEndpoint) -> tuple[Any, ...]:
     return (
-        endpoint.source, endpoint.scheme, endpoint.host, endpoint.port, endpoint.user, endpoint.password,
+        endpoint.source, endpoint.scheme, endpoint.host, endpoint.port, endpoint.user,
+        secret_digest(endpoint.password),
         endpoint.database, tuple(sorted(endpoint.params.items())),
     )
 
@@ -186,6 +188,7 @@ def unreachable(
             detail = detail.replace(endpoint.password, "***")
         problem = f"cannot connect using {source}: {detail}"
     fallback = engine or "the embedded server"
+    scrubbed(exc)  # the driver's frames hold the password in their locals
     return ServiceUnavailable(
         display,
         problem,

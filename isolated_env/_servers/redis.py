@@ -10,6 +10,7 @@ lease a database of its own. It is shared by every process on the machine throug
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import shutil
@@ -23,15 +24,18 @@ import anyio
 
 from .._config import ExternalEndpoint, Settings, _truthy, external_endpoint
 from .._errors import ConfigError, ServiceUnavailable
-from .._redact import redact_url
+from .._redact import redact_url, secret_digest
 from . import _redis_acl, registry
 from ._diagnostics import progress
-from ._process import wait_ready
+from ._process import read_secret, wait_ready, write_secret
 from ._provider import Provider, ServerProvider, unreachable
 
 __all__ = ["PROVIDER", "RedisProvider", "RedisServer", "embedded", "ensure_server", "find_binary", "start_private"]
 
-_CONNECT_TIMEOUT = 10.0
+# Checking an external server: the driver's own timeouts first, then a bound on the whole check,
+# so a server that accepts and never answers fails in seconds, not a driver's default minute.
+_CONNECT_TIMEOUT = 3.0
+_CHECK_TIMEOUT = 4.0
 
 DATABASES = 1024
 GUARD_VAR = "TEST_REDIS_GUARD_RAILS"
@@ -54,13 +58,14 @@ class RedisServer:
     host: str | None = None
     port: int | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
     tls: bool = False
     startup_ms: float = 0.0
     reused: bool = False
     # Guard rails: the secret of the per-database ACL users (None: every client is the admin user).
     acl_secret: str | None = dataclasses.field(default=None, repr=False)
     acl_db: bool = False  # the server restricts users to databases (Valkey >= 9.1)
+    password_file: str | None = None  # the embedded server's: where a shell command can read it
 
     @property
     def guarded(self) -> bool:
@@ -83,6 +88,20 @@ class RedisServer:
             self, username=_redis_acl.USER.format(db), password=_redis_acl.password(self.acl_secret, db)
         )
         return user.url(db)
+
+    @functools.cached_property  # looked up on every lease and release
+    def key(self) -> str:
+        """This server as seen by this login, for cache keys (which tracebacks may print): no password."""
+        return f"{self.redacted}#{secret_digest(self.password) or ''}"
+
+    @functools.cached_property
+    def redacted(self) -> str:
+        """The server's URL (database 0) with the password shown as ``***``, for messages."""
+        return self.redacted_url(0)
+
+    def redacted_url(self, db: int) -> str:
+        """:meth:`url` with the password shown as ``***`` (for messages and reports)."""
+        return redact_url(self.url(db))
 
     def client_kwargs(self, db: int) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"db": db}
@@ -131,13 +150,19 @@ def find_binary(override: Path | None = None) -> tuple[Path, list[str]]:
     raise ServiceUnavailable("Redis", "no Redis or Valkey server binary found", tried=tried, fix=_FIX)
 
 
-def _probe(path: str) -> bool:
+def _probe(path: str, password: str) -> bool:
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             s.settimeout(2)
             s.connect(path)
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
+            s.sendall(b"AUTH " + password.encode() + b"\r\nPING\r\n")
+            reply = b""
+            while reply.count(b"\r\n") < 2:  # one reply to AUTH, one to PING
+                chunk = s.recv(64)
+                if not chunk:
+                    return False
+                reply += chunk
+            return reply.startswith(b"+OK\r\n+PONG")
     except OSError:
         return False
 
@@ -156,8 +181,16 @@ def _start(
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+    # The socket's directory and the config holding the password: this user's alone.
+    os.chmod(server_dir, 0o700)
+    password = write_secret(server_dir / "password")
+    conf = server_dir / "redis.conf"
+    fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:  # a file, not --requirepass: every user can read a command line
+        f.write(f"requirepass {password}\n")
     cmd = [
-        str(binary), "--port", str(port), "--bind", "127.0.0.1", "--unixsocket", sock, "--unixsocketperm", "700",
+        str(binary), str(conf), "--port", str(port), "--bind", "127.0.0.1",
+        "--unixsocket", sock, "--unixsocketperm", "700",
         "--save", "", "--appendonly", "no", "--databases", str(DATABASES),
         "--daemonize", "no", "--dir", str(server_dir), "--logfile", str(log),
         "--maxclients", "10000", "--protected-mode", "no",
@@ -167,15 +200,15 @@ def _start(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
             cwd=str(server_dir), start_new_session=True,
         )
-        wait_ready("Redis", proc, lambda: _probe(sock), log)
+        wait_ready("Redis", proc, lambda: _probe(sock, password), log)
         try:
-            users = _redis_acl.create_users(sock, DATABASES) if guard else {}
+            users = _redis_acl.create_users(sock, DATABASES, admin_password=password) if guard else {}
         except BaseException:
             proc.kill()
             proc.wait()
             raise
     return proc, {**users, "unix_socket": sock, "version": version, "databases": DATABASES, "binary": str(binary),
-                  "log": str(log), "tcp_port": port or None}
+                  "log": str(log), "tcp_port": port or None, "password_file": str(server_dir / "password")}
 
 
 def start_private(settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], RedisServer]:
@@ -241,9 +274,17 @@ class RedisProvider(Provider[RedisServer]):
             password=endpoint.password,
             tls=endpoint.scheme == "rediss",
         )
-        client = asyncio_client(**server.client_kwargs(0), socket_connect_timeout=_CONNECT_TIMEOUT)
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        # No retries: redis-py's default retries a refused login (an AuthenticationError is a
+        # ConnectionError) with backoff, which turns a wrong password into a long wait.
+        client = asyncio_client(
+            **server.client_kwargs(0), socket_connect_timeout=_CONNECT_TIMEOUT, socket_timeout=_CONNECT_TIMEOUT,
+            retry=Retry(NoBackoff(), 0),
+        )
         try:
-            with anyio.fail_after(_CONNECT_TIMEOUT + 5):  # the driver's own timeout first
+            with anyio.fail_after(_CHECK_TIMEOUT):
                 info = await client.info("server")
                 try:
                     databases = int((await client.config_get("databases")).get("databases") or 16)
@@ -251,7 +292,7 @@ class RedisProvider(Provider[RedisServer]):
                     databases = 16
                 guard = await _external_guard(client, server, databases)
         except (TimeoutError, RedisError, OSError) as exc:
-            raise unreachable(self.display, endpoint, exc, timeout=_CONNECT_TIMEOUT + 5) from exc
+            raise unreachable(self.display, endpoint, exc, timeout=_CHECK_TIMEOUT) from exc
         finally:
             await client.aclose()
         return dataclasses.replace(
@@ -270,10 +311,12 @@ class RedisProvider(Provider[RedisServer]):
             # Clients use the socket; host and port are for code that dials TCP (ISOLATED_ENV_REDIS_TCP).
             host="127.0.0.1" if state.info.get("tcp_port") else None,
             port=state.info.get("tcp_port"),
+            password=read_secret(state.info["password_file"], "Redis") if "password_file" in state.info else None,
             startup_ms=state.startup_ms,
             reused=state.reused,
             acl_secret=state.info.get("acl_secret"),
             acl_db=bool(state.info.get("acl_db")),
+            password_file=state.info.get("password_file"),
         )
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import psutil
 
+from .._checks import checked_private_dir
 from . import _diagnostics, _supervisor
 from ._owners import hold_users_lock, owner_alive, owner_tag, users_present
 from ._process import poll_until
@@ -57,11 +58,8 @@ _atexit_registered = False
 
 
 def state_root(state_dir: Path) -> Path:
-    # 0711: the unprivileged server user must traverse it to reach its data and socket.
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(PermissionError):  # not ours (a shared dir): its owner chose the mode
-        os.chmod(state_dir, 0o711)
-    return state_dir
+    """``state_dir``, created 0711 if missing; a ConfigError unless this user alone owns and writes it."""
+    return checked_private_dir(state_dir, "ISOLATED_ENV_STATE_DIR")
 
 
 def child(pid: int) -> subprocess.Popen[bytes] | None:

@@ -40,7 +40,7 @@ class _LeaseKeeper:
 
     def add(self, slot: Any) -> None:
         with self._lock:
-            self._held.setdefault(slot.server.url(0), (slot.server, {}))[1][slot.db] = slot
+            self._held.setdefault(slot.server.key, (slot.server, {}))[1][slot.db] = slot
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="isolated-env-redis-leases", daemon=True)
                 self._thread.start()
@@ -52,11 +52,11 @@ class _LeaseKeeper:
 
     def discard(self, server: RedisServer, db: int) -> None:
         with self._lock:
-            entry = self._held.get(server.url(0))
+            entry = self._held.get(server.key)
             if entry is not None:
                 entry[1].pop(db, None)
                 if not entry[1]:
-                    del self._held[server.url(0)]
+                    del self._held[server.key]
             if not self._held:
                 self._wake.set()
 

@@ -107,7 +107,8 @@ class RedisHandle(_Commands):
 
     ``.client`` is the Redis client, ``.db`` its database number, ``.url`` reaches the same database
     from another client or process. ``.host`` and ``.port`` are for code that dials TCP: None on a
-    unix socket only (the embedded server, unless ``ISOLATED_ENV_REDIS_TCP=1``).
+    unix socket only (the embedded server, unless ``ISOLATED_ENV_REDIS_TCP=1``); ``.password`` goes
+    with them (the embedded server's is generated per server). ``repr()`` shows no password.
     """
 
     def __init__(self, slot: _Slot) -> None:
@@ -118,6 +119,7 @@ class RedisHandle(_Commands):
         self.url: str = slot.url
         self.host: str | None = slot.server.host
         self.port: int | None = slot.server.port
+        self.password: str | None = slot.server.password  # with host and port: ``.url`` carries it too
 
     if not TYPE_CHECKING:  # hidden from type checkers, or a typo would type-check as Any
 
@@ -187,7 +189,7 @@ class _Slots:
         last = self.server.databases - 1
         if last < 1:
             raise ServiceUnavailable(
-                "Redis", f"the server at {self.server.url(0)} has a single database; isolated_redis needs at "
+                "Redis", f"the server at {self.server.redacted} has a single database; isolated_redis needs at "
                 "least 2 (database 0 holds the leases)", fix="start it with --databases 1024",
             )
         banked: _Slot | None = _bank.take(self.server)
@@ -206,7 +208,8 @@ class _Slots:
                 slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), LEASE_TTL_MS, 1, last))
         if slot < 0:
             raise TryLater(
-                f"all {last} Redis databases of {self.server.url(0)} are leased (by this and other processes); "
+                f"all {last} Redis databases of {self.server.redacted} are leased (by this and other "
+                "processes); "
                 "run fewer workers, lower the capacity, or use a server with more databases"
             )
         admin = redis_driver.asyncio_client(**self.server.client_kwargs(slot))
@@ -261,6 +264,10 @@ class _Slots:
         server = self.server
         reach = (f"redis-cli -s {server.unix_socket} -n {slot.db}" if server.unix_socket
                  else f"redis-cli -h {server.host} -p {server.port or 6379} -n {slot.db}")
+        if server.password_file:
+            reach = f'REDISCLI_AUTH="$(cat {server.password_file})" {reach}'
+        elif server.password:
+            reach = f"REDISCLI_AUTH=<the password of TEST_REDIS_URL> {reach}"
         return Kept("redis", f"database {slot.db} at {redact_url(server.url(slot.db))}", reach)
 
     async def _release(self, db: int, client: Any) -> None:
@@ -277,7 +284,7 @@ class _Slots:
 
 
 def _slots_for(server: RedisServer, runtime: Runtime) -> _Slots:
-    key = ("redis-slots", server.url(0))
+    key = ("redis-slots", server.key)
     slots: _Slots | None = runtime.objects.get(key)
     if slots is None:
         slots = runtime.objects[key] = _Slots(server)
@@ -300,16 +307,16 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
         self.slots = _slots_for(self.server, self.runtime)
 
     def pool_key(self) -> Hashable:
-        return ("redis", self.server.url(0), current_settings().capacity)
+        return ("redis", self.server.key, current_settings().capacity)
 
     def pool_name(self) -> str:
-        return f"redis databases ({self.server.url(0)})"
+        return f"redis databases ({self.server.redacted})"
 
     def capacity(self) -> int:
         return max(1, min(current_settings().capacity, self.server.databases - 1))
 
     async def create(self) -> _Slot:
-        with redis_driver.translate(f"leasing a database of {self.server.url(0)}"):
+        with redis_driver.translate(f"leasing a database of {self.server.redacted}"):
             return await self.slots.create()
 
     async def clean(self, item: _Slot) -> None:

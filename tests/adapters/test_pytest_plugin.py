@@ -218,6 +218,9 @@ def test_keep_failed_keeps_the_database_and_prune_removes_it(pytester: pytest.Py
     line = next(x for x in result.stdout.lines if "test_fails" in x and "postgresql://" in x)
     dsn = re.search(r"postgresql://\S+", line).group()  # type: ignore[union-attr]
     assert os.environ["ISOLATED_ENV_STATE_DIR"] in dsn  # the child ran on the servers it was given
+    # The summary shows no password, but where to read it (the embedded server's 0600 file).
+    pwfile = re.search(r"password: `cat (\S+)`", line).group(1)  # type: ignore[union-attr]
+    dsn = dsn.replace(":***@", ":" + Path(pwfile).read_text().strip() + "@")
 
     def child(*args: str) -> subprocess.CompletedProcess[str]:
         # the environment of the run it checks: the same state directory, so the same server

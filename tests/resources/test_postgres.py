@@ -6,8 +6,8 @@ import pytest
 
 import isolated_env as ie
 from isolated_env._config import resolve
-from isolated_env._drivers import asyncpg_sessions
 from isolated_env._contract import current_settings
+from isolated_env._drivers import asyncpg_sessions
 from isolated_env._runtime import current_runtime
 from isolated_env._servers import postgres as pg_servers
 from isolated_env._servers.postgres import ensure_server

@@ -19,6 +19,7 @@ import pytest
 import isolated_env as ie
 from isolated_env._config import resolve
 from isolated_env._contract import current_settings
+from isolated_env._redact import redact_url
 from isolated_env._servers import registry
 from isolated_env._servers.postgres import PostgresServer, ensure_server
 from isolated_env.resources.postgres import (
@@ -406,7 +407,9 @@ async def test_keep_on_failure_keeps_the_database_and_reports_its_dsn(
             name, dsn = db.database, db.dsn
             1 / 0  # noqa: B018
     notes = "\n".join(getattr(info.value, "__notes__", []))
-    assert dsn in notes and "isolated-env prune" in notes
+    assert redact_url(dsn) in notes and "isolated-env prune" in notes
+    if server.password_file:  # how to get the password, not the password itself
+        assert server.password_file in notes and server.password not in notes
     await settle()
     conn = await asyncpg.connect(dsn)  # the evidence is still there to look at
     try:

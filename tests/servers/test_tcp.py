@@ -24,13 +24,14 @@ USER = textwrap.dedent(
             out["postgres"] = [db.host, db.port]
             if r.host is not None:
                 await r.set("via", "socket")
-                other = aredis.Redis(host=r.host, port=r.port, db=r.db)
+                other = aredis.Redis(host=r.host, port=r.port, db=r.db, password=r.password)
                 try:
                     out["redis_over_tcp"] = (await other.get("via")).decode()
                 finally:
                     await other.aclose()
             if db.host is not None:
-                conn = await asyncpg.connect(host=db.host, port=db.port, user="postgres", database=db.database)
+                conn = await asyncpg.connect(host=db.host, port=db.port, user=db.user, password=db.password,
+                                             database=db.database)
                 try:
                     out["postgres_over_tcp"] = [str(await conn.fetchval("SELECT inet_server_addr()")),
                                                 await conn.fetchval("SELECT current_database()")]

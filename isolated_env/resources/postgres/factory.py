@@ -94,7 +94,8 @@ async def isolated_postgres(
                 if isinstance(handle, DatabaseHandle) and handle.kept:
                     report_kept(Kept(
                         "postgres", f"database {handle.database}: {driver.redacted_dsn(server, handle.database)}",
-                        "remove with `isolated-env prune --kept`"
+                        (f"password: `cat {server.password_file}`; " if server.password_file else "")
+                        + "remove with `isolated-env prune --kept`"
                         + ("; the embedded server stays up until `isolated-env down`" if server.source == "embedded"
                            else ""),
                     ))

@@ -21,7 +21,9 @@ class PostgresHandle(ConnectionMethods):
     Every asyncpg ``Connection`` method works on the handle (``execute``, ``fetch``, ``fetchrow``,
     ``fetchval``, ``executemany``, ``transaction``, ``copy_*``, ``prepare``, ``cursor`` …), and type
     checkers see them. ``.host`` and ``.port`` are for code that dials TCP: None when the server is
-    on a unix socket only (the embedded one, unless ``ISOLATED_ENV_POSTGRES_TCP=1``).
+    on a unix socket only (the embedded one, unless ``ISOLATED_ENV_POSTGRES_TCP=1``); ``.user`` and
+    ``.password`` go with them (the embedded server's password is generated per server). ``repr()``
+    shows no password.
     """
 
     def __init__(self, connection: Any, server: PostgresServer, database: str, mode: str, pool: Any) -> None:
@@ -33,6 +35,8 @@ class PostgresHandle(ConnectionMethods):
         address = server.address
         self.host: str | None = address[0] if address else None
         self.port: int | None = address[1] if address else None
+        self.user: str = server.user
+        self.password: str | None = server.password  # with host and port: ``.dsn`` carries it too
         self._pool = pool
 
     if not TYPE_CHECKING:  # hidden from type checkers, or a typo would type-check as Any

@@ -148,9 +148,12 @@ async def keep(handle: DatabaseHandle, reason: str) -> str:
         settings = current_settings()
         await anyio.to_thread.run_sync(registry.pin, "postgres", settings.state_dir)
         stays = "; the embedded server stays up until `isolated-env down`"
+    pwfile = handle.server.password_file
+    secret = f" (password: `cat {pwfile}`)" if pwfile else ""
     return (
         f"isolated_env kept this test's database {handle.database}: "
-        f"{driver.redacted_dsn(handle.server, handle.database)} (remove it with `isolated-env prune --kept`{stays})"
+        f"{driver.redacted_dsn(handle.server, handle.database)}{secret} "
+        f"(remove it with `isolated-env prune --kept`{stays})"
     )
 
 
