@@ -168,4 +168,6 @@ def test_a_closed_loop_leaves_no_descriptor_of_its_own() -> None:
     before = len(os.listdir("/proc/self/fd"))
     for _ in range(20):
         in_a_new_loop(a_test)
-    assert len(os.listdir("/proc/self/fd")) <= before + 2  # twenty loops, no descriptor per loop
+    # a descriptor left per loop would show as 20 or more; a few may be sessions the background
+    # loop parks for the warm pool meanwhile
+    assert len(os.listdir("/proc/self/fd")) <= before + 8
