@@ -204,8 +204,10 @@ class Pool(Generic[T]):
                 # Shielded so a cancel cannot leave a half-made instance (a slot leased on a
                 # server, a connection opened) that nobody owns; bounded by the lease timeout.
                 with anyio.CancelScope(shield=True):
-                    with anyio.fail_after(max(0.001, deadline - anyio.current_time())):
+                    with anyio.move_on_after(max(0.001, deadline - anyio.current_time())) as bound:
                         item = await self._create()
+                if bound.cancelled_caught:
+                    raise self._create_timed_out()
             except TryLater as exc:
                 if anyio.current_time() + delay > deadline:
                     raise LeaseTimeout(f"no {self.name} became free within {self.lease_timeout:g} s: {exc}") from None
@@ -216,6 +218,16 @@ class Pool(Generic[T]):
             self._created += 1
             _metrics.record_lease(self.name, reused=False)
             return Lease(item, fresh=True)
+
+    def _create_timed_out(self) -> LeaseTimeout:
+        # A TimeoutError of create's own (a driver's connect timeout) is not this: it propagates.
+        return LeaseTimeout(
+            f"making a new {self.name} took longer than the lease timeout ({self.lease_timeout:g} s) and was "
+            f"abandoned ({self._leased} leased, capacity {self.capacity}); the server may be stopped, overloaded "
+            f"or slow to make one (a large template, a busy machine). Raise ISOLATED_ENV_LEASE_TIMEOUT (or "
+            f"lease_timeout= of Environment), or lower the load on the server: fewer parallel workers, or a smaller "
+            f"ISOLATED_ENV_CAPACITY / ISOLATED_ENV_PROFILE so fewer instances are made at once"
+        )
 
     async def _checkin(self, lease: Lease[T]) -> Exception | None:
         item = lease.value

@@ -179,3 +179,24 @@ async def test_a_long_wait_for_capacity_is_logged(caplog: pytest.LogCaptureFixtu
         async with pool.lease():
             pass
     assert "for a lease of slow things (capacity 1, all leased)" in caplog.text
+
+
+async def test_a_create_past_the_lease_timeout_is_a_lease_timeout_and_its_own_timeout_is_not() -> None:
+    async def slow() -> int:
+        await anyio.sleep(10)
+        return 1
+
+    async def own_timeout() -> int:
+        raise TimeoutError("connect timed out")  # a driver's: not the pool's bound
+
+    async def destroy(item: int) -> None:
+        pass
+
+    pool = Pool("slow things", create=slow, destroy=destroy, capacity=2, lease_timeout=0.05)
+    with pytest.raises(LeaseTimeout, match=r"making a new slow things took longer than the lease timeout \(0.05 s\)"):
+        await pool.acquire()
+    assert pool.statistics().leased == 0
+    pool = Pool("things", create=own_timeout, destroy=destroy, capacity=1, lease_timeout=5)
+    with pytest.raises(TimeoutError, match="connect timed out") as info:
+        await pool.acquire()
+    assert not isinstance(info.value, LeaseTimeout)

@@ -133,3 +133,33 @@ async def test_a_server_killed_between_tests_fails_no_test(kind: str, own_server
             await _query(kind, await env.enter(factory()))
         new = registry.status(kind, own_servers)
         assert new is not None and new.pid != pid and new.server_alive()
+
+
+@pytest.mark.parametrize("kind", list(FACTORIES))
+async def test_a_server_that_stops_answering_fails_a_new_lease_with_lease_timeout(
+    kind: str, own_servers: Path, clean_environ: pytest.MonkeyPatch
+) -> None:
+    if kind == "clickhouse" and importlib.util.find_spec("chdb") is None:
+        pytest.skip("the embedded ClickHouse engine (chdb) is not installed")
+    clean_environ.setenv("ISOLATED_ENV_LEASE_TIMEOUT", "1")
+    factory = FACTORIES[kind]
+    async with ie.Environment() as held:
+        await _query(kind, await held.enter(factory()))  # so the next lease must make a new instance
+        state = registry.status(kind, own_servers)
+        assert state is not None
+        os.kill(state.pid, signal.SIGSTOP)  # alive, accepting connections, answering nothing
+        try:
+            started = time.perf_counter()
+            with pytest.raises(ie.LeaseTimeout) as caught:
+                async with ie.Environment() as env:
+                    await env.enter(factory())
+            waited = time.perf_counter() - started
+        finally:
+            os.kill(state.pid, signal.SIGCONT)
+    message = str(caught.value)
+    assert isinstance(caught.value, TimeoutError)
+    assert "took longer than the lease timeout (1 s)" in message, message
+    assert "Raise ISOLATED_ENV_LEASE_TIMEOUT" in message and "ISOLATED_ENV_CAPACITY" in message, message
+    assert waited < 10, waited  # the bound held: not a driver's own minute-long default
+    async with ie.Environment() as env:  # answering again: leases work
+        await _query(kind, await env.enter(factory()))
