@@ -211,9 +211,11 @@ def _start(
                   "log": str(log), "tcp_port": port or None, "password_file": str(server_dir / "password")}
 
 
-def start_private(settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], RedisServer]:
-    """A server of one test's own (``isolated_redis(admin=True)``): no guard rails, not shared."""
-    proc, info = _start(settings, directory, guard=False)
+def start_private(settings: Settings) -> tuple[registry.Private, RedisServer]:
+    """Blocking: a server of one test's own (``isolated_redis(admin=True)``): no guard rails, not
+    shared, stopped by ``close()`` of the first item (or by its supervisor if the process dies)."""
+    private = registry.Private.start("redis", settings.state_dir, lambda d: _start(settings, d, guard=False))
+    info = private.state.info
     password = info.get("password")
     if password is None and info.get("password_file"):  # a server that asks for its admin password
         password = Path(info["password_file"]).read_text().strip()
@@ -221,7 +223,7 @@ def start_private(settings: Settings, directory: Path) -> tuple[subprocess.Popen
         source="private", version=info["version"], databases=info["databases"], unix_socket=info["unix_socket"],
         host="127.0.0.1" if info.get("tcp_port") else None, port=info.get("tcp_port"), password=password,
     )
-    return proc, server
+    return private, server
 
 
 async def _external_guard(client: Any, server: RedisServer, databases: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -38,8 +39,8 @@ from ._recover import adopt, load, stop_orphans
 from ._statefile import CorruptState, ServerState, file_lock, read_state, remove_server_dir, write_state
 
 __all__ = [
-    "ServerState", "acquire", "file_lock", "owner_alive", "owner_tag", "pin", "reap", "release", "release_all",
-    "state_root", "status", "stop",
+    "Private", "ServerState", "acquire", "file_lock", "owner_alive", "owner_tag", "pin", "reap", "release",
+    "release_all", "state_root", "status", "stop",
 ]
 
 _log = logging.getLogger("isolated_env")
@@ -123,11 +124,14 @@ def acquire(
         return state
 
 
-def _start(kind: str, root: Path, start: StartFn, stop_signal: signal.Signals) -> ServerState:
+def _start(kind: str, root: Path, start: StartFn, stop_signal: signal.Signals, *, private: bool = False) -> ServerState:
     grace = _supervisor.reap_after()  # a bad ISOLATED_ENV_REAP_AFTER fails before anything starts
-    server_dir = root / f"{kind}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
-    shutil.rmtree(server_dir, ignore_errors=True)
-    server_dir.mkdir(parents=True)
+    if private:  # several at once in one process: a name of its own, never one to clear first
+        server_dir = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=root))
+    else:
+        server_dir = root / f"{kind}-{os.getpid()}-{int(time.time() * 1000) % 100000}"
+        shutil.rmtree(server_dir, ignore_errors=True)
+        server_dir.mkdir(parents=True)
     os.chmod(server_dir, 0o711)
     started = time.perf_counter()
     try:
@@ -148,6 +152,47 @@ def _start(kind: str, root: Path, start: StartFn, stop_signal: signal.Signals) -
     _spawners.append(_supervisor.spawn(root, kind, server_dir, grace))
     _diagnostics.started(kind, state.pid, info, root, state.startup_ms)
     return state
+
+
+class Private:
+    """A server of one user's own (``isolated_redis(admin=True)``, ``isolated_postgres(superuser=True)``),
+    in a fresh ``<state dir>/private/<kind>-…`` directory. No state file shares it, but it is
+    supervised like a shared server: this process holds its users lock, so when the process dies
+    (SIGKILL included) the supervisor stops the server and removes its directory within
+    ``ISOLATED_ENV_REAP_AFTER`` seconds. ``close()`` stops it at once.
+
+    Outside the state directory's ``<kind>-*`` names on purpose: the reaper and the orphan search
+    of the shared server never take a private server for a leftover of theirs."""
+
+    def __init__(self, state: ServerState, users_fd: int | None) -> None:
+        self.state = state
+        self._users_fd = users_fd
+
+    @classmethod
+    def start(cls, kind: str, state_dir: Path, start: StartFn, *,
+              stop_signal: signal.Signals = signal.SIGTERM) -> Private:
+        """Blocking: start a private server of ``kind`` with ``start`` (as :func:`acquire` would)."""
+        root = state_root(state_dir) / "private"
+        root.mkdir(mode=0o700, exist_ok=True)
+        with _local:
+            _collect_spawners()
+            state = _start(kind, root, start, stop_signal, private=True)
+        directory = state.directory
+        fd = hold_users_lock(directory) if directory is not None else None
+        if fd is None:  # its directory vanished under us: nothing to supervise, so nothing may run
+            stop(state)
+        return cls(state, fd)
+
+    def close(self) -> None:
+        """Blocking: stop the server, remove its directory, leave its users."""
+        try:
+            stop(self.state)
+        finally:
+            if self._users_fd is not None:
+                os.close(self._users_fd)
+                self._users_fd = None
+            with _local:
+                _collect_spawners()
 
 
 def _join_users(key: tuple[str, str], state: ServerState) -> None:

@@ -8,11 +8,7 @@ does can reach another test.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import anyio
@@ -29,32 +25,13 @@ if TYPE_CHECKING:
 __all__ = ["admin_redis"]
 
 
-def _stop(proc: subprocess.Popen[bytes], directory: str) -> None:
-    try:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
-
-
 @resource("redis", provider="redis", extra="redis")
 async def admin_redis() -> AsyncIterator[RedisHandle]:
-    """Database 0 of a private Redis server, as its admin user; the server is stopped on exit."""
+    """Database 0 of a private Redis server, as its admin user; the server is stopped on exit (by
+    its supervisor, within ISOLATED_ENV_REAP_AFTER seconds, if this process is killed)."""
     from .redis import RedisHandle, _Slot
 
-    settings = current_settings()
-    base = settings.state_dir / "redis-admin"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory = tempfile.mkdtemp(prefix="a-", dir=base)  # short: the socket path must fit 107 bytes
-    try:
-        proc, server = await anyio.to_thread.run_sync(servers.start_private, settings, Path(directory))
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
+    private, server = await anyio.to_thread.run_sync(servers.start_private, current_settings())
     try:
         client = redis_driver.asyncio_client(**server.client_kwargs(0))
         try:
@@ -63,4 +40,4 @@ async def admin_redis() -> AsyncIterator[RedisHandle]:
             await client.aclose()
     finally:
         with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(_stop, proc, directory)
+            await anyio.to_thread.run_sync(private.close)

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from isolated_env._servers import registry
 from isolated_env._servers._process import poll_until
 
 KINDS = ["postgres", "redis"] + (["clickhouse"] if importlib.util.find_spec("chdb") else [])
@@ -25,8 +26,9 @@ USER = textwrap.dedent(
     import sys, anyio, isolated_env as ie
     async def main():
         async with ie.Environment() as env:
-            for kind in sys.argv[2:]:
-                await env.enter(getattr(ie, f"isolated_{kind}")())
+            for kind in sys.argv[2:]:  # "redis", or "redis:admin" for isolated_redis(admin=True)
+                kind, _, option = kind.partition(":")
+                await env.enter(getattr(ie, f"isolated_{kind}")(**({option: True} if option else {})))
             print("ready", flush=True)
             if sys.argv[1] == "hold":
                 await anyio.sleep(120)
@@ -95,6 +97,28 @@ def test_servers_of_a_sigkilled_run_stop_themselves(private_state_dir: Path) -> 
                                    and (p.is_dir() or p.suffix == ".json")], 10)
     print(f"after the kill: {len(_ours(private_state_dir))} processes, {_shm_mb(private_state_dir):.0f} MB "
           "(the cluster cache aside)")
+
+
+def test_a_private_server_of_a_sigkilled_test_stops_itself(private_state_dir: Path) -> None:
+    user = subprocess.Popen([sys.executable, "-c", USER, "hold", "redis:admin"], env=_env(private_state_dir),
+                            stdout=subprocess.PIPE, text=True)
+    assert user.stdout is not None
+    try:
+        assert user.stdout.readline() == "ready\n"
+        (directory,) = (private_state_dir / "private").glob("redis-*")
+        pid = json.loads((directory / "server.json").read_text())["pid"]
+        assert _running(pid) and not (private_state_dir / "redis.json").exists()  # not the shared server
+        assert poll_until(lambda: len(_ours(private_state_dir)) == 2, 10)  # it and its supervisor
+        registry.reap("redis", private_state_dir)  # the shared server's reaper: never takes it for a leftover
+        assert _running(pid) and directory.is_dir()
+    finally:
+        user.kill()
+        user.wait()
+        user.stdout.close()
+    # the same bound as the shared servers (grace 2 s here): server, supervisor and directory gone
+    assert poll_until(lambda: not _running(pid), 30, most=0.2)
+    assert poll_until(lambda: not _ours(private_state_dir), 10), [p.info for p in _ours(private_state_dir)]
+    assert poll_until(lambda: not directory.exists(), 10)
 
 
 def test_a_pinned_server_outlives_its_grace_and_a_normal_run_leaves_no_supervisor(private_state_dir: Path) -> None:

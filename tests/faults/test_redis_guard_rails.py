@@ -178,27 +178,14 @@ async def test_admin_true_cannot_be_kept() -> None:
 @pytest.fixture
 async def external(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[servers.RedisServer]:
     """A server of our own, reached the way an external one is (``connect_external``)."""
-    import shutil
-    import tempfile
-
     import anyio.to_thread
 
-    from isolated_env.resources._redis_admin import _stop
-
-    settings = resolve()
-    base = settings.state_dir / "redis-admin"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory = tempfile.mkdtemp(prefix="x-", dir=base)
-    try:
-        proc, private = await anyio.to_thread.run_sync(servers.start_private, settings, Path(directory))
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
+    server, private = await anyio.to_thread.run_sync(servers.start_private, resolve())
     monkeypatch.delenv(servers.GUARD_VAR, raising=False)
     try:
         yield private
     finally:
-        await anyio.to_thread.run_sync(_stop, proc, directory)
+        await anyio.to_thread.run_sync(server.close)
 
 
 def _endpoint(server: servers.RedisServer, user: str | None = None, password: str | None = None) -> Any:
