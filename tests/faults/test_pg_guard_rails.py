@@ -43,7 +43,14 @@ async def test_the_test_connects_as_the_restricted_role(mode: str, server: Postg
         row = await db.fetchrow("SELECT current_user AS who, rolsuper, rolcreatedb, rolcreaterole FROM pg_roles "
                                 "WHERE rolname = current_user")
         assert dict(row) == {"who": TEST_ROLE, "rolsuper": False, "rolcreatedb": False, "rolcreaterole": False}
-        assert TEST_ROLE in db.dsn
+        # database mode logs in as the database's own role, which becomes the test role
+        login = db.database if mode == "database" else TEST_ROLE
+        assert await db.fetchval("SELECT session_user") == login and db.user == login
+        other = await asyncpg.connect(db.dsn)
+        try:
+            assert await other.fetchval("SELECT current_user") == TEST_ROLE
+        finally:
+            await other.close()
         # what tests do still works: DDL, writes, schemas, temporary tables, advisory locks
         await db.execute("CREATE SCHEMA mine; CREATE TABLE mine.t (x int); INSERT INTO items VALUES (1)")
         await db.execute("CREATE TEMP TABLE scratch (x int); SELECT pg_advisory_xact_lock(7)")
@@ -64,6 +71,26 @@ async def test_dropping_another_tests_database_is_refused(mode: str) -> None:
             finally:
                 await other.close()
         assert await victim.fetchval("SELECT 1") == 1  # untouched
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_connecting_to_another_tests_database_is_refused(mode: str, admin: asyncpg.Connection) -> None:
+    async with ie.isolated_postgres(mode="database") as victim, ie.isolated_postgres(mode=mode) as db:
+        # the name is easy to guess (ie_db_<run>_<pid>_<n>); the test's own credentials are not enough
+        refused = f'permission denied for database "{victim.database}"'
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match=refused):
+            await asyncpg.connect(**db.server.connect_kwargs(victim.database))
+        if mode == "database":  # and the other way round
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match=f'database "{db.database}"'):
+                await asyncpg.connect(**victim.server.connect_kwargs(db.database))
+        own = await asyncpg.connect(victim.dsn)  # the control: its own test gets in
+        try:
+            assert await own.fetchval("SELECT current_database()") == victim.database
+        finally:
+            await own.close()
+        victim_role = victim.user
+    await settle()  # its role goes with the database
+    assert await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", victim_role) == 0
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -94,7 +121,7 @@ async def test_templates_cannot_be_reached_or_reopened(mode: str, server: Postgr
     name = await template_database(server, SCHEMA)
     async with ie.isolated_postgres(mode=mode, template=SCHEMA) as db:
         with pytest.raises(asyncpg.PostgresError, match="not currently accepting connections"):
-            await asyncpg.connect(db.dsn.replace(db.database, name, 1))
+            await asyncpg.connect(**db.server.connect_kwargs(name))
         other = await asyncpg.connect(db.dsn)
         try:
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="must be owner of database"):

@@ -72,7 +72,7 @@ async def database_mode(
         with driver.translate(f"make a database from {warm.template_name} on", driver.redacted_dsn(server)):
             clone = await in_background(warm.take)
             try:
-                clone.conn = await driver.connect(tests, clone.name, reuse=True)
+                clone.conn = await driver.connect(warm.login(clone.name), clone.name, reuse=True)
             except BaseException:
                 await release(clone)
                 raise
@@ -95,8 +95,9 @@ async def database_mode(
     )
     async with pool.lease() as lease:
         lease.discard()  # a used database is never handed out again
-        handle = DatabaseHandle(lease.value, tests, pool, warm.template_name, keep_on_failure, admin=server,
-                                grant=guard.role)
+        handle = DatabaseHandle(lease.value, warm.login(lease.value.name), pool, warm.template_name,
+                                keep_on_failure, admin=server, grant=guard.role,
+                                closing=warm.closing_sql(lease.value.name))
         try:
             yield handle
         except BaseException as exc:

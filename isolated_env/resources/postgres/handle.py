@@ -66,11 +66,12 @@ class DatabaseHandle(PostgresHandle):
 
     def __init__(
         self, clone: Clone, server: PostgresServer, pool: Any, template: str, keep_on_failure: bool, *,
-        admin: PostgresServer | None = None, grant: str | None = None,
+        admin: PostgresServer | None = None, grant: str | None = None, closing: str = "",
     ) -> None:
         super().__init__(clone.conn, server, clone.name, "database", pool)
         self._admin = admin or server  # creates, relabels and drops the database
         self._grant = grant
+        self._closing = closing  # the SQL that closes it to other roles (and makes its own)
         self.template = template
         self.keep_on_failure = keep_on_failure
         self.kept = False
@@ -86,7 +87,7 @@ class DatabaseHandle(PostgresHandle):
             try:
                 await drop_database(admin, self.database)
                 await create_database(admin, self._admin, self.database, self.template, grant=self._grant,
-                                      mode="database", origin=self.template)
+                                      then=self._closing, mode="database", origin=self.template)
             finally:
                 await driver.close(admin)
             self.connection = self._ie_clone.conn = await driver.connect(self.server, self.database)

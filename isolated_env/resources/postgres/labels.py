@@ -22,9 +22,14 @@ from ..._servers.postgres import PostgresServer
 from ..._servers.registry import owner_tag
 from .sql import quote_ident, quote_literal
 
-__all__ = ["create_database", "disown", "disown_server", "drop", "drop_database", "no_createdb", "own", "server_key"]
+__all__ = [
+    "CLONE_PREFIX", "create_database", "disown", "disown_server", "drop", "drop_database", "no_createdb", "own",
+    "server_key",
+]
 
 log = logging.getLogger("isolated_env")
+
+CLONE_PREFIX = "ie_db_"  # the names of database mode's private databases (and of their roles)
 
 
 def server_key(server: PostgresServer) -> str:
@@ -33,20 +38,26 @@ def server_key(server: PostgresServer) -> str:
 
 
 async def create_database(
-    admin: Any, server: PostgresServer, name: str, template: str, *, grant: str | None = None, **extra: Any
+    admin: Any, server: PostgresServer, name: str, template: str, *, grant: str | None = None, then: str = "",
+    **extra: Any,
 ) -> None:
     """CREATE DATABASE … TEMPLATE …, labelled with its owner so a reaper can tell if it is orphaned;
-    ``grant`` is a role given ``CREATE`` on it (the test role, which owns no database)."""
+    ``grant`` is a role given ``CREATE`` on it (the test role, which owns no database); ``then`` is
+    more SQL sent in the labelling round trip."""
     strategy = " STRATEGY FILE_COPY" if server.major >= 15 else ""
     await admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(template)}{strategy}")
     label = json.dumps({**owner_tag(), "run": run_id(), **extra})
     also = f"; GRANT CREATE ON DATABASE {quote_ident(name)} TO {quote_ident(grant)}" if grant else ""
+    also += f"; {then}" if then else ""
     await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(label)}{also}")
 
 
 async def drop_database(admin: Any, name: str) -> None:
-    """Drop a database (not a template), ending its sessions."""
+    """Drop a database (not a template), ending its sessions, and its own login role if it has one
+    (a private database's, :func:`.roles.lease_server`)."""
     await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+    if name.startswith(CLONE_PREFIX):
+        await admin.execute(f"DROP ROLE IF EXISTS {quote_ident(name)}")
 
 
 async def drop(admin: Any, name: str) -> None:

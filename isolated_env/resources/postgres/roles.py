@@ -13,6 +13,13 @@ another test's database, end another session, change the server, or write into a
   test cannot end another test's session (functions are per database, so this reaches every copy).
 - Databases handed to tests grant the test role ``CREATE`` (schemas, trusted extensions);
   templates are closed to connections once built (:mod:`.templates`).
+- Each **private database** (database mode) has a login role of its own, named as the database
+  (:func:`lease_server`): the only role with ``CONNECT`` on it (revoked from ``PUBLIC``), a
+  ``NOINHERIT`` member of the test role that becomes the test role on login (``SET role``), so
+  tests work as before, own what they create, and one test cannot connect to another test's
+  database even when it guesses the name. It is made in the clone's labelling round trip and
+  dropped with the database; its password is derived from the test role's, and stored as a
+  64-round SCRAM verifier (the password is random, so rounds would only slow every login).
 
 On an external server none of this is done (its roles are the operator's): tests connect as the
 URL's user; ``docs/postgres.md`` says how to set up the same rails there.
@@ -29,11 +36,12 @@ from typing import Any
 import anyio
 
 from ..._drivers import asyncpg as driver
+from ..._servers._pg_cluster import scram_verifier
 from ..._servers.postgres import PostgresServer
 from .labels import create_database, drop, server_key
 from .sql import quote_ident, quote_literal
 
-__all__ = ["BASE", "TEST_ROLE", "Rails", "ready", "role_password", "tests_server"]
+__all__ = ["BASE", "TEST_ROLE", "Rails", "lease_server", "lease_sql", "ready", "role_password", "tests_server"]
 
 TEST_ROLE = "ie_test"
 BASE = "ie_base_1"  # bump the number when _BASE_SQL changes
@@ -74,6 +82,32 @@ def role_password(server: PostgresServer) -> str | None:
     if not server.password:
         return None
     return hmac.new(server.password.encode(), b"isolated_env test role", hashlib.sha256).hexdigest()
+
+
+def lease_server(tests: PostgresServer, database: str) -> PostgresServer | None:
+    """Whom a test logs in to its private ``database`` as: the database's own role, when ``tests``
+    is the test role (None otherwise: a superuser test, an external server's user)."""
+    if tests.user != TEST_ROLE or tests.source != "embedded":
+        return None
+    password = None
+    if tests.password:
+        password = hmac.new(tests.password.encode(), b"isolated_env lease " + database.encode(),
+                            hashlib.sha256).hexdigest()
+    return dataclasses.replace(tests, user=database, password=password)
+
+
+def lease_sql(database: str, lease: PostgresServer | None) -> str:
+    """What closes ``database`` to every role but its own (``lease``), for the labelling round trip."""
+    db = quote_ident(database)
+    sql = f"REVOKE CONNECT ON DATABASE {db} FROM PUBLIC"
+    if lease is None:
+        return sql
+    role = quote_ident(lease.user)
+    secret = f" PASSWORD {quote_literal(scram_verifier(lease.password))}" if lease.password else ""
+    return (
+        f"CREATE ROLE {role} LOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE IN ROLE {TEST_ROLE}{secret}; "
+        f"ALTER ROLE {role} SET role = {TEST_ROLE}; {sql}; GRANT CONNECT ON DATABASE {db} TO {role}"
+    )
 
 
 async def ready(admin: Any, name: str) -> bool:

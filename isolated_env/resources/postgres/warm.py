@@ -32,7 +32,8 @@ from ..._metrics import percentile
 from ..._runtime import Runtime
 from ..._servers.postgres import PostgresServer
 from .handle import Clone
-from .labels import create_database, disown, drop_database, no_createdb, own, server_key
+from .labels import CLONE_PREFIX, create_database, disown, drop_database, no_createdb, own, server_key
+from .roles import lease_server, lease_sql
 from .templates import PostgresTemplate, forget_template, template_database
 
 __all__ = ["WarmPool", "WarmPoolStatistics", "warm_pool", "warm_pools"]
@@ -48,7 +49,7 @@ _counter = itertools.count(1)
 
 
 def _new_name(server: PostgresServer) -> str:
-    name = f"ie_db_{run_id()}_{os.getpid()}_{next(_counter)}"
+    name = f"{CLONE_PREFIX}{run_id()}_{os.getpid()}_{next(_counter)}"
     own(name, server)
     return name
 
@@ -99,6 +100,14 @@ class WarmPool:
         self._clone_ms: collections.deque[float] = collections.deque(maxlen=10_000)
         self._clones = self._spares = self._drops_done = self._starved = self._errors = 0
         self.last_error: BaseException | None = None
+
+    def login(self, name: str) -> PostgresServer:
+        """Whom tests log in to clone ``name`` as: its own role (:func:`.roles.lease_server`)."""
+        return lease_server(self.tests, name) or self.tests
+
+    def closing_sql(self, name: str) -> str:
+        """With guard rails on, what closes clone ``name`` to every role but its own."""
+        return lease_sql(name, lease_server(self.tests, name)) if self.grant else ""
 
     @property
     def spare_key(self) -> tuple[str, str]:
@@ -200,10 +209,11 @@ class WarmPool:
                         if admin is None or admin.is_closed():
                             admin = await driver.connect(self.server)
                         await create_database(admin, self.server, name, self.template_name, grant=self.grant,
-                                              mode="database", origin=self.template_name)
+                                              then=self.closing_sql(name), mode="database",
+                                              origin=self.template_name)
                         created = True
                     # Started here, parked for the loop that leases the clone to take over.
-                    conn = await driver.connect(self.tests, name, reuse=True)
+                    conn = await driver.connect(self.login(name), name, reuse=True)
                     await driver.close(conn, park=True)
                 except Exception as exc:  # reported to waiting leases, then retried
                     self.creating.discard(name)
