@@ -148,11 +148,11 @@ async def keep(handle: DatabaseHandle, reason: str) -> str:
         settings = current_settings()
         await anyio.to_thread.run_sync(registry.pin, "postgres", settings.state_dir)
         stays = "; the embedded server stays up until `isolated-env down`"
-    pwfile = handle.server.password_file
+    pwfile = handle._admin.password_file  # the admin is the one whose password a file holds
     secret = f" (password: `cat {pwfile}`)" if pwfile else ""
     return (
         f"isolated_env kept this test's database {handle.database}: "
-        f"{driver.redacted_dsn(handle.server, handle.database)}{secret} "
+        f"{driver.redacted_dsn(handle._admin, handle.database)}{secret} "
         f"(remove it with `isolated-env prune --kept`{stays})"
     )
 
