@@ -173,7 +173,8 @@ class Private:
               stop_signal: signal.Signals = signal.SIGTERM) -> Private:
         """Blocking: start a private server of ``kind`` with ``start`` (as :func:`acquire` would)."""
         root = state_root(state_dir) / "private"
-        root.mkdir(mode=0o700, exist_ok=True)
+        root.mkdir(exist_ok=True)
+        root.chmod(0o711)  # as the state dir: an unprivileged server user (PostgreSQL's) traverses it
         with _local:
             _collect_spawners()
             state = _start(kind, root, start, stop_signal, private=True)

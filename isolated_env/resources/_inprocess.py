@@ -30,8 +30,10 @@ import anyio
 import anyio.abc
 
 from .._errors import ResourceCheckFailed
+from .._runtime import Runtime, current_runtime
 
 __all__ = [
+    "Acceptor",
     "InProcessHandle",
     "Problem",
     "ProblemLog",
@@ -44,6 +46,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+_STOP_WAIT_S = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,3 +271,98 @@ async def loopback_listener() -> anyio.abc.SocketListener:
     except BaseException:
         sock.close()
         raise
+
+
+class Acceptor:
+    """Accepts connections on 127.0.0.1 at a free port and runs ``serve(stream)`` for each, in the
+    loop's runtime task group: a server's life spans the test, which a task group of the resource's
+    own could not (it is entered and left across a yield).
+
+    :meth:`stop` ends accepting, :meth:`drain` waits for the connections still served. Both are
+    bounded: a task the runtime cancelled before its first step (its loop closing under it) never
+    runs its cleanup, and must not hang the exit. A failed ``accept`` (out of file descriptors, say)
+    stops the server, and goes to ``on_accept_failure`` to be told in the test."""
+
+    def __init__(
+        self,
+        serve: Callable[[anyio.abc.SocketStream], Awaitable[None]],
+        *,
+        name: str,
+        on_error: Callable[[BaseException], None] | None = None,
+        on_accept_failure: Callable[[OSError], None] | None = None,
+    ) -> None:
+        self._serve = serve
+        self._name = name
+        self._on_error = on_error
+        self._on_accept_failure = on_accept_failure
+        self._accepting = anyio.CancelScope()
+        self._accepted = anyio.Event()  # the accept loop has ended
+        self._live = 0  # connection tasks started and not finished
+        self._idle = anyio.Event()
+        self._idle.set()
+        self._runtime: Runtime | None = None
+        self._listener: anyio.abc.SocketListener | None = None
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime whose task group runs the connections (for the server's further tasks)."""
+        assert self._runtime is not None, "start() first"
+        return self._runtime
+
+    async def start(self) -> anyio.abc.SocketListener:
+        listener = self._listener = await loopback_listener()
+        self._runtime = await current_runtime()
+        await self._runtime.spawn(self._accept, listener, name=f"{self._name}-accept", daemon=True,
+                                  on_error=self._on_error)
+        return listener
+
+    def stop_accepting(self) -> None:
+        # Cancel the accept first and close the socket after: closing a socket another task waits
+        # on is not portable across backends.
+        self._accepting.cancel()
+
+    async def stop(self) -> None:
+        """Stop accepting; wait until the accept loop has closed the listener (or close it)."""
+        self.stop_accepting()
+        with anyio.move_on_after(_STOP_WAIT_S):
+            await self._accepted.wait()
+        if not self._accepted.is_set() and self._listener is not None:
+            await self._listener.aclose()
+
+    async def drain(self) -> None:
+        """Wait until every connection accepted so far has been served."""
+        with anyio.move_on_after(_STOP_WAIT_S):
+            while self._live:  # including those accepted just now, which see the stop and close
+                await self._idle.wait()
+
+    async def _accept(self, listener: anyio.abc.SocketListener) -> None:
+        try:
+            with self._accepting:
+                while True:
+                    try:
+                        stream = await listener.accept()
+                    except ConnectionAbortedError:
+                        continue  # the client gave up before we took it: nothing to serve
+                    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                        return
+                    except OSError as exc:
+                        if self._on_accept_failure is not None:
+                            self._on_accept_failure(exc)
+                        return
+                    self._live += 1
+                    if self._idle.is_set():
+                        self._idle = anyio.Event()
+                    await self.runtime.spawn(self._connection, stream, name=f"{self._name}-connection",
+                                             daemon=True, on_error=self._on_error)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+            self._accepted.set()
+
+    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
+        try:
+            await self._serve(stream)
+        finally:
+            self._live -= 1
+            if not self._live:
+                self._idle.set()

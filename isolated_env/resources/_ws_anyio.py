@@ -27,8 +27,8 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from .._errors import ConfigError
-from .._runtime import Runtime, current_runtime
-from ._inprocess import loopback_listener
+from .._runtime import current_runtime
+from ._inprocess import Acceptor
 
 __all__ = ["Connection", "Server", "connect", "on_trio"]
 
@@ -226,95 +226,56 @@ class Server:
     def __init__(self, handler: Callable[[Connection], Awaitable[None]], close_timeout: float) -> None:
         self._handler = handler
         self._close_timeout = close_timeout
-        self._accepting = anyio.CancelScope()
-        self._accepted = anyio.Event()
-        self._live = 0
-        self._idle = anyio.Event()
-        self._idle.set()
-        self._runtime: Runtime | None = None
-        self._listener: anyio.abc.SocketListener | None = None
+        self._acceptor = Acceptor(self._serve, name="isolated-ws")
         self.sockets: list[Any] = []
 
     @classmethod
     async def start(cls, handler: Callable[[Connection], Awaitable[None]], close_timeout: float) -> Server:
         server = cls(handler, close_timeout)
-        server._listener = await loopback_listener()
-        server.sockets = [server._listener.extra(SocketAttribute.raw_socket)]
-        server._runtime = await current_runtime()
-        await server._runtime.spawn(server._accept, server._listener, name="isolated-ws-accept", daemon=True)
+        listener = await server._acceptor.start()
+        server.sockets = [listener.extra(SocketAttribute.raw_socket)]
         return server
 
     def close(self) -> None:
-        self._accepting.cancel()
+        self._acceptor.stop_accepting()
 
     async def wait_closed(self) -> None:
-        with anyio.move_on_after(_STOP_WAIT_S):  # see H11Server.aclose: a task cancelled unstarted
-            await self._accepted.wait()
-        if not self._accepted.is_set() and self._listener is not None:
-            await self._listener.aclose()
-        with anyio.move_on_after(_STOP_WAIT_S):
-            while self._live:
-                await self._idle.wait()
-
-    async def _accept(self, listener: anyio.abc.SocketListener) -> None:
-        try:
-            with self._accepting:
-                while True:
-                    try:
-                        stream = await listener.accept()
-                    except ConnectionAbortedError:
-                        continue
-                    except _GONE:
-                        return
-                    self._live += 1
-                    if self._idle.is_set():
-                        self._idle = anyio.Event()
-                    assert self._runtime is not None
-                    await self._runtime.spawn(self._serve, stream, name="isolated-ws-connection", daemon=True)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await listener.aclose()
-            self._accepted.set()
+        await self._acceptor.stop()
+        await self._acceptor.drain()
 
     async def _serve(self, stream: anyio.abc.SocketStream) -> None:
+        protocol = ServerProtocol()
         try:
-            protocol = ServerProtocol()
-            try:
-                events = await _handshake(stream, protocol)
-            except _GONE:
-                await stream.aclose()
-                return
-            request = events[0]
-            protocol.send_response(protocol.accept(request))
-            connection = Connection(stream, protocol, request, self._close_timeout)
-            if protocol.state is not State.OPEN:  # a bad handshake: answered with an HTTP error
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await connection._flush()
-                    except _GONE:
-                        pass  # the client left first
-                    await stream.aclose()
-                return
-            connection._take(events[1:])
-
-            async def answer_then_read() -> None:
+            events = await _handshake(stream, protocol)
+        except _GONE:
+            await stream.aclose()
+            return
+        request = events[0]
+        protocol.send_response(protocol.accept(request))
+        connection = Connection(stream, protocol, request, self._close_timeout)
+        if protocol.state is not State.OPEN:  # a bad handshake: answered with an HTTP error
+            with anyio.CancelScope(shield=True):
                 try:
                     await connection._flush()
                 except _GONE:
-                    pass  # the client left already: the reader sees it and ends
-                await connection._read()
+                    pass  # the client left first
+                await stream.aclose()
+            return
+        connection._take(events[1:])
 
-            # The handshake's answer goes out from the reader's task, which starts once the handler
-            # has registered the connection (before its first wait): a client that is told "open"
-            # is already among the server's connections.
-            assert self._runtime is not None
-            await self._runtime.spawn(answer_then_read, name="isolated-ws-reader", daemon=True)
+        async def answer_then_read() -> None:
             try:
-                await self._handler(connection)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await connection.close()
+                await connection._flush()
+            except _GONE:
+                pass  # the client left already: the reader sees it and ends
+            await connection._read()
+
+        # The handshake's answer goes out from the reader's task, which starts once the handler
+        # has registered the connection (before its first wait): a client that is told "open"
+        # is already among the server's connections.
+        await self._acceptor.runtime.spawn(answer_then_read, name="isolated-ws-reader", daemon=True)
+        try:
+            await self._handler(connection)
         finally:
-            self._live -= 1
-            if not self._live:
-                self._idle.set()
+            with anyio.CancelScope(shield=True):
+                await connection.close()

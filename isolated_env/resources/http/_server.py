@@ -24,13 +24,11 @@ import h11
 import httpx
 from anyio.abc import SocketAttribute
 
-from ..._runtime import Runtime, current_runtime
-from .._inprocess import ProblemLog, ServerTasks, Slot, loopback_listener
+from .._inprocess import Acceptor, ProblemLog, ServerTasks, Slot
 
 __all__ = ["TEXT", "H11Server", "RecordedRequest", "Reply"]
 
 _READ_SIZE = 65536
-_STOP_WAIT_S = 5.0
 TEXT = "text/plain; charset=utf-8"
 
 
@@ -88,79 +86,32 @@ class H11Server:
     def __init__(self, app: App, problems: ProblemLog) -> None:
         self._app = app
         self._problems = problems
-        self._runtime: Runtime | None = None
-        self._listener: anyio.abc.SocketListener | None = None
-        self._accepting = anyio.CancelScope()
-        self._accepted = anyio.Event()  # the accept loop has ended
-        self._live = 0  # connection tasks started and not finished
-        self._idle = anyio.Event()
-        self._idle.set()
         self._tasks: ServerTasks[Stream] = ServerTasks(
             problems, "the test HTTP server", gone=(ConnectionError, OSError, anyio.BrokenResourceError)
         )
+        self._acceptor = Acceptor(self._connection, name="isolated-http", on_error=self._failed,
+                                  on_accept_failure=self._accept_failed)
         self.port = 0
 
     async def start(self) -> int:
-        # The accept loop and the connections run in the loop's runtime task group: the server's
-        # life spans the test, which a task group of the resource's own could not (it is entered and
-        # left across a yield). aclose() ends them all before the resource exits.
-        listener = self._listener = await loopback_listener()
+        listener = await self._acceptor.start()
         self.port = listener.extra(SocketAttribute.local_port)
-        self._runtime = await current_runtime()
-        await self._runtime.spawn(self._accept_loop, listener, name="isolated-http-accept", daemon=True,
-                                  on_error=self._failed)
         return self.port
 
     async def aclose(self) -> None:
         """Stop listening, end every connection (cancelling responses still in progress)."""
-        # Cancel the accept first and close the socket after: closing a socket another task waits on
-        # is not portable across backends.
-        self._accepting.cancel()
-        # Bounded: a task the runtime cancelled before its first step (its loop closing under it)
-        # never runs its cleanup, and must not hang the exit.
-        with anyio.move_on_after(_STOP_WAIT_S):
-            await self._accepted.wait()
-        if not self._accepted.is_set() and self._listener is not None:
-            await self._listener.aclose()
+        await self._acceptor.stop()
         await self._tasks.stop()
-        with anyio.move_on_after(_STOP_WAIT_S):
-            while self._live:  # including those accepted just now, which see the stop and close
-                await self._idle.wait()
+        await self._acceptor.drain()
 
     def _failed(self, exc: BaseException) -> None:
         self._problems.record(f"the test HTTP server failed: {exc!r}", exc)
 
-    async def _accept_loop(self, listener: anyio.abc.SocketListener) -> None:
-        try:
-            with self._accepting:
-                while True:
-                    try:
-                        stream = await listener.accept()
-                    except ConnectionAbortedError:
-                        continue  # the client gave up before we took it: nothing to serve
-                    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-                        return
-                    except OSError as exc:  # out of file descriptors, say: stop, and say why in the test
-                        self._problems.record(f"the test HTTP server stopped accepting connections: {exc!r}", exc)
-                        return
-                    self._live += 1
-                    if self._idle.is_set():
-                        self._idle = anyio.Event()
-                    assert self._runtime is not None
-                    await self._runtime.spawn(self._connection, stream, name="isolated-http-connection", daemon=True,
-                                              on_error=self._failed)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await listener.aclose()
-            self._accepted.set()
+    def _accept_failed(self, exc: OSError) -> None:
+        self._problems.record(f"the test HTTP server stopped accepting connections: {exc!r}", exc)
 
     async def _connection(self, stream: Stream) -> None:
-        try:
-            await self._tasks.run(stream, self._serve)
-        finally:
-            self._live -= 1
-            if not self._live:
-                self._idle.set()
+        await self._tasks.run(stream, self._serve)
 
     async def _serve(self, slot: Slot[Stream]) -> None:
         stream = slot.peer
