@@ -33,11 +33,11 @@ async def admin_redis() -> AsyncIterator[RedisHandle]:
 
     private, server = await anyio.to_thread.run_sync(servers.start_private, current_settings())
     try:
-        client = redis_driver.asyncio_client(**server.client_kwargs(0))
+        slot = _Slot(server, 0, redis_driver.asyncio_client(**server.client_kwargs(0)))
         try:
-            yield RedisHandle(_Slot(server, 0, client))
+            yield RedisHandle(slot)
         finally:
-            await client.aclose()
+            await slot.close_clients()
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(private.close)

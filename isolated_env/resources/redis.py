@@ -92,6 +92,16 @@ class _Slot:
         self.lost: str | None = None  # why the lease was lost, once the heartbeat finds out
         self.clean = True  # flushed since a test last had it
 
+    async def close_clients(self) -> None:
+        """Close the test's client and ours (one, when they are the same); the slot keeps neither."""
+        client, admin, self.client, self.admin = self.client, self.admin, None, None
+        try:
+            if client is not None:
+                await client.aclose()
+        finally:
+            if admin is not None and admin is not client:
+                await admin.aclose()
+
 
 if TYPE_CHECKING:
     # Type checkers see every Redis command on the handle; at run time the handle is a plain
@@ -209,8 +219,7 @@ class _Slots:
         if slot < 0:
             raise TryLater(
                 f"all {last} Redis databases of {self.server.redacted} are leased (by this and other "
-                "processes); "
-                "run fewer workers, lower the capacity, or use a server with more databases"
+                "processes); run fewer workers, lower the capacity, or use a server with more databases"
             )
         admin = redis_driver.asyncio_client(**self.server.client_kwargs(slot))
         try:
@@ -218,7 +227,10 @@ class _Slots:
             await admin.flushdb()
             client = test_client(self.server, slot) if self.server.guarded else admin
         except BaseException:
-            await self._release(slot, admin)
+            try:
+                await self._release(slot)
+            finally:
+                await admin.aclose()
             raise
         item = _Slot(self.server, slot, client, admin)
         _keeper.add(item)
@@ -234,13 +246,8 @@ class _Slots:
     async def destroy(self, slot: _Slot) -> None:
         if slot.clean and slot.lost is None:
             # Idle in a closing loop's pool, flushed when it came back: the lease stays with the
-            # process for the next loop, only this loop's client goes.
-            client, admin, slot.client, slot.admin = slot.client, slot.admin, None, None
-            try:
-                await client.aclose()
-            finally:
-                if admin is not client:
-                    await admin.aclose()
+            # process for the next loop, only this loop's clients go.
+            await slot.close_clients()
             _bank.put(slot)
             return
         try:
@@ -248,19 +255,16 @@ class _Slots:
                 await slot.admin.flushdb()
         finally:
             try:
-                await self._release(slot.db, slot.admin)
+                await self._release(slot.db)
             finally:
-                if slot.client is not slot.admin:
-                    await slot.client.aclose()
+                await slot.close_clients()
 
     async def keep(self, slot: _Slot) -> Kept:
         label = json.dumps({**json.loads(_owner()), "kept": True}, separators=(",", ":"))
         async with self.lock:
             await self.control.eval(_KEEP, 1, f"ie:slot:{slot.db}", _owner(), label)
         _keeper.remove(slot)
-        await slot.client.aclose()
-        if slot.admin is not slot.client:
-            await slot.admin.aclose()
+        await slot.close_clients()
         server = self.server
         reach = (f"redis-cli -s {server.unix_socket} -n {slot.db}" if server.unix_socket
                  else f"redis-cli -h {server.host} -p {server.port or 6379} -n {slot.db}")
@@ -270,13 +274,10 @@ class _Slots:
             reach = f"REDISCLI_AUTH=<the password of TEST_REDIS_URL> {reach}"
         return Kept("redis", f"database {slot.db} at {redact_url(server.url(slot.db))}", reach)
 
-    async def _release(self, db: int, client: Any) -> None:
+    async def _release(self, db: int) -> None:
         _keeper.discard(self.server, db)
-        try:
-            async with self.lock:
-                await self.control.eval(_RELEASE, 1, f"ie:slot:{db}", _owner())
-        finally:
-            await client.aclose()
+        async with self.lock:
+            await self.control.eval(_RELEASE, 1, f"ie:slot:{db}", _owner())
 
     async def aclose(self) -> None:
         if self._control is not None:
