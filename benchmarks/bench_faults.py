@@ -32,6 +32,8 @@ from typing import Any
 
 import psutil
 
+from isolated_env._servers._process import naming
+
 RESULTS = Path(__file__).resolve().parent / "results" / "faults.json"
 KINDS = ["postgres", "redis"] + (["clickhouse"] if importlib.util.find_spec("chdb") else [])
 
@@ -117,14 +119,7 @@ def _cleanup(state_dir: Path) -> None:
 
 
 def _processes(state_dir: Path) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(state_dir) in a for a in proc.info["cmdline"] or []) and proc.status() != "zombie":
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+    return naming(str(state_dir))
 
 
 def _mb(state_dir: Path) -> float:

@@ -18,6 +18,7 @@ from .._errors import ServiceUnavailable
 __all__ = [
     "ServerUser",
     "log_tail",
+    "naming",
     "poll_until",
     "read_secret",
     "readable_copy",
@@ -138,6 +139,19 @@ def log_tail(path: Path, lines: int = 15) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text[-lines:]) or "(empty log)"
+
+
+def naming(text: str) -> list[Any]:
+    """The live processes (zombies aside) with an argument that contains ``text`` (a server
+    directory, a state directory); each one's ``.info`` holds its ``cmdline`` and ``uids``."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline", "uids", "status"]):
+        info = proc.info
+        if info["status"] != psutil.STATUS_ZOMBIE and any(text in arg for arg in info["cmdline"] or []):
+            found.append(proc)
+    return found
 
 
 def poll_until(done: Callable[[], bool], timeout: float, *, first: float = 0.002, most: float = 0.05) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psutil
 
+from ._process import naming
 from ._statefile import CorruptState, ServerState, read_state, write_state
 from ._supervisor import PINNED, SERVER_FILE
 
@@ -78,19 +79,13 @@ def orphans(root: Path, kind: str, keep: int | None = None) -> list[psutil.Proce
         with contextlib.suppress(OSError):
             mine.add(directory.lstat().st_uid)
     found = []
-    for proc in psutil.process_iter(["cmdline", "uids"]):
-        try:
-            cmdline = proc.info["cmdline"] or []
-            if proc.pid in (keep, os.getpid()) or not any(prefix in arg for arg in cmdline):
-                continue
-            if any("_servers._supervisor" in arg for arg in cmdline):
-                continue  # it exits with its server
-            uid = proc.info["uids"].real if proc.info["uids"] else -1
-            if uid not in mine:
-                continue
+    for proc in naming(prefix):
+        cmdline = proc.info["cmdline"]
+        if proc.pid in (keep, os.getpid()) or any("_servers._supervisor" in arg for arg in cmdline):
+            continue  # a supervisor exits with its server
+        uids = proc.info["uids"]
+        if (uids.real if uids else -1) in mine:
             found.append(proc)
-        except (psutil.Error, TypeError):
-            continue
     return found
 
 

@@ -13,18 +13,15 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
+from _helpers import Servers, servers_on_tcp
 
-from isolated_env._config import resolve
-from isolated_env._servers import clickhouse, postgres, registry
-from isolated_env._servers import redis as redis_servers
+from isolated_env._servers import registry
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("runuser") is None, reason="acting as another uid needs root and runuser"
@@ -48,35 +45,11 @@ def python_as_other(code: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
-class Servers:
-    def __init__(self, state_dir: Path, pg: Any, rs: Any, ch: Any) -> None:
-        self.state_dir, self.pg, self.rs, self.ch = state_dir, pg, rs, ch
-
-    def info(self, kind: str) -> dict[str, Any]:
-        state = registry.status(kind, self.state_dir)
-        assert state is not None
-        return state.info
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[Servers]:
     """This module's own embedded servers, on their sockets and on loopback TCP."""
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-    state_dir = Path(tempfile.mkdtemp(prefix="ie-priv-", dir=base))
-    state_dir.chmod(0o711)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("ISOLATED_ENV_POSTGRES_TCP", "1")
-            mp.setenv("ISOLATED_ENV_REDIS_TCP", "1")
-            settings = resolve(state_dir=state_dir)
-        yield Servers(state_dir, postgres.embedded.join(settings), redis_servers.embedded.join(settings),
-                      clickhouse.embedded.join(settings))
-    finally:
-        for kind in ("postgres", "redis", "clickhouse"):
-            registry.release(kind, state_dir)
-        for provider in (postgres.PROVIDER, redis_servers.PROVIDER, clickhouse.PROVIDER):
-            provider.forget()
-        shutil.rmtree(state_dir)
+    with servers_on_tcp("ie-priv-") as found:
+        yield found
 
 
 def _psql(servers: Servers) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -15,9 +14,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _helpers import child_env
 
 from isolated_env._servers import registry
-from isolated_env._servers._process import poll_until
+from isolated_env._servers._process import naming, poll_until
 
 KINDS = ["postgres", "redis"] + (["clickhouse"] if importlib.util.find_spec("chdb") else [])
 
@@ -38,20 +38,12 @@ USER = textwrap.dedent(
 
 
 def _env(state_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_REDIS", "TEST_POSTGRES", "TEST_CLICKHOUSE"))}
-    return {**env, "ISOLATED_ENV_STATE_DIR": str(state_dir), "ISOLATED_ENV_REAP_AFTER": "2"}
+    return child_env(state_dir, ISOLATED_ENV_REAP_AFTER="2")
 
 
 def _ours(state_dir: Path) -> list[psutil.Process]:
     """Every process (server, supervisor) that names the state directory."""
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if any(str(state_dir) in arg for arg in proc.info["cmdline"] or []) and proc.status() != "zombie":
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
+    return naming(str(state_dir))
 
 
 def _server_pids(state_dir: Path) -> list[int]:
@@ -65,17 +57,6 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _shm_mb(state_dir: Path) -> float:
-    total = 0
-    for root, _dirs, files in os.walk(state_dir):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(root, name)).st_blocks * 512
-            except OSError:
-                continue
-    return total / 1e6
-
-
 def test_servers_of_a_sigkilled_run_stop_themselves(private_state_dir: Path) -> None:
     user = subprocess.Popen([sys.executable, "-c", USER, "hold", *KINDS], env=_env(private_state_dir),
                             stdout=subprocess.PIPE, text=True)
@@ -85,7 +66,6 @@ def test_servers_of_a_sigkilled_run_stop_themselves(private_state_dir: Path) -> 
         pids = _server_pids(private_state_dir)
         assert all(psutil.pid_exists(pid) for pid in pids)
         assert len(_ours(private_state_dir)) >= 2 * len(KINDS)  # each server and its supervisor
-        print(f"before the kill: {len(_ours(private_state_dir))} processes, {_shm_mb(private_state_dir):.0f} MB")
     finally:
         user.kill()
         user.wait()
@@ -95,8 +75,6 @@ def test_servers_of_a_sigkilled_run_stop_themselves(private_state_dir: Path) -> 
     assert poll_until(lambda: not any(_running(pid) for pid in pids), 10)
     assert poll_until(lambda: not [p for p in private_state_dir.iterdir() if p.name.split("-")[0] in KINDS
                                    and (p.is_dir() or p.suffix == ".json")], 10)
-    print(f"after the kill: {len(_ours(private_state_dir))} processes, {_shm_mb(private_state_dir):.0f} MB "
-          "(the cluster cache aside)")
 
 
 def test_a_private_server_of_a_sigkilled_test_stops_itself(private_state_dir: Path) -> None:

@@ -11,27 +11,22 @@ refuses the canary.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
 import pytest
 import redis.asyncio as aredis
+from _helpers import Servers, servers_on_tcp
 
 import isolated_env as ie
-from isolated_env._config import ExternalEndpoint, resolve
-from isolated_env._servers import clickhouse, postgres, registry
-from isolated_env._servers import redis as redis_servers
+from isolated_env._config import ExternalEndpoint
 
 CANARY = "cAnArY" + uuid.uuid4().hex[:12]  # letters and digits: the same URL-encoded or not
 
@@ -69,46 +64,21 @@ def _closed_port() -> int:
     return port
 
 
-class Servers:
-    def __init__(self, pg: Any, rs: Any, ch: Any) -> None:
-        self.pg, self.rs, self.ch = pg, rs, ch
-
-
 @pytest.fixture(scope="module")
-def state_dir() -> Iterator[Path]:
-    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-    path = Path(tempfile.mkdtemp(prefix="ie-sec-", dir=base))
-    path.chmod(0o711)
-    try:
-        yield path
-    finally:
-        for kind in ("postgres", "redis", "clickhouse"):
-            registry.release(kind, path)
-        for provider in (postgres.PROVIDER, redis_servers.PROVIDER, clickhouse.PROVIDER):
-            provider.forget()
-        shutil.rmtree(path)
-
-
-@pytest.fixture(scope="module")
-def servers(state_dir: Path) -> Servers:
+def servers() -> Iterator[Servers]:
     """This module's own embedded servers on TCP, with a login whose password is the canary."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("ISOLATED_ENV_POSTGRES_TCP", "1")
-        mp.setenv("ISOLATED_ENV_REDIS_TCP", "1")
-        settings = resolve(state_dir=state_dir)
-    found = Servers(postgres.embedded.join(settings), redis_servers.embedded.join(settings),
-                    clickhouse.embedded.join(settings))
+    with servers_on_tcp("ie-sec-") as found:
+        anyio.run(_canary_logins, found)
+        yield found
 
-    async def canary_logins() -> None:
-        conn = await asyncpg.connect(**found.pg.connect_kwargs())
-        await conn.execute(f"CREATE ROLE ie_canary LOGIN SUPERUSER PASSWORD '{CANARY}'")
-        await conn.close()
-        admin = aredis.Redis(**found.rs.client_kwargs(0))
-        await admin.execute_command("ACL", "SETUSER", "canary", "on", f">{CANARY}", "~*", "&*", "+@all")
-        await admin.aclose()
 
-    anyio.run(canary_logins)
-    return found
+async def _canary_logins(found: Servers) -> None:
+    conn = await asyncpg.connect(**found.pg.connect_kwargs())
+    await conn.execute(f"CREATE ROLE ie_canary LOGIN SUPERUSER PASSWORD '{CANARY}'")
+    await conn.close()
+    admin = aredis.Redis(**found.rs.client_kwargs(0))
+    await admin.execute_command("ACL", "SETUSER", "canary", "on", f">{CANARY}", "~*", "&*", "+@all")
+    await admin.aclose()
 
 
 # Other plugins installed here that the run does not need (hypothesis's alone imports for 3 s);
@@ -134,13 +104,17 @@ def _run(pytester: pytest.Pytester, **urls: str) -> str:
     return out
 
 
+def _canary_urls(pg_user: str, redis_user: str, pg_port: int, redis_port: int, ch_port: int) -> dict[str, str]:
+    """The three TEST_*_URL, each with the canary as its password."""
+    return {
+        "TEST_POSTGRES_URL": f"postgresql://{pg_user}:{CANARY}@127.0.0.1:{pg_port}/postgres",
+        "TEST_REDIS_URL": f"redis://{redis_user}:{CANARY}@127.0.0.1:{redis_port}/0",
+        "TEST_CLICKHOUSE_URL": f"http://default:{CANARY}@127.0.0.1:{ch_port}",
+    }
+
+
 def test_a_canary_password_taken_by_every_server_is_never_printed(servers: Servers, pytester: pytest.Pytester) -> None:
-    out = _run(
-        pytester,
-        TEST_POSTGRES_URL=f"postgresql://ie_canary:{CANARY}@127.0.0.1:{servers.pg.tcp_port}/postgres",
-        TEST_REDIS_URL=f"redis://canary:{CANARY}@127.0.0.1:{servers.rs.port}/0",
-        TEST_CLICKHOUSE_URL=f"http://default:{CANARY}@127.0.0.1:{servers.ch.port}",
-    )
+    out = _run(pytester, **_canary_urls("ie_canary", "canary", servers.pg.tcp_port, servers.rs.port, servers.ch.port))
     # the handles and the environment were printed (PostgreSQL and Redis took the canary) ...
     assert "<PostgresHandle mode=transaction dsn=postgresql://ie_canary:***@127.0.0.1" in out
     assert "<RedisHandle db=" in out and "redis://canary:***@127.0.0.1" in out
@@ -149,22 +123,12 @@ def test_a_canary_password_taken_by_every_server_is_never_printed(servers: Serve
 
 
 def test_a_canary_password_refused_or_unreachable_is_never_printed(servers: Servers, pytester: pytest.Pytester) -> None:
-    wrong = _run(
-        pytester,
-        TEST_POSTGRES_URL=f"postgresql://postgres:{CANARY}@127.0.0.1:{servers.pg.tcp_port}/postgres",
-        TEST_REDIS_URL=f"redis://default:{CANARY}@127.0.0.1:{servers.rs.port}/0",
-        TEST_CLICKHOUSE_URL=f"http://default:{CANARY}@127.0.0.1:{servers.ch.port}",
-    )
+    wrong = _run(pytester, **_canary_urls("postgres", "default", servers.pg.tcp_port, servers.rs.port, servers.ch.port))
     assert "password authentication failed" in wrong and "TEST_POSTGRES_URL=postgresql://postgres:***@" in wrong
     assert "TEST_REDIS_URL=redis://default:***@" in wrong
     assert wrong.count(CANARY) == 0
     port = _closed_port()
-    gone = _run(
-        pytester,
-        TEST_POSTGRES_URL=f"postgresql://postgres:{CANARY}@127.0.0.1:{port}/postgres",
-        TEST_REDIS_URL=f"redis://default:{CANARY}@127.0.0.1:{port}/0",
-        TEST_CLICKHOUSE_URL=f"http://default:{CANARY}@127.0.0.1:{port}",
-    )
+    gone = _run(pytester, **_canary_urls("postgres", "default", port, port, port))
     assert "cannot connect using TEST_POSTGRES_URL=postgresql://postgres:***@127.0.0.1" in gone
     assert gone.count(CANARY) == 0
 

@@ -4,7 +4,6 @@ server (finding 10): real servers, real processes, files planted the way another
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from _helpers import child_env
 
 from isolated_env._servers import registry
 from isolated_env._servers._statefile import CorruptState, read_state
@@ -29,13 +29,9 @@ USE_REDIS = textwrap.dedent(
 )
 
 
-def _env(state_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_REDIS", "TEST_POSTGRES"))}
-    return {**env, "ISOLATED_ENV_STATE_DIR": str(state_dir)}
-
-
 def _run(state_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, *args], env=_env(state_dir), capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, *args], env=child_env(state_dir), capture_output=True, text=True,
+                          timeout=120)
 
 
 def _use_redis(state_dir: Path) -> None:

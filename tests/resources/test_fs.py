@@ -9,7 +9,8 @@ import pytest
 import isolated_env as ie
 
 
-async def test_private_directory_removed_on_exit() -> None:
+async def write_read_list_and_leave() -> None:
+    """What an isolated_fs does on any backend (tests/resources/trio_cases.py runs it on trio)."""
     async with ie.isolated_fs() as fs:
         await fs.write_text("reports/out.txt", "héllo")
         await fs.write_bytes("blob.bin", b"\x00\x01")
@@ -19,6 +20,10 @@ async def test_private_directory_removed_on_exit() -> None:
         path = fs.path
         assert os.stat(path).st_mode & 0o777 == 0o700
     assert not path.exists()
+
+
+async def test_private_directory_removed_on_exit() -> None:
+    await write_read_list_and_leave()
 
 
 async def test_concurrent_directories_are_distinct() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from test_fs import write_read_list_and_leave
 
 import isolated_env as ie
 from isolated_env._errors import ConfigError
@@ -19,14 +20,7 @@ pytestmark = pytest.mark.parametrize("anyio_backend", ["trio"])
 
 
 async def test_fs_on_trio() -> None:
-    async with ie.isolated_fs() as fs:
-        await fs.write_text("reports/out.txt", "héllo")
-        await fs.write_bytes("blob.bin", b"\x00\x01")
-        assert await fs.read_text("reports/out.txt") == "héllo"
-        assert await fs.read_bytes("blob.bin") == b"\x00\x01"
-        assert fs.listdir() == ["blob.bin", "reports"]
-        path = fs.path
-    assert not path.exists()
+    await write_read_list_and_leave()
 
 
 async def test_http_on_trio() -> None:
