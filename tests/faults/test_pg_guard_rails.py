@@ -4,8 +4,10 @@ modes, from the handle's connection and from ``.dsn``; ``superuser=True`` gives 
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -14,9 +16,7 @@ import isolated_env as ie
 from isolated_env._contract import current_settings
 from isolated_env._servers.postgres import PostgresServer, ensure_server
 from isolated_env.resources.postgres import settle, template_database
-from isolated_env.resources.postgres.labels import drop
 from isolated_env.resources.postgres.roles import TEST_ROLE
-from isolated_env.resources.postgres.templates import forget_templates
 
 MODES = ["transaction", "database"]
 SCHEMA = ie.PostgresTemplate(name="rails", sql="CREATE TABLE items (x int)")
@@ -163,29 +163,34 @@ async def test_session_settings_and_temporary_tables_do_not_reach_the_next_test(
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_superuser_true_gives_the_commands_back(
-    mode: str, server: PostgresServer, admin: asyncpg.Connection
-) -> None:
-    template = ie.PostgresTemplate(name="reopened", sql="CREATE TABLE t (x int)", version=uuid.uuid4().hex)
-    name = await template_database(server, template)
-    try:
-        async with ie.isolated_postgres(mode="database") as victim:
-            async with ie.isolated_postgres(mode=mode, superuser=True) as db:
-                assert await db.fetchval("SELECT pg_cancel_backend($1)", victim.get_server_pid()) is True
-                other = await asyncpg.connect(db.dsn)
-                try:
-                    await other.execute("ALTER SYSTEM SET work_mem = '5MB'")
-                    await other.execute("ALTER SYSTEM RESET work_mem")
-                    await other.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-                    await other.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-                    await other.execute(f'DROP DATABASE "{victim.database}" WITH (FORCE)')
-                finally:
-                    await other.close()
-            assert await admin.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1", victim.database) == 0
-        await settle()
-    finally:
-        await drop(admin, name)
-        forget_templates([name])
+async def test_superuser_true_gets_a_server_of_its_own(mode: str, server: PostgresServer) -> None:
+    async with ie.isolated_postgres(mode="database") as victim:
+        async with ie.isolated_postgres(mode=mode, template=SCHEMA, superuser=True) as db:
+            assert await db.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user") is True
+            assert db.server.host != server.host and await db.fetchval("SELECT count(*) FROM items") == 0
+            await db.execute("INSERT INTO items VALUES (1)")  # commits: the server goes with the test
+            other = await asyncpg.connect(db.dsn)
+            try:  # what the rails refuse on the shared server works here ...
+                assert await db.fetchval("SELECT pg_cancel_backend($1)", other.get_server_pid()) is True
+                await other.execute("ALTER SYSTEM SET work_mem = '5MB'")
+                await other.execute("CREATE DATABASE scratch")
+                await other.execute("DROP DATABASE scratch WITH (FORCE)")
+                assert await other.fetchval("SELECT count(*) FROM items") == 1
+                # ... and reaches nothing of the shared server's
+                assert await other.fetchval("SELECT count(*) FROM pg_database WHERE datname = $1",
+                                            victim.database) == 0
+            finally:
+                await other.close()
+            directory = Path(db.server.host)
+            assert directory.name in os.listdir(directory.parent)
+        assert directory.name not in os.listdir(directory.parent)  # stopped with its test, its directory removed
+        assert await victim.fetchval("SELECT current_setting('work_mem')") != "5MB"
+
+
+async def test_superuser_true_cannot_be_kept() -> None:
+    with pytest.raises(ie.ConfigError, match=r"superuser=True, keep_on_failure=True\): the superuser's server"):
+        async with ie.isolated_postgres(superuser=True, keep_on_failure=True):
+            pass
 
 
 async def test_superuser_must_be_a_bool() -> None:

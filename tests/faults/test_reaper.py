@@ -77,17 +77,19 @@ def test_servers_of_a_sigkilled_run_stop_themselves(private_state_dir: Path) -> 
                                    and (p.is_dir() or p.suffix == ".json")], 10)
 
 
-def test_a_private_server_of_a_sigkilled_test_stops_itself(private_state_dir: Path) -> None:
-    user = subprocess.Popen([sys.executable, "-c", USER, "hold", "redis:admin"], env=_env(private_state_dir),
+@pytest.mark.parametrize("asked", ["redis:admin", "postgres:superuser"])
+def test_a_private_server_of_a_sigkilled_test_stops_itself(private_state_dir: Path, asked: str) -> None:
+    kind = asked.partition(":")[0]
+    user = subprocess.Popen([sys.executable, "-c", USER, "hold", asked], env=_env(private_state_dir),
                             stdout=subprocess.PIPE, text=True)
     assert user.stdout is not None
     try:
         assert user.stdout.readline() == "ready\n"
-        (directory,) = (private_state_dir / "private").glob("redis-*")
+        (directory,) = (private_state_dir / "private").glob(f"{kind}-*")
         pid = json.loads((directory / "server.json").read_text())["pid"]
-        assert _running(pid) and not (private_state_dir / "redis.json").exists()  # not the shared server
+        assert _running(pid) and not (private_state_dir / f"{kind}.json").exists()  # not the shared server
         assert poll_until(lambda: len(_ours(private_state_dir)) == 2, 10)  # it and its supervisor
-        registry.reap("redis", private_state_dir)  # the shared server's reaper: never takes it for a leftover
+        registry.reap(kind, private_state_dir)  # the shared server's reaper: never takes it for a leftover
         assert _running(pid) and directory.is_dir()
     finally:
         user.kill()

@@ -16,6 +16,7 @@ from .database import database_mode
 from .handle import DatabaseHandle, PostgresHandle
 from .janitor import prune
 from .labels import disown_server, server_key
+from .private import private_database
 from .templates import as_template, template_database
 from .transaction import transaction_mode
 
@@ -69,8 +70,9 @@ async def isolated_postgres(
 
     On the embedded server the test connects as a role that cannot harm other tests (no
     ``DROP DATABASE``, ``ALTER SYSTEM``, ``pg_terminate_backend``, no connection to a template);
-    ``superuser=True`` connects as the server's superuser instead, for a test that needs such
-    commands, and gives up that protection (see docs/postgres.md).
+    ``superuser=True`` gives a test that needs such commands a server of its own instead, as its
+    superuser, started for it and stopped after it (on an external server: the URL's user; see
+    docs/postgres.md).
     """
     if mode not in {"transaction", "database"}:
         raise ConfigError(f"isolated_postgres(mode={mode!r}): mode must be 'transaction' or 'database'")
@@ -79,6 +81,15 @@ async def isolated_postgres(
     checked = as_template(template)
     settings = current_settings()
     keep = keeps(Outcome.FAILED, keep_on_failure)  # whether a failure would be kept
+    if superuser and servers.PROVIDER.find(settings) is None:  # embedded: no external server named
+        if keep_on_failure:
+            raise ConfigError(
+                "isolated_postgres(superuser=True, keep_on_failure=True): the superuser's server is the test's "
+                "own, stopped with it, and cannot be kept; drop one of the two"
+            )
+        async with private_database(settings, None if template is None else checked) as own:
+            yield own
+        return
     server = await servers.ensure_server(settings)
     outcome: Outcome | None = None
     try:
