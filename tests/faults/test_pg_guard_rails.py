@@ -1,6 +1,7 @@
 """Finding 6 (PostgreSQL): a test cannot harm another. On the embedded server tests connect as a
 role that owns no database: each harmful command is refused with PostgreSQL's own error, in both
-modes, from the handle's connection and from ``.dsn``; ``superuser=True`` gives them back."""
+modes, from the handle's connection and from ``.dsn``, and a test cannot connect to another test's
+database; ``superuser=True`` gives them back on a server of the test's own."""
 
 from __future__ import annotations
 
