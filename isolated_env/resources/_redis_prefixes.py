@@ -208,7 +208,11 @@ class _Prefixes:
             await self.wipe(n)  # a previous owner may have died mid-test
             await self._make_user(n)
             client = _test_client(self.server, n)
+            if self.server.cluster:
+                await client.initialize()  # learn the slots now: a pubsub() before any command needs them
         except BaseException:
+            if client is not None:
+                await client.aclose()
             with anyio.CancelScope(shield=True):
                 await self._release(n)
             raise
