@@ -63,10 +63,11 @@ class LocalCluster:
         return f"redis://:{self.password}@127.0.0.1:{self.primaries[0]}/0"
 
     def node(self, port: int, **kwargs: Any) -> Any:
-        """A plain (non-cluster) sync client of one node, as the admin."""
+        """A plain (non-cluster) sync client of one node, as the admin unless ``kwargs`` say otherwise."""
         import redis
 
-        return redis.Redis(host="127.0.0.1", port=port, password=self.password, socket_timeout=5, **kwargs)
+        return redis.Redis(**{"host": "127.0.0.1", "port": port, "password": self.password, "socket_timeout": 5,
+                              **kwargs})
 
     def kill(self, port: int) -> None:
         """SIGKILL one node, as a crashed machine would die."""
