@@ -15,10 +15,7 @@ from typing import Any
 from .._errors import IsolatedEnvError, MissingDependencyError, ServiceUnavailable
 from .._redact import scrubbed
 
-__all__ = [
-    "asyncio_client", "asyncio_cluster_client", "cluster_kwargs", "module", "sync_client", "sync_cluster_client",
-    "translate",
-]
+__all__ = ["asyncio_client", "module", "sync_client", "translate"]
 
 
 def module() -> Any:
@@ -102,33 +99,3 @@ def translate(where: str, *, failure: type[IsolatedEnvError] | None = None) -> I
             fix = "check the user and password in TEST_REDIS_URL / TEST_REDIS_USER / TEST_REDIS_PASSWORD"
         scrubbed(exc)  # a connect's frames hold the password in their locals
         raise ServiceUnavailable("Redis", problem, fix=fix) from exc
-
-
-def cluster_kwargs(server: Any) -> dict[str, Any]:
-    """Keyword arguments of a cluster client for ``server`` (a RedisServer with ``cluster``): a seed
-    node, from which the client learns the others."""
-    kwargs: dict[str, Any] = {"host": server.host, "port": server.port or 6379}
-    if server.tls:
-        kwargs["ssl"] = True
-    if server.username:
-        kwargs["username"] = server.username
-    if server.password is not None:
-        kwargs["password"] = server.password
-    return kwargs
-
-
-def asyncio_cluster_client(**kwargs: Any) -> Any:
-    """A ``redis.asyncio.cluster.RedisCluster`` (``aclose()`` on every version, as for Redis)."""
-    from redis.asyncio.cluster import RedisCluster
-
-    cls: Any = RedisCluster
-    if not hasattr(cls, "aclose"):  # before redis 5.0.1, which named it close()
-        cls = type("RedisCluster", (cls,), {"aclose": cls.close})
-    return cls(**(_client_defaults() | kwargs))
-
-
-def sync_cluster_client(**kwargs: Any) -> Any:
-    """A ``redis.cluster.RedisCluster`` (for the thread that keeps leases)."""
-    from redis.cluster import RedisCluster
-
-    return RedisCluster(**(_client_defaults() | kwargs))

@@ -27,6 +27,7 @@ import anyio
 
 from .._contract import Kept
 from .._drivers import redis as redis_driver
+from .._drivers import redis_cluster
 from .._errors import ConfigError, IsolationBroken
 from .._pool import TryLater
 from .._runtime import Runtime
@@ -83,7 +84,7 @@ def _password(server: RedisServer, n: int) -> str:
 def _connect(server: RedisServer, **kwargs: Any) -> Any:
     """A sync admin client of ``server`` (a cluster client for a cluster), for the lease thread."""
     if server.cluster:
-        return redis_driver.sync_cluster_client(**redis_driver.cluster_kwargs(server), **kwargs)
+        return redis_cluster.sync_cluster_client(**redis_cluster.cluster_kwargs(server), **kwargs)
     return redis_driver.sync_client(**server.client_kwargs(0), **kwargs, retry=None)
 
 
@@ -113,16 +114,22 @@ def _user_server(server: RedisServer, n: int) -> RedisServer:
     return dataclasses.replace(server, username=user_of(n), password=_password(server, n))
 
 
+# The command table of each cluster (by server key), learnt by its first client for the next ones.
+_commands: dict[str, dict[str, Any]] = {}
+
+
 def _admin(server: RedisServer) -> Any:
     if server.cluster:
-        return redis_driver.asyncio_cluster_client(**redis_driver.cluster_kwargs(server))
+        commands = _commands.setdefault(server.key, {})
+        return redis_cluster.asyncio_cluster_client(**redis_cluster.cluster_kwargs(server), commands=commands)
     return redis_driver.asyncio_client(**server.client_kwargs(0))
 
 
 def _test_client(server: RedisServer, n: int) -> Any:
     user = _user_server(server, n)
     if server.cluster:
-        return redis_driver.asyncio_cluster_client(**redis_driver.cluster_kwargs(user))
+        commands = _commands.setdefault(server.key, {})
+        return redis_cluster.asyncio_cluster_client(**redis_cluster.cluster_kwargs(user), commands=commands)
     return redis_driver.asyncio_client(**user.client_kwargs(0))
 
 

@@ -26,9 +26,10 @@ def redis_ctx(**kwargs: object) -> ie.ResourceContext[ie.RedisHandle]:
 async def _all_keys(r: RedisPrefixHandle, pattern: str) -> list[bytes]:
     """Every key matching ``pattern`` on every node, as the server's admin (not the test's user)."""
     from isolated_env._drivers import redis as driver
+    from isolated_env._drivers import redis_cluster
 
     if r.server.cluster:
-        admin = driver.asyncio_cluster_client(**driver.cluster_kwargs(r.server))
+        admin = redis_cluster.asyncio_cluster_client(**redis_cluster.cluster_kwargs(r.server))
     else:
         admin = driver.asyncio_client(**r.server.client_kwargs(0))
     try:
@@ -194,9 +195,10 @@ async def test_a_lost_lease_fails_the_test_that_holds_it(prefix_server: Server) 
             await r.set(r.key("k"), "v")
             n = int(r.prefix[4:-2])
             from isolated_env._drivers import redis as driver
+            from isolated_env._drivers import redis_cluster
 
-            admin = (driver.asyncio_cluster_client(**driver.cluster_kwargs(r.server)) if r.server.cluster
-                     else driver.asyncio_client(**r.server.client_kwargs(0)))
+            admin = (redis_cluster.asyncio_cluster_client(**redis_cluster.cluster_kwargs(r.server))
+                     if r.server.cluster else driver.asyncio_client(**r.server.client_kwargs(0)))
             try:
                 assert await admin.delete(lease_key(n)) == 1  # as a FLUSHALL elsewhere would
             finally:
