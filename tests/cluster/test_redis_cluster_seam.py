@@ -3,11 +3,11 @@ given the command table another client of the same cluster learnt."""
 
 from __future__ import annotations
 
-from isolated_env._drivers import _seams, redis_cluster
 from collections.abc import Iterator
 
 import pytest
 
+from isolated_env._drivers import _seams, redis_cluster
 from isolated_env._servers._redis_cluster import LocalCluster
 
 
