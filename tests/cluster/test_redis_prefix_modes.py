@@ -227,3 +227,54 @@ async def test_keep_on_failure_keeps_the_prefix_until_pruned(prefix_server: Serv
     removed = await RedisResource.reap(resolve(), kept=True)
     assert any(r.prefix in name for name in removed)
     assert await _all_keys(r, r.key("*")) == []
+
+
+async def test_a_mode_the_server_cannot_serve_or_an_unknown_one_is_a_clear_error(prefix_server: Server) -> None:
+    kind, _ = prefix_server
+    with pytest.raises(ie.ConfigError, match=r"mode='fast'.*'db'.*'prefix'"):
+        ie.isolated_redis(mode="fast")
+    if kind == "embedded":
+        return
+    what = "is a Redis Cluster" if kind == "cluster" else "has a single database"
+    with pytest.raises(ie.ConfigError, match=rf"mode='db'.*{what}.*use mode='prefix'"):
+        async with ie.isolated_redis(mode="db"):
+            pass
+
+
+async def test_prune_deletes_the_keys_of_prefixes_nobody_leases(prefix_server: Server) -> None:
+    from isolated_env._config import resolve
+    from isolated_env.resources.redis import RedisResource
+
+    async with redis_ctx() as live:
+        await live.set(live.key("alive"), 1)
+        from isolated_env._drivers import redis as driver
+        from isolated_env._drivers import redis_cluster
+
+        admin = (redis_cluster.asyncio_cluster_client(**redis_cluster.cluster_kwargs(live.server))
+                 if live.server.cluster else driver.asyncio_client(**live.server.client_kwargs(0)))
+        try:
+            # What a run on another machine left when it died: keys, and a lease that has expired.
+            await admin.set("{ie:777}:orphan", "x")
+            removed = await RedisResource.reap(resolve())
+            assert any("{ie:777}:" in name for name in removed)
+            assert await admin.exists("{ie:777}:orphan") == 0
+            assert not any(live.prefix in name for name in removed)
+            assert await live.get(live.key("alive")) == b"1"  # a live lease's keys are never touched
+        finally:
+            await admin.aclose()
+
+
+async def test_a_user_that_may_not_make_acl_users_gets_a_clear_error(
+    clean_environ: pytest.MonkeyPatch, single_db_redis: str
+) -> None:
+    admin = aredis.Redis.from_url(single_db_redis)
+    try:
+        await admin.execute_command("ACL", "SETUSER", "no-acl", "on", ">no-acl-pw", "~*", "&*", "+@all", "-acl")
+        clean_environ.setenv("TEST_REDIS_URL", single_db_redis.replace(":single-db-secret@", "no-acl:no-acl-pw@"))
+        with pytest.raises(ie.ConfigError, match=r"refused ACL SETUSER.*allowed \+acl"):
+            async with ie.isolated_redis():
+                pass
+        assert await admin.keys("{ie:leases}:*") == []  # the lease it took was given back
+    finally:
+        await admin.execute_command("ACL", "DELUSER", "no-acl")
+        await admin.aclose()
