@@ -14,7 +14,7 @@ from typing import Any
 from ._seams import tested
 from .redis import _client_defaults
 
-__all__ = ["TESTED", "asyncio_cluster_client", "cluster_kwargs", "sync_cluster_client"]
+__all__ = ["TESTED", "asyncio_cluster_client", "cluster_kwargs"]
 
 TESTED = ">=5.0,<9"
 """The redis-py versions whose ``RedisCluster.commands_parser`` was checked (tests/drivers)."""
@@ -69,9 +69,3 @@ def _share_commands(client: Any, shared: dict[str, Any]) -> None:
 
     client.commands_parser = SharedCommands()
 
-
-def sync_cluster_client(**kwargs: Any) -> Any:
-    """A ``redis.cluster.RedisCluster`` (for the thread that keeps leases)."""
-    from redis.cluster import RedisCluster
-
-    return RedisCluster(**(_client_defaults() | kwargs))

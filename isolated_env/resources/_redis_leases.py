@@ -216,10 +216,13 @@ class _Bank:
             try:
                 from .._drivers.redis import sync_client
 
-                client = sync_client(**server.client_kwargs(0), socket_timeout=2, socket_connect_timeout=2, retry=None)
+                timeouts: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
+                connect = self._keeper._connect  # the keeper's: its leases' keys, its way to the server
+                client = (connect(server, **timeouts) if connect is not None
+                          else sync_client(**server.client_kwargs(0), **timeouts, retry=None))
                 try:
                     for slot in slots:
-                        client.eval(self._script, 1, f"ie:slot:{slot.db}", self._owner())
+                        client.eval(self._script, 1, self._keeper._key(slot.db), self._owner())
                 finally:
                     client.close()
             except Exception as exc:  # the server may have stopped with its last user: nothing is left to free

@@ -35,7 +35,7 @@ from .._servers import _redis_acl
 from .._servers.redis import RedisServer
 from .._servers.registry import owner_alive
 from . import redis as db_mode
-from ._redis_leases import _LeaseKeeper
+from ._redis_leases import _Bank, _LeaseKeeper
 
 __all__ = ["PREFIXES", "lease_key", "prefix_of", "prefixes_for", "reap_prefixes", "user_of"]
 
@@ -82,16 +82,54 @@ def _password(server: RedisServer, n: int) -> str:
 
 
 def _connect(server: RedisServer, **kwargs: Any) -> Any:
-    """A sync admin client of ``server`` (a cluster client for a cluster), for the lease thread."""
+    """A sync admin client of ``server`` for the lease thread (on a cluster, of the leases' node)."""
     if server.cluster:
-        return redis_cluster.sync_cluster_client(**redis_cluster.cluster_kwargs(server), **kwargs)
+        return _LeaseNode(server, **kwargs)
     return redis_driver.sync_client(**server.client_kwargs(0), **kwargs, retry=None)
+
+
+# Where each cluster's leases were last found (by server key): the next beat goes there at once.
+_lease_nodes: dict[str, tuple[str, int]] = {}
+
+
+class _LeaseNode:
+    """The node serving the leases' slot, found by following ``MOVED``: all the heartbeat needs of
+    a cluster, without a cluster client's start-up (``CLUSTER SLOTS``, ``COMMAND``) on every beat."""
+
+    def __init__(self, server: RedisServer, **kwargs: Any) -> None:
+        self._key = server.key
+        self._kwargs = {**redis_cluster.cluster_kwargs(server), **kwargs, "retry": None}
+        host, port = _lease_nodes.get(self._key, (self._kwargs["host"], self._kwargs["port"]))
+        self._client = redis_driver.sync_client(**{**self._kwargs, "host": host, "port": port})
+
+    def eval(self, *args: Any) -> Any:
+        from redis.exceptions import ConnectionError as Lost
+        from redis.exceptions import MovedError
+
+        for _ in range(3):  # a failover moves the slot once; a third MOVED is a cluster in flux
+            try:
+                return self._client.eval(*args)
+            except MovedError as moved:
+                where = (str(moved.host), int(moved.port))
+            except Lost:
+                if _lease_nodes.pop(self._key, None) is None:
+                    raise  # the seed node itself does not answer
+                where = (self._kwargs["host"], self._kwargs["port"])  # that node died: ask the seed again
+            self._client.close()
+            self._client = redis_driver.sync_client(**{**self._kwargs, "host": where[0], "port": where[1]})
+            _lease_nodes[self._key] = where
+        return self._client.eval(*args)
+
+    def close(self) -> None:
+        self._client.close()
 
 
 _keeper = _LeaseKeeper(
     db_mode._REFRESH, lambda: db_mode._owner(), lambda: db_mode.LEASE_TTL_MS, lambda: db_mode.HEARTBEAT_S,
     key=lease_key, what=lambda n: f"Redis prefix {prefix_of(n)}", connect=_connect,
 )
+# Clean prefixes this process still leases, between event loops (pytest-asyncio makes one per test).
+_bank = _Bank(_keeper, db_mode._RELEASE, lambda: db_mode._owner())
 
 
 class _Prefix:
@@ -141,7 +179,6 @@ class _Prefixes:
         self._control: Any = None
         self.lock = anyio.Lock()
         self._db_rule: bool | None = None  # the server restricts users to databases (db=0)
-        self._reaped = False
 
     @property
     def control(self) -> Any:
@@ -199,10 +236,16 @@ class _Prefixes:
             ) from None
 
     async def create(self) -> _Prefix:
+        banked: _Prefix | None = _bank.take(self.server)
+        if banked is not None and banked.server.acl_secret != self.server.acl_secret:
+            _keeper.remove(banked)  # banked before its (embedded) server restarted: that lease went with it
+            banked = None
+        if banked is not None:  # wiped, still leased: only this loop's client is new
+            banked.client = await self._client(banked.db)
+            return banked
         owner, ttl = db_mode._owner(), db_mode.LEASE_TTL_MS
         async with self.lock:
-            if not self._reaped:
-                self._reaped = True
+            if _bank.first_use(self.server):
                 await _reap(self, kept=False)
             n = int(await self.control.eval(_ACQUIRE, 1, _ANCHOR, owner, ttl, 1, PREFIXES))
             if n < 0 and await _reap(self, kept=False):
@@ -210,22 +253,27 @@ class _Prefixes:
         if n < 0:
             raise TryLater(f"all {PREFIXES} Redis prefixes of {self.server.redacted} are leased (by this and "
                            "other processes); run fewer workers or lower the capacity")
-        client = None
         try:
             await self.wipe(n)  # a previous owner may have died mid-test
             await self._make_user(n)
-            client = _test_client(self.server, n)
-            if self.server.cluster:
-                await client.initialize()  # learn the slots now: a pubsub() before any command needs them
+            client = await self._client(n)
         except BaseException:
-            if client is not None:
-                await client.aclose()
             with anyio.CancelScope(shield=True):
                 await self._release(n)
             raise
         item = _Prefix(self.server, n, client)
         _keeper.add(item)
         return item
+
+    async def _client(self, n: int) -> Any:
+        client = _test_client(self.server, n)
+        if self.server.cluster:
+            try:
+                await client.initialize()  # learn the slots now: a pubsub() before any command needs them
+            except BaseException:
+                await client.aclose()
+                raise
+        return client
 
     async def clean(self, item: _Prefix) -> None:
         if item.lost is not None:
@@ -234,8 +282,15 @@ class _Prefixes:
         item.clean = True
 
     async def destroy(self, item: _Prefix) -> None:
+        if item.clean and item.lost is None:
+            # Idle in a closing loop's pool, wiped when it came back: the lease stays with the
+            # process for the next loop, only this loop's client goes.
+            client, item.client = item.client, None
+            await client.aclose()
+            _bank.put(item)
+            return
         try:
-            if item.lost is None and not item.clean:
+            if item.lost is None:
                 await self.wipe(item.db)
         finally:
             try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
+import time
 
 import anyio
 import pytest
@@ -278,3 +279,43 @@ async def test_a_user_that_may_not_make_acl_users_gets_a_clear_error(
     finally:
         await admin.execute_command("ACL", "DELUSER", "no-acl")
         await admin.aclose()
+
+
+def test_a_new_event_loop_takes_the_prefix_the_last_one_gave_back(prefix_server: Server) -> None:
+    """pytest-asyncio makes a loop per test: a clean prefix stays leased by the process between
+    loops (kept alive by the heartbeat thread), and the next loop gets it wiped, with a new client."""
+    import asyncio
+
+    from isolated_env.resources import redis as resource
+    from isolated_env.resources._redis_prefixes import lease_key
+
+    _, env = prefix_server
+    env.setattr(resource, "LEASE_TTL_MS", 300)
+    env.setattr(resource, "HEARTBEAT_S", 0.05)
+
+    async def lease_once(write: bool) -> tuple[str, list[bytes]]:
+        async with redis_ctx() as r:
+            left = [k async for k in r.scan_iter(match=r.key("*"))]
+            if write:
+                await r.set(r.key("from-the-first-loop"), 1)
+            return r.prefix, left
+
+    with asyncio.Runner() as runner:
+        first, _ = runner.run(lease_once(True))
+    time.sleep(1.0)  # no loop runs: longer than three TTLs
+    with asyncio.Runner() as runner:
+        second, left = runner.run(lease_once(False))
+    assert second == first and left == []
+    import redis as sync_redis
+
+    # the lease is still this process's (banked), with a TTL the heartbeat keeps refreshing
+    kwargs = {} if not os.environ.get("TEST_REDIS_URL") else {"url": os.environ["TEST_REDIS_URL"]}
+    if kwargs:
+        from redis.cluster import RedisCluster
+
+        admin = (RedisCluster.from_url(kwargs["url"]) if prefix_server[0] == "cluster"
+                 else sync_redis.Redis.from_url(kwargs["url"]))
+        try:
+            assert admin.pttl(lease_key(int(first[4:-2]))) > 0
+        finally:
+            admin.close()
