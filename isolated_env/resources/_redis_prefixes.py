@@ -242,6 +242,7 @@ class _Prefixes:
             banked = None
         if banked is not None:  # wiped, still leased: only this loop's client is new
             banked.client = await self._client(banked.db)
+            _keeper.add(banked)  # still kept alive; this wakes the thread, which looks at its period again
             return banked
         owner, ttl = db_mode._owner(), db_mode.LEASE_TTL_MS
         async with self.lock:
