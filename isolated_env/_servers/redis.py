@@ -66,6 +66,7 @@ class RedisServer:
     acl_secret: str | None = dataclasses.field(default=None, repr=False)
     acl_db: bool = False  # the server restricts users to databases (Valkey >= 9.1)
     password_file: str | None = None  # the embedded server's: where a shell command can read it
+    cluster: bool = False  # a Redis Cluster (one database): tests are isolated by key prefix
 
     @property
     def guarded(self) -> bool:
@@ -288,17 +289,16 @@ class RedisProvider(Provider[RedisServer]):
         try:
             with anyio.fail_after(_CHECK_TIMEOUT):
                 info = await client.info("server")
-                try:
-                    databases = int((await client.config_get("databases")).get("databases") or 16)
-                except RedisError:  # managed servers often forbid CONFIG; 16 is the default
-                    databases = 16
+                from ._redis_topology import cluster_and_databases
+
+                cluster, databases = await cluster_and_databases(client)
                 guard = await _external_guard(client, server, databases)
         except (TimeoutError, RedisError, OSError) as exc:
             raise unreachable(self.display, endpoint, exc, timeout=_CHECK_TIMEOUT) from exc
         finally:
             await client.aclose()
         return dataclasses.replace(
-            server, version=str(info.get("redis_version", "?")), databases=databases, **guard
+            server, version=str(info.get("redis_version", "?")), databases=databases, cluster=cluster, **guard
         )
 
     def start(self, settings: Settings, directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:

@@ -25,13 +25,18 @@ class _LeaseKeeper:
     marks a slot lost when its lease key is found taken or has not been refreshed within its TTL."""
 
     def __init__(
-        self, refresh_script: str, owner: Callable[[], str], ttl_ms: Callable[[], int], every_s: Callable[[], float]
+        self, refresh_script: str, owner: Callable[[], str], ttl_ms: Callable[[], int], every_s: Callable[[], float],
+        *, key: Callable[[int], str] = "ie:slot:{}".format, what: Callable[[int], str] = "Redis database {}".format,
+        connect: Callable[..., Any] | None = None,
     ) -> None:
         # Read through callables on every beat: tests shorten the TTL and the period.
         self._script = refresh_script
         self._owner = owner
         self._ttl_ms = ttl_ms
         self._every_s = every_s
+        # What the leases are: their keys, their name in messages, and how the thread reaches the
+        # server (the prefix leases of a cluster are refreshed through a cluster client).
+        self._key, self._what, self._connect = key, what, connect
         self._lock = threading.Lock()
         self._held: dict[str, tuple[RedisServer, dict[int, Any]]] = {}
         self._thread: threading.Thread | None = None
@@ -91,11 +96,13 @@ class _LeaseKeeper:
     def _refresh(self, url: str, server: RedisServer, slots: dict[int, Any], last_ok: dict[str, float]) -> None:
         from .._drivers.redis import sync_client
 
-        keys = [f"ie:slot:{db}" for db in slots]
+        keys = [self._key(db) for db in slots]
         try:
             # No retries: a server that is gone must not hold up the beat of the others (redis-py
             # >= 6 retries with a backoff of seconds by default); the next beat is the retry.
-            client = sync_client(**server.client_kwargs(0), socket_timeout=5, socket_connect_timeout=2, retry=None)
+            timeouts: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 2}
+            client = (self._connect(server, **timeouts) if self._connect is not None
+                      else sync_client(**server.client_kwargs(0), **timeouts, retry=None))
             try:
                 lost = client.eval(self._script, len(keys), *keys, self._owner(), self._ttl_ms())
             finally:
@@ -105,7 +112,7 @@ class _LeaseKeeper:
             if time.monotonic() - last_ok.setdefault(url, time.monotonic()) > self._ttl_ms() / 1000:
                 for slot in slots.values():
                     slot.lost = slot.lost or (
-                        f"the lease of Redis database {slot.db} expired: its heartbeat could not reach the server "
+                        f"the lease of {self._what(slot.db)} expired: its heartbeat could not reach the server "
                         f"for over {self._ttl_ms() // 1000} s ({exc!r}); another run may have used the database"
                     )
                     self._lost(slot)
@@ -117,7 +124,7 @@ class _LeaseKeeper:
             with self._lock:
                 current = self._held.get(url, (server, {}))[1].get(db)
             if current is not None and current is slot:  # not released meanwhile (a release deletes its own key first)
-                slot.lost = (f"the lease of Redis database {db} was taken by someone else while this test held "
+                slot.lost = (f"the lease of {self._what(db)} was taken by someone else while this test held "
                              "it (a FLUSHALL, or a lease key deleted); another test may have used the database")
                 self._lost(slot)
 
@@ -209,10 +216,13 @@ class _Bank:
             try:
                 from .._drivers.redis import sync_client
 
-                client = sync_client(**server.client_kwargs(0), socket_timeout=2, socket_connect_timeout=2, retry=None)
+                timeouts: dict[str, Any] = {"socket_timeout": 2, "socket_connect_timeout": 2}
+                connect = self._keeper._connect  # the keeper's: its leases' keys, its way to the server
+                client = (connect(server, **timeouts) if connect is not None
+                          else sync_client(**server.client_kwargs(0), **timeouts, retry=None))
                 try:
                     for slot in slots:
-                        client.eval(self._script, 1, f"ie:slot:{slot.db}", self._owner())
+                        client.eval(self._script, 1, self._keeper._key(slot.db), self._owner())
                 finally:
                     client.close()
             except Exception as exc:  # the server may have stopped with its last user: nothing is left to free

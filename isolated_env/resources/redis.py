@@ -16,7 +16,7 @@ import json
 import logging
 import os
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import anyio
 
@@ -34,6 +34,7 @@ from .._servers.registry import owner_alive, owner_tag
 from ._died import died as _died
 from ._died import watch as _watch
 from ._redis_guard import test_client, untaint
+from ._redis_handle import RedisHandle
 from ._redis_leases import _Bank, _LeaseKeeper
 
 __all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
@@ -101,43 +102,6 @@ class _Slot:
         finally:
             if admin is not None and admin is not client:
                 await admin.aclose()
-
-
-if TYPE_CHECKING:
-    # Type checkers see every Redis command on the handle; at run time the handle is a plain
-    # object passing them to ``.client`` (``isinstance(handle, Redis)`` is False).
-    from redis.asyncio import Redis
-    from redis.asyncio import Redis as _Commands
-else:
-    _Commands = object
-
-
-class RedisHandle(_Commands):
-    """Every ``redis.asyncio.Redis`` command on the test's own logical database.
-
-    ``.client`` is the Redis client, ``.db`` its database number, ``.url`` reaches the same database
-    from another client or process. ``.host`` and ``.port`` are for code that dials TCP: None on a
-    unix socket only (the embedded server, unless ``ISOLATED_ENV_REDIS_TCP=1``); ``.password`` goes
-    with them (the embedded server's is generated per server). ``repr()`` shows no password.
-    """
-
-    def __init__(self, slot: _Slot) -> None:
-        # The handle's ``.client`` is the client itself, in place of ``Redis.client()``.
-        self.client: Redis = slot.client  # type: ignore[assignment]
-        self.db: int = slot.db
-        self.server: RedisServer = slot.server
-        self.url: str = slot.url
-        self.host: str | None = slot.server.host
-        self.port: int | None = slot.server.port
-        self.password: str | None = slot.server.password  # with host and port: ``.url`` carries it too
-
-    if not TYPE_CHECKING:  # hidden from type checkers, or a typo would type-check as Any
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.client, name)
-
-    def __repr__(self) -> str:
-        return f"<RedisHandle db={self.db} url={redact_url(self.url)}>"
 
 
 def _label(value: bytes | str) -> dict[str, Any] | None:
@@ -349,18 +313,19 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
 
     @classmethod
     async def self_check(cls) -> None:
-        """``isolated-env doctor``: two tests never share a database, and keys never outlive one."""
-        async with isolated_redis() as a, isolated_redis() as b:
-            await a.set("ie:doctor", 1)
-            if await b.exists("ie:doctor") or a.db == b.db:
-                raise IsolationBroken("isolation self-check failed: two tests shared a database")
-        async with isolated_redis() as c:
-            if await c.dbsize():
-                raise IsolationBroken("isolation self-check failed: keys survived their test")
+        """``isolated-env doctor``: two tests never share a namespace, and keys never outlive one."""
+        from ._redis_prefix import self_check
+
+        await self_check()
 
     @classmethod
     async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:
         server = await servers.ensure_server(settings)
+        from ._redis_prefixes import reap_prefixes
+
+        prefixes = await reap_prefixes(server, kept=kept)
+        if server.cluster or server.databases < 2:
+            return prefixes
         control = redis_driver.asyncio_client(**server.client_kwargs(0))
         try:
             freed = await _reap(control, server.databases - 1, kept=kept)
@@ -372,17 +337,21 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
                     await client.aclose()
         finally:
             await control.aclose()
-        return [f"redis database {db} ({redact_url(server.url(db))})" for db in freed]
+        return prefixes + [f"redis database {db} ({redact_url(server.url(db))})" for db in freed]
 
 
-def isolated_redis(*, keep_on_failure: bool | None = None, admin: bool = False) -> ResourceContext[RedisHandle]:
+def isolated_redis(
+    *, keep_on_failure: bool | None = None, admin: bool = False, mode: str | None = None
+) -> ResourceContext[RedisHandle]:
     """A private, empty logical Redis database for one test, flushed when the test ends.
 
     The test's client is restricted to its database (guard rails, on the embedded server): commands
     reaching other tests' data or the server itself are refused. ``admin=True`` gives instead a
     server of the test's own, started for it and stopped after it, where every command is allowed.
     With ``keep_on_failure`` (or ``--isolated-env-keep-failed``) a failed test's database stays
-    leased and filled, and the summary says how to reach it.
+    leased and filled, and the summary says how to reach it. On a server with one database (a
+    cluster, a managed Redis) each test gets a key prefix instead, ``handle.key(name)``
+    (:mod:`._redis_prefix`); ``mode="db"`` or ``"prefix"`` chooses.
     """
     if admin:
         if keep_on_failure:
@@ -393,7 +362,9 @@ def isolated_redis(*, keep_on_failure: bool | None = None, admin: bool = False) 
         from ._redis_admin import admin_redis
 
         return admin_redis()
-    return ResourceContext(RedisResource(keep_on_failure=keep_on_failure))
+    from ._redis_prefix import by_mode
+
+    return by_mode(keep_on_failure, mode)
 
 
 isolated_redis.resource_class = RedisResource  # type: ignore[attr-defined]
