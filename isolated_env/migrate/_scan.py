@@ -70,11 +70,14 @@ def test_files(paths: Iterable[Path]) -> list[Path]:
 
 
 def project_root(path: Path) -> Path:
-    """The nearest directory above ``path`` that holds a pyproject.toml, setup.py, setup.cfg or
+    """The nearest directory above ``path`` that holds a pyproject.toml, pytest.ini, setup.py, setup.cfg or
     .git; else the directory of ``path``."""
     start = path.resolve() if path.is_dir() else path.resolve().parent
     for candidate in (start, *start.parents):
-        if any((candidate / marker).exists() for marker in ("pyproject.toml", "setup.py", "setup.cfg", ".git")):
+        if any(
+            (candidate / marker).exists()
+            for marker in ("pyproject.toml", "pytest.ini", "setup.py", "setup.cfg", ".git")
+        ):
             return candidate
     return start
 
