@@ -136,7 +136,8 @@ def test_the_table_says_what_replaces_each_service(tmp_path: Path) -> None:
     rows = {line.split()[0]: line.split(maxsplit=2)[1:] for line in text.split("\n\n")[1].splitlines()[2:]}
     assert rows["redis"] == [str(redis), "isolated_redis (redis.asyncio API) or isolated_redis_url (redis.Redis.from_url)"]
     assert rows["clock"][1].startswith("keep")
-    assert "tests that assert only on mocks (call asserts, no state asserts): 0" in text
+    assert "tests that assert only on mocks (call asserts, no state asserts): 1\n  test_fakes.py:" in text.replace(str(tmp_path) + "/", "")
+    assert " test_respx (1 call asserts)" in text
 
 
 def test_a_large_tree_is_scanned_in_parallel_with_the_same_result(tmp_path: Path) -> None:
