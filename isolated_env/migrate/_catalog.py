@@ -152,7 +152,6 @@ _WEAK: dict[str, tuple[str, ...]] = {
         "api",
         "rest",
         "endpoint",
-        "fetch",
         "download",
         "upload",
         "gateway",
@@ -205,6 +204,7 @@ MOCK_FIXTURES: dict[str, str] = {
     "mock_llm_client": "isolated_llm",
 }
 
+_LIBRARIES = tuple(w for names in _STRONG.values() for w in names if len(w) >= 5 and w.isalpha())
 _SPLIT = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 
@@ -215,10 +215,13 @@ def words(text: str) -> list[str]:
     for part in re.split(r"[^A-Za-z0-9_]+", text):
         if not part:
             continue
+        lowered = part.lower()
         pieces = [m.lower() for chunk in part.split("_") for m in _SPLIT.findall(chunk)]
         out.extend(pieces)
-        if part.lower() not in pieces:
-            out.append(part.lower())
+        if lowered not in pieces:
+            out.append(lowered)
+        # a library's name inside a CamelCase one (AsyncOpenAI, AsyncpgPool) beats its pieces ("open")
+        out.extend(lib for lib in _LIBRARIES if lib in lowered and lib not in pieces and lib != lowered)
     return out
 
 

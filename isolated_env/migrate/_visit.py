@@ -107,6 +107,14 @@ class _Frame:
     injected: int = 0  # mocks the function's @patch decorators pass as its first arguments
 
 
+class _Consume(cst.CSTVisitor):
+    def __init__(self, into: set[int]) -> None:
+        self.into = into
+
+    def visit_Call(self, node: cst.Call) -> None:
+        self.into.add(id(node))
+
+
 class _Visitor(cst.CSTVisitor):
     def __init__(
         self, path: str, module: cst.Module, source: str, aliases: dict[str, str], resolver: Resolver | None
@@ -150,13 +158,12 @@ class _Visitor(cst.CSTVisitor):
     # -- positions: sites are visited in source order, so each is searched for from the last one --
     def _line(self, snippet: str, advance: bool = True) -> int:
         first = snippet.strip().split("\n", 1)[0]
-        at = self.source.find(first, self.cursor)
-        if at < 0:
-            at = self.source.find(first)
-        if at < 0:
-            at = self.cursor
+        # not inside a longer name: "aioresponses()" is not in "def test_aioresponses():"
+        pattern = re.compile(("(?<![\\w.])" if first[:1].isidentifier() else "") + re.escape(first))
+        found = pattern.search(self.source, self.cursor) or pattern.search(self.source)
+        at = found.start() if found else self.cursor
         if advance:
-            self.cursor = at
+            self.cursor = at + 1  # a nested site starts after this one; the next search must not find this
         return self.source.count("\n", 0, at) + 1
 
     def _test(self) -> str | None:
@@ -276,8 +283,7 @@ class _Visitor(cst.CSTVisitor):
             return
         self._record(hit, node)
         for arg in node.args:  # patch(..., new=MagicMock()) is one site
-            if isinstance(arg.value, cst.Call):
-                self.consumed.add(id(arg.value))
+            arg.value.visit(_Consume(self.consumed))
         if hit.injects and id(node) in self.decorator_calls and self.frames:
             self.frames[-1].injected += 1
 

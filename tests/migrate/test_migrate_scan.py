@@ -29,7 +29,9 @@ def test_the_whole_corpus_is_classified_with_high_precision_and_recall() -> None
     result = evaluate()
     assert len(result.expected) > 100
     assert result.precision >= 0.95 and result.recall >= 0.95, (
-        sorted(result.expected - result.reported), sorted(result.reported - result.expected))
+        sorted(result.expected - result.reported),
+        sorted(result.reported - result.expected),
+    )
 
 
 def _project(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -48,7 +50,7 @@ APP = {
 
 
 def test_string_targets_are_resolved_statically_and_the_dead_ones_reported(tmp_path: Path) -> None:
-    tests = '''\
+    tests = """\
 from unittest.mock import patch
 
 @patch("app.service.connect")
@@ -59,7 +61,7 @@ from unittest.mock import patch
 @patch("nosuchpackage.thing")
 def test_x(*mocks):
     assert len(mocks) == 6
-'''
+"""
     root = _project(tmp_path, {**APP, "tests/test_x.py": tests})
     report = scan([root / "tests"])
     services = {s.line: s.service for s in report.sites}
@@ -75,7 +77,7 @@ def test_x(*mocks):
 
 
 def test_tests_that_assert_only_on_mocks_are_listed(tmp_path: Path) -> None:
-    tests = '''\
+    tests = """\
 from unittest.mock import patch
 
 def test_only_calls():
@@ -92,7 +94,7 @@ def test_raises_is_a_state_assert():
     import pytest
     with patch("app.store.Store.get", side_effect=KeyError), pytest.raises(KeyError):
         raise KeyError
-'''
+"""
     root = _project(tmp_path, {**APP, "tests/test_y.py": tests})
     only = scan([root]).totals()["mock_only_tests"]
     assert [(t["test"], t["call_asserts"]) for t in only] == [("test_only_calls", 2)]
@@ -104,16 +106,24 @@ def test_json_has_exactly_sites_and_totals(tmp_path: Path) -> None:
     assert set(data) == {"sites", "totals"}
     assert data["sites"] and all(set(s) == {"path", "line", "kind", "service", "test"} for s in data["sites"])
     totals = data["totals"]
-    assert totals["sites"] == len(data["sites"]) == sum(totals["by_service"].values()) == sum(totals["by_kind"].values())
+    assert (
+        totals["sites"] == len(data["sites"]) == sum(totals["by_service"].values()) == sum(totals["by_kind"].values())
+    )
     assert totals["by_file"] == {data["sites"][0]["path"]: len(data["sites"])}
-    assert totals["by_test"]["%s::test_monkeypatch" % data["sites"][0]["path"]] == 10
+    assert totals["by_test"][f"{data['sites'][0]['path']}::test_monkeypatch"] == 10
     assert totals["replacements"]["redis"].startswith("isolated_redis")
     assert totals["replacements"]["clock"].startswith("keep")
 
 
 def test_sarif_is_2_1_0_with_a_result_per_finding(tmp_path: Path) -> None:
-    root = _project(tmp_path, {**APP, "tests/test_z.py": "from unittest.mock import patch\n\n"
-                               "def test_z():\n    with patch('app.gone') as g:\n        g.assert_called()\n"})
+    root = _project(
+        tmp_path,
+        {
+            **APP,
+            "tests/test_z.py": "from unittest.mock import patch\n\n"
+            "def test_z():\n    with patch('app.gone') as g:\n        g.assert_called()\n",
+        },
+    )
     report = scan([root])
     doc = sarif(report)
     assert doc["version"] == "2.1.0"
@@ -134,9 +144,14 @@ def test_the_table_says_what_replaces_each_service(tmp_path: Path) -> None:
     text = render(scan([tmp_path]), "table")
     assert text.splitlines()[0].startswith(f"{len(labels)} mock sites in 1 of 1 test files")
     rows = {line.split()[0]: line.split(maxsplit=2)[1:] for line in text.split("\n\n")[1].splitlines()[2:]}
-    assert rows["redis"] == [str(redis), "isolated_redis (redis.asyncio API) or isolated_redis_url (redis.Redis.from_url)"]
+    assert rows["redis"] == [
+        str(redis),
+        "isolated_redis (redis.asyncio API) or isolated_redis_url (redis.Redis.from_url)",
+    ]
     assert rows["clock"][1].startswith("keep")
-    assert "tests that assert only on mocks (call asserts, no state asserts): 1\n  test_fakes.py:" in text.replace(str(tmp_path) + "/", "")
+    assert "tests that assert only on mocks (call asserts, no state asserts): 1\n  test_fakes.py:" in text.replace(
+        str(tmp_path) + "/", ""
+    )
     assert " test_respx (1 call asserts)" in text
 
 

@@ -1,5 +1,4 @@
 import fakeredis
-
 from shop import cache
 
 

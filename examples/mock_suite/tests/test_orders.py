@@ -1,8 +1,7 @@
 import pytest
+from shop import orders
 from sqlalchemy import create_engine
 from sqlalchemy.pool import StaticPool
-
-from shop import orders
 
 
 @pytest.fixture
