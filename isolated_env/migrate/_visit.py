@@ -11,6 +11,7 @@ import libcst as cst
 from ._catalog import classify_words, fixture_service
 from ._forms import Hit, classify_call, classify_reference, param_hit
 from ._resolve import Resolver
+from ._walk import Handlers, attributes, walk
 
 __all__ = ["FileScan", "Site", "TestInfo", "Unresolved", "scan_source"]
 
@@ -70,6 +71,30 @@ def dotted(expr: cst.BaseExpression) -> str | None:
     return None
 
 
+def bind_import(aliases: dict[str, str], node: cst.Import) -> None:
+    for alias in node.names:
+        name = dotted(alias.name)
+        if name is None:
+            continue
+        if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
+            aliases[alias.asname.name.value] = name
+        else:
+            top = name.split(".")[0]
+            aliases[top] = top
+
+
+def bind_import_from(aliases: dict[str, str], node: cst.ImportFrom) -> None:
+    if node.relative or node.module is None or isinstance(node.names, cst.ImportStar):
+        return
+    module = dotted(node.module)
+    for alias in node.names:
+        name = dotted(alias.name)
+        if module and name:
+            bound = alias.asname.name if alias.asname is not None else alias.name
+            if isinstance(bound, cst.Name):
+                aliases[bound.value] = f"{module}.{name}"
+
+
 class _Imports(cst.CSTVisitor):
     """Every name an import binds, anywhere in the file, to what it names (``m`` -> ``unittest.mock``)."""
 
@@ -77,26 +102,10 @@ class _Imports(cst.CSTVisitor):
         self.aliases: dict[str, str] = {}
 
     def visit_Import(self, node: cst.Import) -> None:
-        for alias in node.names:
-            name = dotted(alias.name)
-            if name is None:
-                continue
-            if alias.asname is not None and isinstance(alias.asname.name, cst.Name):
-                self.aliases[alias.asname.name.value] = name
-            else:
-                top = name.split(".")[0]
-                self.aliases[top] = top
+        bind_import(self.aliases, node)
 
     def visit_ImportFrom(self, node: cst.ImportFrom) -> None:
-        if node.relative or node.module is None or isinstance(node.names, cst.ImportStar):
-            return
-        module = dotted(node.module)
-        for alias in node.names:
-            name = dotted(alias.name)
-            if module and name:
-                bound = alias.asname.name if alias.asname is not None else alias.name
-                if isinstance(bound, cst.Name):
-                    self.aliases[bound.value] = f"{module}.{name}"
+        bind_import_from(self.aliases, node)
 
 
 @dataclasses.dataclass
@@ -104,23 +113,18 @@ class _Frame:
     name: str
     test: TestInfo | None
     fixture: bool
+    node: cst.FunctionDef
     injected: int = 0  # mocks the function's @patch decorators pass as its first arguments
 
 
-class _Consume(cst.CSTVisitor):
-    def __init__(self, into: set[int]) -> None:
-        self.into = into
+class _Visitor:
+    """One pass over a module (see :func:`._walk.walk`): imports are bound as they are met, which is
+    before any use of them in code that runs."""
 
-    def visit_Call(self, node: cst.Call) -> None:
-        self.into.add(id(node))
-
-
-class _Visitor(cst.CSTVisitor):
-    def __init__(
-        self, path: str, module: cst.Module, source: str, aliases: dict[str, str], resolver: Resolver | None
-    ) -> None:
+    def __init__(self, path: str, module: cst.Module, source: str, resolver: Resolver | None) -> None:
         self.path, self.module, self.source = path, module, source
-        self.aliases, self.resolver = aliases, resolver
+        self.aliases: dict[str, str] = {}
+        self.resolver = resolver
         self.result = FileScan(path)
         self.frames: list[_Frame] = []
         self.classes: list[str] = []
@@ -175,7 +179,7 @@ class _Visitor(cst.CSTVisitor):
         return "::".join(self.classes) or None
 
     def _record(self, hit: Hit, node: cst.CSTNode | str) -> None:
-        line = self._line(node if isinstance(node, str) else self.module.code_for_node(node))
+        line = self._line(_snippet(self.module, node))
         self.result.sites.append(Site(self.path, line, hit.kind, hit.service, self._test()))
         for frame in reversed(self.frames):
             if frame.test is not None:
@@ -190,7 +194,7 @@ class _Visitor(cst.CSTVisitor):
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
         self.classes.append(node.name.value)
 
-    def leave_ClassDef(self, original_node: cst.ClassDef) -> None:
+    def leave_ClassDef(self, node: cst.ClassDef) -> None:
         self.classes.pop()
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
@@ -207,16 +211,16 @@ class _Visitor(cst.CSTVisitor):
             )
             for d in node.decorators
         )
-        self.frames.append(_Frame(qualname, test, fixture))
+        self.frames.append(_Frame(qualname, test, fixture, node))
 
-    def leave_FunctionDef(self, original_node: cst.FunctionDef) -> None:
+    def leave_FunctionDef(self, node: cst.FunctionDef) -> None:
         self.frames.pop()
 
-    def visit_FunctionDef_params(self, node: cst.FunctionDef) -> None:
-        frame = self.frames[-1]
-        if frame.test is None and not frame.fixture:
-            return
-        params = [*node.params.posonly_params, *node.params.params, *node.params.kwonly_params]
+    def visit_Parameters(self, node: cst.Parameters) -> None:
+        frame = self.frames[-1] if self.frames else None
+        if frame is None or frame.node.params is not node or (frame.test is None and not frame.fixture):
+            return  # a lambda's, or a helper's
+        params = [*node.posonly_params, *node.params, *node.kwonly_params]
         if params and params[0].name.value in {"self", "cls"}:
             params = params[1:]
         for param in params[frame.injected :]:
@@ -283,7 +287,7 @@ class _Visitor(cst.CSTVisitor):
             return
         self._record(hit, node)
         for arg in node.args:  # patch(..., new=MagicMock()) is one site
-            arg.value.visit(_Consume(self.consumed))
+            walk(arg.value, {cst.Call: lambda call: self.consumed.add(id(call))})
         if hit.injects and id(node) in self.decorator_calls and self.frames:
             self.frames[-1].injected += 1
 
@@ -298,7 +302,7 @@ class _Visitor(cst.CSTVisitor):
         if _MOCK_METHODS.fullmatch(attr):
             test.call_asserts += 1
         elif q == "pytest.raises" or (attr.startswith("assert") and q and q.startswith("self.")):
-            if _CALL_ASSERT.search(self.module.code_for_node(node)):
+            if _on_mock_calls(attributes(node)):
                 test.call_asserts += 1
             else:
                 test.state_asserts += 1
@@ -306,7 +310,7 @@ class _Visitor(cst.CSTVisitor):
     def visit_Assert(self, node: cst.Assert) -> None:
         test = self._current_test()
         if test is not None:
-            if _CALL_ASSERT.search(self.module.code_for_node(node.test)):
+            if _on_mock_calls(attributes(node.test)):
                 test.call_asserts += 1
             else:
                 test.state_asserts += 1
@@ -339,8 +343,50 @@ def scan_source(path: str, source: str, resolver: Resolver | None) -> FileScan:
         module = cst.parse_module(source)
     except cst.ParserSyntaxError as exc:
         return FileScan(path, error=f"cannot parse: {str(exc).splitlines()[0]}")
-    imports = _Imports()
-    module.visit(imports)
-    visitor = _Visitor(path, module, source, imports.aliases, resolver)
-    module.visit(visitor)
+    visitor = _Visitor(path, module, source, resolver)
+    enter: Handlers = {
+        cst.Import: lambda n: bind_import(visitor.aliases, n),  # type: ignore[arg-type]
+        cst.ImportFrom: lambda n: bind_import_from(visitor.aliases, n),  # type: ignore[arg-type]
+        cst.ClassDef: visitor.visit_ClassDef,  # type: ignore[dict-item]
+        cst.FunctionDef: visitor.visit_FunctionDef,  # type: ignore[dict-item]
+        cst.Parameters: visitor.visit_Parameters,  # type: ignore[dict-item]
+        cst.Assign: visitor.visit_Assign,  # type: ignore[dict-item]
+        cst.AnnAssign: visitor.visit_AnnAssign,  # type: ignore[dict-item]
+        cst.Arg: visitor.visit_Arg,  # type: ignore[dict-item]
+        cst.WithItem: visitor.visit_WithItem,  # type: ignore[dict-item]
+        cst.Decorator: visitor.visit_Decorator,  # type: ignore[dict-item]
+        cst.Call: visitor.visit_Call,  # type: ignore[dict-item]
+        cst.Assert: visitor.visit_Assert,  # type: ignore[dict-item]
+    }
+    leave: Handlers = {cst.ClassDef: visitor.leave_ClassDef, cst.FunctionDef: visitor.leave_FunctionDef}  # type: ignore[dict-item]
+    walk(module, enter, leave)
     return visitor.result
+
+
+_CALL_ATTRIBUTES = {
+    "called",
+    "call_count",
+    "call_args",
+    "call_args_list",
+    "mock_calls",
+    "method_calls",
+    "await_count",
+    "await_args",
+    "await_args_list",
+    "awaited",
+}
+
+
+def _on_mock_calls(names: set[str]) -> bool:
+    return any(n in _CALL_ATTRIBUTES or _MOCK_METHODS.fullmatch(n) for n in names)
+
+
+def _snippet(module: cst.Module, node: cst.CSTNode | str) -> str:
+    """Text to find a site's line by: its dotted name where it has one (no code generation)."""
+    if isinstance(node, str):
+        return node
+    if isinstance(node, cst.Call) and (name := dotted(node.func)) is not None:
+        return name + "("
+    if (name := dotted(node)) is not None:  # type: ignore[arg-type]
+        return name
+    return module.code_for_node(node)
