@@ -233,7 +233,8 @@ def main() -> None:
             "scan",
             f"{s['files']} files, {s['lines']} lines, {s['sites']} sites, {s['jobs']} workers",
             f"median {s['wall_s_median']} s wall of {s['runs']} (target <= 60 s), {s['cpu_s_median']} s CPU = "
-            f"{s['cpu_s_per_core']} s per core; {s['ms_per_file']} ms/file, x{s['speedup_vs_one_worker']} vs one worker",
+            f"{s['cpu_s_per_core']} s per core; {s['ms_per_file']} ms/file, "
+            f"x{s['speedup_vs_one_worker']} vs one worker",
         ),
         (
             "classification",
