@@ -5,6 +5,7 @@
     isolated-env down       let them stop (now, if no test run is using them)
     isolated-env status     what is running, where, and who uses it
     isolated-env prune      remove what dead runs left behind (and kept databases, with --kept)
+    isolated-env migrate    scan | ratchet | rewrite: move a mock-based suite onto real services
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import anyio
 from ._config import Settings, resolve
 from ._errors import IsolatedEnvError, ServiceUnavailable
 from ._registry import ResourceSpec, spec, specs
+from .migrate import _cli as migrate
 
 __all__ = ["main"]
 
@@ -267,8 +269,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("prune", help="remove databases left by dead runs")
     p.add_argument("--kept", action="store_true", help="also remove databases kept for failed tests")
     p.add_argument("--templates", action="store_true", help="also remove built templates (rebuilt when next needed)")
+    migrate.register(sub)
     args = parser.parse_args(argv)
     try:
+        if args.command == "migrate":
+            return migrate.run(args)
         if args.command == "prune":
             return prune(args.kept, args.templates)
         known = {name: entry for entry in specs() for name in (entry.kind, *entry.aliases)}
