@@ -16,6 +16,7 @@ builtin, so ``except TimeoutError`` or ``except ValueError`` keeps working::
     ├── TemplateError (RuntimeError)           a PostgreSQL template could not be built
     ├── ResourceCheckFailed (AssertionError)   an in-process server saw errors or unmet expectations
     ├── BudgetExceeded (RuntimeError)          an LLM call would exceed the cost or rate budget
+    │   └── UnpricedModel                      a budgeted call to a model nobody priced
     ├── CircuitOpen (RuntimeError)             a circuit breaker failed a call fast, without sending it
     └── TeardownError (RuntimeError)           cleanup failed or timed out
 """
@@ -39,6 +40,7 @@ __all__ = [
     "ServiceUnavailable",
     "TeardownError",
     "TemplateError",
+    "UnpricedModel",
     "UnsafePath",
 ]
 
@@ -132,6 +134,11 @@ class ResourceCheckFailed(IsolatedEnvError, AssertionError):
 
 class BudgetExceeded(IsolatedEnvError, RuntimeError):
     """An LLM call would exceed the configured cost, token or request budget."""
+
+
+class UnpricedModel(BudgetExceeded):
+    """A budgeted LLM call named a model with no price: it was refused (the budget fails closed)
+    until the test gives a price."""
 
 
 class CircuitOpen(IsolatedEnvError, RuntimeError):

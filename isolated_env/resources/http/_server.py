@@ -127,6 +127,10 @@ class H11Server:
             while self._live:  # including those accepted just now, which see the stop and close
                 await self._idle.wait()
 
+    async def drop_connections(self) -> None:
+        """End every open connection but keep listening (a pooled server handed to the next test)."""
+        await self._tasks.stop(final=False)
+
     def _failed(self, exc: BaseException) -> None:
         self._problems.record(f"the test HTTP server failed: {exc!r}", exc)
 
