@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any, TypeAlias
 
 from ..._errors import BudgetExceeded, ConfigError, UnpricedModel
-from . import _prices
+from ._prices import TABLE, VERSION
 from ._wire import LlmRequest, upper_bound_tokens
 
 __all__ = ["Meter", "Price", "Prices", "LlmUsage", "price_of"]
@@ -75,7 +75,7 @@ def price_of(model: str, prices: Prices = None) -> Price | None:
             if name in prices:
                 return prices[name]
     for name in (model, base):
-        row = _prices.TABLE.get(name)
+        row = TABLE.get(name)
         if row is not None:
             return Price(row[0], row[1], row[2])
     return None
@@ -180,7 +180,7 @@ class Meter:
             if worst.usd is None:
                 refusal = UnpricedModel(
                     f"call #{request.index} was refused: model {request.model!r} has no price, so a budget "
-                    f"cannot be kept (price table {_prices.VERSION}); give one: "
+                    f"cannot be kept (price table {VERSION}); give one: "
                     f"isolated_llm(prices={{{request.model!r}: ie.Price(input='...', output='...')}})"
                 )
             else:

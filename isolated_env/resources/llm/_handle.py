@@ -19,8 +19,8 @@ from ..._errors import ConfigError, MissingDependencyError
 from ..._resource import resource
 from .._inprocess import InProcessHandle, Problem, serving
 from ..http._server import RecordedRequest, Reply
-from . import _anthropic
 from ._answer import Wire
+from ._anthropic import count_tokens
 from ._budget import LlmUsage, Meter, Prices
 from ._offline import NO_RETRY, offline_answer, provider_error
 from ._ratelimit import Buckets, RateLimit
@@ -233,7 +233,7 @@ class LlmHandle(InProcessHandle):
             why = "its body is not a JSON object naming a model"
             return to_reply(provider_error(request, "invalid_request", self._problems.unexpected(what, why), NO_RETRY))
         if request.api == "count_tokens":
-            return to_reply(_anthropic.count_tokens(estimate_tokens(prompt_text(request)), request.index))
+            return to_reply(count_tokens(estimate_tokens(prompt_text(request)), request.index))
         refusal = self._meter.preflight(request)
         if refusal is not None:
             return to_reply(provider_error(request, "insufficient_quota", f"{refusal} (isolated_llm)", NO_RETRY))

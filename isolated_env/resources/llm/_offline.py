@@ -4,10 +4,12 @@ shape of the API it called, or the provider's error saying why none did."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from . import _anthropic, _openai
 from ._answer import Answer, Wire
+from ._anthropic import answer as anthropic_answer
+from ._anthropic import error as anthropic_error
+from ._openai import answer as openai_answer
+from ._openai import error as openai_error
 from ._script import ScriptedResponse
 from ._wire import LlmRequest, estimate_tokens, prompt_text
 
@@ -25,9 +27,8 @@ def provider_error(
     status: int | None = None,
 ) -> Wire:
     """The error ``kind`` in the shape of the provider ``request`` called."""
-    module: Any = _anthropic if request.provider == "anthropic" else _openai
-    wire: Wire = module.error(kind, message, request.index, extra, status=status)
-    return wire
+    make = anthropic_error if request.provider == "anthropic" else openai_error
+    return make(kind, message, request.index, extra, status=status)
 
 
 def offline_answer(
@@ -42,15 +43,15 @@ def offline_answer(
         reasons.append((scripted, mismatches))
     else:
         if request.api == "embeddings":  # no script needed: a deterministic vector per input
-            return _openai.answer(answer_of(request, None), request, extra), None
+            return openai_answer(answer_of(request, None), request, extra), None
         why = _unmatched(request, reasons)
         message = f"isolated_llm: request #{request.index} ({request.api}, {request.model}): {why}"
         return provider_error(request, "invalid_request", message, [*extra, *NO_RETRY]), why
     scripted.requests.append(request)
     answer = answer_of(request, scripted)
     if request.provider == "anthropic":
-        return _anthropic.answer(answer, request, extra), None
-    return _openai.answer(answer, request, extra, scripted.embedding), None
+        return anthropic_answer(answer, request, extra), None
+    return openai_answer(answer, request, extra, scripted.embedding), None
 
 
 def answer_of(request: LlmRequest, scripted: ScriptedResponse | None) -> Answer:
