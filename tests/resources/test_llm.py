@@ -9,41 +9,12 @@ import subprocess
 import sys
 import textwrap
 
-import httpx
 import pytest
+from _llm_helpers import CHAT, post, sse_events
 
 import isolated_env as ie
 from isolated_env._errors import ConfigError, ResourceCheckFailed
-from isolated_env.resources.llm import LlmHandle, isolated_llm
-
-
-async def post(
-    llm: LlmHandle, path: str, body: dict[str, object], *, key: str | None = None, anthropic: bool = False
-) -> httpx.Response:
-    root = llm.anthropic_base_url + "/v1" if anthropic else llm.base_url
-    headers = {"x-api-key": key or llm.api_key} if anthropic else {"authorization": f"Bearer {key or llm.api_key}"}
-    async with httpx.AsyncClient(trust_env=False) as client:
-        return await client.post(root + path, json=body, headers=headers)
-
-
-def sse_events(text: str) -> list[tuple[str | None, str]]:
-    """(event name, data) of each SSE frame."""
-    out = []
-    for frame in text.split("\n\n"):
-        if not frame.strip():
-            continue
-        event = None
-        data = []
-        for line in frame.split("\n"):
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                data.append(line[6:])
-        out.append((event, "\n".join(data)))
-    return out
-
-
-CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Say hello"}]}
+from isolated_env.resources.llm import isolated_llm
 
 
 async def test_chat_completion_shape_headers_and_usage() -> None:

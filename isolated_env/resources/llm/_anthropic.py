@@ -38,13 +38,19 @@ def headers(index: int, extra: Sequence[tuple[str, str]] = ()) -> tuple[tuple[st
 
 
 def error(
-    kind: str, message: str | None, index: int, extra: Sequence[tuple[str, str]] = (), *, status: int | None = None
+    kind: str,
+    message: str | None,
+    index: int,
+    extra: Sequence[tuple[str, str]] = (),
+    *,
+    status: int | None = None,
+    detail: str | None = None,
 ) -> Wire:
     """Anthropic's error object: ``{"type": "error", "error": {"type", "message"}, "request_id"}``."""
     default_status, kind_type, default_message = ERRORS[kind]
     body = {
         "type": "error",
-        "error": {"type": kind_type, "message": message or default_message},
+        "error": {"type": kind_type, "message": _text(message or default_message, detail)},
         "request_id": make_id("req_", index, "anthropic"),
     }
     return Wire(status or default_status, (("content-type", JSON_TYPE), *headers(index, extra)), compact(body).encode())
@@ -166,3 +172,7 @@ def count_tokens(input_tokens: int, index: int, extra: Sequence[tuple[str, str]]
     return Wire(
         200, (("content-type", JSON_TYPE), *headers(index, extra)), compact({"input_tokens": input_tokens}).encode()
     )
+
+
+def _text(message: str, detail: str | None) -> str:
+    return f"{message} ({detail})" if detail else message

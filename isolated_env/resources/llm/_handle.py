@@ -236,7 +236,9 @@ class LlmHandle(InProcessHandle):
             return to_reply(count_tokens(estimate_tokens(prompt_text(request)), request.index))
         refusal = self._meter.preflight(request)
         if refusal is not None:
-            return to_reply(provider_error(request, "insufficient_quota", f"{refusal} (isolated_llm)", NO_RETRY))
+            return to_reply(
+                provider_error(request, "insufficient_quota", None, NO_RETRY, detail=f"isolated_llm: {refusal}")
+            )
         extra = self._limit(request)
         if isinstance(extra, Wire):
             self._meter.release(request)

@@ -25,10 +25,12 @@ def provider_error(
     message: str | None,
     extra: Sequence[tuple[str, str]] = (),
     status: int | None = None,
+    detail: str | None = None,
 ) -> Wire:
-    """The error ``kind`` in the shape of the provider ``request`` called."""
+    """The error ``kind`` in the shape of the provider ``request`` called: ``message`` (or the
+    provider's own words), then ``detail`` in parentheses."""
     make = anthropic_error if request.provider == "anthropic" else openai_error
-    return make(kind, message, request.index, extra, status=status)
+    return make(kind, message, request.index, extra, status=status, detail=detail)
 
 
 def offline_answer(

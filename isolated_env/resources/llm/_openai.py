@@ -44,11 +44,19 @@ def headers(request_index: int, extra: Sequence[tuple[str, str]] = ()) -> tuple[
 
 
 def error(
-    kind: str, message: str | None, index: int, extra: Sequence[tuple[str, str]] = (), *, status: int | None = None
+    kind: str,
+    message: str | None,
+    index: int,
+    extra: Sequence[tuple[str, str]] = (),
+    *,
+    status: int | None = None,
+    detail: str | None = None,
 ) -> Wire:
     """An OpenAI error object: ``{"error": {"message", "type", "param", "code"}}``."""
     default_status, kind_type, code, default_message = ERRORS[kind]
-    body = {"error": {"message": message or default_message, "type": kind_type, "param": None, "code": code}}
+    body = {
+        "error": {"message": _text(message or default_message, detail), "type": kind_type, "param": None, "code": code}
+    }
     return Wire(status or default_status, (("content-type", JSON_TYPE), *headers(index, extra)), compact(body).encode())
 
 
@@ -304,3 +312,7 @@ def answer(
     if request.api == "embeddings":
         return _embeddings(a, request, vectors, extra)
     return _chat(a, request, extra)
+
+
+def _text(message: str, detail: str | None) -> str:
+    return f"{message} ({detail})" if detail else message
