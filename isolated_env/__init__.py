@@ -81,6 +81,9 @@ if typing.TYPE_CHECKING:
         ResourceCheckFailed as ResourceCheckFailed,
     )
     from ._errors import (
+        SecretInCassette as SecretInCassette,
+    )
+    from ._errors import (
         ServerDied as ServerDied,
     )
     from ._errors import (
@@ -188,8 +191,8 @@ if typing.TYPE_CHECKING:
 
 _ERRORS = (
     "BudgetExceeded CircuitOpen ConfigError IsolatedEnvError IsolationBroken LeaseTimeout MissingDependencyError "
-    "PoolClosed PoolError ResourceCheckFailed ServerDied ServiceUnavailable TeardownError TemplateError "
-    "UnpricedModel UnsafePath"
+    "PoolClosed PoolError ResourceCheckFailed SecretInCassette ServerDied ServiceUnavailable TeardownError "
+    "TemplateError UnpricedModel UnsafePath"
 ).split()
 
 _WHERE: dict[str, str] = {

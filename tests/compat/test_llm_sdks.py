@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
 import pytest
 
 from isolated_env._errors import BudgetExceeded
+from isolated_env._recording import scan
 from isolated_env.resources.llm import isolated_llm
 
 pytestmark = pytest.mark.requires_llm
@@ -210,3 +212,45 @@ async def test_the_environment_variables_configure_both_sdks(monkeypatch: pytest
         async with anthropic.AsyncAnthropic() as claude:
             message = await claude.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=USER)
         assert answer.choices[0].message.content == message.content[0].text == "from the environment"
+
+
+async def test_a_canary_key_never_reaches_a_cassette_recorded_through_both_sdks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canary = "sk-ant-canary-" + "k" * 40
+    monkeypatch.setenv("OPENAI_API_KEY", canary)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", canary)
+    path = tmp_path / "sdks.json"
+    async with isolated_llm() as upstream:
+        upstream.api_key = canary
+        upstream.respond("recorded through an SDK", times=None)
+        async with isolated_llm(
+            mode="record",
+            cassette=path,
+            upstream={"openai": upstream.base_url, "anthropic": upstream.anthropic_base_url},
+        ) as llm:
+            await llm.client.chat.completions.create(model="gpt-4o-mini", messages=USER)
+            stream = await llm.client.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True)
+            [c async for c in stream]
+            await llm.client.responses.create(model="gpt-4o-mini", input="x")
+            await llm.client.embeddings.create(model="text-embedding-3-small", input="x")
+            claude = llm.anthropic()
+            await claude.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=USER)
+            async with claude.messages.stream(model="claude-sonnet-4-5", max_tokens=10, messages=USER) as s:
+                await s.get_final_message()
+    text = path.read_text()
+    assert len(json.loads(text)["interactions"]) == 6
+    assert canary not in text and scan(text, [canary]) == []
+    async with isolated_llm(mode="replay", cassette=path) as llm:
+        again = await llm.client.chat.completions.create(model="gpt-4o-mini", messages=USER)
+        assert again.choices[0].message.content == "recorded through an SDK"
+        stream = await llm.client.chat.completions.create(model="gpt-4o-mini", messages=USER, stream=True)
+        assert "".join([c.choices[0].delta.content or "" async for c in stream if c.choices]) == (
+            "recorded through an SDK"
+        )
+        await llm.client.responses.create(model="gpt-4o-mini", input="x")
+        await llm.client.embeddings.create(model="text-embedding-3-small", input="x")
+        claude = llm.anthropic()
+        await claude.messages.create(model="claude-sonnet-4-5", max_tokens=10, messages=USER)
+        async with claude.messages.stream(model="claude-sonnet-4-5", max_tokens=10, messages=USER) as s:
+            assert (await s.get_final_message()).content[0].text == "recorded through an SDK"

@@ -26,7 +26,7 @@ from ._offline import NO_RETRY, offline_answer, provider_error
 from ._ratelimit import Buckets, RateLimit
 from ._script import Fault, Match, ScriptedResponse, make_fault
 from ._server import LlmServer, lease_server, to_reply
-from ._sources import MODES, Source, open_source
+from ._sources import MODES, CassetteSource, open_source
 from ._wire import LlmRequest, estimate_tokens, parse, prompt_text, upper_bound_tokens
 
 __all__ = ["LlmHandle", "isolated_llm"]
@@ -37,7 +37,7 @@ class LlmHandle(InProcessHandle):
     ``api_key``, ``env``), SDK clients bound to it, its script (``respond``) and faults (``fail``),
     and what it saw (``requests``, ``usage``, ``check()``)."""
 
-    def __init__(self, *, mode: str, meter: Meter, buckets: Buckets, source: Source | None) -> None:
+    def __init__(self, *, mode: str, meter: Meter, buckets: Buckets, source: CassetteSource | None) -> None:
         super().__init__("isolated_llm")
         self.mode = mode
         self.api_key = "ie-" + secrets.token_hex(16)
