@@ -168,7 +168,7 @@ async def test_rpm_bucket_with_openai_headers_and_retry_after() -> None:
         second = await post(llm, "/chat/completions", CHAT)
         assert second.headers["x-ratelimit-remaining-requests"] == "0"
         third = await post(llm, "/chat/completions", CHAT)
-        assert third.status_code == 429 and int(third.headers["retry-after"]) >= 29  # 2 per minute: 30 s apart
+        assert third.status_code == 429 and 20 <= int(third.headers["retry-after"]) <= 30  # 2 per minute: 30 s apart
         assert third.json()["error"]["code"] == "rate_limit_exceeded"
         assert llm.usage.refused == 1 and llm.usage.requests == 2
 
