@@ -327,7 +327,13 @@ async def _probe(settings: Settings) -> None:
     import openai  # noqa: F401
 
 
-@resource("llm", extra="llm", reset=lambda handle: handle._reset(), probe=_probe)
+async def _self_check() -> None:
+    from ._selfcheck import self_check
+
+    await self_check()
+
+
+@resource("llm", extra="llm", reset=lambda handle: handle._reset(), probe=_probe, self_check=_self_check)
 async def isolated_llm(
     *,
     mode: str = "offline",
