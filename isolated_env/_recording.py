@@ -1,7 +1,8 @@
 """Cassettes: HTTP interactions recorded once and replayed byte for byte, with no secret written.
 
-A cassette is one JSON file (``version`` 1). Each interaction keeps its request (method, path,
-query, the headers worth keeping, the body as JSON or text) under a match ``key``, and its response
+A cassette is one JSON Lines file: a header (``version`` 1), then one interaction a line. Each
+keeps its request (method, path, query, the headers worth keeping, the body as JSON or text) under a
+match ``key``, and its response
 as status, headers and the **ordered list of raw byte writes**, each with its byte ``offset`` and its
 time ``at_ms`` since the request arrived, so a replay sends the same bytes in the same write
 boundaries (and, asked to, at the same pace). Parsed server-sent events are stored beside the
@@ -217,16 +218,45 @@ def scan(text: str, known: Iterable[str] = ()) -> list[str]:
     return found
 
 
+class _Entry:
+    """One interaction of a loaded cassette: its key read at load, the rest parsed on first use."""
+
+    __slots__ = ("_item", "key", "line")
+
+    def __init__(self, key: str, line: bytes | None, item: Interaction | None = None) -> None:
+        self.key, self.line, self._item = key, line, item
+
+    @property
+    def item(self) -> Interaction:
+        if self._item is None:
+            assert self.line is not None
+            self._item = Interaction.from_json(json.loads(self.line))
+        return self._item
+
+
+_KEY_PREFIX = b'{"key":"'
+
+
 class Cassette:
-    """The interactions of one file, indexed by match key; ``save()`` writes them, scanned first."""
+    """The interactions of one file, indexed by match key; ``save()`` writes them, scanned first.
+
+    The file is JSON Lines: a header line, then one interaction per line, each starting with its key,
+    so loading reads the keys only and an interaction is parsed when it is first replayed."""
 
     def __init__(self, path: Path, interactions: list[Interaction]) -> None:
         self.path = path
-        self.interactions = interactions
         self.added: list[Interaction] = []
-        self._by_key: dict[str, list[Interaction]] = {}
-        for item in interactions:
-            self._by_key.setdefault(item.key, []).append(item)
+        self._entries = [_Entry(item.key, None, item) for item in interactions]
+        self._index()
+
+    def _index(self) -> None:
+        self._by_key: dict[str, list[_Entry]] = {}
+        for entry in self._entries:
+            self._by_key.setdefault(entry.key, []).append(entry)
+
+    @property
+    def interactions(self) -> list[Interaction]:
+        return [entry.item for entry in self._entries]
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, must_exist: bool) -> Cassette:
@@ -238,17 +268,27 @@ class Cassette:
                     "'record_missing'), or fix the path"
                 )
             return cls(where, [])
+        cassette = cls(where, [])
         try:
-            data = json.loads(where.read_bytes())
-            if data.get("version") != VERSION:
-                raise ValueError(f"version {data.get('version')!r}, expected {VERSION}")
-            return cls(where, [Interaction.from_json(item) for item in data["interactions"]])
-        except (ValueError, KeyError, TypeError) as exc:
+            head, *lines = where.read_bytes().split(b"\n")
+            version = json.loads(head).get("version")
+            if version != VERSION:
+                raise ValueError(f"version {version!r}, expected {VERSION}")
+            for line in lines:
+                if not line:
+                    continue
+                if not line.startswith(_KEY_PREFIX) or line[40:41] != b'"':
+                    raise ValueError(f"a line that does not start with its key: {line[:60]!r}")
+                cassette._entries.append(_Entry(line[8:40].decode(), line))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"cassette {where} cannot be read ({exc}); record it again") from exc
+        cassette._index()
+        return cassette
 
     def take(self, key: str) -> Interaction | None:
         """The first unused interaction recorded under ``key`` (marked used), or None."""
-        for item in self._by_key.get(key, ()):
+        for entry in self._by_key.get(key, ()):
+            item = entry.item
             if not item.used:
                 item.used = True
                 return item
@@ -256,7 +296,7 @@ class Cassette:
 
     def nearest(self, canonical_text: str) -> str:
         """A diff of ``canonical_text`` against the closest recorded request, for a miss."""
-        if not self.interactions:
+        if not self._entries:
             return "the cassette has no interactions"
 
         def text(item: Interaction) -> str:
@@ -280,8 +320,9 @@ class Cassette:
         """Write the file (the recorded interactions, after the existing ones if ``keep_existing``);
         refuse with SecretInCassette if anything in it looks like a secret. Returns how many it holds."""
         items = [*(self.interactions if keep_existing else []), *self.added]
-        document = {"version": VERSION, "interactions": [item.to_json() for item in items]}
-        text = json.dumps(document, indent=1, ensure_ascii=False)
+        lines = [json.dumps({"version": VERSION, "interactions": len(items)})]
+        lines += [json.dumps(item.to_json(), ensure_ascii=False, separators=(",", ":")) for item in items]
+        text = "\n".join(lines) + "\n"
         decoded = "\n".join(item.body.decode(errors="replace") for item in items)  # base64 writes hide nothing
         findings = scan(text + "\n" + decoded, known_secrets)
         if findings:
@@ -292,6 +333,6 @@ class Cassette:
             )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(text + "\n")
+        partial.write_text(text)
         partial.replace(self.path)
         return len(items)

@@ -336,3 +336,16 @@ def test_the_fixture_and_marker(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+@pytest.mark.requires_llm
+def test_the_doctor_row() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "isolated_env.cli", "doctor", "llm"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    row = next(line for line in done.stdout.splitlines() if line.startswith("llm "))
+    assert done.returncode == 0 and row.split()[1] == "local" and row.split()[-1] == "ok", done.stdout + done.stderr

@@ -296,6 +296,7 @@ class LlmHandle(InProcessHandle):
         root = f"http://127.0.0.1:{server.port}"
         self.base_url, self.anthropic_base_url = root + "/v1", root
         self._problems.what = f"isolated_llm at {root}"
+        self._server: LlmServer | None = server
         server.bind(self._answer, self._problems)
 
     async def _aclose(self) -> None:
