@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from _llm_helpers import CHAT, post, sse_events
@@ -345,7 +346,7 @@ def test_the_doctor_row() -> None:
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": os.getcwd()},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
     row = next(line for line in done.stdout.splitlines() if line.startswith("llm "))
     assert done.returncode == 0 and row.split()[1] == "local" and row.split()[-1] == "ok", done.stdout + done.stderr
