@@ -15,6 +15,7 @@ import json
 import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -65,7 +66,7 @@ def open_source(
     loaded = (
         Cassette.load(cassette, must_exist=mode == "replay")
         if mode != "record"
-        else Cassette(Cassette.load(cassette, must_exist=False).path, [])
+        else Cassette(Path(cassette), [])  # record starts afresh: what the file held is replaced
     )
     return CassetteSource(mode, loaded, timing, _upstreams(upstream))
 
