@@ -253,12 +253,12 @@ class LlmHandle(InProcessHandle):
             return to_reply(provider_error(request, fault.error_kind, fault.message, [*extra, *after], fault.status))
         if fault is not None and fault.kind == "first_byte":
             await anyio.sleep(fault.seconds)
-        wire, gaps = await self._respond(request, extra)
+        wire, marks = await self._respond(request, extra)
         if wire.status == 200:
             self._meter.settle(request, wire.input_tokens, wire.output_tokens)
         else:
             self._meter.release(request)
-        return to_reply(wire, fault, gaps)
+        return to_reply(wire, fault, marks)
 
     def _limit(self, request: LlmRequest) -> list[tuple[str, str]] | Wire:
         """The rate-limit headers for ``request``, or the 429 that refuses it."""

@@ -108,18 +108,20 @@ async def lease_server() -> AsyncIterator[LlmServer]:
         yield lease.value
 
 
-def to_reply(wire: Wire, fault: Fault | None = None, gaps: Sequence[float] | None = None) -> Reply:
-    """``wire`` as the H11 server sends it; a stream fault or recorded gaps make the body a sequence
+def to_reply(wire: Wire, fault: Fault | None = None, marks: Sequence[float] | None = None) -> Reply:
+    """``wire`` as the H11 server sends it; a stream fault or recorded offsets (``marks``, seconds
+    since the answer started, one per frame) make the body a sequence
     of writes (a whole body is then one write)."""
     frames = wire.frames
     if frames is None and fault is not None and fault.kind in ("stall", "disconnect", "malformed"):
         frames = (wire.body,)
     if frames is None:
         return Reply(wire.status, wire.headers, wire.body)
-    return Reply(wire.status, wire.headers, _writes(frames, fault, gaps))
+    return Reply(wire.status, wire.headers, _writes(frames, fault, marks))
 
 
-async def _writes(frames: Sequence[bytes], fault: Fault | None, gaps: Sequence[float] | None) -> AsyncIterator[bytes]:
+async def _writes(frames: Sequence[bytes], fault: Fault | None, marks: Sequence[float] | None) -> AsyncIterator[bytes]:
+    started = anyio.current_time()
     at = min(fault.after_chunk, len(frames)) if fault is not None else -1
     for n, frame in enumerate([*frames, None]):
         if n == at and fault is not None:
@@ -131,6 +133,8 @@ async def _writes(frames: Sequence[bytes], fault: Fault | None, gaps: Sequence[f
                 yield _MALFORMED
         if frame is None:
             return
-        if gaps is not None and gaps[n] > 0:
-            await anyio.sleep(gaps[n])
+        if marks is not None:
+            late = anyio.current_time() - started
+            if marks[n] > late:
+                await anyio.sleep(marks[n] - late)
         yield frame

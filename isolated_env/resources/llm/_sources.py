@@ -147,11 +147,10 @@ class CassetteSource:
         if not streamed:
             return Wire(item.status, headers, item.body, input_tokens=tokens_in, output_tokens=tokens_out), None
         frames = tuple(data for _, data in item.writes)
-        gaps = None
-        if self.timing == "recorded" and not fast:
-            marks = [0.0, *(at for at, _ in item.writes)]
-            gaps = [max(0.0, (marks[n + 1] - marks[n]) / 1000) for n in range(len(item.writes))]
-        return Wire(item.status, headers, frames=frames, input_tokens=tokens_in, output_tokens=tokens_out), gaps
+        # timing="recorded": each write at its recorded offset from the start (absolute, so late
+        # wake-ups do not add up along a long stream)
+        marks = [at / 1000 for at, _ in item.writes] if self.timing == "recorded" and not fast else None
+        return Wire(item.status, headers, frames=frames, input_tokens=tokens_in, output_tokens=tokens_out), marks
 
     async def _forward(self, request: LlmRequest, problems: ProblemLog) -> Interaction | Wire:
         provider = request.provider
