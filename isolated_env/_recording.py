@@ -113,7 +113,7 @@ def canonical(method: str, path: str, query: str, body: bytes, volatile: Sequenc
     if "json" in stored and isinstance(stored["json"], dict):
         stored = {"json": {k: v for k, v in stored["json"].items() if k not in volatile}}
     pairs = "&".join(sorted(query.split("&"))) if query else ""
-    return json.dumps([method.upper(), path, pairs, stored], sort_keys=True, ensure_ascii=False, indent=1)
+    return json.dumps([method.upper(), path, pairs, stored], sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def key_of(canonical_text: str) -> str:
@@ -304,9 +304,11 @@ class Cassette:
             body = {k: r[k] for k in ("json", "text", "b64") if k in r}
             return json.dumps([r["method"], r["path"], r.get("query", ""), body], sort_keys=True, indent=1)
 
-        best = max(self.interactions, key=lambda i: difflib.SequenceMatcher(None, text(i), canonical_text).ratio())
+        method, path, query, body = json.loads(canonical_text)
+        received = json.dumps([method, path, query, body], sort_keys=True, indent=1)
+        best = max(self.interactions, key=lambda i: difflib.SequenceMatcher(None, text(i), received).ratio())
         diff = difflib.unified_diff(
-            text(best).splitlines(), canonical_text.splitlines(), "recorded", "received", lineterm="", n=2
+            text(best).splitlines(), received.splitlines(), "recorded", "received", lineterm="", n=2
         )
         return "diff against the nearest recorded request:\n" + "\n".join(list(diff)[:60])
 
