@@ -81,6 +81,9 @@ if typing.TYPE_CHECKING:
         ResourceCheckFailed as ResourceCheckFailed,
     )
     from ._errors import (
+        SecretInCassette as SecretInCassette,
+    )
+    from ._errors import (
         ServerDied as ServerDied,
     )
     from ._errors import (
@@ -91,6 +94,9 @@ if typing.TYPE_CHECKING:
     )
     from ._errors import (
         TemplateError as TemplateError,
+    )
+    from ._errors import (
+        UnpricedModel as UnpricedModel,
     )
     from ._errors import (
         UnsafePath as UnsafePath,
@@ -137,6 +143,24 @@ if typing.TYPE_CHECKING:
     from .resources.http import (
         isolated_http as isolated_http,
     )
+    from .resources.llm import (
+        LlmHandle as LlmHandle,
+    )
+    from .resources.llm import (
+        LlmRequest as LlmRequest,
+    )
+    from .resources.llm import (
+        LlmUsage as LlmUsage,
+    )
+    from .resources.llm import (
+        Price as Price,
+    )
+    from .resources.llm import (
+        RateLimit as RateLimit,
+    )
+    from .resources.llm import (
+        isolated_llm as isolated_llm,
+    )
     from .resources.postgres import (
         DatabaseHandle as DatabaseHandle,
     )
@@ -167,7 +191,8 @@ if typing.TYPE_CHECKING:
 
 _ERRORS = (
     "BudgetExceeded CircuitOpen ConfigError IsolatedEnvError IsolationBroken LeaseTimeout MissingDependencyError "
-    "PoolClosed PoolError ResourceCheckFailed ServerDied ServiceUnavailable TeardownError TemplateError UnsafePath"
+    "PoolClosed PoolError ResourceCheckFailed SecretInCassette ServerDied ServiceUnavailable TeardownError "
+    "TemplateError UnpricedModel UnsafePath"
 ).split()
 
 _WHERE: dict[str, str] = {
@@ -186,6 +211,9 @@ _WHERE: dict[str, str] = {
     "FileSystemHandle": ".resources.fs",
     "isolated_fs": ".resources.fs",
     **{name: ".resources.http" for name in ("HttpExpectation", "HttpHandle", "RecordedRequest", "isolated_http")},
+    **{
+        name: ".resources.llm" for name in ("LlmHandle", "LlmRequest", "LlmUsage", "Price", "RateLimit", "isolated_llm")
+    },
     "PostgresHandle": ".resources.postgres",
     "isolated_postgres": ".resources.postgres",
     "RedisHandle": ".resources.redis",

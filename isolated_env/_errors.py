@@ -16,6 +16,8 @@ builtin, so ``except TimeoutError`` or ``except ValueError`` keeps working::
     ├── TemplateError (RuntimeError)           a PostgreSQL template could not be built
     ├── ResourceCheckFailed (AssertionError)   an in-process server saw errors or unmet expectations
     ├── BudgetExceeded (RuntimeError)          an LLM call would exceed the cost or rate budget
+    │   └── UnpricedModel                      a budgeted call to a model nobody priced
+    ├── SecretInCassette (ValueError)          a recording would write a key or token; nothing was written
     ├── CircuitOpen (RuntimeError)             a circuit breaker failed a call fast, without sending it
     └── TeardownError (RuntimeError)           cleanup failed or timed out
 """
@@ -35,10 +37,12 @@ __all__ = [
     "PoolClosed",
     "PoolError",
     "ResourceCheckFailed",
+    "SecretInCassette",
     "ServerDied",
     "ServiceUnavailable",
     "TeardownError",
     "TemplateError",
+    "UnpricedModel",
     "UnsafePath",
 ]
 
@@ -132,6 +136,16 @@ class ResourceCheckFailed(IsolatedEnvError, AssertionError):
 
 class BudgetExceeded(IsolatedEnvError, RuntimeError):
     """An LLM call would exceed the configured cost, token or request budget."""
+
+
+class UnpricedModel(BudgetExceeded):
+    """A budgeted LLM call named a model with no price: it was refused (the budget fails closed)
+    until the test gives a price."""
+
+
+class SecretInCassette(IsolatedEnvError, ValueError):
+    """A cassette about to be written holds something shaped like a key or token: the write was
+    refused, so no secret reaches a file that may be committed."""
 
 
 class CircuitOpen(IsolatedEnvError, RuntimeError):

@@ -74,6 +74,8 @@ _BUILTIN = (
                  "A real HTTP server with expectations, and an httpx client pointed at it."),
     ResourceSpec("fs", (), None, None, "isolated_env.resources.fs:isolated_fs",
                  "A private scratch directory, removed after the test."),
+    ResourceSpec("llm", (), None, "llm", "isolated_env.resources.llm:isolated_llm",
+                 "An OpenAI- and Anthropic-compatible server for one test: scripted, replayed or recorded."),
 )
 
 

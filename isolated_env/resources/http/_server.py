@@ -104,6 +104,10 @@ class H11Server:
         await self._tasks.stop()
         await self._acceptor.drain()
 
+    async def drop_connections(self) -> None:
+        """End every open connection but keep listening (a pooled server handed to the next test)."""
+        await self._tasks.stop(final=False)
+
     def _failed(self, exc: BaseException) -> None:
         self._problems.record(f"the test HTTP server failed: {exc!r}", exc)
 
@@ -183,11 +187,13 @@ class H11Server:
         if isinstance(reply.body, bytes) and b"content-length" not in names and not no_length:
             headers.append((b"content-length", str(len(reply.body)).encode()))
         try:
-            await stream.send(
-                conn.send(
-                    h11.Response(status_code=reply.status, headers=headers, reason=_reason(reply.status))
-                )
-            )
+            head = conn.send(h11.Response(status_code=reply.status, headers=headers, reason=_reason(reply.status)))
+            if isinstance(reply.body, bytes) and reply.chunk_size is None:
+                # A whole answer goes out in one write: one syscall, and the client wakes up once.
+                body = conn.send(h11.Data(data=reply.body)) if reply.body and not no_body else b""
+                await stream.send(head + body + conn.send(h11.EndOfMessage()))
+                return
+            await stream.send(head)
             if not no_body:
                 await self._send_body(conn, stream, reply)
             await stream.send(conn.send(h11.EndOfMessage()))

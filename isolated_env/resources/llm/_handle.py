@@ -1,0 +1,376 @@
+"""LlmHandle and isolated_llm(): a per-test OpenAI- and Anthropic-compatible server, its script,
+faults, budget and rate limits, and the journal of what it received.
+
+Every request goes through the same gate, in this order: an API path and this server's key; the
+request cap and the budget (a refused call is not answered by any model, and reaches no upstream);
+the rate limit; a scheduled fault; then the answer (the offline script, or a cassette / upstream).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from ..._config import Settings
+from ..._errors import ConfigError, MissingDependencyError
+from ..._resource import resource
+from .._inprocess import InProcessHandle, Problem, serving
+from ..http._server import RecordedRequest, Reply
+from ._answer import Wire
+from ._anthropic import count_tokens
+from ._budget import LlmUsage, Meter, Prices
+from ._offline import NO_RETRY, offline_answer, provider_error
+from ._ratelimit import Buckets, RateLimit
+from ._script import Fault, Match, ScriptedResponse, make_fault
+from ._server import LlmServer, lease_server, to_reply
+from ._sources import MODES, CassetteSource, open_source
+from ._wire import LlmRequest, estimate_tokens, parse, prompt_text, upper_bound_tokens
+
+__all__ = ["LlmHandle", "isolated_llm"]
+
+
+class LlmHandle(InProcessHandle):
+    """A live LLM server for one test: where to reach it (``base_url``, ``anthropic_base_url``,
+    ``api_key``, ``env``), SDK clients bound to it, its script (``respond``) and faults (``fail``),
+    and what it saw (``requests``, ``usage``, ``check()``)."""
+
+    def __init__(self, *, mode: str, meter: Meter, buckets: Buckets, source: CassetteSource | None) -> None:
+        super().__init__("isolated_llm")
+        self.mode = mode
+        self.api_key = "ie-" + secrets.token_hex(16)
+        """A key valid for this server only, for this test only."""
+        self.base_url = ""
+        """The OpenAI-compatible root, ``http://127.0.0.1:<port>/v1``."""
+        self.anthropic_base_url = ""
+        """The Anthropic-compatible root on the same server, ``http://127.0.0.1:<port>``."""
+        self.requests: list[LlmRequest] = []
+        """The journal: every request the server received, in arrival order, answered or not."""
+        self._meter = meter
+        self._buckets = buckets
+        self._source = source
+        self._script: list[ScriptedResponse] = []
+        self._faults: list[Fault] = []
+        self._clients: list[Any] = []
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return f"<LlmHandle {self.mode} {self.base_url} requests={len(self.requests)}>"
+
+    # -- reaching it -------------------------------------------------------------------------------
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables that point the OpenAI and Anthropic SDKs (and most tools built on
+        them) at this server, for a subprocess: ``env={**os.environ, **llm.env}``."""
+        return {
+            "OPENAI_BASE_URL": self.base_url,
+            "OPENAI_API_BASE": self.base_url,
+            "OPENAI_API_KEY": self.api_key,
+            "ANTHROPIC_BASE_URL": self.anthropic_base_url,
+            "ANTHROPIC_API_KEY": self.api_key,
+            "NO_PROXY": "127.0.0.1,localhost",
+        }
+
+    @property
+    def client(self) -> Any:
+        """An ``openai.AsyncOpenAI`` bound to this server, made on first use, closed on exit."""
+        if self._client is None:
+            self._client = self.openai()
+        return self._client
+
+    def openai(self, **options: Any) -> Any:
+        """A new ``openai.AsyncOpenAI`` bound to this server (``options`` as the SDK takes them,
+        e.g. ``max_retries=0``), closed on exit."""
+        try:
+            import openai
+        except ImportError:
+            raise MissingDependencyError("openai", "llm", "isolated_llm's OpenAI client") from None
+        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, **options)
+        self._clients.append(client)
+        return client
+
+    def anthropic(self, **options: Any) -> Any:
+        """A new ``anthropic.AsyncAnthropic`` bound to this server, closed on exit."""
+        try:
+            import anthropic
+        except ImportError:
+            raise MissingDependencyError("anthropic", "llm", "isolated_llm's Anthropic client") from None
+        client = anthropic.AsyncAnthropic(base_url=self.anthropic_base_url, api_key=self.api_key, **options)
+        self._clients.append(client)
+        return client
+
+    # -- the script and the faults -----------------------------------------------------------------
+
+    def respond(
+        self,
+        text: str | None = None,
+        *,
+        match: Match = None,
+        tool_calls: Iterable[Any] | None = None,
+        chunks: Sequence[str] | None = None,
+        usage: Mapping[str, int] | None = None,
+        times: int | None = 1,
+        model: str | None = None,
+        embedding: Sequence[Any] | None = None,
+        stop: str | None = None,
+    ) -> ScriptedResponse:
+        """Script an answer: ``text`` (streamed word by word, or in the given ``chunks``) and/or
+        ``tool_calls`` (``[{"name": ..., "arguments": {...}}]``), for the requests ``match`` accepts
+        (a predicate, a substring or regex of the last user message, or a dict of
+        ``model``/``api``/``text``/``tools``/``stream``), ``times`` times (None: any number).
+        ``usage`` sets the reported tokens (else estimated), ``embedding`` answers embeddings.
+        Any API (Chat Completions, Responses, Anthropic Messages) gets it in its own shape."""
+        scripted = ScriptedResponse(
+            text=text,
+            match=match,
+            tool_calls=tool_calls,
+            chunks=chunks,
+            usage=usage,
+            times=times,
+            model=model,
+            embedding=embedding,
+            stop=stop,
+        )
+        self._script.append(scripted)
+        return scripted
+
+    def fail(
+        self,
+        status: int | None = None,
+        *,
+        on_calls: Iterable[int] | None = None,
+        probability: float | None = None,
+        seed: int = 0,
+        retry_after: float | None = None,
+        message: str | None = None,
+        stall_after: int | None = None,
+        stall: float = 30.0,
+        disconnect_after: int | None = None,
+        first_byte_delay: float | None = None,
+        malformed_after: int | None = None,
+        drop: bool = False,
+    ) -> Fault:
+        """Schedule a fault on the calls ``on_calls`` names (1-based, every API counts), or on each
+        call with ``probability`` drawn from ``seed``, or on every call. One of: ``status``
+        (429/500/503/529 in the provider's error shape, ``retry_after`` seconds), ``stall_after=k``
+        (the body stops after k chunks for ``stall`` s: a read timeout), ``disconnect_after=k``,
+        ``malformed_after=k`` (a broken SSE frame), ``first_byte_delay`` (headers late: a first-byte
+        timeout) or ``drop`` (the connection closes unanswered)."""
+        fault = make_fault(
+            status=status,
+            on_calls=on_calls,
+            probability=probability,
+            seed=seed,
+            retry_after=retry_after,
+            message=message,
+            stall_after=stall_after,
+            stall=stall,
+            disconnect_after=disconnect_after,
+            first_byte_delay=first_byte_delay,
+            malformed_after=malformed_after,
+            drop=drop,
+        )
+        self._faults.append(fault)
+        return fault
+
+    # -- what it saw ---------------------------------------------------------------------------------
+
+    @property
+    def usage(self) -> LlmUsage:
+        """Calls answered, tokens in and out, and USD (Decimal) spent so far by this test."""
+        return self._meter.usage
+
+    @property
+    def scripted(self) -> list[ScriptedResponse]:
+        return list(self._script)
+
+    def check(self) -> None:
+        """Raise what went wrong so far: BudgetExceeded / UnpricedModel for a refused or overspent
+        call, else ResourceCheckFailed for unmatched requests, bad keys, unused scripted responses."""
+        budget = self._meter.report()
+        if budget is not None:
+            others = self._problems.report()
+            if others is not None:
+                budget.add_note(str(others))
+            raise budget
+        super().check()
+
+    def _unmet(self) -> list[Problem]:
+        unmet = [p for p in (s.unmet() for s in self._script) if p is not None]
+        return unmet + (self._source.unmet() if self._source is not None else [])
+
+    # -- answering -----------------------------------------------------------------------------------
+
+    def _authorized(self, request: LlmRequest) -> bool:
+        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+        return secrets.compare_digest(given.encode(), self.api_key.encode())
+
+    async def _answer(self, raw: RecordedRequest) -> Reply:
+        request = parse(len(self.requests) + 1, raw)
+        self.requests.append(request)
+        self._pulse.notify()
+        try:
+            reply = await self._gate(request)
+        except Exception as exc:  # a failure of ours: the test sees it, the client gets a 500
+            self._meter.release(request)
+            self._problems.record(f"isolated_llm failed answering {request!r}: {exc!r}", exc)
+            reply = to_reply(provider_error(request, "server", f"isolated_llm failed: {exc!r}", NO_RETRY))
+        request.status = reply.status
+        return reply
+
+    async def _gate(self, request: LlmRequest) -> Reply:
+        what = f"request #{request.index} {request.method} {request.path}"
+        if request.api is None or request.method != "POST":
+            why = "no OpenAI or Anthropic API is served there (chat/completions, responses, embeddings, messages)"
+            return to_reply(provider_error(request, "not_found", self._problems.unexpected(what, why), NO_RETRY))
+        if not self._authorized(request):
+            why = "its API key is not this test's (use llm.api_key, llm.env or llm.client)"
+            return to_reply(provider_error(request, "auth", self._problems.unexpected(what, why), NO_RETRY))
+        if not isinstance(request.json, dict) or not request.model:
+            why = "its body is not a JSON object naming a model"
+            return to_reply(provider_error(request, "invalid_request", self._problems.unexpected(what, why), NO_RETRY))
+        if request.api == "count_tokens":
+            return to_reply(count_tokens(estimate_tokens(prompt_text(request)), request.index))
+        refusal = self._meter.preflight(request)
+        if refusal is not None:
+            return to_reply(
+                provider_error(request, "insufficient_quota", None, NO_RETRY, detail=f"isolated_llm: {refusal}")
+            )
+        extra = self._limit(request)
+        if isinstance(extra, Wire):
+            self._meter.release(request)
+            self._meter.refused_elsewhere()
+            return to_reply(extra)
+        fault = next((f for f in self._faults if f.applies(request.index)), None)
+        if fault is not None and fault.kind in ("status", "drop"):
+            self._meter.release(request)
+            if fault.kind == "drop":
+                return Reply(drop="close")
+            after = [("retry-after", _seconds_text(fault.retry_after))] if fault.retry_after is not None else []
+            return to_reply(provider_error(request, fault.error_kind, fault.message, [*extra, *after], fault.status))
+        if fault is not None and fault.kind == "first_byte":
+            await anyio.sleep(fault.seconds)
+        wire, marks = await self._respond(request, extra)
+        if wire.status == 200:
+            self._meter.settle(request, wire.input_tokens, wire.output_tokens)
+        else:
+            self._meter.release(request)
+        return to_reply(wire, fault, marks)
+
+    def _limit(self, request: LlmRequest) -> list[tuple[str, str]] | Wire:
+        """The rate-limit headers for ``request``, or the 429 that refuses it."""
+        if not self._buckets.active:
+            return []
+        tokens = upper_bound_tokens(request) + (request.max_tokens or 0)
+        refused = self._buckets.take(tokens)
+        headers = self._buckets.headers(request.provider)
+        if refused is None:
+            return headers
+        wait, which = refused
+        if wait == float("inf"):
+            message = f"this call needs {tokens} tokens, more than the whole tpm limit (isolated_llm)"
+            return provider_error(request, "rate_limit", message, [*headers, *NO_RETRY])
+        message = (
+            f"Rate limit reached for {request.model} on {which} per min: please try again in {wait:.3f}s (isolated_llm)"
+        )
+        retry = str(max(1, int(-(-wait // 1))))
+        return provider_error(request, "rate_limit", message, [*headers, ("retry-after", retry)])
+
+    async def _respond(self, request: LlmRequest, extra: list[tuple[str, str]]) -> tuple[Wire, list[float] | None]:
+        if self._source is not None:
+            return await self._source.answer(request, extra, self._problems)
+        return self._offline(request, extra), None
+
+    def _offline(self, request: LlmRequest, extra: list[tuple[str, str]]) -> Wire:
+        wire, problem = offline_answer(request, self._script, extra)
+        if problem is not None:
+            self._problems.unexpected(f"request #{request.index} ({request.api}, {request.model})", problem)
+        return wire
+
+    # -- life -----------------------------------------------------------------------------------------
+
+    def _bind(self, server: LlmServer) -> None:
+        root = f"http://127.0.0.1:{server.port}"
+        self.base_url, self.anthropic_base_url = root + "/v1", root
+        self._problems.what = f"isolated_llm at {root}"
+        self._server: LlmServer | None = server
+        server.bind(self._answer, self._problems)
+
+    async def _aclose(self) -> None:
+        clients, self._clients, self._client = self._clients, [], None
+        try:
+            for client in clients:
+                await client.close()
+        finally:
+            if self._source is not None:
+                await self._source.aclose(self._problems)
+
+    async def _reset(self) -> None:
+        """Pristine for the next Hypothesis example: journal, script, faults and usage cleared
+        (problems not yet reported are kept for the exit)."""
+        self._problems.reset()
+        self.requests.clear()
+        self._script.clear()
+        self._faults.clear()
+        self._meter.reset()
+        self._buckets.reset()
+
+
+def _seconds_text(seconds: float) -> str:
+    return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))
+
+
+async def _probe(settings: Settings) -> None:
+    import anthropic  # noqa: F401  (the marker asks for both SDKs)
+    import openai  # noqa: F401
+
+
+async def _self_check() -> None:
+    from ._selfcheck import self_check
+
+    await self_check()
+
+
+@resource("llm", extra="llm", reset=lambda handle: handle._reset(), probe=_probe, self_check=_self_check)
+async def isolated_llm(
+    *,
+    mode: str = "offline",
+    cassette: str | Any = None,
+    budget_usd: Any = None,
+    budget_tokens: int | None = None,
+    max_requests: int | None = None,
+    rate_limit: RateLimit | None = None,
+    prices: Prices = None,
+    timing: str = "fast",
+    upstream: Mapping[str, str] | str | None = None,
+) -> AsyncIterator[LlmHandle]:
+    """An OpenAI- and Anthropic-compatible server on ``http://127.0.0.1:<port>`` for one test.
+
+    ``mode``: ``offline`` (answers from ``llm.respond``), ``replay`` (from ``cassette``, never the
+    network), ``record`` / ``record_missing`` (forward to the real provider and write the cassette),
+    ``live`` (forward, nothing written). ``budget_usd`` (Decimal), ``budget_tokens`` and
+    ``max_requests`` refuse a call that could pass them; ``rate_limit=ie.RateLimit(rpm=, tpm=)``
+    answers as the providers do past it. Problems and budget errors are raised on exit.
+    """
+    if mode not in MODES:
+        raise ConfigError(f"isolated_llm(mode={mode!r}): give one of {', '.join(MODES)}")
+    meter = Meter(budget_usd=budget_usd, budget_tokens=budget_tokens, max_requests=max_requests, prices=prices)
+    buckets = Buckets(rate_limit)
+    source = open_source(mode, cassette, timing, upstream)
+    handle = LlmHandle(mode=mode, meter=meter, buckets=buckets, source=source)
+    async with lease_server() as server:
+        handle._bind(server)
+        async with serving(handle._problems, handle._aclose):
+            try:
+                yield handle
+            except BaseException as exc:
+                budget = meter.report()
+                if budget is not None:
+                    exc.add_note(str(budget))
+                raise
+            budget = meter.report()
+            if budget is not None:
+                raise budget
