@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import asyncpg
 import pytest
@@ -10,6 +12,7 @@ from isolated_env._contract import current_settings
 from isolated_env._drivers import asyncpg_sessions
 from isolated_env._runtime import current_runtime
 from isolated_env._servers import postgres as pg_servers
+from isolated_env._servers import registry
 from isolated_env._servers.postgres import ensure_server
 
 
@@ -188,6 +191,25 @@ async def test_external_server_by_url(clean_environ: pytest.MonkeyPatch) -> None
         await db.execute("CREATE TABLE ext (x int)")
     async with ie.isolated_postgres() as db:
         assert await db.fetchval("SELECT to_regclass('ext')") is None
+
+
+async def test_the_embedded_server_named_by_url_first_leaves_the_test_roles_work_database_alone(
+    clean_environ: pytest.MonkeyPatch, private_state_dir: Path
+) -> None:
+    # A server of its own, so that this process has no work database on it yet.
+    clean_environ.setenv("ISOLATED_ENV_STATE_DIR", str(private_state_dir))
+    try:
+        server = await pg_servers.ensure_server(resolve())
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("TEST_POSTGRES_URL", server.dsn("postgres"))
+            async with ie.isolated_postgres() as db:  # external: a work database made from template1
+                assert db.server.source == "external"
+                await db.execute("CREATE TABLE ext (x int)")
+        async with ie.isolated_postgres() as db:  # embedded: the test role's own, made from the base
+            assert db.server.source == "embedded"
+            await db.execute("CREATE TABLE mine (x int)")  # was: permission denied for schema public
+    finally:
+        registry.release("postgres", private_state_dir)
 
 
 async def test_bad_mode() -> None:

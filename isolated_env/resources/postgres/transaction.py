@@ -94,13 +94,15 @@ class _WorkDatabase:
 
 
 _work_lock = threading.Lock()
-_work: dict[tuple[str, str, str], _WorkDatabase] = {}
+_work: dict[tuple[str, str, str, str], _WorkDatabase] = {}
 _counter = 0
 
 
 async def _work_database(server: PostgresServer, template: str | None, guard: Rails) -> _WorkDatabase:
     global _counter
-    key = (server_key(server), server.database, template or "")
+    # The source too: the embedded server named by TEST_POSTGRES_URL is the same host, port and
+    # user, but external (no guard rails, work databases from template1, not from the base).
+    key = (server.source, server_key(server), server.database, template or "")
     work = _work.get(key)
     if work is not None:
         return work
