@@ -336,7 +336,9 @@ class Engine:
             raise EngineError.of(62, "SYNTAX_ERROR", "Syntax error: Multi-statements are not allowed")
         sql = query.sql.encode("utf-8", "surrogateescape")  # non-UTF-8 bytes go to the engine as they came
         fmt = result_format(query.sql, query.default_format)
-        if first_word(query.sql) in (b"SELECT", b"WITH") and streams():
+        # A client that waits for the end of the query (clickhouse-connect's command()) gets the
+        # whole result in one engine call; a streaming one gets the rows as they come.
+        if not query.wait_end and first_word(query.sql) in (b"SELECT", b"WITH") and streams():
             return self._stream(conn, query, sql, fmt, cleanup)
         result = conn.query(sql, query.default_format, params=dict(query.params))
         body: bytes = result.bytes()
@@ -349,7 +351,7 @@ class Engine:
         chunks = open_stream(conn, sql, query.default_format, dict(query.params), cleanup)
         parts: list[bytes] = []
         try:
-            while len(parts) < 2 or query.wait_end:
+            while len(parts) < 2:
                 part = chunks.next()
                 if not part:
                     body = b"".join(parts)
