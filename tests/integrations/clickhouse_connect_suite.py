@@ -140,10 +140,10 @@ def outcomes(junit: Path) -> dict[str, str]:
         module = case.get("classname", "").replace(".", "/")
         module = module.split("integration_tests/", 1)[-1]
         parts = module.split("/")
-        # classname is module path, plus the class for tests in a class
-        test_file = next((i for i, p in enumerate(parts) if p.startswith("test_")), len(parts) - 1)
-        path = "/".join(parts[: test_file + 1]) + ".py"
-        test_id = "::".join([path, *parts[test_file + 1 :], case.get("name", "")])
+        # classname is the module's dotted path, then the class (capitalised) for a test in a class
+        classes = next((i for i, p in enumerate(parts) if p[:1].isupper()), len(parts))
+        path = "/".join(parts[:classes]) + ".py"
+        test_id = "::".join([path, *parts[classes:], case.get("name", "")])
         kinds = {child.tag for child in case}
         found[test_id] = "failed" if kinds & {"failure", "error"} else "skipped" if "skipped" in kinds else "passed"
     return found
@@ -169,11 +169,15 @@ def run(workers: int = 2, keep: Path | None = None) -> tuple[dict[str, str], lis
         if keep is not None:
             shutil.copy(junit, keep)
         results = outcomes(junit)
-    expected = expected_failures()
+    return results, compare(results, expected_failures())
+
+
+def compare(results: dict[str, str], expected: dict[str, str]) -> list[str]:
+    """What makes the run fail: a failure not expected, an expected failure that passes or is gone."""
     problems = [f"new failure: {t}" for t, r in sorted(results.items()) if r == "failed" and t not in expected]
     problems += [f"expected to fail, but passed: {t}" for t in sorted(expected) if results.get(t) == "passed"]
     problems += [f"expected failure not run (renamed?): {t}" for t in sorted(expected) if t not in results]
-    return results, problems
+    return problems
 
 
 def summary(results: dict[str, str]) -> str:

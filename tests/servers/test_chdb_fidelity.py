@@ -90,7 +90,7 @@ async def test_a_late_failure_through_the_sync_client(server: Any) -> None:
         sync = clickhouse_connect.get_client(**server.client_kwargs())
         try:
             with pytest.raises(StreamFailureError, match="throwIf"):
-                sync.query(LATE_FAILURE, settings={"max_block_size": 1, "wait_end_of_query": 0}).result_set
+                _ = sync.query(LATE_FAILURE, settings={"max_block_size": 1, "wait_end_of_query": 0}).result_set
             assert sync.command("SELECT 1") == 1
         finally:
             sync.close()
@@ -104,6 +104,25 @@ async def test_binary_parameters_reach_the_engine_as_bytes(client: Any) -> None:
     )
     assert csv == b"700\t100\n"
     assert await client.command("SELECT hex($b$)", parameters={"$b$": b"\xff\x00\xfe"}) == "FF00FE"
+
+
+async def test_formats_with_a_header_are_sent_whole(client: Any, scratch: str) -> None:
+    # chdb writes each streamed chunk with a fresh writer: a format with a header or a schema
+    # must not be streamed, or an Arrow reader stops after the first chunk.
+    table = await client.query_arrow("SELECT number FROM numbers(200000)", settings={"max_block_size": 1000})
+    assert table.num_rows == 200000
+    names = await client.raw_query(
+        "SELECT number FROM numbers(3000) FORMAT TSVWithNames", settings={"max_block_size": 100}
+    )
+    assert names.count(b"number") == 1 and names.count(b"\n") == 3001
+    # WITH ... INSERT starts like a query but chdb does not stream it: it runs whole.
+    await client.command(f"CREATE TABLE {scratch}.t (a UInt8) ENGINE = Memory")
+    await client.query(f"WITH 5 AS y INSERT INTO {scratch}.t SELECT y")
+    assert await client.command(f"SELECT sum(a) FROM {scratch}.t") == 5
+
+
+async def test_access_entities_can_be_listed(client: Any) -> None:
+    assert await client.command("SHOW ROW POLICIES") == ""
 
 
 async def test_a_request_database_does_not_stick_to_the_session(server: Any, scratch: str) -> None:

@@ -42,7 +42,7 @@ from .protocol import (
     result_format,
 )
 from .reply import summary
-from .stream import open_stream, streams
+from .stream import concatenable, open_stream, streams
 
 __all__ = ["CHDB_TESTED", "CHDB_CORE_TESTED", "Engine", "statement_count", "write_config"]
 
@@ -67,7 +67,7 @@ def statement_count(conn: Any, sql: str) -> int:
     :func:`.protocol.count_statements`, a tokenizer that knows quotes and comments.
     """
     if _seams.tested("chdb", CHDB_TESTED) and _seams.tested("chdb-core", CHDB_CORE_TESTED):
-        report = conn._conn.classify_query(sql, "")
+        report = conn._conn.classify_query(sql.encode("utf-8", "surrogateescape"), "")
         return int(report["statement_count"])
     return count_statements(sql)
 
@@ -78,14 +78,36 @@ _CONFIG = """<clickhouse>
         <table>query_log</table>
         <flush_interval_milliseconds>500</flush_interval_milliseconds>
     </query_log>
+    <user_directories replace="replace">
+        <users_xml><path>{users}</path></users_xml>
+    </user_directories>
+</clickhouse>
+"""
+# The engine's own default user (in-process: the adaptor authenticates clients itself): as on a server, it may
+# read access entities (SHOW ROW POLICIES, SHOW USERS); chdb keeps no store to create them in.
+_USERS = """<clickhouse>
+    <profiles><default/></profiles>
+    <quotas><default/></quotas>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>::/0</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+            <access_management>1</access_management>
+            <named_collection_control>1</named_collection_control>
+        </default>
+    </users>
 </clickhouse>
 """
 
 
 def write_config(data: Path) -> Path:
-    """The engine's configuration file, next to its data directory: a real server's query log."""
+    """The engine's configuration, next to its data directory: a server's query log and default user."""
+    users = data.parent / "chdb-users.xml"
+    users.write_text(_USERS)
     config = data.parent / "chdb-config.xml"
-    config.write_text(_CONFIG)
+    config.write_text(_CONFIG.format(users=users))
     return config
 
 
@@ -338,8 +360,17 @@ class Engine:
         fmt = result_format(query.sql, query.default_format)
         # A client that waits for the end of the query (clickhouse-connect's command()) gets the
         # whole result in one engine call; a streaming one gets the rows as they come.
-        if not query.wait_end and first_word(query.sql) in (b"SELECT", b"WITH") and streams():
-            return self._stream(conn, query, sql, fmt, cleanup)
+        if (
+            not query.wait_end
+            and first_word(query.sql) in (b"SELECT", b"WITH")
+            and concatenable(fmt or "")
+            and streams()
+        ):
+            try:
+                return self._stream(conn, query, sql, fmt, cleanup)
+            except EngineError as err:
+                if not err.message.startswith("Code: 36. DB::Exception: Streaming query is not supported"):
+                    raise  # WITH ... INSERT is not a query chdb streams: it runs whole below
         result = conn.query(sql, query.default_format, params=dict(query.params))
         body: bytes = result.bytes()
         return Outcome(body, fmt, _summary([result], len(body)))

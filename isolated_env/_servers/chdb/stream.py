@@ -17,12 +17,27 @@ from isolated_env._drivers import _seams
 
 from .protocol import EngineError
 
-__all__ = ["Chunks", "open_stream", "streams"]
+__all__ = ["Chunks", "concatenable", "open_stream", "streams"]
 
 _log = logging.getLogger("isolated_env")
 
 CHDB_TESTED = ">=4.4.0,<4.5"
 CHDB_CORE_TESTED = ">=26.9.0,<26.10"
+
+
+# Formats whose output is the concatenation of its blocks' output: each chunk of a stream is
+# written by a fresh writer, so a format with a header, a footer or a schema (JSON, Arrow, Parquet,
+# ...WithNames) is sent whole instead.
+_CONCATENABLE = frozenset({
+    "native", "tabseparated", "tsv", "tabseparatedraw", "tsvraw", "csv", "jsoneachrow", "jsonlines", "ndjson",
+    "jsoncompacteachrow", "jsonstringseachrow", "jsoncompactstringseachrow", "rowbinary", "tskv", "values",
+    "lineasstring", "rawblob",
+})
+
+
+def concatenable(fmt: str) -> bool:
+    """Whether a result in ``fmt`` may be streamed chunk by chunk."""
+    return fmt.lower() in _CONCATENABLE
 
 
 def streams() -> bool:
