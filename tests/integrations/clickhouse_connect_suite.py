@@ -156,11 +156,14 @@ def run(workers: int = 2, keep: Path | None = None) -> tuple[dict[str, str], lis
         junit = Path(tmp) / "junit.xml"
         python = suite_python()
         with adaptor() as variables:
+            # Only the suite's own plugins: this project's (seen through the .pth file) must not load.
             env = {**os.environ, **variables, "PYTHONPATH": str(root), "TZ": "UTC"}
+            env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
             env.pop("ISOLATED_ENV_STATE_DIR", None)
             cmd = [
                 python, "-m", "pytest", "tests/integration_tests", "-q", "-p", "no:cacheprovider",
                 "-o", "addopts=", "-o", "log_cli=false", f"--junitxml={junit}", "-n", str(workers),
+                "-p", "pytest_asyncio.plugin", "-p", "pytest_mock", "-p", "xdist.plugin",
             ]
             done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
         if not junit.exists():

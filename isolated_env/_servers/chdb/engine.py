@@ -29,6 +29,7 @@ from typing import Any
 
 from isolated_env._drivers import _seams
 
+from .config import write_config
 from .guard import ADMIN, check
 from .protocol import (
     EngineError,
@@ -44,7 +45,7 @@ from .protocol import (
 from .reply import summary
 from .stream import concatenable, open_stream, streams
 
-__all__ = ["CHDB_TESTED", "CHDB_CORE_TESTED", "Engine", "statement_count", "write_config"]
+__all__ = ["CHDB_TESTED", "CHDB_CORE_TESTED", "Engine", "statement_count"]
 
 _log = logging.getLogger("isolated_env")
 
@@ -70,45 +71,6 @@ def statement_count(conn: Any, sql: str) -> int:
         report = conn._conn.classify_query(sql.encode("utf-8", "surrogateescape"), "")
         return int(report["statement_count"])
     return count_statements(sql)
-
-
-_CONFIG = """<clickhouse>
-    <query_log>
-        <database>system</database>
-        <table>query_log</table>
-        <flush_interval_milliseconds>500</flush_interval_milliseconds>
-    </query_log>
-    <user_directories replace="replace">
-        <users_xml><path>{users}</path></users_xml>
-    </user_directories>
-</clickhouse>
-"""
-# The engine's own default user (in-process: the adaptor authenticates clients itself): as on a server, it may
-# read access entities (SHOW ROW POLICIES, SHOW USERS); chdb keeps no store to create them in.
-_USERS = """<clickhouse>
-    <profiles><default/></profiles>
-    <quotas><default/></quotas>
-    <users>
-        <default>
-            <password></password>
-            <networks><ip>::/0</ip></networks>
-            <profile>default</profile>
-            <quota>default</quota>
-            <access_management>1</access_management>
-            <named_collection_control>1</named_collection_control>
-        </default>
-    </users>
-</clickhouse>
-"""
-
-
-def write_config(data: Path) -> Path:
-    """The engine's configuration, next to its data directory: a server's query log and default user."""
-    users = data.parent / "chdb-users.xml"
-    users.write_text(_USERS)
-    config = data.parent / "chdb-config.xml"
-    config.write_text(_CONFIG.format(users=users))
-    return config
 
 
 def connection_string(path: str, settings: Mapping[str, str], database: str | None) -> tuple[str, dict[str, str]]:
