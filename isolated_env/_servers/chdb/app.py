@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import logging
 import secrets
 import socket
@@ -191,8 +192,11 @@ def main(argv: list[str] | None = None) -> None:
     sock = socket.socket(fileno=args.fd)
     engine = Engine(args.path)
     app = Adaptor(engine, password, threads=args.threads)
+    # httptools (the clickhouse extra) parses requests in C, h11 in pure Python: the parser is a
+    # good part of a small request's cost here.
+    http = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
     config = uvicorn.Config(
-        app, http="h11", lifespan="on", log_level="warning", access_log=False, server_header=False,
+        app, http=http, lifespan="on", log_level="warning", access_log=False, server_header=False,
         date_header=False, timeout_keep_alive=30, ws="none",
     )
     print(f"chdb adaptor: ClickHouse {engine.version} at {args.path}", file=sys.stderr, flush=True)
