@@ -56,7 +56,9 @@ def suite_python() -> str:
         venv.create(SUITE_VENV, with_pip=True, clear=True)
         purelib = subprocess.run(
             [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         # This interpreter's packages (clickhouse-connect, pandas, pyarrow, pytest, ...) are seen, not copied.
         (Path(purelib) / "isolated-env-parent.pth").write_text("\n".join(site.getsitepackages()) + "\n")
@@ -90,7 +92,8 @@ def fetch(into: Path) -> Path:
         if git_dir.exists():
             archive = subprocess.run(
                 ["git", "--git-dir", str(git_dir), "archive", REVISION, "tests", "pyproject.toml"],
-                check=True, capture_output=True,
+                check=True,
+                capture_output=True,
             ).stdout
             tarfile.open(fileobj=io.BytesIO(archive)).extractall(target, filter="data")
         else:
@@ -161,9 +164,26 @@ def run(workers: int = 2, keep: Path | None = None) -> tuple[dict[str, str], lis
             env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
             env.pop("ISOLATED_ENV_STATE_DIR", None)
             cmd = [
-                python, "-m", "pytest", "tests/integration_tests", "-q", "-p", "no:cacheprovider",
-                "-o", "addopts=", "-o", "log_cli=false", f"--junitxml={junit}", "-n", str(workers),
-                "-p", "pytest_asyncio.plugin", "-p", "pytest_mock", "-p", "xdist.plugin",
+                python,
+                "-m",
+                "pytest",
+                "tests/integration_tests",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-o",
+                "addopts=",
+                "-o",
+                "log_cli=false",
+                f"--junitxml={junit}",
+                "-n",
+                str(workers),
+                "-p",
+                "pytest_asyncio.plugin",
+                "-p",
+                "pytest_mock",
+                "-p",
+                "xdist.plugin",
             ]
             done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
         if not junit.exists():

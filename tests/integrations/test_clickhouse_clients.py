@@ -30,7 +30,8 @@ async def test_the_sqlalchemy_dialect_reaches_the_private_database() -> None:
             try:
                 meta = sqlalchemy.MetaData()
                 events = sqlalchemy.Table(
-                    "events", meta,
+                    "events",
+                    meta,
                     sqlalchemy.Column("id", sqlalchemy.Integer, primary_key=True),
                     sqlalchemy.Column("name", sqlalchemy.String),
                     MergeTree(order_by="id"),
@@ -66,8 +67,11 @@ async def test_aiochclient_over_httpx() -> None:
         parts = urlsplit(ch.url)  # the test's own user and database
         async with httpx.AsyncClient() as session:
             client = aiochclient.ChClient(
-                session, url=f"http://{parts.hostname}:{parts.port}", user=unquote(parts.username or ""),
-                password=unquote(parts.password or ""), database=ch.database,
+                session,
+                url=f"http://{parts.hostname}:{parts.port}",
+                user=unquote(parts.username or ""),
+                password=unquote(parts.password or ""),
+                database=ch.database,
             )
             assert await client.is_alive()
             await client.execute("CREATE TABLE t (id UInt32, name String) ENGINE = MergeTree ORDER BY id")

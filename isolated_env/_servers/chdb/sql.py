@@ -9,8 +9,14 @@ from __future__ import annotations
 import re
 
 __all__ = [
-    "count_statements", "first_word", "has_output", "may_hold_several_statements", "quote_ident", "quote_literal",
-    "result_format", "split_insert",
+    "count_statements",
+    "first_word",
+    "has_output",
+    "may_hold_several_statements",
+    "quote_ident",
+    "quote_literal",
+    "result_format",
+    "split_insert",
 ]
 
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNORECASE)
@@ -23,11 +29,33 @@ _TOKEN = re.compile(
 _FORMAT_NAME = re.compile(rb"\s+([A-Za-z0-9_]+)")
 # Statements whose result is no table: a server sends them no X-ClickHouse-Format (clickhouse-connect's
 # command() then returns a QuerySummary). Any other first word may produce rows, as SELECT does.
-_NO_OUTPUT = frozenset({
-    b"CREATE", b"DROP", b"ALTER", b"SET", b"USE", b"INSERT", b"SYSTEM", b"OPTIMIZE", b"RENAME", b"TRUNCATE",
-    b"ATTACH", b"DETACH", b"GRANT", b"REVOKE", b"UNDROP", b"EXCHANGE", b"DELETE", b"UPDATE", b"REPLACE", b"BEGIN",
-    b"COMMIT", b"ROLLBACK", b"MOVE",
-})
+_NO_OUTPUT = frozenset(
+    {
+        b"CREATE",
+        b"DROP",
+        b"ALTER",
+        b"SET",
+        b"USE",
+        b"INSERT",
+        b"SYSTEM",
+        b"OPTIMIZE",
+        b"RENAME",
+        b"TRUNCATE",
+        b"ATTACH",
+        b"DETACH",
+        b"GRANT",
+        b"REVOKE",
+        b"UNDROP",
+        b"EXCHANGE",
+        b"DELETE",
+        b"UPDATE",
+        b"REPLACE",
+        b"BEGIN",
+        b"COMMIT",
+        b"ROLLBACK",
+        b"MOVE",
+    }
+)
 _MAX_HEAD = 256 * 1024  # ClickHouse's max_query_size: the INSERT head is looked for only this far
 
 

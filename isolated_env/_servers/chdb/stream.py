@@ -28,11 +28,27 @@ CHDB_CORE_TESTED = ">=26.9.0,<26.10"
 # Formats whose output is the concatenation of its blocks' output: each chunk of a stream is
 # written by a fresh writer, so a format with a header, a footer or a schema (JSON, Arrow, Parquet,
 # ...WithNames) is sent whole instead.
-_CONCATENABLE = frozenset({
-    "native", "tabseparated", "tsv", "tabseparatedraw", "tsvraw", "csv", "jsoneachrow", "jsonlines", "ndjson",
-    "jsoncompacteachrow", "jsonstringseachrow", "jsoncompactstringseachrow", "rowbinary", "tskv", "values",
-    "lineasstring", "rawblob",
-})
+_CONCATENABLE = frozenset(
+    {
+        "native",
+        "tabseparated",
+        "tsv",
+        "tabseparatedraw",
+        "tsvraw",
+        "csv",
+        "jsoneachrow",
+        "jsonlines",
+        "ndjson",
+        "jsoncompacteachrow",
+        "jsonstringseachrow",
+        "jsoncompactstringseachrow",
+        "rowbinary",
+        "tskv",
+        "values",
+        "lineasstring",
+        "rawblob",
+    }
+)
 
 
 def concatenable(fmt: str) -> bool:
