@@ -74,6 +74,9 @@ def test_new_failures_and_passing_expected_failures_are_problems() -> None:
         "expected to fail, but passed: test_a.py::test_x",
     ]
     assert suite.compare({"test_a.py::test_x": "failed", "test_a.py::test_y": "passed"}, expected) == []
+    timing = {"test_a.py::test_x": "timing: a wall-clock bound"}
+    assert suite.compare({"test_a.py::test_x": "passed"}, timing) == []
+    assert suite.compare({"test_a.py::test_x": "failed"}, timing) == []
 
 
 @pytest.mark.skipif(os.environ.get("ISOLATED_ENV_CLICKHOUSE_SUITE") != "1", reason="make clickhouse-suite runs it")
