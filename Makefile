@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench typecheck lint clean
+.PHONY: setup demo test clickhouse-suite bench typecheck lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -n 2 -p no:cacheprovider
 
+# clickhouse-connect's own integration suite against the chdb adaptor, compared with
+# tests/integrations/clickhouse_connect_expected_failures.txt (its extra packages go to .venv-ccsuite)
+clickhouse-suite: $(STAMP)
+	$(BIN)/python tests/integrations/clickhouse_connect_suite.py --workers 2
+
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
@@ -33,4 +38,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check isolated_env tests examples benchmarks
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .mypy_cache
+	rm -rf $(VENV) .venv-ccsuite *.egg-info .pytest_cache .mypy_cache

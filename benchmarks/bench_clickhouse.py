@@ -66,7 +66,7 @@ async def measure_leases(leases: int, concurrency: int) -> dict[str, Any]:
     from isolated_env import Environment
     from isolated_env._contract import current_settings
     from isolated_env._servers import clickhouse as servers
-    from isolated_env.resources.clickhouse import isolated_clickhouse
+    from isolated_env.resources.clickhouse import isolated_clickhouse, settle
 
     server = await servers.ensure_server(current_settings())
     assert server.pid is not None
@@ -100,12 +100,26 @@ async def measure_leases(leases: int, concurrency: int) -> dict[str, Any]:
             await ch.query("SELECT sum(a) FROM t")
         work.append((time.perf_counter() - t0) * 1000)
 
+    # A release after a test that made a table: the slot moves to a spare, the old one is dropped
+    # in the background (settled outside the timing).
+    dirty: list[float] = []
+    for _ in range(min(leases, 200)):
+        cm = isolated_clickhouse()
+        ch = await cm.__aenter__()
+        await ch.command("CREATE TABLE t (a UInt8) ENGINE = Memory")
+        t0 = time.perf_counter()
+        await cm.__aexit__(None, None, None)
+        dirty.append((time.perf_counter() - t0) * 1000)
+        await settle()
+
     select: list[float] = []
     async with isolated_clickhouse() as ch:
         for _ in range(min(leases, 500)):
             t0 = time.perf_counter()
             await ch.command("SELECT 1")
             select.append((time.perf_counter() - t0) * 1000)
+
+    breakdown = await measure_breakdown(server, min(leases, 200))
 
     # Concurrent tests: `concurrency` environments at once, lease + release each.
     concurrent: list[float] = []
@@ -116,10 +130,12 @@ async def measure_leases(leases: int, concurrency: int) -> dict[str, Any]:
             await env.enter(isolated_clickhouse())
         concurrent.append((time.perf_counter() - t0) * 1000)
 
-    for _round in range(max(1, leases // concurrency // 2)):
+    for _round in range(1 + max(1, leases // concurrency // 2)):
         async with anyio.create_task_group() as tg:
             for _ in range(concurrency):
                 tg.start_soon(one)
+        if _round == 0:  # the first round makes the slots: a cold pool, reported on its own
+            cold_concurrent, concurrent = concurrent, []
 
     return {
         "first_lease_in_process_ms": round(first_ms, 3),
@@ -127,10 +143,56 @@ async def measure_leases(leases: int, concurrency: int) -> dict[str, Any]:
         "release_ms": _summary(exit_),
         "lease_plus_release_ms": _summary(total),
         "concurrent_lease_plus_release_ms": {**_summary(concurrent), "concurrency": concurrency},
+        "concurrent_first_round_ms": {**_summary(cold_concurrent), "concurrency": concurrency},
+        "release_after_a_table_ms": _summary(dirty),
+        "breakdown_ms": breakdown,
         "test_with_table_insert_select_ms": _summary(work),
         "select_1_round_trip_ms": _summary(select),
         "adaptor_rss_after_load_mb": _rss_mb(server.pid),
         "server": {"engine": server.engine, "version": server.version},
+    }
+
+
+async def measure_breakdown(server: Any, n: int) -> dict[str, Any]:
+    """Where a swap's time goes: the HTTP hop (a SELECT 1 round trip on the admin client), and the
+    engine DDL of the swap (CREATE DATABASE, DROP DATABASE SYNC) as round trips; engine = DDL - hop."""
+    from isolated_env.resources._clickhouse_slots import connect
+
+    admin = await connect(server, server.database)
+    hop: list[float] = []
+    create: list[float] = []
+    drop: list[float] = []
+    check: list[float] = []
+    try:
+        for i in range(n):
+            name = f"ie_bench_{os.getpid()}_{i}"
+            t0 = time.perf_counter()
+            await admin.command("SELECT 1")
+            t1 = time.perf_counter()
+            await admin.command(f"CREATE DATABASE {name}", use_database=False)
+            t2 = time.perf_counter()
+            await admin.query(
+                "SELECT comment, (SELECT count() FROM system.tables WHERE database = {db:String}) "
+                "FROM system.databases WHERE name = {db:String}",
+                parameters={"db": name},
+            )
+            t3 = time.perf_counter()
+            await admin.command(f"DROP DATABASE {name} SYNC", use_database=False)
+            t4 = time.perf_counter()
+            hop.append((t1 - t0) * 1000)
+            create.append((t2 - t1) * 1000)
+            check.append((t3 - t2) * 1000)
+            drop.append((t4 - t3) * 1000)
+    finally:
+        await admin.close()
+    med = statistics.median
+    return {
+        "http_hop_select_1": _summary(hop),
+        "create_database": _summary(create),
+        "drop_database_sync": _summary(drop),
+        "untouched_check_select": _summary(check),
+        "engine_share_of_create_p50": round(med(create) - med(hop), 3),
+        "engine_share_of_drop_p50": round(med(drop) - med(hop), 3),
     }
 
 
@@ -173,11 +235,18 @@ def main() -> None:
     rows = [
         ("adaptor startup (cold: python + chdb + first query)", result["adaptor_startup_ms"]),
         ("lease (warm pool)", result["lease_ms"]),
-        ("release (drop database, create the next)", result["release_ms"]),
+        ("release, the test made nothing", result["release_ms"]),
+        ("release after a test made a table", result["release_after_a_table_ms"]),
         ("lease + release, one at a time", result["lease_plus_release_ms"]),
-        (f"lease + release, {args.concurrency} at once", result["concurrent_lease_plus_release_ms"]),
+        (f"lease + release, {args.concurrency} at once (warm)", result["concurrent_lease_plus_release_ms"]),
+        (f"lease + release, {args.concurrency} at once (first round)", result["concurrent_first_round_ms"]),
         ("test: table + insert 100 rows + select", result["test_with_table_insert_select_ms"]),
         ("SELECT 1 round trip", result["select_1_round_trip_ms"]),
+        ("  breakdown: HTTP hop (admin SELECT 1)", result["breakdown_ms"]["http_hop_select_1"]),
+        ("  breakdown: CREATE DATABASE round trip", result["breakdown_ms"]["create_database"]),
+        ("  breakdown: DROP DATABASE SYNC round trip", result["breakdown_ms"]["drop_database_sync"]),
+        ("  breakdown: untouched check (one SELECT)", result["breakdown_ms"]["untouched_check_select"]),
+        ("  breakdown: adaptor start, process to ready", result["adaptor_startup_ms"]),
     ]
     print(f"{'isolated_clickhouse (chdb adaptor)':<52} {'n':>5} {'p50 ms':>9} {'p95 ms':>9}")
     for label, s in rows:

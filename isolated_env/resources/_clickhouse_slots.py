@@ -150,7 +150,9 @@ class _Slots:
         self.guarded = server.guarded and mode == "database"
         self.spare_sets: dict[str | None, list[str]] = {} if self.guarded else {None: []}
         self.retired: list[str] = []
-        self.dropping = 0  # retired databases not yet dropped (in the list, or being dropped)
+        # Released databases not yet looked at: an untouched one becomes a spare again, the rest retire.
+        self.returned: list[tuple[str, str | None]] = []
+        self.dropping = 0  # released databases not yet dropped or reused (in the lists, or in hand)
         self._working = False
         self._admin: Any = None
         self._admin_lock = anyio.Lock()
@@ -237,21 +239,37 @@ class _Slots:
             await _drop_prefixed(slot.client, slot.database, slot.prefix, keep=slot.marker)
 
     async def recycle(self, slot: _Slot) -> None:
-        """On release: the slot moves to a fresh database (a spare made ahead of time, else a new one)
-        and the used one is dropped in the background."""
+        """On release: the slot moves to a spare made ahead of time, and the worker reuses the used
+        database as a spare if the test made nothing in it, else drops it. Without a spare, an
+        untouched database stays with the slot (one SELECT); a used one is replaced in-line."""
         if self.mode == "prefix":
             await self.clean(slot)
             return
         spares = self.spare_sets.setdefault(slot.user, [])
         if spares:
             name = spares.pop()
+            self.returned.append((slot.database, slot.user))
+        elif await self._untouched(await self._admin_client(), slot.database):
+            return  # nothing was made in it: it stays, with no DDL
         else:
             name = self._name(slot.user)
             await self._make_database(await self._ddl(slot), name)
-        self.retired.append(slot.database)
+            self.retired.append(slot.database)
         self.dropping += 1
         slot.database = slot.client.database = name
         await self._kick()
+
+    async def _untouched(self, admin: Any, database: str) -> bool:
+        """Whether ``database`` is as it was made: there, no table, view or dictionary in it, and its
+        owner label unchanged (one SELECT, where a swap costs a DROP and a CREATE)."""
+        rows = (
+            await admin.query(
+                "SELECT comment, (SELECT count() FROM system.tables WHERE database = {db:String}) "
+                "FROM system.databases WHERE name = {db:String}",
+                parameters={"db": database},
+            )
+        ).result_rows
+        return bool(rows) and rows[0][1] == 0 and rows[0][0] == _owner_comment()
 
     async def _kick(self) -> None:
         if not self._working:
@@ -264,6 +282,19 @@ class _Slots:
         stop the drops that follow."""
         try:
             admin = await self._admin_client()
+            while self.returned:
+                name, user = self.returned.pop()
+                spares = self.spare_sets.get(user)
+                try:
+                    reuse = spares is not None and not self.runtime.closed and await self._untouched(admin, name)
+                except Exception as exc:  # looked at again as a retired database: dropped, or retried
+                    log.warning("isolated_env: checking ClickHouse database %s failed: %r", name, exc)
+                    reuse = False
+                if reuse and spares is not None:
+                    spares.append(name)
+                    self.dropping -= 1
+                else:
+                    self.retired.append(name)
             failed: list[str] = []
             while self.retired:
                 name = self.retired.pop()
@@ -318,8 +349,8 @@ class _Slots:
 
     async def aclose(self) -> None:
         """At the event loop's end: drop the retired and spare databases."""
-        leftovers = self.retired + self.spares
-        self.retired = []
+        leftovers = self.retired + [name for name, _ in self.returned] + self.spares
+        self.retired, self.returned = [], []
         self.spare_sets = {} if self.guarded else {None: []}
         if not leftovers:
             if self._admin is not None:
@@ -351,7 +382,7 @@ class _Slots:
                 await _drop_prefixed(slot.client, slot.database, slot.prefix, keep=None)
         finally:
             await slot.client.close()
-        if self.retired and not self.runtime.closed:
+        if (self.retired or self.returned) and not self.runtime.closed:
             await self._kick()
 
 

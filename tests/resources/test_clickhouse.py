@@ -379,3 +379,21 @@ async def test_keep_on_failure_keeps_the_database_until_pruned(admin: Any) -> No
         removed = await ClickHouseResource.reap(resolve(), kept=True)
         assert ch.database in removed
         assert ch.database not in await _databases(admin)
+
+
+async def test_an_untouched_database_stays_and_a_used_one_is_replaced(admin: Any) -> None:
+    async with isolated_clickhouse() as ch:
+        untouched = ch.database
+    await settle()
+    assert untouched in await _databases(admin)  # nothing was made in it: the slot keeps it
+    async with isolated_clickhouse() as ch:
+        await ch.command("CREATE TABLE t (a UInt8) ENGINE = Memory")
+        used = ch.database
+    await settle()
+    assert used not in await _databases(admin)
+    # A test that dropped its own database leaves the next one a database that exists.
+    async with isolated_clickhouse() as ch:
+        await ch.command(f"DROP DATABASE {ch.database} SYNC")
+    async with isolated_clickhouse() as ch:
+        await ch.command("CREATE TABLE t (a UInt8) ENGINE = Memory")
+        assert await ch.command("SELECT count() FROM t") == 0

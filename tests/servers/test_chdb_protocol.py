@@ -23,6 +23,7 @@ from isolated_env._servers.chdb.protocol import (
     check_client,
     count_statements,
     decode_request,
+    first_word,
     may_hold_several_statements,
     parse_form,
     parse_params,
@@ -40,6 +41,7 @@ def test_protocol_modules_import_no_chdb() -> None:
         "import sys\n"
         "import isolated_env._servers.chdb.protocol, isolated_env._servers.chdb.compression\n"
         "import isolated_env._servers.chdb.reply, isolated_env._servers.chdb.app\n"
+        "import isolated_env._servers.chdb.sql, isolated_env._servers.chdb.stream\n"
         "print(sorted(m for m in sys.modules if m == 'chdb' or m.startswith('chdb.')))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -105,10 +107,24 @@ def test_only_text_after_a_semicolon_needs_counting() -> None:
         ("select 1 format csv;", "csv"),
         ("SELECT 'FORMAT CSV' AS x", "TabSeparated"),
         ("SELECT 1", "TabSeparated"),
+        ("/* c */ (SELECT 1)", "TabSeparated"),
+        ("SHOW TABLES", "TabSeparated"),
+        ("CREATE TABLE t (a Int8) ENGINE = Memory", None),
+        ("-- why\n set max_threads = 1", None),
+        ("DROP TABLE t SYNC", None),
+        ("INSERT INTO t SELECT 1", None),
     ],
 )
-def test_result_format(sql: str, expected: str) -> None:
+def test_result_format(sql: str, expected: str | None) -> None:
+    # A statement without a result table gets no format: clickhouse-connect's command() then
+    # returns its QuerySummary, as from a server.
     assert result_format(sql, "TabSeparated") == expected
+
+
+def test_query_text_that_is_not_utf8_reaches_the_engine_as_sent() -> None:
+    query = decode_request("POST", {}, {}, b"SELECT 'a\xff\xfe'")
+    assert query.sql.encode("utf-8", "surrogateescape") == b"SELECT 'a\xff\xfe'"
+    assert first_word("  (( select 1))") == b"SELECT" and first_word("'x'") == b""
 
 
 # -- request decoding ---------------------------------------------------------------------------
@@ -178,7 +194,6 @@ def test_get_is_readonly_unless_the_client_says_otherwise() -> None:
     ("params", "body", "code"),
     [
         ({}, b"  \n", 62),
-        ({}, b"SELECT '\xff'", 27),
         ({"session_timeout": "soon"}, b"SELECT 1", 36),
         ({"compress": "1"}, b"SELECT 1", 48),
         ({"decompress": "true"}, b"SELECT 1", 48),
@@ -366,12 +381,26 @@ def test_error_reply_adds_the_version_once() -> None:
 
 def test_success_headers_carry_format_and_summary() -> None:
     figures = reply.summary(read_rows=3, written_rows=2, result_bytes=9, elapsed=0.5)
-    headers = dict(reply.success_headers(Outcome(b"", "JSONEachRow", figures)))
-    assert headers["x-clickhouse-format"] == "JSONEachRow"
+    headers = dict(reply.success_headers(Outcome(b"", "JSONEachRow", figures), "TAG1"))
+    assert headers["x-clickhouse-format"] == "JSONEachRow" and headers["x-clickhouse-exception-tag"] == "TAG1"
     assert headers["content-type"] == "application/x-ndjson; charset=UTF-8"
     sent = json.loads(headers["x-clickhouse-summary"])
     assert sent["read_rows"] == "3" and sent["written_rows"] == "2" and sent["result_bytes"] == "9"
     assert sent["elapsed_ns"] == "500000000" and " " not in headers["x-clickhouse-summary"]
+
+
+def test_a_statement_without_a_table_has_no_format_header() -> None:
+    headers = dict(reply.success_headers(Outcome(b"", None, reply.summary()), "TAG1"))
+    assert "x-clickhouse-format" not in headers and headers["content-type"].startswith("text/plain")
+
+
+def test_the_exception_block_is_found_by_the_client() -> None:
+    from clickhouse_connect.driver.transform import extract_exception_with_tag
+
+    block = reply.exception_block(EngineError(395, "Code: 395. DB::Exception: boom. (X)"), "26.9", "ABC123")
+    assert block.startswith(b"\r\n__exception__\r\nABC123\r\n")
+    assert extract_exception_with_tag(b"rows" + block, "ABC123") == "Code: 395. DB::Exception: boom. (X) (version 26.9)"
+    assert extract_exception_with_tag(b"rows" + block, "OTHER") is None
 
 
 def test_common_headers() -> None:

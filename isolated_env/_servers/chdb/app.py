@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import logging
+import secrets
 import socket
 import sys
 import uuid
@@ -24,7 +26,7 @@ import anyio.to_thread
 
 from . import compression, reply
 from .engine import Engine
-from .protocol import EngineError, Outcome, authenticate, check_client, decode_request, parse_params
+from .protocol import EngineError, Outcome, Stream, authenticate, check_client, decode_request, parse_params
 
 __all__ = ["Adaptor", "EngineError", "main"]
 
@@ -86,13 +88,42 @@ class Adaptor:
             failure = EngineError.of(1001, "STD_EXCEPTION", f"{type(exc).__name__}: {exc}")
             await self._error(send, failure, query_id)
             return
-        reply_headers = self._common_headers(query_id) + reply.success_headers(outcome)
+        tag = secrets.token_hex(8).upper()
+        reply_headers = self._common_headers(query_id) + reply.success_headers(outcome, tag)
+        if encoding:
+            reply_headers.append(("content-encoding", encoding))
+        if outcome.rest is not None:
+            await self._stream(send, outcome.rest, reply_headers, encoding, level, tag)
+            return
         payload = outcome.body
         if encoding and payload:
             payload = await anyio.to_thread.run_sync(compression.compress, payload, encoding, level)
-            reply_headers.append(("content-encoding", encoding))
         await self._reply(send, 200, payload, reply_headers)
 
+    async def _stream(
+        self, send: Send, rest: Stream, headers: list[tuple[str, str]], encoding: str | None, level: int, tag: str
+    ) -> None:
+        """A result still being produced: chunked, each chunk as the engine gives it; a failure after
+        the first is written as the exception block that clients look for after the reply's tag."""
+        packer = compression.compressor(encoding, level) if encoding else None
+        limiter = self._limiter
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": reply.encode_headers(headers, None)})
+            while True:
+                try:
+                    chunk = await anyio.to_thread.run_sync(rest, limiter=limiter)
+                except EngineError as err:
+                    chunk, last = reply.exception_block(err, self.engine.version, tag), True
+                else:
+                    last = not chunk
+                if packer is not None:
+                    chunk = packer.compress(chunk) + (packer.flush() if last else b"")
+                await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+                if last:
+                    return
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(rest.close, limiter=limiter)
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
             message = await receive()
@@ -161,8 +192,11 @@ def main(argv: list[str] | None = None) -> None:
     sock = socket.socket(fileno=args.fd)
     engine = Engine(args.path)
     app = Adaptor(engine, password, threads=args.threads)
+    # httptools (the clickhouse extra) parses requests in C, h11 in pure Python: the parser is a
+    # good part of a small request's cost here.
+    http = "httptools" if importlib.util.find_spec("httptools") is not None else "h11"
     config = uvicorn.Config(
-        app, http="h11", lifespan="on", log_level="warning", access_log=False, server_header=False,
+        app, http=http, lifespan="on", log_level="warning", access_log=False, server_header=False,
         date_header=False, timeout_keep_alive=30, ws="none",
     )
     print(f"chdb adaptor: ClickHouse {engine.version} at {args.path}", file=sys.stderr, flush=True)

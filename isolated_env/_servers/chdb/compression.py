@@ -10,8 +10,11 @@ from __future__ import annotations
 import gzip
 import zlib
 from collections.abc import Mapping
+from typing import Any, Protocol
 
-__all__ = ["ENCODINGS", "UnknownEncoding", "compress", "compression_level", "decompress", "response_encoding"]
+__all__ = [
+    "ENCODINGS", "UnknownEncoding", "compress", "compression_level", "compressor", "decompress", "response_encoding",
+]
 
 
 class UnknownEncoding(ValueError):
@@ -65,6 +68,56 @@ def compress(data: bytes, encoding: str, level: int) -> bytes:
 
         return bytes(zstandard.ZstdCompressor(level=max(1, min(19, level))).compress(data))
     raise UnknownEncoding(f"unknown response encoding {encoding!r}")
+
+
+class _Incremental(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class _Lz4:
+    """An lz4 frame written chunk by chunk."""
+
+    def __init__(self) -> None:
+        import lz4.frame
+
+        self._frame = lz4.frame.LZ4FrameCompressor()
+        self._head: bytes | None = self._frame.begin()
+
+    def compress(self, data: bytes) -> bytes:
+        head, self._head = self._head or b"", None
+        return head + bytes(self._frame.compress(data))
+
+    def flush(self) -> bytes:
+        head, self._head = self._head or b"", None
+        return head + bytes(self._frame.flush())
+
+
+def compressor(encoding: str, level: int) -> _Incremental:
+    """A compressor for a streamed reply body in one of :data:`ENCODINGS` (one frame for the whole body)."""
+    if encoding == "gzip":
+        return zlib.compressobj(max(1, min(9, level)), zlib.DEFLATED, 31)
+    if encoding == "deflate":
+        return zlib.compressobj(max(1, min(9, level)))
+    if encoding == "lz4":
+        return _Lz4()
+    if encoding == "zstd":
+        import zstandard
+
+        return _Zstd(zstandard.ZstdCompressor(level=max(1, min(19, level))).compressobj())
+    raise UnknownEncoding(f"unknown response encoding {encoding!r}")
+
+
+class _Zstd:
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def compress(self, data: bytes) -> bytes:
+        return bytes(self._obj.compress(data))
+
+    def flush(self) -> bytes:
+        return bytes(self._obj.flush())
 
 
 def response_encoding(headers: Mapping[str, str], params: Mapping[str, str]) -> str | None:

@@ -16,6 +16,7 @@ the extension's ``classify_query`` does with the engine's own parser: that one s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -28,18 +29,21 @@ from typing import Any
 
 from isolated_env._drivers import _seams
 
+from .config import write_config
 from .guard import ADMIN, check
 from .protocol import (
     EngineError,
     Outcome,
     Query,
     count_statements,
+    first_word,
     may_hold_several_statements,
     quote_ident,
     quote_literal,
     result_format,
 )
 from .reply import summary
+from .stream import concatenable, open_stream, streams
 
 __all__ = ["CHDB_TESTED", "CHDB_CORE_TESTED", "Engine", "statement_count"]
 
@@ -64,7 +68,7 @@ def statement_count(conn: Any, sql: str) -> int:
     :func:`.protocol.count_statements`, a tokenizer that knows quotes and comments.
     """
     if _seams.tested("chdb", CHDB_TESTED) and _seams.tested("chdb-core", CHDB_CORE_TESTED):
-        report = conn._conn.classify_query(sql, "")
+        report = conn._conn.classify_query(sql.encode("utf-8", "surrogateescape"), "")
         return int(report["statement_count"])
     return count_statements(sql)
 
@@ -95,7 +99,7 @@ def _figure(result: Any, name: str) -> float:
 
 
 class _Session:
-    __slots__ = ("applied", "baseline", "conn", "database", "expires", "lock", "timeout")
+    __slots__ = ("applied", "baseline", "conn", "database", "expires", "lock", "own_database", "timeout")
 
     def __init__(self, conn: Any, timeout: float) -> None:
         self.conn = conn
@@ -104,7 +108,8 @@ class _Session:
         self.expires = time.monotonic() + timeout
         self.applied: dict[str, str] = {}  # request settings in force on the connection
         self.baseline: dict[str, str | None] = {}  # the session's own values under them (None: default)
-        self.database: str | None = None
+        self.database = "default"  # in force on the connection
+        self.own_database = "default"  # the session's own (its USE statements); a request's database= is not
 
 
 class Engine:
@@ -116,8 +121,9 @@ class Engine:
         self._chdb_connect: Callable[[str], Any] = chdb.connect
         self.path = str(path)
         path.mkdir(parents=True, exist_ok=True)
-        # Keeps the engine up: chdb stops it when the last connection closes.
-        self._keeper = self._open(self.path)
+        # Keeps the engine up: chdb stops it when the last connection closes. The engine starts with
+        # the configuration of ``write_config`` (chdb's default has no system.query_log).
+        self._keeper = self._open(f"{self.path}?config-file={write_config(path)}")
         info = self._keeper.query("SELECT version(), timezone()", "TabSeparated").bytes().decode().split("\t")
         self.version, self.timezone = info[0], info[1].strip()
         names = self._keeper.query("SELECT name FROM system.settings", "TabSeparated").bytes().decode()
@@ -141,27 +147,46 @@ class Engine:
                 raise EngineError.of(115, "UNKNOWN_SETTING", f"Unknown setting '{name}'")
 
     def execute(self, query: Query) -> Outcome:
-        """Run one request to completion (blocking: called in a worker thread)."""
+        """Run one request (blocking: called in a worker thread). A streamed result holds its
+        connection (or its session's lock) until its ``rest`` ends or is closed."""
         self.check_settings(query.settings)
         if query.user != ADMIN:
             query = dataclasses.replace(query, sql=check(query.user, query.database, query.sql, self.databases))
-        if query.session_id is None:
-            conn = self._connect(query.settings, query.database)
-            try:
-                return self._run(conn, query)
-            finally:
-                _close(conn, "a request's connection")
-        session = self._session(query)
-        if not session.lock.acquire(blocking=False):
-            raise EngineError.of(
-                373, "SESSION_IS_LOCKED", f"Session {query.session_id} is locked by a concurrent client"
-            )
+        cleanup = contextlib.ExitStack()
         try:
-            self._apply_session_state(session, query)
-            return self._run(session.conn, query)
-        finally:
-            session.expires = time.monotonic() + session.timeout
-            session.lock.release()
+            if query.session_id is None:
+                conn = self._connect(query.settings, query.database)
+                cleanup.callback(_close, conn, "a request's connection")
+                outcome = self._run(conn, query, cleanup)
+            else:
+                session = self._session(query)
+                if not session.lock.acquire(blocking=False):
+                    raise EngineError.of(
+                        373, "SESSION_IS_LOCKED", f"Session {query.session_id} is locked by a concurrent client"
+                    )
+                cleanup.callback(self._release, session)
+                self._apply_session_state(session, query)
+                outcome = self._run(session.conn, query, cleanup)
+                if first_word(query.sql) == b"USE":  # the session's own database changes, as a server's would
+                    session.own_database = session.database = self._current_database(session.conn)
+        except BaseException:
+            cleanup.close()
+            raise
+        if outcome.rest is None:
+            cleanup.close()
+        return outcome
+
+    @staticmethod
+    def _release(session: _Session) -> None:
+        session.expires = time.monotonic() + session.timeout
+        session.lock.release()
+
+    @staticmethod
+    def _current_database(conn: Any) -> str:
+        try:
+            return str(conn.query("SELECT currentDatabase()", "TabSeparated").bytes().decode().strip())
+        except RuntimeError as exc:
+            raise EngineError.from_engine(exc) from None
 
     def databases(self) -> frozenset[str]:
         """The names of the engine's databases (for the guard rails; cached for a second)."""
@@ -224,9 +249,10 @@ class Engine:
         # nothing is run when the client sends the same settings every time (clickhouse-connect).
         conn = session.conn
         try:
-            if query.database and query.database != session.database:
-                conn.query(f"USE {quote_ident(query.database)}", "TabSeparated")
-                session.database = query.database
+            wanted = query.database or session.own_database
+            if wanted != session.database:
+                conn.query(f"USE {quote_ident(wanted)}", "TabSeparated")
+                session.database = wanted
             fresh = [k for k in query.settings if k not in session.applied]
             if fresh:
                 names = ", ".join(quote_literal(k) for k in fresh)
@@ -267,34 +293,75 @@ class Engine:
         done = inserter.finish()
         return summary(written_rows=done.rows_written, written_bytes=done.bytes_written, elapsed=done.elapsed)
 
-    def _run(self, conn: Any, query: Query) -> Outcome:
+    def _run(self, conn: Any, query: Query, cleanup: contextlib.ExitStack) -> Outcome:
         try:
             for table in query.external:
                 name = quote_ident(table.name)
                 conn.query(f"CREATE TEMPORARY TABLE {name} ({table.structure})", "TabSeparated")
+                # A session outlives the request; its tables must not (dropped when the reply ends).
+                cleanup.callback(self._drop_external, conn, table.name)
                 self._insert(conn, f"INSERT INTO {name}", table.format, table.data)
-            try:
-                return self._run_query(conn, query)
-            finally:
-                for table in query.external:  # a session outlives the request; its tables must not
-                    try:
-                        conn.query(f"DROP TEMPORARY TABLE IF EXISTS {quote_ident(table.name)}", "TSV")
-                    except RuntimeError:
-                        _log.warning("chdb adaptor: external table %s outlives its request", table.name, exc_info=True)
+            return self._run_query(conn, query, cleanup)
         except RuntimeError as exc:
             raise EngineError.from_engine(exc) from None
 
-    def _run_query(self, conn: Any, query: Query) -> Outcome:
+    @staticmethod
+    def _drop_external(conn: Any, name: str) -> None:
+        try:
+            conn.query(f"DROP TEMPORARY TABLE IF EXISTS {quote_ident(name)}", "TSV")
+        except RuntimeError:
+            _log.warning("chdb adaptor: external table %s outlives its request", name, exc_info=True)
+
+    def _run_query(self, conn: Any, query: Query, cleanup: contextlib.ExitStack) -> Outcome:
         if query.insert_format is not None:
             written = self._insert(conn, query.sql, query.insert_format, query.data)
-            return Outcome(b"", query.default_format, written)
+            return Outcome(b"", None, written)
         if may_hold_several_statements(query.sql) and statement_count(conn, query.sql) > 1:
             raise EngineError.of(62, "SYNTAX_ERROR", "Syntax error: Multi-statements are not allowed")
-        result = conn.query(query.sql, query.default_format, params=dict(query.params))
+        sql = query.sql.encode("utf-8", "surrogateescape")  # non-UTF-8 bytes go to the engine as they came
+        fmt = result_format(query.sql, query.default_format)
+        # A client that waits for the end of the query (clickhouse-connect's command()) gets the
+        # whole result in one engine call; a streaming one gets the rows as they come.
+        if (
+            not query.wait_end
+            and first_word(query.sql) in (b"SELECT", b"WITH")
+            and concatenable(fmt or "")
+            and streams()
+        ):
+            try:
+                return self._stream(conn, query, sql, fmt, cleanup)
+            except EngineError as err:
+                if not err.message.startswith("Code: 36. DB::Exception: Streaming query is not supported"):
+                    raise  # WITH ... INSERT is not a query chdb streams: it runs whole below
+        result = conn.query(sql, query.default_format, params=dict(query.params))
         body: bytes = result.bytes()
-        figures = summary(
-            read_rows=int(_figure(result, "rows_read")), read_bytes=int(_figure(result, "bytes_read")),
-            written_rows=int(_figure(result, "rows_written")), written_bytes=int(_figure(result, "bytes_written")),
-            result_bytes=len(body), elapsed=_figure(result, "elapsed"),
-        )
-        return Outcome(body, result_format(query.sql, query.default_format), figures)
+        return Outcome(body, fmt, _summary([result], len(body)))
+
+    def _stream(self, conn: Any, query: Query, sql: bytes, fmt: str | None, cleanup: contextlib.ExitStack) -> Outcome:
+        # The reply starts once two chunks are in: a result that fits in them (most) goes out whole,
+        # with its full summary; a longer one streams, and a failure after its first chunks is
+        # written into the body as a server's exception block.
+        chunks = open_stream(conn, sql, query.default_format, dict(query.params), cleanup)
+        parts: list[bytes] = []
+        try:
+            while len(parts) < 2:
+                part = chunks.next()
+                if not part:
+                    body = b"".join(parts)
+                    return Outcome(body, fmt, _summary(chunks.stats, len(body)))
+                parts.append(part)
+        except BaseException:
+            chunks.close()
+            raise
+        chunks.pending = b"".join(parts)
+        return Outcome(b"", fmt, _summary(chunks.stats, 0), rest=chunks)
+
+
+def _summary(results: list[Any], result_bytes: int) -> dict[str, str]:
+    return summary(
+        read_rows=sum(int(_figure(r, "rows_read")) for r in results),
+        read_bytes=sum(int(_figure(r, "bytes_read")) for r in results),
+        written_rows=sum(int(_figure(r, "rows_written")) for r in results),
+        written_bytes=sum(int(_figure(r, "bytes_written")) for r in results),
+        result_bytes=result_bytes, elapsed=max((_figure(r, "elapsed") for r in results), default=0.0),
+    )

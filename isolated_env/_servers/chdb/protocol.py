@@ -19,14 +19,26 @@ import hmac
 import ipaddress
 import re
 from collections.abc import Mapping
+from typing import Protocol
 from urllib.parse import parse_qsl
 
 from .compression import UnknownEncoding, decompress
+from .sql import (
+    count_statements,
+    first_word,
+    has_output,
+    may_hold_several_statements,
+    quote_ident,
+    quote_literal,
+    result_format,
+    split_insert,
+)
 
 __all__ = [
     "HTTP_PARAMS", "USER", "EngineError", "ExternalTable", "Outcome", "Query", "authenticate",
-    "check_client", "count_statements", "decode_request", "may_hold_several_statements", "owner_of", "parse_form",
-    "parse_params", "quote_ident", "quote_literal", "result_format", "split_insert", "user_password",
+    "check_client", "count_statements", "decode_request", "first_word", "has_output", "may_hold_several_statements",
+    "owner_of", "parse_form", "parse_params", "quote_ident", "quote_literal", "result_format", "split_insert",
+    "user_password",
 ]
 
 USER = "default"
@@ -46,16 +58,7 @@ HTTP_PARAMS = frozenset(
 )
 """Parameters the HTTP layer consumes itself; every other parameter is a query setting."""
 
-_TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNORECASE)
-_MULTI_STATEMENT_HINT = re.compile(r";\s*\S")
-# Tokens of SQL text: enough to tell keywords and ``;`` outside quotes and comments.
-_TOKEN = re.compile(
-    rb"""\s+|--[^\n]*|/\*.*?\*/|'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`(?:[^`\\]|\\.)*`|[A-Za-z_][A-Za-z0-9_]*|.""",
-    re.DOTALL,
-)
-_FORMAT_NAME = re.compile(rb"\s+([A-Za-z0-9_]+)")
 _LEASE_USER = re.compile(r"^ie_[a-z0-9]+_\d+_s\d+$")
-_MAX_HEAD = 256 * 1024  # ClickHouse's max_query_size: the INSERT head is looked for only this far
 
 class EngineError(Exception):
     """A ClickHouse exception: ``code`` and the server's message text (``Code: N. DB::Exception: ...``)."""
@@ -107,6 +110,7 @@ class Query:
     session_timeout: float
     session_check: bool
     external: tuple[ExternalTable, ...] = ()
+    wait_end: bool = False  # wait_end_of_query=1: the whole result before the reply (a late error is a 500)
     user: str = USER  # who sent it (set once authenticated): the default user, or a lease user
 
 
@@ -115,8 +119,19 @@ class Outcome:
     """What a request produced: the body, its format and the ``X-ClickHouse-Summary`` figures."""
 
     body: bytes
-    format: str
+    format: str | None  # None: the statement has no result table (DDL, SET, INSERT, ...)
     summary: Mapping[str, str]
+    # The rest of a result that is still being produced: each call returns the next chunk, b"" at
+    # its end, or raises EngineError (a late failure); ``close()`` ends it early. None: body is all.
+    rest: Stream | None = None
+
+
+class Stream(Protocol):
+    """The unread part of a result streamed from the engine (its calls block: run them in a thread)."""
+
+    def __call__(self) -> bytes: ...
+
+    def close(self) -> None: ...
 
 
 def parse_params(query_string: bytes) -> dict[str, str]:
@@ -146,84 +161,6 @@ def parse_form(content_type: str, body: bytes) -> tuple[dict[str, str], list[tup
         else:
             files.append((name, payload))
     return fields, files
-
-
-def _is_word(token: bytes) -> bool:
-    return token[:1].isalpha() or token[:1] == b"_"
-
-
-def _is_blank(token: bytes) -> bool:
-    return token.isspace() or token.startswith((b"--", b"/*"))
-
-
-def split_insert(text: bytes) -> tuple[bytes, str, bytes] | None:
-    """``(head, format, data)`` when ``text`` is ``INSERT ... FORMAT <fmt>`` followed by data.
-
-    The data starts after the format name, its horizontal whitespace and at most one newline
-    (ClickHouse's own rule), so binary data that begins with whitespace bytes is kept intact.
-    """
-    pos = 0
-    first = True
-    limit = min(len(text), _MAX_HEAD)
-    while pos < limit:
-        match = _TOKEN.match(text, pos)
-        if match is None:  # pragma: no cover - the pattern matches any byte
-            return None
-        token = match.group()
-        word = token.upper() if _is_word(token) else b""
-        if first and word:
-            if word != b"INSERT":
-                return None
-            first = False
-        elif first and not _is_blank(token):
-            return None
-        elif word in (b"VALUES", b"SELECT", b"WITH"):
-            return None
-        elif word == b"FORMAT":
-            name = _FORMAT_NAME.match(text, match.end())
-            if name is None:
-                return None
-            data_start = name.end()
-            while data_start < len(text) and text[data_start] in b" \t\f":
-                data_start += 1
-            if text[data_start : data_start + 1] == b"\r":
-                data_start += 1
-            if text[data_start : data_start + 1] == b"\n":
-                data_start += 1
-            return text[: match.start()], name.group(1).decode(), text[data_start:]
-        pos = match.end()
-    return None
-
-
-def may_hold_several_statements(sql: str) -> bool:
-    """A cheap pre-check: only text with a ``;`` followed by more text needs counting."""
-    return _MULTI_STATEMENT_HINT.search(sql) is not None
-
-
-def count_statements(sql: str) -> int:
-    """How many ``;``-separated statements ``sql`` holds, by tokens (quotes and comments known).
-
-    The engine's own parser is the authority (see ``engine.statement_count``); this count is what
-    is used when that parser cannot be reached. It does not know heredoc strings (``$$...$$``).
-    """
-    text = sql.encode()
-    count, pending, pos = 0, False, 0
-    while pos < len(text):
-        match = _TOKEN.match(text, pos)
-        assert match is not None  # the pattern matches any byte
-        token = match.group()
-        if token == b";":
-            count, pending = count + pending, False
-        elif not _is_blank(token):
-            pending = True
-        pos = match.end()
-    return count + pending
-
-
-def result_format(sql: str, default: str) -> str:
-    """The format of a reply: a trailing ``FORMAT <name>`` of the query, else ``default_format``."""
-    match = _TRAILING_FORMAT.search(sql)
-    return match.group(1) if match else default
 
 
 def decode_request(method: str, headers: Mapping[str, str], params: Mapping[str, str], body: bytes) -> Query:
@@ -258,14 +195,11 @@ def decode_request(method: str, headers: Mapping[str, str], params: Mapping[str,
     split = split_insert(text)
     if split is not None:
         head, insert_format, data = split
-        sql: str = head.decode(errors="replace")
+        sql: str = head.decode("utf-8", "surrogateescape")
     else:
-        try:
-            sql = text.decode()
-        except UnicodeDecodeError:
-            raise EngineError.of(
-                27, "CANNOT_PARSE_INPUT_ASSERTION_FAILED", "the query is not valid UTF-8 text"
-            ) from None
+        # Bytes that are not UTF-8 (binary parameters such as Parquet data) survive as surrogates
+        # and go to the engine as the bytes they were (see ``engine.sql_bytes``).
+        sql = text.decode("utf-8", "surrogateescape")
         insert_format, data = None, b""
     settings = {k: v for k, v in params.items() if k not in HTTP_PARAMS and not k.startswith("param_")}
     if method == "GET":
@@ -286,6 +220,7 @@ def decode_request(method: str, headers: Mapping[str, str], params: Mapping[str,
         session_timeout=timeout,
         session_check=params.get("session_check", "0") in ("1", "true"),
         external=tuple(external),
+        wait_end=params.get("wait_end_of_query", "0") in ("1", "true"),
     )
 
 
@@ -353,11 +288,3 @@ def check_client(host: str | None) -> None:
         loopback = False
     if not loopback:
         raise EngineError.of(195, "IP_ADDRESS_NOT_ALLOWED", f"Connections from {host} are not allowed: loopback only")
-
-
-def quote_literal(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def quote_ident(name: str) -> str:
-    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 from .protocol import EngineError, Outcome
 
 __all__ = [
-    "common_headers", "content_type", "encode_headers", "error_reply", "status_for", "success_headers", "summary",
+    "common_headers", "content_type", "encode_headers", "error_reply", "exception_block", "status_for",
+    "success_headers", "summary",
 ]
 
 _CONTENT_TYPES = {
@@ -74,28 +75,43 @@ def common_headers(display_name: str, query_id: str, timezone: str) -> list[tupl
     ]
 
 
-def success_headers(outcome: Outcome) -> list[tuple[str, str]]:
-    return [
-        ("x-clickhouse-format", outcome.format),
-        ("x-clickhouse-summary", json.dumps(dict(outcome.summary), separators=(",", ":"))),
-        ("content-type", content_type(outcome.format)),
-    ]
+def success_headers(outcome: Outcome, exception_tag: str) -> list[tuple[str, str]]:
+    """The headers of a reply that starts well; ``exception_tag`` marks a failure written mid-stream."""
+    headers = [("x-clickhouse-summary", json.dumps(dict(outcome.summary), separators=(",", ":")))]
+    if outcome.format is not None:  # a statement without a result table gets none, as on a server
+        headers.append(("x-clickhouse-format", outcome.format))
+    headers.append(("content-type", content_type(outcome.format or "")))
+    headers.append(("x-clickhouse-exception-tag", exception_tag))
+    return headers
+
+
+def exception_block(err: EngineError, version: str, tag: str) -> bytes:
+    """The block a server writes into a reply whose rows were already sent when the query failed:
+    ``__exception__``, the tag of the reply's ``X-ClickHouse-Exception-Tag``, the message and its length."""
+    message = _with_version(err.message, version).encode()
+    return b"\r\n__exception__\r\n%s\r\n%s\n%d %s\r\n__exception__\r\n" % (
+        tag.encode(), message, len(message), tag.encode()
+    )
+
+
+def _with_version(message: str, version: str) -> str:
+    return message if "(version " in message else message + f" (version {version})"
 
 
 def error_reply(err: EngineError, version: str) -> tuple[int, bytes, list[tuple[str, str]]]:
     """Status, body and headers of a failed request: the engine's text, with its version as a server adds it."""
-    message = err.message
-    if "(version " not in message:
-        message += f" (version {version})"
+    message = _with_version(err.message, version)
     headers = [("x-clickhouse-exception-code", str(err.code)), ("content-type", "text/plain; charset=UTF-8")]
     return status_for(err.code), (message + "\n").encode(), headers
 
 
-def encode_headers(headers: Iterable[tuple[str, str]], body_length: int) -> list[tuple[bytes, bytes]]:
-    """ASGI headers; values come from us or echo the client (query_id), so each stays on one latin-1 line."""
+def encode_headers(headers: Iterable[tuple[str, str]], body_length: int | None) -> list[tuple[bytes, bytes]]:
+    """ASGI headers; values come from us or echo the client (query_id), so each stays on one latin-1 line.
+    ``body_length`` None: the body is streamed (chunked)."""
     raw = [
         (k.encode("latin-1"), v.replace("\r", " ").replace("\n", " ").encode("latin-1", "replace"))
         for k, v in headers
     ]
-    raw.append((b"content-length", str(body_length).encode()))
+    if body_length is not None:
+        raw.append((b"content-length", str(body_length).encode()))
     return raw
