@@ -3,9 +3,10 @@ socket, not its asyncpg object) and the next loop's connection to the same datab
 
 asyncpg binds a connection to the loop that opened it, and pytest-asyncio makes a loop per test,
 so every test would pay a new server backend (about 2 ms here, most of a transaction-mode test).
-A unix socket is bound to no loop. When a loop's pool closes, a clean connection (rolled back,
-then ``DISCARD ALL``: no prepared statement, setting, temp table, lock or LISTEN is left) is
-detached from asyncpg without a Terminate message; its socket waits here. A new asyncpg
+A unix socket is bound to no loop. When a loop's pool closes, a clean connection (rolled back) is
+detached from asyncpg without a Terminate message and sent ``DISCARD ALL`` (no prepared statement,
+setting, temp table, lock or LISTEN is left); its socket waits here, and the loop that takes it
+over reads that reply, so neither loop waits a round trip for it. A new asyncpg
 connection with the same startup parameters is then given that socket: the startup packet asyncpg
 writes is swallowed (it must be byte for byte the one the session was started with) and the
 server's greeting, recorded when the session was first opened, is replayed to it, as a pooler
@@ -180,25 +181,53 @@ def _install(loop: asyncio.AbstractEventLoop) -> dict[asyncio.Task[Any], Callabl
     return handlers
 
 
-def _take(key: tuple[Any, ...]) -> _Session | None:
-    with _lock:
-        _forked()
-        sessions = _parked.get(key)
-        while sessions:
+_DISCARD = b"Q" + struct.pack("!I", 4 + len(b"DISCARD ALL\x00")) + b"DISCARD ALL\x00"
+_SETTLE_S = 5.0
+
+
+async def _settled(sock: socket.socket) -> bool:
+    """Read the reply to the ``DISCARD ALL`` sent when ``sock`` was parked: True when it ended
+    the way a clean idle session does (no error, ``ReadyForQuery`` idle) and nothing came after."""
+    loop = asyncio.get_running_loop()
+    reply = b""
+    try:
+        async with asyncio.timeout(_SETTLE_S):
+            while not _complete(reply):
+                try:
+                    chunk = sock.recv(4096, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    chunk = await loop.sock_recv(sock, 4096)
+                if not chunk:
+                    return False  # the server ended the session (a dropped database, a restart)
+                reply += chunk
+    except (OSError, TimeoutError):
+        return False
+    kinds = [kind for kind, _ in _messages(reply)]
+    if b"E" in kinds or reply[-1:] != b"I":
+        return False  # DISCARD ALL failed, or the session is not idle after it
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return False  # more data, or the end of the session, after the reply
+    except BlockingIOError:
+        return True  # nothing after the reply: as a fresh session
+    except OSError:
+        return False
+
+
+async def _take(key: tuple[Any, ...]) -> _Session | None:
+    """A parked session of ``key``, its ``DISCARD ALL`` answered; the unfit ones are closed."""
+    while True:
+        with _lock:
+            _forked()
+            sessions = _parked.get(key)
+            if not sessions:
+                return None
             parked = sessions.pop()
             if not sessions:
                 del _parked[key]
-            sock = parked[0]
-            try:
-                if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-                    sock.close()  # the server ended the session (a dropped database, a restart)
-                    continue
-            except BlockingIOError:
-                return parked  # idle, nothing unread: as it was parked
-            except OSError:
-                pass
-            sock.close()  # data arrived while parked, or the socket broke: not reusable
-        return None
+        if await _settled(parked[0]):
+            return parked
+        parked[0].close()  # data arrived while parked, the session ended, or the socket broke
 
 
 def _forked() -> None:
@@ -218,7 +247,7 @@ async def connect(module: Any, kwargs: dict[str, Any]) -> Any:
     if handlers is None or task is None:
         return await module.connect(**kwargs)
     key = _key(kwargs)
-    parked = _take(key)
+    parked = await _take(key)
     seen: dict[str, Any] = {}
 
     async def record(original: Any, factory: Any, path: Any, **kw: Any) -> Any:
@@ -261,19 +290,24 @@ async def park(conn: Any) -> bool:
     with _lock:
         if session is None or len(_parked.get(key, ())) >= _MAX_PARKED_PER_KEY:
             return False
-    try:
-        await conn.execute("DISCARD ALL")
-    except Exception as exc:  # a broken session is closed, not parked
-        log.debug("isolated_env: DISCARD ALL before parking failed: %r", exc)
-        return False
     raw = transport.get_extra_info("socket")
-    if raw is None or conn.is_closed():
+    if raw is None:
         return False
     sock = socket.socket(fileno=os.dup(raw.fileno()))
+    sock.setblocking(False)
     # asyncpg's terminate() writes a Terminate message, which would end the session: it is
     # swallowed here, and only asyncpg's descriptor closes; the session lives on in ``sock``.
     transport.write = lambda data: None
     conn.terminate()
+    # DISCARD ALL (no prepared statement, setting, temp table, lock or LISTEN is left) is sent
+    # now, and its reply read by the loop that takes the session over: no round trip is waited
+    # for here, at the end of a test's loop.
+    try:
+        sock.sendall(_DISCARD)
+    except OSError as exc:
+        log.debug("isolated_env: DISCARD ALL before parking failed: %r", exc)
+        sock.close()
+        return False
     global _hooked
     with _lock:
         _forked()
