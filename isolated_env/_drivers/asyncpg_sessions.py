@@ -13,16 +13,19 @@ server's greeting, recorded when the session was first opened, is replayed to it
 such as PgBouncer does for its clients. Only the messages before ``ReadyForQuery`` are replayed,
 less the authentication exchange; the server's process id and cancel key are the real ones.
 
-The seam is asyncpg calling ``loop.create_unix_connection(factory, path)``: it is wrapped on the
-loop instance (unix sockets only, asyncio's own loops only); the wrapper passes every call through
-untouched except the one of the connect that registered for it. Anything
-unexpected (another packet, a socket that has data or has closed) falls back to a new connection.
+The seam is asyncpg calling ``loop.create_unix_connection`` or ``loop.create_connection`` (TCP,
+where asyncpg's default ``sslmode=prefer`` asks for TLS first: a plaintext session is parked, and
+the TLS question is answered "no" for it, as its server did): both are wrapped on the loop
+instance (asyncio's own loops only), passing every call through untouched except the one of the
+connect that registered for it. A TLS session is never parked. Anything unexpected (another
+packet, a socket that has data or has closed) falls back to a new connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import socket
@@ -45,9 +48,8 @@ _Session = tuple[socket.socket, bytes, bytes]
 _parked: dict[tuple[Any, ...], list[_Session]] = {}
 # asyncpg connection → (key, transport, startup packet, greeting), once its startup is known.
 _transports: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any, Any]] = weakref.WeakKeyDictionary()
-_pending: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[asyncio.Task[Any], Callable[..., Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+_Handlers = dict[asyncio.Task[Any], Callable[..., Any]]
+_pending: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Handlers] = weakref.WeakKeyDictionary()
 _pid = os.getpid()
 _hooked = False
 
@@ -76,8 +78,8 @@ def _replayable(greeting: bytes) -> bytes:
 
 
 def _complete(greeting: bytes) -> bool:
-    messages = _messages(greeting)
-    return bool(messages) and messages[-1][0] == b"Z" and sum(len(m) for _, m in messages) == len(greeting)
+    found = _messages(greeting)
+    return bool(found) and found[-1][0] == b"Z" and sum(len(m) for _, m in found) == len(greeting)
 
 
 class _Record(asyncio.Protocol):
@@ -154,35 +156,87 @@ class _Adopt(asyncio.Protocol):
             self.real.connection_made(transport)
         finally:
             del transport.write
-        if written != [self.startup]:  # asyncpg asked for something else: this session will not do
+        if not written:  # TCP: asyncpg asks for TLS first (sslmode prefer), then writes the startup
+            self._negotiate(transport)
+        elif written == [self.startup]:
+            self.matched = True
+            self.real.data_received(self.greeting)
+        else:  # asyncpg asked for something else: this session will not do
             transport.abort()
+
+    def _negotiate(self, transport: Any) -> None:
+        """Answer asyncpg's SSLRequest with the server's "no" of the session's own start (a
+        parked session is a plaintext one), then check and swallow its startup packet."""
+        loop = asyncio.get_running_loop()
+
+        def write(data: Any) -> None:
+            data = bytes(data)
+            if data == _SSL_REQUEST and not self.matched:
+                loop.call_soon(lambda: transport.get_protocol().data_received(b"N"))
+                return
+            del transport.write
+            if data != self.startup:
+                transport.abort()
+                return
+            self.matched = True  # asyncpg hands the transport to its protocol right after this write
+            loop.call_soon(lambda: transport.get_protocol().data_received(self.greeting))
+
+        transport.write = write
+
+
+_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+
+def _record_after_negotiation(transport: Any, key: tuple[Any, ...], seen: dict[str, Any]) -> None:
+    """TCP, sslmode prefer: asyncpg asks for TLS, and on the server's "no" writes the startup packet
+    and hands the transport to its protocol (both watched here); a TLS session is never recorded."""
+    recorder = _Record(None, key)
+    set_protocol = transport.set_protocol
+
+    def write(data: Any) -> None:
+        if bytes(data) != _SSL_REQUEST:
+            recorder.startup = bytes(data)
+            del transport.write
+        type(transport).write(transport, data)
+
+    def hand_over(protocol: Any) -> None:
+        del transport.set_protocol
+        transport.__dict__.pop("write", None)
+        if recorder.startup is None or type(protocol).__module__.startswith("asyncio"):
+            set_protocol(protocol)  # start_tls: the session is TLS, and stays unrecorded
             return
-        self.matched = True
-        self.real.data_received(self.greeting)
+        recorder.real, recorder.transport = protocol, transport
+        seen["session"] = recorder.session
+        set_protocol(recorder)
+
+    transport.write = write
+    transport.set_protocol = hand_over
 
 
-def _install(loop: asyncio.AbstractEventLoop) -> dict[asyncio.Task[Any], Callable[..., Any]] | None:
+def _install(loop: asyncio.AbstractEventLoop) -> _Handlers | None:
     handlers = _pending.get(loop)
     if handlers is not None:
         return handlers
     if type(loop).__module__.split(".")[0] != "asyncio":
         return None  # uvloop and others: their methods cannot be wrapped on the instance
     handlers = _pending[loop] = {}
-    original = loop.create_unix_connection
 
-    async def create_unix_connection(protocol_factory: Any, path: Any = None, **kwargs: Any) -> Any:
-        task = asyncio.current_task()
-        handler = handlers.pop(task, None) if task is not None else None
-        if handler is None:
-            return await original(protocol_factory, path, **kwargs)
-        return await handler(original, protocol_factory, path, **kwargs)
+    def seam(original: Any) -> Any:
+        async def create(protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:
+            task = asyncio.current_task()
+            handler = handlers.pop(task, None) if task is not None else None
+            if handler is None:
+                return await original(protocol_factory, *args, **kwargs)
+            return await handler(original, protocol_factory, *args, **kwargs)
 
-    loop.create_unix_connection = create_unix_connection  # type: ignore[method-assign]
+        return create
+
+    loop.create_unix_connection = seam(loop.create_unix_connection)  # type: ignore[method-assign]
+    loop.create_connection = seam(loop.create_connection)  # type: ignore[method-assign]
     return handlers
 
 
 _DISCARD = b"Q" + struct.pack("!I", 4 + len(b"DISCARD ALL\x00")) + b"DISCARD ALL\x00"
-_SETTLE_S = 5.0
 
 
 async def _settled(sock: socket.socket) -> bool:
@@ -191,7 +245,7 @@ async def _settled(sock: socket.socket) -> bool:
     loop = asyncio.get_running_loop()
     reply = b""
     try:
-        async with asyncio.timeout(_SETTLE_S):
+        async with asyncio.timeout(5.0):
             while not _complete(reply):
                 try:
                     chunk = sock.recv(4096, socket.MSG_DONTWAIT)
@@ -242,38 +296,49 @@ async def connect(module: Any, kwargs: dict[str, Any]) -> Any:
     """``module.connect(**kwargs)``, on a parked session of the same parameters when one waits."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
-    host = str(kwargs.get("host") or "")
-    handlers = _install(loop) if host.startswith("/") and task is not None else None
+    handlers = _install(loop) if task is not None and kwargs.get("host") and not kwargs.get("ssl") else None
     if handlers is None or task is None:
         return await module.connect(**kwargs)
     key = _key(kwargs)
     parked = await _take(key)
     seen: dict[str, Any] = {}
 
-    async def record(original: Any, factory: Any, path: Any, **kw: Any) -> Any:
-        transport, proto = await original(lambda: _Record(factory(), key), path, **kw)
-        seen["transport"], seen["session"] = transport, proto.session
+    async def record(original: Any, factory: Any, *args: Any, **kw: Any) -> Any:
+        transport, proto = await original(lambda: _Record(factory(), key), *args, **kw)
+        seen["transport"] = transport
+        if proto.startup is None:  # TCP: the SSL negotiation comes first
+            _record_after_negotiation(transport, key, seen)
+        else:
+            seen["session"] = proto.session
         return transport, proto.real
 
-    async def adopt(original: Any, factory: Any, path: Any, **kw: Any) -> Any:
+    async def adopt(original: Any, factory: Any, *args: Any, **kw: Any) -> Any:
         assert parked is not None
         sock, startup, greeting = parked
-        transport, proto = await original(lambda: _Adopt(factory(), startup, greeting), sock=sock, **kw)
-        if not proto.matched:
+        adopting = _Adopt(factory(), startup, greeting)
+        seen["adopting"] = adopting
+        transport, proto = await original(lambda: adopting, sock=sock, **kw)
+        if transport.is_closing():
             raise _Mismatch("asyncpg's startup packet differs from the parked session's")
         seen["transport"], seen["session"] = transport, lambda: (startup, greeting)
         return transport, proto.real
 
     handlers[task] = adopt if parked is not None else record
     try:
-        conn = await module.connect(**kwargs)
+        try:
+            conn = await module.connect(**kwargs)
+        except Exception:
+            if parked is None or seen.get("adopting") is None or seen["adopting"].matched:
+                raise
+            raise _Mismatch("asyncpg's startup packet differs from the parked session's") from None
     except _Mismatch:
+        seen.clear()
         log.debug("isolated_env: a parked PostgreSQL session did not fit; opening a new one")
         handlers[task] = record
         conn = await module.connect(**kwargs)
     finally:
         handlers.pop(task, None)
-    if "transport" in seen:
+    if "session" in seen:
         with _lock:  # connections are made in test loops and in the background loop's thread
             _transports[conn] = (key, seen["transport"], seen["session"])
     return conn
@@ -330,8 +395,6 @@ def close_all() -> None:
         socks = [parked[0] for group in _parked.values() for parked in group]
         _parked.clear()
     for sock in socks:
-        try:
+        with contextlib.suppress(OSError):
             sock.sendall(b"X\x00\x00\x00\x04")  # Terminate, so the server logs no lost client
-        except OSError:
-            pass
         sock.close()
