@@ -2,6 +2,7 @@
 pytest runs (fresh processes) of a generated project of N tests, per fixture and runner.
 
     python benchmarks/bench_runners.py [--tests 200] [--repeats 3] [--runners ...] [--kinds ...]
+                                       [--baseline DIR]
 
 Runners: pytest-asyncio 1.x with its default loop scope (a new event loop per test), pytest-asyncio
 1.x with a session loop, pytest-asyncio 0.23 with a loop per test, and anyio's plugin (the loop
@@ -18,6 +19,10 @@ start-up) and to waits. Medians over the repeats, runs interleaved so that
 machine noise hits every row alike. The embedded servers are kept up for the whole benchmark
 (``isolated-env up``), as in an edit-test loop. Prints a table and writes
 benchmarks/results/runners.json.
+
+``--baseline DIR`` (a checkout of an earlier version, e.g. ``git archive main | tar -x -C DIR``)
+runs every cell a second time with DIR's package first on the path, interleaved with this one's,
+and reports each row's baseline figures beside it: before and after, in one run on one machine.
 
 The venvs are the ones tests/adapters/test_runners.py builds from PyPI (cached under
 ``$ISOLATED_ENV_RUNNERS_CACHE``).
@@ -104,9 +109,11 @@ def _project(where: Path, runner: str, kind: str, tests: int) -> None:
     (where / "test_generated.py").write_text("\n".join(source))
 
 
-def _run(python: Path, where: Path, runner: str, env: dict[str, str]) -> tuple[float, float, float]:
+def _run(
+    python: Path, where: Path, runner: str, env: dict[str, str], source: str | None = None
+) -> tuple[float, float, float]:
     out = where / "timing.json"
-    env = env | {"BENCH_RUNNERS_OUT": str(out)}
+    env = env | {"BENCH_RUNNERS_OUT": str(out)} | ({"PYTHONPATH": source} if source else {})
     args = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", "-x", *RUNNERS[runner][3]]
     started = time.perf_counter()
     result = subprocess.run(args, cwd=where, env=env, capture_output=True, text=True, timeout=900)
@@ -122,6 +129,7 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--runners", nargs="*", default=list(RUNNERS), choices=list(RUNNERS))
+    parser.add_argument("--baseline", default=None, help="a checkout of an earlier version to compare with")
     parser.add_argument("--kinds", nargs="*", default=[k for k in BODIES if k != "trivial"],
                         choices=[k for k in BODIES if k != "trivial"])
     args = parser.parse_args()
@@ -133,51 +141,61 @@ def main() -> None:
     any_python = next(iter(pythons.values()))
     subprocess.run([str(any_python), "-m", "isolated_env.cli", "up", "postgres", "redis"], env=env, check=True,
                    capture_output=True)
-    loop_s: dict[tuple[str, str], list[float]] = {(r, k): [] for r in args.runners for k in kinds}
-    wall_s: dict[tuple[str, str], list[float]] = {(r, k): [] for r in args.runners for k in kinds}
-    cpu_s: dict[tuple[str, str], list[float]] = {(r, k): [] for r in args.runners for k in kinds}
+    sources: dict[str, str | None] = {"": None}
+    if args.baseline:
+        sources["baseline"] = str(Path(args.baseline).resolve())
+    cells = [(r, k, s) for r in args.runners for k in kinds for s in sources]
+    loop_s: dict[tuple[str, str, str], list[float]] = {cell: [] for cell in cells}
+    wall_s: dict[tuple[str, str, str], list[float]] = {cell: [] for cell in cells}
+    cpu_s: dict[tuple[str, str, str], list[float]] = {cell: [] for cell in cells}
     try:
         with tempfile.TemporaryDirectory(prefix="bench-runners-") as tmp:
             for runner in args.runners:
                 for kind in kinds:
                     _project(Path(tmp) / runner / kind, runner, kind, args.tests)
             for _ in range(args.repeats):
-                for runner in args.runners:
-                    for kind in kinds:
-                        loop, cpu, wall = _run(pythons[runner], Path(tmp) / runner / kind, runner, env)
-                        loop_s[(runner, kind)].append(loop)
-                        cpu_s[(runner, kind)].append(cpu)
-                        wall_s[(runner, kind)].append(wall)
+                for runner, kind, source in cells:
+                    loop, cpu, wall = _run(pythons[runner], Path(tmp) / runner / kind, runner, env, sources[source])
+                    loop_s[(runner, kind, source)].append(loop)
+                    cpu_s[(runner, kind, source)].append(cpu)
+                    wall_s[(runner, kind, source)].append(wall)
     finally:
         subprocess.run([str(any_python), "-m", "isolated_env.cli", "down", "postgres", "redis"], env=env,
                        capture_output=True)
-    rows = []
-    for runner in args.runners:
-        base = statistics.median(loop_s[(runner, "trivial")])
-        base_cpu = statistics.median(cpu_s[(runner, "trivial")])
-        for kind in args.kinds:
-            loop = statistics.median(loop_s[(runner, kind)])
-            cpu = statistics.median(cpu_s[(runner, kind)])
-            rows.append({
-                "runner": runner, "kind": kind,
-                "per_test_ms": round((loop - base) / args.tests * 1000, 3),
-                "per_test_cpu_ms": round((cpu - base_cpu) / args.tests * 1000, 3),
-                "target_ms": TARGETS_MS[kind] if runner.endswith("function") else None,
-                "loop_s": round(loop, 3), "trivial_loop_s": round(base, 3),
-                "wall_s": round(statistics.median(wall_s[(runner, kind)]), 3),
-                "samples_s": [round(s, 3) for s in loop_s[(runner, kind)]],
-            })
-    print(f"{'runner':<22} {'kind':<12} {'per test ms':>11} {'cpu ms':>7} {'target':>7} {'loop s':>7} "
-          f"{'trivial s':>9}")
+    rows = [_row(args, runner, kind, loop_s, cpu_s, wall_s, source)
+            for runner in args.runners for kind in args.kinds for source in sources]
+    print(f"{'runner':<22} {'kind':<12} {'source':<8} {'per test ms':>11} {'x bare':>6} {'cpu ms':>7} {'target':>7} "
+          f"{'loop s':>7} {'trivial s':>9}")
     for r in rows:
         target = f"{r['target_ms']:.1f}" if r["target_ms"] is not None else "-"
-        print(f"{r['runner']:<22} {r['kind']:<12} {r['per_test_ms']:>11.2f} {r['per_test_cpu_ms']:>7.2f} {target:>7} "
-              f"{r['loop_s']:>7.2f} {r['trivial_loop_s']:>9.2f}")
+        print(f"{r['runner']:<22} {r['kind']:<12} {r['source'] or 'this':<8} {r['per_test_ms']:>11.2f} "
+              f"{r['ratio_to_bare']:>6.2f} {r['per_test_cpu_ms']:>7.2f} {target:>7} {r['loop_s']:>7.2f} "
+              f"{r['trivial_loop_s']:>9.2f}")
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({
-        "python": platform.python_version(), "tests": args.tests, "repeats": args.repeats, "rows": rows,
+        "python": platform.python_version(), "tests": args.tests, "repeats": args.repeats,
+        "load_average": [round(x, 1) for x in os.getloadavg()], "rows": rows,
     }, indent=2))
     print(f"\nwrote {RESULTS}")
+
+
+def _row(args: argparse.Namespace, runner: str, kind: str, loop_s: dict[tuple[str, str, str], list[float]],
+         cpu_s: dict[tuple[str, str, str], list[float]], wall_s: dict[tuple[str, str, str], list[float]],
+         source: str) -> dict[str, object]:
+    base = statistics.median(loop_s[(runner, "trivial", source)])
+    base_cpu = statistics.median(cpu_s[(runner, "trivial", source)])
+    loop = statistics.median(loop_s[(runner, kind, source)])
+    cpu = statistics.median(cpu_s[(runner, kind, source)])
+    return {
+        "runner": runner, "kind": kind, "source": source,
+        "per_test_ms": round((loop - base) / args.tests * 1000, 3),
+        "per_test_cpu_ms": round((cpu - base_cpu) / args.tests * 1000, 3),
+        "ratio_to_bare": round(loop / base, 2),
+        "target_ms": TARGETS_MS[kind] if runner.endswith("function") else None,
+        "loop_s": round(loop, 3), "trivial_loop_s": round(base, 3),
+        "wall_s": round(statistics.median(wall_s[(runner, kind, source)]), 3),
+        "samples_s": [round(s, 3) for s in loop_s[(runner, kind, source)]],
+    }
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ class Environment:
     (``env["postgres"]``, alias ``env["database"]``); ``name=`` files a second one of a kind.
     ``env.outcome = Outcome.FAILED`` before exit (or an exception leaving the block) releases every
     resource as failed, so keep-on-failure keeps their data; ``env.kept`` then says where.
+    ``leak_check=False`` skips the process snapshots taken on entry and exit (``statistics().leaks``
+    stays None): the pytest plugin's per-test environments do, as its session-wide check covers them.
     """
 
     def __init__(
@@ -55,7 +57,9 @@ class Environment:
         capacity: int | _Unset = UNSET,
         lease_timeout: float | _Unset = UNSET,
         teardown_timeout: float | _Unset = UNSET,
+        leak_check: bool = True,
     ) -> None:
+        self._leak_check = leak_check
         self._args: dict[str, Any] = {
             "profile": profile,
             "capacity": capacity,
@@ -77,7 +81,7 @@ class Environment:
         if self._stack is not None:
             raise IsolatedEnvError("this Environment is already open; create a new one per test")
         self.settings = resolve(**self._args)
-        self._before = _metrics.snapshot()
+        self._before = _metrics.snapshot() if self._leak_check else None
         self._stack = AsyncExitStack()
         await self._stack.__aenter__()
         return self

@@ -162,7 +162,9 @@ class LoopHost:
 
     The plugin's fixtures set up and tear down through it, so an Environment is entered and exited
     in the same task although pytest runs setup and teardown at different times. Between calls the
-    task only waits: nothing of ours runs while the test does.
+    task only waits: nothing of ours runs while the test does. A call is one ``run_until_complete``
+    of the call's own future (no task of its own per call); the host task's end fails a call
+    still waiting, with the reason.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -186,32 +188,46 @@ class LoopHost:
                 if not future.done():
                     future.set_result(result)
 
-    async def _submit(self, fn: Callable[[], Awaitable[T]]) -> T:
-        if self._queue is None:
-            self._queue = asyncio.Queue()
-            self._task = self.loop.create_task(self._serve(), name="isolated-env-fixtures", context=self._context)
-        assert self._task is not None
-        future: asyncio.Future[T] = self.loop.create_future()
-        self._queue.put_nowait((fn, future))
-        waiters: list[asyncio.Future[Any]] = [future, self._task]
-        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-        if not future.done():
-            self._task.result()  # the host ended: raise why
-            raise RuntimeError("isolated_env's fixture host task ended before the call ran")
-        return future.result()
+    def _ended(self, future: asyncio.Future[Any], task: asyncio.Task[None]) -> None:
+        if future.done():
+            return
+        problem = task.exception() if not task.cancelled() else None
+        future.set_exception(problem or RuntimeError("isolated_env's fixture host task ended before the call ran"))
 
-    def call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        """Run ``fn()`` in the host task and return its result (from sync code: the loop is idle)."""
+    def call(self, fn: Callable[[], Awaitable[T]], *, last: bool = False) -> T:
+        """Run ``fn()`` in the host task and return its result (from sync code: the loop is idle);
+        ``last``: the host task ends after it."""
         if self.loop.is_running():
             raise ConfigError(
                 "an isolated_env fixture was requested while its event loop runs (request.getfixturevalue "
                 "inside an async test?); request it as a test or fixture argument instead"
             )
-        return self.loop.run_until_complete(self._submit(fn))
+        if self._queue is None:
+            self._queue = asyncio.Queue()
+            self._task = self.loop.create_task(self._serve(), name="isolated-env-fixtures", context=self._context)
+        assert self._task is not None
+        task = self._task
+        future: asyncio.Future[T] = self.loop.create_future()
+        ended = functools.partial(self._ended, future)
+        if task.done():
+            ended(task)
+        else:
+            self._queue.put_nowait((fn, future))
+            if last:
+                self._queue.put_nowait(None)
+            task.add_done_callback(ended)
+        try:
+            return self.loop.run_until_complete(future)
+        finally:
+            task.remove_done_callback(ended)
 
     def stop(self) -> None:
-        """End the host task (after the last call)."""
-        if self._queue is None or self._task is None or self.loop.is_closed():
+        """End the host task (after the last call) and let go of it and its loop."""
+        task, queue, self._task, self._queue = self._task, self._queue, None, None
+        if queue is None or task is None or self.loop.is_closed():
             return
-        self._queue.put_nowait(None)
-        self.loop.run_until_complete(self._task)
+        if not task.done():
+            queue.put_nowait(None)
+            self.loop.run_until_complete(task)
+        elif not task.cancelled():
+            task.result()

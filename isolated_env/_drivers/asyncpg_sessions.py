@@ -3,25 +3,29 @@ socket, not its asyncpg object) and the next loop's connection to the same datab
 
 asyncpg binds a connection to the loop that opened it, and pytest-asyncio makes a loop per test,
 so every test would pay a new server backend (about 2 ms here, most of a transaction-mode test).
-A unix socket is bound to no loop. When a loop's pool closes, a clean connection (rolled back,
-then ``DISCARD ALL``: no prepared statement, setting, temp table, lock or LISTEN is left) is
-detached from asyncpg without a Terminate message; its socket waits here. A new asyncpg
+A unix socket is bound to no loop. When a loop's pool closes, a clean connection (rolled back) is
+detached from asyncpg without a Terminate message and sent ``DISCARD ALL`` (no prepared statement,
+setting, temp table, lock or LISTEN is left); its socket waits here, and the loop that takes it
+over reads that reply, so neither loop waits a round trip for it. A new asyncpg
 connection with the same startup parameters is then given that socket: the startup packet asyncpg
 writes is swallowed (it must be byte for byte the one the session was started with) and the
 server's greeting, recorded when the session was first opened, is replayed to it, as a pooler
 such as PgBouncer does for its clients. Only the messages before ``ReadyForQuery`` are replayed,
 less the authentication exchange; the server's process id and cancel key are the real ones.
 
-The seam is asyncpg calling ``loop.create_unix_connection(factory, path)``: it is wrapped on the
-loop instance (unix sockets only, asyncio's own loops only); the wrapper passes every call through
-untouched except the one of the connect that registered for it. Anything
-unexpected (another packet, a socket that has data or has closed) falls back to a new connection.
+The seam is asyncpg calling ``loop.create_unix_connection`` or ``loop.create_connection`` (TCP,
+where asyncpg's default ``sslmode=prefer`` asks for TLS first: a plaintext session is parked, and
+the TLS question is answered "no" for it, as its server did): both are wrapped on the loop
+instance (asyncio's own loops only), passing every call through untouched except the one of the
+connect that registered for it. A TLS session is never parked. Anything unexpected (another
+packet, a socket that has data or has closed) falls back to a new connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import logging
 import os
 import socket
@@ -44,9 +48,8 @@ _Session = tuple[socket.socket, bytes, bytes]
 _parked: dict[tuple[Any, ...], list[_Session]] = {}
 # asyncpg connection → (key, transport, startup packet, greeting), once its startup is known.
 _transports: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], Any, Any]] = weakref.WeakKeyDictionary()
-_pending: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[asyncio.Task[Any], Callable[..., Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+_Handlers = dict[asyncio.Task[Any], Callable[..., Any]]
+_pending: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Handlers] = weakref.WeakKeyDictionary()
 _pid = os.getpid()
 _hooked = False
 
@@ -75,8 +78,8 @@ def _replayable(greeting: bytes) -> bytes:
 
 
 def _complete(greeting: bytes) -> bool:
-    messages = _messages(greeting)
-    return bool(messages) and messages[-1][0] == b"Z" and sum(len(m) for _, m in messages) == len(greeting)
+    found = _messages(greeting)
+    return bool(found) and found[-1][0] == b"Z" and sum(len(m) for _, m in found) == len(greeting)
 
 
 class _Record(asyncio.Protocol):
@@ -153,52 +156,132 @@ class _Adopt(asyncio.Protocol):
             self.real.connection_made(transport)
         finally:
             del transport.write
-        if written != [self.startup]:  # asyncpg asked for something else: this session will not do
+        if not written:  # TCP: asyncpg asks for TLS first (sslmode prefer), then writes the startup
+            self._negotiate(transport)
+        elif written == [self.startup]:
+            self.matched = True
+            self.real.data_received(self.greeting)
+        else:  # asyncpg asked for something else: this session will not do
             transport.abort()
+
+    def _negotiate(self, transport: Any) -> None:
+        """Answer asyncpg's SSLRequest with the server's "no" of the session's own start (a
+        parked session is a plaintext one), then check and swallow its startup packet."""
+        loop = asyncio.get_running_loop()
+
+        def write(data: Any) -> None:
+            data = bytes(data)
+            if data == _SSL_REQUEST and not self.matched:
+                loop.call_soon(lambda: transport.get_protocol().data_received(b"N"))
+                return
+            del transport.write
+            if data != self.startup:
+                transport.abort()
+                return
+            self.matched = True  # asyncpg hands the transport to its protocol right after this write
+            loop.call_soon(lambda: transport.get_protocol().data_received(self.greeting))
+
+        transport.write = write
+
+
+_SSL_REQUEST = struct.pack("!ii", 8, 80877103)
+
+
+def _record_after_negotiation(transport: Any, key: tuple[Any, ...], seen: dict[str, Any]) -> None:
+    """TCP, sslmode prefer: asyncpg asks for TLS, and on the server's "no" writes the startup packet
+    and hands the transport to its protocol (both watched here); a TLS session is never recorded."""
+    recorder = _Record(None, key)
+    set_protocol = transport.set_protocol
+
+    def write(data: Any) -> None:
+        if bytes(data) != _SSL_REQUEST:
+            recorder.startup = bytes(data)
+            del transport.write
+        type(transport).write(transport, data)
+
+    def hand_over(protocol: Any) -> None:
+        del transport.set_protocol
+        transport.__dict__.pop("write", None)
+        if recorder.startup is None or type(protocol).__module__.startswith("asyncio"):
+            set_protocol(protocol)  # start_tls: the session is TLS, and stays unrecorded
             return
-        self.matched = True
-        self.real.data_received(self.greeting)
+        recorder.real, recorder.transport = protocol, transport
+        seen["session"] = recorder.session
+        set_protocol(recorder)
+
+    transport.write = write
+    transport.set_protocol = hand_over
 
 
-def _install(loop: asyncio.AbstractEventLoop) -> dict[asyncio.Task[Any], Callable[..., Any]] | None:
+def _install(loop: asyncio.AbstractEventLoop) -> _Handlers | None:
     handlers = _pending.get(loop)
     if handlers is not None:
         return handlers
     if type(loop).__module__.split(".")[0] != "asyncio":
         return None  # uvloop and others: their methods cannot be wrapped on the instance
     handlers = _pending[loop] = {}
-    original = loop.create_unix_connection
 
-    async def create_unix_connection(protocol_factory: Any, path: Any = None, **kwargs: Any) -> Any:
-        task = asyncio.current_task()
-        handler = handlers.pop(task, None) if task is not None else None
-        if handler is None:
-            return await original(protocol_factory, path, **kwargs)
-        return await handler(original, protocol_factory, path, **kwargs)
+    def seam(original: Any) -> Any:
+        async def create(protocol_factory: Any, *args: Any, **kwargs: Any) -> Any:
+            task = asyncio.current_task()
+            handler = handlers.pop(task, None) if task is not None else None
+            if handler is None:
+                return await original(protocol_factory, *args, **kwargs)
+            return await handler(original, protocol_factory, *args, **kwargs)
 
-    loop.create_unix_connection = create_unix_connection  # type: ignore[method-assign]
+        return create
+
+    loop.create_unix_connection = seam(loop.create_unix_connection)  # type: ignore[method-assign]
+    loop.create_connection = seam(loop.create_connection)  # type: ignore[method-assign]
     return handlers
 
 
-def _take(key: tuple[Any, ...]) -> _Session | None:
-    with _lock:
-        _forked()
-        sessions = _parked.get(key)
-        while sessions:
+_DISCARD = b"Q" + struct.pack("!I", 4 + len(b"DISCARD ALL\x00")) + b"DISCARD ALL\x00"
+
+
+async def _settled(sock: socket.socket) -> bool:
+    """Read the reply to the ``DISCARD ALL`` sent when ``sock`` was parked: True when it ended
+    the way a clean idle session does (no error, ``ReadyForQuery`` idle) and nothing came after."""
+    loop = asyncio.get_running_loop()
+    reply = b""
+    try:
+        async with asyncio.timeout(5.0):
+            while not _complete(reply):
+                try:
+                    chunk = sock.recv(4096, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    chunk = await loop.sock_recv(sock, 4096)
+                if not chunk:
+                    return False  # the server ended the session (a dropped database, a restart)
+                reply += chunk
+    except (OSError, TimeoutError):
+        return False
+    kinds = [kind for kind, _ in _messages(reply)]
+    if b"E" in kinds or reply[-1:] != b"I":
+        return False  # DISCARD ALL failed, or the session is not idle after it
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return False  # more data, or the end of the session, after the reply
+    except BlockingIOError:
+        return True  # nothing after the reply: as a fresh session
+    except OSError:
+        return False
+
+
+async def _take(key: tuple[Any, ...]) -> _Session | None:
+    """A parked session of ``key``, its ``DISCARD ALL`` answered; the unfit ones are closed."""
+    while True:
+        with _lock:
+            _forked()
+            sessions = _parked.get(key)
+            if not sessions:
+                return None
             parked = sessions.pop()
             if not sessions:
                 del _parked[key]
-            sock = parked[0]
-            try:
-                if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
-                    sock.close()  # the server ended the session (a dropped database, a restart)
-                    continue
-            except BlockingIOError:
-                return parked  # idle, nothing unread: as it was parked
-            except OSError:
-                pass
-            sock.close()  # data arrived while parked, or the socket broke: not reusable
-        return None
+        if await _settled(parked[0]):
+            return parked
+        parked[0].close()  # data arrived while parked, the session ended, or the socket broke
 
 
 def _forked() -> None:
@@ -213,38 +296,49 @@ async def connect(module: Any, kwargs: dict[str, Any]) -> Any:
     """``module.connect(**kwargs)``, on a parked session of the same parameters when one waits."""
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
-    host = str(kwargs.get("host") or "")
-    handlers = _install(loop) if host.startswith("/") and task is not None else None
+    handlers = _install(loop) if task is not None and kwargs.get("host") and not kwargs.get("ssl") else None
     if handlers is None or task is None:
         return await module.connect(**kwargs)
     key = _key(kwargs)
-    parked = _take(key)
+    parked = await _take(key)
     seen: dict[str, Any] = {}
 
-    async def record(original: Any, factory: Any, path: Any, **kw: Any) -> Any:
-        transport, proto = await original(lambda: _Record(factory(), key), path, **kw)
-        seen["transport"], seen["session"] = transport, proto.session
+    async def record(original: Any, factory: Any, *args: Any, **kw: Any) -> Any:
+        transport, proto = await original(lambda: _Record(factory(), key), *args, **kw)
+        seen["transport"] = transport
+        if proto.startup is None:  # TCP: the SSL negotiation comes first
+            _record_after_negotiation(transport, key, seen)
+        else:
+            seen["session"] = proto.session
         return transport, proto.real
 
-    async def adopt(original: Any, factory: Any, path: Any, **kw: Any) -> Any:
+    async def adopt(original: Any, factory: Any, *args: Any, **kw: Any) -> Any:
         assert parked is not None
         sock, startup, greeting = parked
-        transport, proto = await original(lambda: _Adopt(factory(), startup, greeting), sock=sock, **kw)
-        if not proto.matched:
+        adopting = _Adopt(factory(), startup, greeting)
+        seen["adopting"] = adopting
+        transport, proto = await original(lambda: adopting, sock=sock, **kw)
+        if transport.is_closing():
             raise _Mismatch("asyncpg's startup packet differs from the parked session's")
         seen["transport"], seen["session"] = transport, lambda: (startup, greeting)
         return transport, proto.real
 
     handlers[task] = adopt if parked is not None else record
     try:
-        conn = await module.connect(**kwargs)
+        try:
+            conn = await module.connect(**kwargs)
+        except Exception:
+            if parked is None or seen.get("adopting") is None or seen["adopting"].matched:
+                raise
+            raise _Mismatch("asyncpg's startup packet differs from the parked session's") from None
     except _Mismatch:
+        seen.clear()
         log.debug("isolated_env: a parked PostgreSQL session did not fit; opening a new one")
         handlers[task] = record
         conn = await module.connect(**kwargs)
     finally:
         handlers.pop(task, None)
-    if "transport" in seen:
+    if "session" in seen:
         with _lock:  # connections are made in test loops and in the background loop's thread
             _transports[conn] = (key, seen["transport"], seen["session"])
     return conn
@@ -261,19 +355,24 @@ async def park(conn: Any) -> bool:
     with _lock:
         if session is None or len(_parked.get(key, ())) >= _MAX_PARKED_PER_KEY:
             return False
-    try:
-        await conn.execute("DISCARD ALL")
-    except Exception as exc:  # a broken session is closed, not parked
-        log.debug("isolated_env: DISCARD ALL before parking failed: %r", exc)
-        return False
     raw = transport.get_extra_info("socket")
-    if raw is None or conn.is_closed():
+    if raw is None:
         return False
     sock = socket.socket(fileno=os.dup(raw.fileno()))
+    sock.setblocking(False)
     # asyncpg's terminate() writes a Terminate message, which would end the session: it is
     # swallowed here, and only asyncpg's descriptor closes; the session lives on in ``sock``.
     transport.write = lambda data: None
     conn.terminate()
+    # DISCARD ALL (no prepared statement, setting, temp table, lock or LISTEN is left) is sent
+    # now, and its reply read by the loop that takes the session over: no round trip is waited
+    # for here, at the end of a test's loop.
+    try:
+        sock.sendall(_DISCARD)
+    except OSError as exc:
+        log.debug("isolated_env: DISCARD ALL before parking failed: %r", exc)
+        sock.close()
+        return False
     global _hooked
     with _lock:
         _forked()
@@ -296,8 +395,6 @@ def close_all() -> None:
         socks = [parked[0] for group in _parked.values() for parked in group]
         _parked.clear()
     for sock in socks:
-        try:
+        with contextlib.suppress(OSError):
             sock.sendall(b"X\x00\x00\x00\x04")  # Terminate, so the server logs no lost client
-        except OSError:
-            pass
         sock.close()

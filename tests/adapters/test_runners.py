@@ -142,3 +142,24 @@ def test_a_loop_scope_marker_is_followed(tmp_path: pathlib.Path) -> None:
     loop scope): our fixture runs in the loop of whoever requests it, the user's fixture or the test.
     (A handle made in one loop is not awaited from the other: no driver object can be.)"""
     _passed(_run("1.x", tmp_path, "asyncio_mode = auto\n" + LOOPS, project=MIXED_LOOPS), 3)
+
+
+KEEPS_NO_LOOP = '''
+import asyncio, gc
+import pytest
+
+@pytest.mark.parametrize("n", range(40))
+async def test_many(isolated_database, n):
+    assert await isolated_database.fetchval("select 1") == 1
+
+def test_last_counts_what_earlier_tests_left(request):
+    gc.collect()
+    tasks = [t for t in gc.get_objects() if isinstance(t, asyncio.Task)]
+    loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop) and o.is_closed()]
+    # asyncio.all_tasks() walks every task still alive: one kept per test made a long run quadratic
+    assert len(tasks) < 10 and len(loops) < 10, (len(tasks), len(loops))
+'''
+
+
+def test_a_loop_per_test_leaves_no_task_or_loop_behind(tmp_path: pathlib.Path) -> None:
+    _passed(_run("1.x", tmp_path, "asyncio_mode = auto\n" + LOOPS, project=KEEPS_NO_LOOP), 41)
