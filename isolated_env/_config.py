@@ -196,7 +196,9 @@ _ENV_NAMES = (
     "ISOLATED_ENV_CACHE_DIR",
 )
 # Read elsewhere, not settings; known so a near miss of one is not taken for a misspelling.
-_OTHER_NAMES = ("ISOLATED_ENV_RUN_ID", "ISOLATED_ENV_RUNNERS_CACHE")
+_OTHER_NAMES = (
+    "ISOLATED_ENV_RUN_ID", "ISOLATED_ENV_RUNNERS_CACHE", "ISOLATED_ENV_MACHINE_ID", "ISOLATED_ENV_LEASE_TTL",
+)
 _resolved: dict[tuple[Any, ...], Settings] = {}
 
 

@@ -5,7 +5,6 @@ owner has died."""
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 from typing import Any, Literal
@@ -16,10 +15,10 @@ from .._config import run_id
 from .._contract import Kept
 from .._drivers import clickhouse as ch_driver
 from .._errors import ConfigError
+from .._ownership import alive, me, parse
 from .._redact import redact_url
 from .._runtime import Runtime
 from .._servers.clickhouse import ClickHouseServer
-from .._servers.registry import owner_alive, owner_tag
 
 __all__ = ["Mode", "connect", "reap"]
 
@@ -32,10 +31,7 @@ _reaped: set[tuple[str, str, str, str]] = set()
 
 
 def _owner_comment(*, kept: bool = False) -> str:
-    label: dict[str, Any] = {"by": "isolated_env", "run": run_id(), "owner": owner_tag()}
-    if kept:
-        label["kept"] = True
-    return json.dumps(label, separators=(",", ":"))
+    return me().label(**({"kept": True} if kept else {}))
 
 
 def _literal(value: str) -> str:
@@ -47,19 +43,15 @@ def _ident(name: str) -> str:
 
 
 def _dead(comment: str, *, kept: bool = False) -> bool:
-    """True when ``comment`` is one of ours and its owner is provably dead (never for another host);
-    a database kept for a failed test counts only when ``kept`` asks for those too."""
-    try:
-        data = json.loads(comment)
-    except ValueError:
+    """True when ``comment`` is one of ours and its owner is provably dead (never for an owner in
+    another machine or PID namespace); a database kept for a failed test counts only when ``kept``
+    asks for those too."""
+    parsed = parse(comment)
+    if parsed is None:
         return False
-    if not isinstance(data, dict) or data.get("by") != "isolated_env":
-        return False
-    if data.get("kept"):
+    if parsed[1].get("kept"):
         return kept
-    if not isinstance(data.get("owner"), dict):
-        return False
-    return owner_alive(data["owner"]) is False
+    return alive(parsed[0]) is False
 
 
 async def connect(server: ClickHouseServer, database: str) -> Any:

@@ -20,6 +20,7 @@ from ..._drivers import asyncpg as driver
 from ..._pool import Pool
 from ..._runtime import current_runtime
 from ..._servers.postgres import PostgresServer
+from . import leases
 from .handle import Clone, DatabaseHandle, PostgresHandle
 from .janitor import keep, reap_once
 from .labels import server_key
@@ -105,3 +106,4 @@ async def database_mode(
             raise
         if keep_on_failure and handle.failed:
             await keep(handle, "the test failed")
+        leases.check(handle.database)

@@ -26,6 +26,7 @@ from ..._errors import IsolationBroken, PoolError, TeardownError
 from ..._pool import Lease, Pool
 from ..._runtime import Runtime, current_runtime
 from ..._servers.postgres import PostgresServer
+from . import leases
 from .handle import PostgresHandle
 from .janitor import reap_once
 from .labels import create_database, disown, drop_database, own, server_key
@@ -271,6 +272,12 @@ async def transaction_mode(
                     if work.dirty and work.leased == 0:
                         await _heal(scope, work)
                 healed = True
+    lost = leases.lost(work.name)
+    if lost is not None:  # another run may reap it: the next test gets a work database of its own
+        with _work_lock:
+            for key in [k for k, v in _work.items() if v is work]:
+                del _work[key]
+        raise IsolationBroken(lost)
     if escaped:
         if not work.owned:
             healed_how = (f"{work.name} is the server's own database named by TEST_POSTGRES_URL, so the committed "

@@ -1,0 +1,148 @@
+"""Server-side leases on an external server (issue 9, item 2), against the embedded PostgreSQL and
+Redis named by TEST_*_URL: a lease is renewed by the heartbeat, only an ended lease (or a provably
+dead local owner) is reaped, and a lost lease fails the test that holds it."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import pytest
+
+import isolated_env as ie
+from isolated_env._config import resolve
+from isolated_env._drivers import asyncpg as driver
+from isolated_env._drivers import redis as redis_driver
+from isolated_env._ownership import Owner, Scope, me, parse
+from isolated_env._servers import postgres as pg_servers
+from isolated_env._servers import redis as redis_servers
+from isolated_env.resources import redis as redis_resource
+from isolated_env.resources.postgres.janitor import prune
+from isolated_env.resources.postgres.sql import quote_ident, quote_literal
+
+TTL = 1.5
+LABEL = "from isolated_env._ownership import me; print(me().label())"
+
+
+@pytest.fixture
+async def external(clean_environ: pytest.MonkeyPatch) -> AsyncIterator[tuple[Any, Any]]:
+    """The embedded PostgreSQL named by TEST_POSTGRES_URL (so: external, leased) with a short TTL,
+    and an admin connection to it."""
+    embedded = await pg_servers.ensure_server(resolve())
+    clean_environ.setenv("TEST_POSTGRES_URL", embedded.dsn("postgres"))
+    clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", str(TTL))
+    server = await pg_servers.ensure_server(resolve())
+    assert server.source == "external"
+    admin = await driver.connect(server)
+    try:
+        yield server, admin
+    finally:
+        await driver.close(admin)
+
+
+async def _label(admin: Any, name: str) -> dict[str, Any]:
+    raw = await admin.fetchval(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", name
+    )
+    return dict(json.loads(raw))
+
+
+async def test_the_heartbeat_renews_the_lease(external: tuple[Any, Any]) -> None:
+    _server, admin = external
+    async with ie.isolated_postgres(mode="database") as db:
+        first = await _label(admin, db.database)
+        parsed = parse(first)
+        assert parsed is not None and parsed[0] == me()
+        now = await admin.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+        assert now < first["exp"] <= now + TTL + 0.5
+        await anyio.sleep(TTL)
+        second = await _label(admin, db.database)
+        assert second["exp"] > first["exp"] and second["mode"] == "database"
+    # Transaction mode's work database is leased the same way.
+    async with ie.isolated_postgres() as tx:
+        work = await tx.fetchval("SELECT current_database()")
+        assert "exp" in await _label(admin, work)
+
+
+def _foreign(run: str, pid: int = 999_999, start: int = 0) -> Owner:
+    return Owner("0therm4chine", me().pidns, pid, start, run)
+
+
+async def _create(admin: Any, name: str, label: str | None) -> None:
+    await admin.execute(f"CREATE DATABASE {quote_ident(name)}")
+    if label is not None:
+        await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(label)}")
+
+
+async def test_only_ended_leases_are_reaped(external: tuple[Any, Any]) -> None:
+    server, admin = external
+    run = "zq" + os.urandom(3).hex()
+    now = await admin.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+    mine = me()
+    names = {
+        "ended": (f"ie_db_{run}_1_1", _foreign(run).label(mode="database", exp=now - 1)),
+        # Another machine's live lease, with a pid that is alive *here* and one that is not: the
+        # pids mean nothing on this machine, the lease decides.
+        "live": (f"ie_db_{run}_1_2", _foreign(run, os.getpid(), mine.start).label(exp=now + 60)),
+        "live_dead_pid": (f"ie_db_{run}_1_3", _foreign(run).label(exp=now + 60)),
+        "no_lease": (f"ie_db_{run}_1_4", _foreign(run).label()),  # an embedded-era label: never guessed
+        "kept": (f"ie_db_{run}_1_5", _foreign(run).label(keep=True, exp=now - 1)),
+        "unlabelled": (f"ie_db_{run}_1_6", None),
+        "other_run": (f"ie_db_{run}x_1_7", _foreign(run + "x").label(exp=now - 1)),
+    }
+    for name, label in names.values():
+        await _create(admin, name, label)
+    try:
+        # Any process using this server may reap the ended ones meanwhile (that is the point): only
+        # the unlabelled one is prune's alone to drop.
+        scope = Scope(run=run)
+        dry = await prune(server, kept=False, orphans=True, scope=scope, dry_run=True)
+        assert names["unlabelled"][0] in dry and set(dry) <= {names["ended"][0], names["unlabelled"][0]}
+        left = {r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database")}
+        assert names["unlabelled"][0] in left  # a dry run drops nothing
+        dropped = await prune(server, kept=False, orphans=True, scope=scope)
+        assert names["unlabelled"][0] in dropped and set(dropped) <= set(dry)
+        assert await prune(server, kept=True, orphans=False, scope=scope) == [names["kept"][0]]
+        left = {r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database")}
+        assert {names[k][0] for k in ("live", "live_dead_pid", "no_lease")} <= left
+        assert not {names[k][0] for k in ("ended", "unlabelled", "kept")} & left
+    finally:
+        for name, _label in names.values():
+            await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+
+
+async def test_a_lost_lease_fails_the_test_holding_it(external: tuple[Any, Any]) -> None:
+    _server, admin = external
+    with pytest.raises(ie.IsolationBroken, match=r"lease of PostgreSQL database .* was lost: its label now names"):
+        async with ie.isolated_postgres(mode="database") as db:
+            other = _foreign("thief").label(exp=9e12)
+            await admin.execute(f"COMMENT ON DATABASE {quote_ident(db.database)} IS {quote_literal(other)}")
+            await anyio.sleep(TTL)
+    async with ie.isolated_postgres(mode="database") as db:  # the next test is not affected
+        assert await db.fetchval("SELECT 1") == 1
+
+
+async def test_redis_frees_only_provably_dead_local_owners(clean_environ: pytest.MonkeyPatch) -> None:
+    server = await redis_servers.ensure_server(resolve())
+    control = redis_driver.asyncio_client(**server.client_kwargs(0))
+    last = server.databases - 1
+    child = await anyio.run_process([sys.executable, "-c", LABEL])
+    dead_here = child.stdout.decode().strip()
+    parsed = parse(dead_here)
+    assert parsed is not None
+    elsewhere = Owner("0therm4chine", *[getattr(parsed[0], f) for f in ("pidns", "pid", "start", "run")]).label()
+    key = f"ie:slot:{last}"
+    try:
+        assert await control.set(key, elsewhere, nx=True, px=60_000), "the last database is leased"
+        assert last not in await redis_resource._reap(control, last)
+        assert await control.get(key) == elsewhere.encode()
+        await control.set(key, dead_here, px=60_000)
+        assert last in await redis_resource._reap(control, last)
+        assert await control.get(key) is None
+    finally:
+        await control.delete(key)
+        await control.aclose()
