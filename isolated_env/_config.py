@@ -343,6 +343,8 @@ def _parse_url(var: str, raw: str, schemes: tuple[str, ...], example: str) -> Ex
             f"{', '.join(s + '://' for s in schemes)} as in {var}={example}"
         )
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if port is None and query.get("port"):  # libpq's ?host=/socket/dir&port=N form
+        port = _port(f"{var} (its port= parameter)", query["port"])
     host = unquote(parts.hostname or "") or query.get("host", "")
     path = unquote(parts.path.lstrip("/"))
     # unix:///run/redis.sock names a socket by its path alone (what RedisServer.url() prints).

@@ -15,10 +15,10 @@ from .._config import run_id
 from .._contract import Kept
 from .._drivers import clickhouse as ch_driver
 from .._errors import ConfigError
-from .._ownership import alive, me, parse
 from .._redact import redact_url
 from .._runtime import Runtime
 from .._servers.clickhouse import ClickHouseServer
+from . import _clickhouse_leases as leases
 
 __all__ = ["Mode", "connect", "reap"]
 
@@ -30,10 +30,6 @@ _counter = itertools.count(1)
 _reaped: set[tuple[str, str, str, str]] = set()
 
 
-def _owner_comment(*, kept: bool = False) -> str:
-    return me().label(**({"kept": True} if kept else {}))
-
-
 def _literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -42,32 +38,22 @@ def _ident(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
-def _dead(comment: str, *, kept: bool = False) -> bool:
-    """True when ``comment`` is one of ours and its owner is provably dead (never for an owner in
-    another machine or PID namespace); a database kept for a failed test counts only when ``kept``
-    asks for those too."""
-    parsed = parse(comment)
-    if parsed is None:
-        return False
-    if parsed[1].get("kept"):
-        return kept
-    return alive(parsed[0]) is False
-
-
 async def connect(server: ClickHouseServer, database: str) -> Any:
     """An admin client of ``server``. Without a session: it may run requests concurrently."""
     return await ch_driver.connect(**server.client_kwargs(database), autogenerate_session_id=False)
 
 
 async def reap(admin: Any, server: ClickHouseServer, mode: Mode, *, kept: bool = False) -> list[str]:
-    """Drop what isolated_env created for owners that have died; returns what was dropped."""
+    """Drop what isolated_env created for owners that provably died or whose lease ended; returns
+    what was dropped."""
     dropped: list[str] = []
+    now = await leases.server_now(admin)
     if mode == "database":
         rows = (
             await admin.query("SELECT name, comment FROM system.databases WHERE startsWith(name, 'ie_')")
         ).result_rows
         for name, comment in rows:
-            if _dead(comment, kept=kept):
+            if leases.reapable(comment, now, kept=kept):
                 await admin.command(f"DROP DATABASE IF EXISTS {_ident(name)} SYNC", use_database=False)
                 dropped.append(name)
         if dropped:
@@ -82,7 +68,7 @@ async def reap(admin: Any, server: ClickHouseServer, mode: Mode, *, kept: bool =
         )
     ).result_rows
     for marker, comment in rows:
-        if _dead(comment, kept=kept):
+        if leases.reapable(comment, now, kept=kept):
             prefix = marker[: -len("_owner")]
             dropped += await _drop_prefixed(admin, server.database, prefix, keep=None)
     return dropped
@@ -170,11 +156,12 @@ class _Slots:
         return slot.client if slot.user is None else await self._admin_client()
 
     async def _make_database(self, client: Any, name: str) -> None:
-        await client.command(
-            f"CREATE DATABASE {_ident(name)} COMMENT {_literal(_owner_comment())}", use_database=False
-        )
+        label = await leases.comment(client, self.server)
+        await client.command(f"CREATE DATABASE {_ident(name)} COMMENT {_literal(label)}", use_database=False)
+        leases.hold(self.server, name)
 
     async def _drop_database(self, client: Any, name: str) -> None:
+        leases.let_go(name)
         await client.command(f"DROP DATABASE IF EXISTS {_ident(name)} SYNC", use_database=False)
 
     async def create(self) -> _Slot:
@@ -192,7 +179,7 @@ class _Slots:
                 slot = _Slot(client, self.server.database, name + "_", base=self._admin_base())
                 await client.command(
                     f"CREATE TABLE {_ident(slot.database)}.{_ident(slot.marker)} (x UInt8) ENGINE = Memory "
-                    f"COMMENT {_literal(_owner_comment())}"
+                    f"COMMENT {_literal(await leases.comment(client, self.server, leased=False))}"
                 )
                 return slot
             await self._make_database(client, name)
@@ -234,6 +221,7 @@ class _Slots:
         if self.mode == "prefix":
             await self.clean(slot)
             return
+        leases.check(slot.database)  # lost while the test held it: another run may have reaped it
         spares = self.spare_sets.setdefault(slot.user, [])
         if spares:
             name = spares.pop()
@@ -293,8 +281,10 @@ class _Slots:
     async def keep(self, slot: _Slot) -> Kept:
         """A failed test's database stays, labelled kept, until ``isolated-env prune --kept``."""
         if self.mode == "database":
+            leases.let_go(slot.database)  # before the relabelling: the heartbeat must not write a lease back
+            kept = await leases.comment(slot.client, self.server, kept=True)
             await (await self._ddl(slot)).command(
-                f"ALTER DATABASE {_ident(slot.database)} MODIFY COMMENT {_literal(_owner_comment(kept=True))}",
+                f"ALTER DATABASE {_ident(slot.database)} MODIFY COMMENT {_literal(kept)}",
                 use_database=False,
             )
             self._forget(slot)
@@ -302,7 +292,7 @@ class _Slots:
         else:
             await slot.client.command(
                 f"ALTER TABLE {_ident(slot.database)}.{_ident(slot.marker)} "
-                f"MODIFY COMMENT {_literal(_owner_comment(kept=True))}"
+                f"MODIFY COMMENT {_literal(await leases.comment(slot.client, self.server, kept=True))}"
             )
             where = f"tables {slot.database}.{slot.prefix}* at {redact_url(self.server.url)}"
         await slot.client.close()

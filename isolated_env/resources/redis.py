@@ -33,7 +33,7 @@ from .._servers.redis import RedisServer
 from ._died import died as _died
 from ._died import watch as _watch
 from ._redis_guard import test_client, untaint
-from ._redis_leases import _Bank, _LeaseKeeper
+from ._redis_leases import _Bank, _LeaseKeeper, flush_unleased
 
 __all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
 
@@ -360,6 +360,7 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
         control = redis_driver.asyncio_client(**server.client_kwargs(0))
         try:
             freed = await _reap(control, server.databases - 1, kept=kept)
+            freed += [db for db in await flush_unleased(control) if db not in freed]
             for db in freed:
                 client = redis_driver.asyncio_client(**server.client_kwargs(db))
                 try:

@@ -4,6 +4,7 @@ dead local owner) is reaped, and a lost lease fails the test that holds it."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -146,3 +147,45 @@ async def test_redis_frees_only_provably_dead_local_owners(clean_environ: pytest
     finally:
         await control.delete(key)
         await control.aclose()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("chdb") is None, reason="needs the chdb extra")
+async def test_clickhouse_databases_are_leased_and_only_ended_leases_reaped(clean_environ: pytest.MonkeyPatch) -> None:
+    from isolated_env._servers import clickhouse as ch_servers
+    from isolated_env.resources import _clickhouse_slots as slots
+
+    embedded = await ch_servers.ensure_server(resolve())
+    clean_environ.setenv("TEST_CLICKHOUSE_URL", embedded.dsn())
+    clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", str(TTL))
+    server = await ch_servers.ensure_server(resolve())
+    assert server.source == "external"
+    admin = await slots.connect(server, server.database)
+    run = "zc" + os.urandom(3).hex()
+
+    async def comment(name: str) -> dict[str, Any]:
+        rows = (await admin.query("SELECT comment FROM system.databases WHERE name = {n:String}",
+                                  parameters={"n": name})).result_rows
+        return dict(json.loads(rows[0][0])) if rows else {}
+
+    try:
+        async with ie.isolated_clickhouse() as ch:
+            first = await comment(ch.database)
+            assert parse(first) is not None and "exp" in first
+            await anyio.sleep(TTL)
+            assert (await comment(ch.database))["exp"] > first["exp"]  # renewed by the heartbeat
+        now = float(await admin.command("SELECT toFloat64(toUnixTimestamp64Milli(now64(3))) / 1000"))
+        made = {
+            f"ie_{run}_ended": _foreign(run).label(exp=now - 1),
+            f"ie_{run}_live": _foreign(run, os.getpid(), me().start).label(exp=now + 60),
+            f"ie_{run}_nolease": _foreign(run).label(),
+        }
+        for name, label in made.items():
+            await admin.command(f"CREATE DATABASE `{name}` COMMENT '{label}'", use_database=False)
+        await slots.reap(admin, server, "database")
+        left = {r[0] for r in (await admin.query("SELECT name FROM system.databases")).result_rows}
+        assert f"ie_{run}_ended" not in left
+        assert {f"ie_{run}_live", f"ie_{run}_nolease"} <= left
+    finally:
+        for name in (f"ie_{run}_ended", f"ie_{run}_live", f"ie_{run}_nolease"):
+            await admin.command(f"DROP DATABASE IF EXISTS `{name}` SYNC", use_database=False)
+        await admin.close()
