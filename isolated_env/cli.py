@@ -61,7 +61,19 @@ async def _check(entry: ResourceSpec) -> dict[str, Any]:
     else:
         checked = "ok (no self-check)"
     return {"server": server, "overhead": await _overhead(entry, 50 if entry.kind == "clickhouse" else 200),
-            "checked": checked}
+            "checked": checked, "grants": await _grants(entry, server)}
+
+
+async def _grants(entry: ResourceSpec, server: Any) -> list[tuple[str, str]]:
+    """What the login may do on an external server (least privilege, docs/fleet.md)."""
+    if server is None or entry.provider is None or getattr(server, "source", "") != "external":
+        return []
+    from . import _grants as grants
+
+    try:
+        return await grants.check(entry.provider, server)
+    except Exception as exc:  # a doctor row must not fail on a check of rights; it says it could not tell
+        return [("warning", f"could not read this login's rights: {exc!r}")]
 
 
 def _row(entry: ResourceSpec, result: dict[str, Any] | BaseException) -> list[str]:
@@ -110,6 +122,8 @@ def _details(entry: ResourceSpec, result: dict[str, Any] | BaseException, settin
         field("server", f"external, {endpoint.source}={endpoint.redacted()}")
         field("version", server.version)
         field("log", "the external server's own")
+        for level, text in result.get("grants", []):
+            field("grants", f"{level}: {text}")
         return lines
     state = registry.status(entry.provider, settings.state_dir)
     info = state.info if state is not None else {}
