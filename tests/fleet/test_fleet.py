@@ -72,9 +72,10 @@ def _machine(i: int, run: str, servers: dict[str, str], log: Path, state: Path) 
     state.mkdir(mode=0o711)
     env = {**_clean_env(), **servers, "PYTHONPATH": str(ROOT), "FLEET_LOG": str(log),
            "ISOLATED_ENV_MACHINE_ID": f"fleetm{i}", "ISOLATED_ENV_RUN_ID": run, "ISOLATED_ENV_LEASE_TTL": str(TTL),
-           "ISOLATED_ENV_STATE_DIR": str(state), "FLEET_ROUNDS": "12", "ISOLATED_ENV_CAPACITY": "2"}
+           "ISOLATED_ENV_STATE_DIR": str(state), "FLEET_ROUNDS": "8", "ISOLATED_ENV_CAPACITY": "2"}
     cmd = ["unshare", "--pid", "--fork", "--mount", "--mount-proc", sys.executable, "-m", "pytest",
-           "-p", "no:cacheprovider", "-q", "-n", "2", "--no-header", "tests/fleet/workload.py"]
+           "-p", "no:cacheprovider", "-q", "-n", "2", "--no-header", f"--basetemp={state / 'tmp'}",
+           "tests/fleet/workload.py"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -153,13 +154,14 @@ def test_a_fleet_on_shared_servers(shared_servers: dict[str, str]) -> None:
         assert init, "the victim's run ended before it could be killed; give it more rounds"
         os.kill(init[0].pid, signal.SIGKILL)
         killed_at = time.time()
-        procs[victim].wait(10)
+        procs[victim].communicate(timeout=10)
 
         # Right after the kill its leases are live: nobody may reap what it left yet.
         left_pg = anyio.run(_pg_databases, shared_servers["TEST_POSTGRES_URL"], runs[victim])
         left_redis = anyio.run(_redis_leases, shared_servers["TEST_REDIS_URL"], runs[victim])
         assert left_pg or left_redis, "the victim left nothing to reap: the check below would prove nothing"
-        assert all(label.get("exp", 0) > label["now"] for label in left_pg.values() if "ie" in label)
+        ended = {n: label for n, label in left_pg.items() if "ie" in label and label.get("exp", 0) <= label["now"]}
+        assert not ended, f"leases of the victim ended before its TTL: {ended}"
 
         outputs = {}
         for i, proc in enumerate(procs):
@@ -172,7 +174,7 @@ def test_a_fleet_on_shared_servers(shared_servers: dict[str, str]) -> None:
                 for child in psutil.Process(proc.pid).children():
                     child.kill()
                 proc.kill()
-                proc.wait()
+            proc.communicate()
 
     events = _events(log)
     # No Redis database leased to two runs at once.
@@ -191,7 +193,7 @@ def test_a_fleet_on_shared_servers(shared_servers: dict[str, str]) -> None:
             assert start >= held_until, f"Redis database {db} was leased by {holder} and {run} at once"
             if end > held_until:
                 held_until, holder = end, run
-    assert sum(len(v) for v in spans.values()) >= (MACHINES - 1) * 12
+    assert sum(len(v) for v in spans.values()) >= (MACHINES - 1) * 8
 
     # Once its TTL has passed, one prune (from a machine of its own) removes all the victim left.
     wait = killed_at + TTL + 0.5 - time.time()

@@ -50,6 +50,7 @@ async def create_database(
 
 async def drop_database(admin: Any, name: str) -> None:
     """Drop a database (not a template), ending its sessions."""
+    leases.let_go(name)  # first: a heartbeat must not renew what is going
     await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
 
 
