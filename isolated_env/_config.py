@@ -196,9 +196,8 @@ _ENV_NAMES = (
     "ISOLATED_ENV_CACHE_DIR",
 )
 # Read elsewhere, not settings; known so a near miss of one is not taken for a misspelling.
-_OTHER_NAMES = (
-    "ISOLATED_ENV_RUN_ID", "ISOLATED_ENV_RUNNERS_CACHE", "ISOLATED_ENV_MACHINE_ID", "ISOLATED_ENV_LEASE_TTL",
-)
+_OTHER_NAMES = ("ISOLATED_ENV_RUN_ID", "ISOLATED_ENV_RUNNERS_CACHE", "ISOLATED_ENV_MACHINE_ID",
+                "ISOLATED_ENV_LEASE_TTL")
 _resolved: dict[tuple[Any, ...], Settings] = {}
 
 
