@@ -259,12 +259,15 @@ def prune(kept: bool, templates: bool, *, run_id: str | None = None, mine: bool 
             except ImportError:
                 continue  # its driver is not installed: nothing of it can be there
             options: dict[str, Any] = {}
-            accepts = inspect.signature(cls.reap).parameters
+            if getattr(cls, "_reap", ...) is None:
+                continue  # leaves nothing anywhere (a resource of the decorator with no reap)
+            # A resource made by the decorator forwards options to its function: ask the function.
+            accepts = inspect.signature(getattr(cls, "_reap", None) or cls.reap).parameters
             if templates and "templates" in accepts:
                 options["templates"] = True
             if (narrowed and "scope" not in accepts) or (dry_run and "dry_run" not in accepts):
-                print(f"prune: {entry.kind}: skipped (it cannot narrow or list what it would remove; "
-                      "its leases end by their TTL)", file=sys.stderr)
+                print(f"prune: {entry.kind}: skipped (it cannot narrow or list what it would remove)",
+                      file=sys.stderr)
                 continue
             if narrowed:
                 options["scope"] = scope
