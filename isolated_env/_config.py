@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-import socket
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -304,10 +303,6 @@ def run_id() -> str:
         cleaned = "".join(ch for ch in raw.lower() if ch.isalnum())[:8]
         _RUN_ID = cleaned or uuid.uuid4().hex[:8]
     return _RUN_ID
-
-
-def hostname() -> str:
-    return socket.gethostname()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -51,10 +52,13 @@ class Keeper:
         self._offset: dict[str, float] = {}  # server clock minus ours, per server
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
+        self._pid = os.getpid()
         self.beats = 0  # renewals sent (statistics for the benchmark)
 
     def hold(self, server: Any, name: str) -> None:
         with self._lock:
+            if self._pid != os.getpid():  # a forked child: no thread, and its parent's leases are not its own
+                self._pid, self._held, self._lost, self._thread = os.getpid(), {}, {}, None
             self._held.setdefault(self._key(server), (server, set()))[1].add(name)
             self._lost.pop(name, None)
             if self._thread is None:
