@@ -55,7 +55,14 @@ async def renew(client: Any, names: list[str]) -> tuple[dict[str, str], float]:
             lost[name] = "it ended before this renewal"
         else:
             label = mine.label(**{**parsed[1], "exp": round(now + lease_ttl(), 1)})
-            await client.command(f"ALTER DATABASE {_ident(name)} MODIFY COMMENT {_literal(label)}", use_database=False)
+            try:
+                await client.command(f"ALTER DATABASE {_ident(name)} MODIFY COMMENT {_literal(label)}",
+                                     use_database=False)
+            except Exception:
+                # Dropped between the look and the renewal (its owner let it go): lost if still held.
+                if await client.command(f"EXISTS DATABASE {_ident(name)}", use_database=False) not in (0, "0"):
+                    raise
+                lost[name] = "the database was dropped by someone else"
     return lost, float(now)
 
 

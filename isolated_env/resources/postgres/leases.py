@@ -38,7 +38,7 @@ async def renew(conn: Any, names: list[str]) -> tuple[dict[str, str], float]:
     now = rows[0]["now"] if rows else await conn.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
     found = {row["datname"]: row["label"] for row in rows}
     lost: dict[str, str] = {}
-    statements = []
+    statements: dict[str, str] = {}
     mine = me()
     for name in names:
         label = found.get(name, "missing")
@@ -51,9 +51,22 @@ async def renew(conn: Any, names: list[str]) -> tuple[dict[str, str], float]:
             lost[name] = "it ended before this renewal"
         else:
             fields = {**parsed[1], "exp": round(now + lease_ttl(), 1)}
-            statements.append(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(mine.label(**fields))}")
+            statements[name] = f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(mine.label(**fields))}"
     if statements:
-        await conn.execute(";".join(statements))
+        try:
+            await conn.execute(";".join(statements.values()))
+        except Exception as exc:
+            # One database dropped between the look and the renewal (its owner let it go): the
+            # others are renewed one by one; a database that is gone is lost, if still held.
+            if type(exc).__name__ != "InvalidCatalogNameError":
+                raise
+            for name, statement in statements.items():
+                try:
+                    await conn.execute(statement)
+                except Exception as one:
+                    if type(one).__name__ != "InvalidCatalogNameError":
+                        raise
+                    lost[name] = "the database was dropped by someone else"
     return lost, now
 
 
