@@ -53,6 +53,7 @@ class Keeper:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._pid = os.getpid()
+        self._ttl_used = float("inf")  # the shortest TTL a lease was written with since the last beat
         self.beats = 0  # renewals sent (statistics for the benchmark)
 
     def hold(self, server: Any, name: str) -> None:
@@ -60,6 +61,7 @@ class Keeper:
             if self._pid != os.getpid():  # a forked child: no thread, and its parent's leases are not its own
                 self._pid, self._held, self._lost, self._thread = os.getpid(), {}, {}, None
             self._held.setdefault(self._key(server), (server, set()))[1].add(name)
+            self._ttl_used = min(self._ttl_used, lease_ttl())
             self._lost.pop(name, None)
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=f"isolated-env-leases-{self.what}", daemon=True)
@@ -97,6 +99,11 @@ class Keeper:
             offset = self.offset(server) or 0.0
         return round(time.time() + offset + lease_ttl(), 1)
 
+    def _period(self) -> float:
+        # A third of the TTL, and never longer than a third of the one leases were last written
+        # with: when the TTL grows (tests shorten it for a while), those are renewed in time.
+        return min(lease_ttl(), self._ttl_used) / 3
+
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
         conns: dict[str, Any] = {}
@@ -104,7 +111,7 @@ class Keeper:
         beat = time.monotonic()
         try:
             while True:
-                self._wake.wait(max(0.0, beat + lease_ttl() / 3 - time.monotonic()))
+                self._wake.wait(max(0.0, beat + self._period() - time.monotonic()))
                 with self._lock:
                     # Decided under the lock: a hold() racing with our exit either sees no thread
                     # (and starts one) or puts a name in _held that keeps this thread running.
@@ -112,9 +119,10 @@ class Keeper:
                     if not self._held:
                         self._thread = None
                         return
-                    if time.monotonic() < beat + lease_ttl() / 3:
+                    if time.monotonic() < beat + self._period():
                         continue  # woken by hold(): the TTL may have changed, not due yet
                     held = [(key, server, set(names)) for key, (server, names) in self._held.items()]
+                    self._ttl_used = lease_ttl()  # what this beat writes
                 beat = time.monotonic()
                 for key, server, names in held:
                     loop.run_until_complete(self._beat(key, server, names, conns, last_ok))

@@ -18,7 +18,9 @@ from .._errors import ConfigError
 from .._redact import redact_url
 from .._runtime import Runtime
 from .._servers.clickhouse import ClickHouseServer
-from . import _clickhouse_leases as leases
+from ._clickhouse_leases import check as check_lease
+from ._clickhouse_leases import comment as lease_comment
+from ._clickhouse_leases import hold, let_go, reapable, server_now
 
 __all__ = ["Mode", "connect", "reap"]
 
@@ -47,13 +49,13 @@ async def reap(admin: Any, server: ClickHouseServer, mode: Mode, *, kept: bool =
     """Drop what isolated_env created for owners that provably died or whose lease ended; returns
     what was dropped."""
     dropped: list[str] = []
-    now = await leases.server_now(admin)
+    now = await server_now(admin)
     if mode == "database":
         rows = (
             await admin.query("SELECT name, comment FROM system.databases WHERE startsWith(name, 'ie_')")
         ).result_rows
         for name, comment in rows:
-            if leases.reapable(comment, now, kept=kept):
+            if reapable(comment, now, kept=kept):
                 await admin.command(f"DROP DATABASE IF EXISTS {_ident(name)} SYNC", use_database=False)
                 dropped.append(name)
         if dropped:
@@ -68,7 +70,7 @@ async def reap(admin: Any, server: ClickHouseServer, mode: Mode, *, kept: bool =
         )
     ).result_rows
     for marker, comment in rows:
-        if leases.reapable(comment, now, kept=kept):
+        if reapable(comment, now, kept=kept):
             prefix = marker[: -len("_owner")]
             dropped += await _drop_prefixed(admin, server.database, prefix, keep=None)
     return dropped
@@ -156,12 +158,12 @@ class _Slots:
         return slot.client if slot.user is None else await self._admin_client()
 
     async def _make_database(self, client: Any, name: str) -> None:
-        label = await leases.comment(client, self.server)
+        label = await lease_comment(client, self.server)
         await client.command(f"CREATE DATABASE {_ident(name)} COMMENT {_literal(label)}", use_database=False)
-        leases.hold(self.server, name)
+        hold(self.server, name)
 
     async def _drop_database(self, client: Any, name: str) -> None:
-        leases.let_go(name)
+        let_go(name)
         await client.command(f"DROP DATABASE IF EXISTS {_ident(name)} SYNC", use_database=False)
 
     async def create(self) -> _Slot:
@@ -179,7 +181,7 @@ class _Slots:
                 slot = _Slot(client, self.server.database, name + "_", base=self._admin_base())
                 await client.command(
                     f"CREATE TABLE {_ident(slot.database)}.{_ident(slot.marker)} (x UInt8) ENGINE = Memory "
-                    f"COMMENT {_literal(await leases.comment(client, self.server, leased=False))}"
+                    f"COMMENT {_literal(await lease_comment(client, self.server, leased=False))}"
                 )
                 return slot
             await self._make_database(client, name)
@@ -221,7 +223,7 @@ class _Slots:
         if self.mode == "prefix":
             await self.clean(slot)
             return
-        leases.check(slot.database)  # lost while the test held it: another run may have reaped it
+        check_lease(slot.database)  # lost while the test held it: another run may have reaped it
         spares = self.spare_sets.setdefault(slot.user, [])
         if spares:
             name = spares.pop()
@@ -281,8 +283,8 @@ class _Slots:
     async def keep(self, slot: _Slot) -> Kept:
         """A failed test's database stays, labelled kept, until ``isolated-env prune --kept``."""
         if self.mode == "database":
-            leases.let_go(slot.database)  # before the relabelling: the heartbeat must not write a lease back
-            kept = await leases.comment(slot.client, self.server, kept=True)
+            let_go(slot.database)  # before the relabelling: the heartbeat must not write a lease back
+            kept = await lease_comment(slot.client, self.server, kept=True)
             await (await self._ddl(slot)).command(
                 f"ALTER DATABASE {_ident(slot.database)} MODIFY COMMENT {_literal(kept)}",
                 use_database=False,
@@ -292,7 +294,7 @@ class _Slots:
         else:
             await slot.client.command(
                 f"ALTER TABLE {_ident(slot.database)}.{_ident(slot.marker)} "
-                f"MODIFY COMMENT {_literal(await leases.comment(slot.client, self.server, kept=True))}"
+                f"MODIFY COMMENT {_literal(await lease_comment(slot.client, self.server, kept=True))}"
             )
             where = f"tables {slot.database}.{slot.prefix}* at {redact_url(self.server.url)}"
         await slot.client.close()

@@ -122,7 +122,7 @@ def test_unknown_service_is_a_usage_error() -> None:
     assert result.returncode == 2 and "unknown service 'mongodb'" in result.stderr
 
 
-def test_prune_narrowed_and_dry_run() -> None:
+def test_prune_narrowed_and_dry_run(shared_servers: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """``prune --run ID`` / ``--mine`` narrow what goes, ``--dry-run`` lists it: a database of another
     machine's run whose lease ended goes only when its run is named (or nothing narrows)."""
     import anyio
@@ -134,6 +134,11 @@ def test_prune_narrowed_and_dry_run() -> None:
 
     run = "zp" + os.urandom(3).hex()
     name = f"ie_db_{run}_1_1"
+    monkeypatch.setenv("TEST_POSTGRES_URL", shared_servers["TEST_POSTGRES_URL"])  # a server nobody else reaps
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "isolated_env.cli", *args], capture_output=True, text=True,
+                              timeout=300)
 
     async def sql(statement: str) -> list[str]:
         server = await pg_servers.ensure_server(resolve())

@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +33,6 @@ from isolated_env._ownership import parse
 ROOT = Path(__file__).resolve().parents[2]
 MACHINES = 4
 TTL = 3.0
-SERVERS = """
-import json, anyio
-from isolated_env._config import resolve
-from isolated_env._servers import postgres, redis
-async def main():
-    settings = resolve()
-    pg, r = await postgres.ensure_server(settings), await redis.ensure_server(settings)
-    print(json.dumps({"pg": pg.dsn("postgres"), "redis": r.url(0)}))
-anyio.run(main)
-"""
-
 pytestmark = pytest.mark.skipif(
     shutil.which("unshare") is None or os.geteuid() != 0, reason="the fleet simulation needs unshare as root"
 )
@@ -53,19 +41,6 @@ pytestmark = pytest.mark.skipif(
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items()
             if not k.startswith(("TEST_POSTGRES", "TEST_REDIS", "TEST_CLICKHOUSE", "ISOLATED_ENV_", "PYTEST_"))}
-
-
-@pytest.fixture
-def shared_servers(private_state_dir: Path) -> Iterator[dict[str, str]]:
-    """One PostgreSQL and one Redis on TCP, started for the fleet; to the machines, external servers."""
-    env = {**_clean_env(), "ISOLATED_ENV_STATE_DIR": str(private_state_dir), "ISOLATED_ENV_POSTGRES_TCP": "1",
-           "ISOLATED_ENV_REDIS_TCP": "1", "PYTHONPATH": str(ROOT)}
-    subprocess.run([sys.executable, "-m", "isolated_env.cli", "up", "postgres", "redis"], env=env, check=True,
-                   capture_output=True, timeout=120)
-    found = subprocess.run([sys.executable, "-c", SERVERS], env=env, check=True, capture_output=True, text=True,
-                           timeout=60)
-    urls = json.loads(found.stdout.strip().splitlines()[-1])
-    yield {"TEST_POSTGRES_URL": urls["pg"], "TEST_REDIS_URL": urls["redis"]}
 
 
 def _machine(i: int, run: str, servers: dict[str, str], log: Path, state: Path) -> subprocess.Popen[bytes]:

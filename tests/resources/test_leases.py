@@ -25,16 +25,17 @@ from isolated_env.resources import redis as redis_resource
 from isolated_env.resources.postgres.janitor import prune
 from isolated_env.resources.postgres.sql import quote_ident, quote_literal
 
-TTL = 1.5
+TTL = 3.0
 LABEL = "from isolated_env._ownership import me; print(me().label())"
 
 
 @pytest.fixture
-async def external(clean_environ: pytest.MonkeyPatch) -> AsyncIterator[tuple[Any, Any]]:
-    """The embedded PostgreSQL named by TEST_POSTGRES_URL (so: external, leased) with a short TTL,
-    and an admin connection to it."""
-    embedded = await pg_servers.ensure_server(resolve())
-    clean_environ.setenv("TEST_POSTGRES_URL", embedded.dsn("postgres"))
+async def external(
+    clean_environ: pytest.MonkeyPatch, shared_servers: dict[str, str]
+) -> AsyncIterator[tuple[Any, Any]]:
+    """A PostgreSQL of this module's own named by TEST_POSTGRES_URL (so: external, leased) with a
+    short TTL, and an admin connection to it."""
+    clean_environ.setenv("TEST_POSTGRES_URL", shared_servers["TEST_POSTGRES_URL"])
     clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", str(TTL))
     server = await pg_servers.ensure_server(resolve())
     assert server.source == "external"

@@ -27,8 +27,12 @@ NO_CREATEDB = "this role lacks CREATEDB: database mode unavailable; transaction 
 
 
 @pytest.fixture
-async def pg_role() -> AsyncIterator[tuple[Any, Any, str, str]]:
-    """A login role with CREATEDB (not superuser) on the embedded server, and an admin connection."""
+async def pg_role(
+    clean_environ: pytest.MonkeyPatch, shared_servers: dict[str, str]
+) -> AsyncIterator[tuple[Any, Any, str, str]]:
+    """A login role with CREATEDB (not superuser) on a server of this module's own, and an admin
+    connection as its superuser."""
+    clean_environ.setenv("TEST_POSTGRES_URL", shared_servers["TEST_POSTGRES_URL"])
     embedded = await pg_servers.ensure_server(resolve())
     admin = await driver.connect(embedded)
     role, password = f"ie_grants_{os.urandom(3).hex()}", secrets.token_urlsafe(16)
@@ -47,7 +51,7 @@ async def pg_role() -> AsyncIterator[tuple[Any, Any, str, str]]:
 
 async def test_postgres_grants(pg_role: tuple[Any, Any, str, str], clean_environ: pytest.MonkeyPatch) -> None:
     embedded, admin, role, password = pg_role
-    assert (await grants.postgres(embedded))[0][0] == "warning"  # the embedded server's superuser
+    assert (await grants.postgres(embedded))[0][0] == "warning"  # the server's superuser
     server = dataclasses.replace(embedded, user=role, password=password, source="external")
     [(level, text)] = await grants.postgres(server)
     assert level == "ok" and "has CREATEDB and is not superuser" in text
@@ -110,15 +114,9 @@ async def test_redis_grants(redis_admin: tuple[Any, Any, list[str]]) -> None:
     assert level == "warning" and "rights are unknown" in text
 
 
-def test_doctor_prints_the_grants_of_an_external_server(clean_environ: pytest.MonkeyPatch) -> None:
-    # The embedded server's superuser, named by TEST_POSTGRES_URL: doctor says it is more than needed.
-    found = subprocess.run(
-        [sys.executable, "-c", "import anyio; from isolated_env._config import resolve; "
-         "from isolated_env._servers import postgres as p; "
-         "print(anyio.run(p.ensure_server, resolve()).dsn('postgres'))"],
-        capture_output=True, text=True, check=True, timeout=120,
-    )
-    env = {**os.environ, "TEST_POSTGRES_URL": found.stdout.strip().splitlines()[-1]}
+def test_doctor_prints_the_grants_of_an_external_server(shared_servers: dict[str, str]) -> None:
+    # The server's superuser, named by TEST_POSTGRES_URL: doctor says it is more than needed.
+    env = {**os.environ, "TEST_POSTGRES_URL": shared_servers["TEST_POSTGRES_URL"]}
     out = subprocess.run([sys.executable, "-m", "isolated_env.cli", "doctor", "postgres"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert "grants     warning: role postgres is a superuser" in out.stdout, out.stdout + out.stderr

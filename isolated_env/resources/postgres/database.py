@@ -20,10 +20,10 @@ from ..._drivers import asyncpg as driver
 from ..._pool import Pool
 from ..._runtime import current_runtime
 from ..._servers.postgres import PostgresServer
-from . import leases
 from .handle import Clone, DatabaseHandle, PostgresHandle
 from .janitor import keep, reap_once
 from .labels import server_key
+from .leases import check as check_lease
 from .roles import rails
 from .templates import PostgresTemplate, template_database
 from .warm import WarmPool, WarmPoolStatistics, warm_pool, warm_pools
@@ -106,4 +106,4 @@ async def database_mode(
             raise
         if keep_on_failure and handle.failed:
             await keep(handle, "the test failed")
-        leases.check(handle.database)
+        check_lease(handle.database)

@@ -24,12 +24,13 @@ import psutil
 from ..._contract import current_settings
 from ..._drivers import asyncpg as driver
 from ..._errors import TeardownError
+from ..._leases import expired, lease_label
 from ..._ownership import Scope, alive, parse
 from ..._servers import registry
 from ..._servers.postgres import PostgresServer
-from . import leases
 from .handle import DatabaseHandle
 from .labels import disown, drop, drop_database, server_key
+from .leases import let_go
 from .sql import quote_ident, quote_literal
 from .templates import forget_templates
 
@@ -60,7 +61,7 @@ async def reap_orphans(
         if parsed is None or parsed[1].get("keep") or not scope.covers(parsed[0]):
             continue
         state = alive(parsed[0])
-        if state is False or (state is None and leases.expired(parsed[1], row["now"])):
+        if state is False or (state is None and expired(parsed[1], row["now"])):
             if dry_run or await _try_drop(admin, row["datname"]):
                 dropped.append(row["datname"])
     if dropped and not dry_run:
@@ -141,8 +142,8 @@ async def reap_once(server: PostgresServer, *, unlabelled: bool, admin: Any = No
 async def keep(handle: DatabaseHandle, reason: str) -> str:
     """Relabel the database as kept (the reaper and the exit handler leave it alone); a note for
     the report saying where it is, or why it could not be kept (then it is dropped as usual)."""
-    leases.let_go(handle.database)  # before the relabelling: the heartbeat must not write the lease back
-    label = leases.lease_label({"mode": "database", "origin": handle.template, "keep": True,
+    let_go(handle.database)  # before the relabelling: the heartbeat must not write the lease back
+    label = lease_label({"mode": "database", "origin": handle.template, "keep": True,
                                 "kept_at": round(time.time()), "reason": reason[:500]}, None)
     try:
         with anyio.CancelScope(shield=True), anyio.fail_after(10):

@@ -18,8 +18,9 @@ from typing import Any
 
 from ..._drivers import asyncpg as driver
 from ..._errors import ServiceUnavailable
+from ..._leases import lease_label
 from ..._servers.postgres import PostgresServer
-from . import leases
+from .leases import expiry, hold, let_go
 from .sql import quote_ident, quote_literal
 
 __all__ = ["create_database", "disown", "disown_server", "drop", "drop_database", "no_createdb", "own", "server_key"]
@@ -41,16 +42,16 @@ async def create_database(
     await admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(template)}{strategy}")
     with _owned_lock:
         leased = server.source == "external" and name in _owned
-    label = leases.lease_label(extra, await leases.expiry(admin, server) if leased else None)
+    label = lease_label(extra, await expiry(admin, server) if leased else None)
     also = f"; GRANT CREATE ON DATABASE {quote_ident(name)} TO {quote_ident(grant)}" if grant else ""
     await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(label)}{also}")
     if leased:
-        leases.hold(server, name)
+        hold(server, name)
 
 
 async def drop_database(admin: Any, name: str) -> None:
     """Drop a database (not a template), ending its sessions."""
-    leases.let_go(name)  # first: a heartbeat must not renew what is going
+    let_go(name)  # first: a heartbeat must not renew what is going
     await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
 
 
@@ -109,7 +110,7 @@ def disown(name: str) -> None:
     """Forget a database: it was dropped, or it is kept for a failed test."""
     with _owned_lock:
         _owned.pop(name, None)
-    leases.let_go(name)
+    let_go(name)
 
 
 def disown_server(server: PostgresServer) -> None:
@@ -120,7 +121,7 @@ def disown_server(server: PostgresServer) -> None:
         for name in names:
             del _owned[name]
     for name in names:
-        leases.let_go(name)
+        let_go(name)
 
 
 def _drop_owned_blocking() -> None:

@@ -26,10 +26,10 @@ from ..._errors import IsolationBroken, PoolError, TeardownError
 from ..._pool import Lease, Pool
 from ..._runtime import Runtime, current_runtime
 from ..._servers.postgres import PostgresServer
-from . import leases
 from .handle import PostgresHandle
 from .janitor import reap_once
 from .labels import create_database, disown, drop_database, own, server_key
+from .leases import lost as lost_lease
 from .roles import Rails, rails
 
 __all__ = ["TransactionHandle", "transaction_mode"]
@@ -272,7 +272,7 @@ async def transaction_mode(
                     if work.dirty and work.leased == 0:
                         await _heal(scope, work)
                 healed = True
-    lost = leases.lost(work.name)
+    lost = lost_lease(work.name)
     if lost is not None:  # another run may reap it: the next test gets a work database of its own
         with _work_lock:
             for key in [k for k, v in _work.items() if v is work]:
