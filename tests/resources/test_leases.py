@@ -8,7 +8,7 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anyio
@@ -23,6 +23,7 @@ from isolated_env._servers import postgres as pg_servers
 from isolated_env._servers import redis as redis_servers
 from isolated_env.resources import redis as redis_resource
 from isolated_env.resources.postgres.janitor import prune
+from isolated_env.resources.postgres.labels import disown_server
 from isolated_env.resources.postgres.sql import quote_ident, quote_literal
 
 TTL = 3.0
@@ -40,10 +41,23 @@ async def external(
     server = await pg_servers.ensure_server(resolve())
     assert server.source == "external"
     admin = await driver.connect(server)
+    _used.append(server)
     try:
         yield server, admin
     finally:
         await driver.close(admin)
+
+
+_used: list[Any] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_the_server(shared_servers: dict[str, str]) -> Iterator[None]:
+    """The module's server stops with it: what this process still owns there (its work database,
+    warm clones) is forgotten first, so no heartbeat goes on knocking on a server that is gone."""
+    yield
+    for server in _used:
+        disown_server(server)
 
 
 async def _label(admin: Any, name: str) -> dict[str, Any]:
