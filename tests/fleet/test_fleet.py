@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +110,16 @@ async def _leased(servers: dict[str, str], db: int) -> bool:
         await client.aclose()
 
 
-def test_a_fleet_on_shared_servers(shared_servers: dict[str, str]) -> None:
-    work = Path(tempfile.mkdtemp(prefix="ie-fleet-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
-    work.chmod(0o711)
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """The machines' state directories and the shared event log; removed however the test ends."""
+    path = Path(tempfile.mkdtemp(prefix="ie-fleet-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_fleet_on_shared_servers(shared_servers: dict[str, str], work: Path) -> None:
     log = work / "events.jsonl"
     salt = os.urandom(2).hex()
     runs = [f"f{i}{salt}" for i in range(MACHINES)]  # a run id is at most 8 characters
@@ -188,4 +196,3 @@ def test_a_fleet_on_shared_servers(shared_servers: dict[str, str]) -> None:
     for i, run in enumerate(runs):
         if i != victim:
             assert anyio.run(_pg_databases, shared_servers["TEST_POSTGRES_URL"], run) == {}, f"run {run} left databases"
-    shutil.rmtree(work, ignore_errors=True)
