@@ -172,7 +172,13 @@ async def test_clickhouse_databases_are_leased_and_only_ended_leases_reaped(clea
     embedded = await ch_servers.ensure_server(resolve())
     clean_environ.setenv("TEST_CLICKHOUSE_URL", embedded.dsn())
     clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", str(TTL))
-    server = await ch_servers.ensure_server(resolve())
+    for attempt in range(3):  # the embedded engine can take longer than the 4 s check on a loaded machine
+        try:
+            server = await ch_servers.ensure_server(resolve())
+            break
+        except ie.ServiceUnavailable:
+            if attempt == 2:
+                raise
     assert server.source == "external"
     admin = await slots.connect(server, server.database)
     run = "zc" + os.urandom(3).hex()
