@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-import socket
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -196,7 +195,8 @@ _ENV_NAMES = (
     "ISOLATED_ENV_CACHE_DIR",
 )
 # Read elsewhere, not settings; known so a near miss of one is not taken for a misspelling.
-_OTHER_NAMES = ("ISOLATED_ENV_RUN_ID", "ISOLATED_ENV_RUNNERS_CACHE")
+_OTHER_NAMES = ("ISOLATED_ENV_RUN_ID", "ISOLATED_ENV_RUNNERS_CACHE", "ISOLATED_ENV_MACHINE_ID",
+                "ISOLATED_ENV_LEASE_TTL")
 _resolved: dict[tuple[Any, ...], Settings] = {}
 
 
@@ -305,10 +305,6 @@ def run_id() -> str:
     return _RUN_ID
 
 
-def hostname() -> str:
-    return socket.gethostname()
-
-
 @dataclasses.dataclass(frozen=True)
 class ExternalEndpoint:
     """A server named by the environment: used as is, never started or stopped by us."""
@@ -341,6 +337,8 @@ def _parse_url(var: str, raw: str, schemes: tuple[str, ...], example: str) -> Ex
             f"{', '.join(s + '://' for s in schemes)} as in {var}={example}"
         )
     query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if port is None and query.get("port"):  # libpq's ?host=/socket/dir&port=N form
+        port = _port(f"{var} (its port= parameter)", query["port"])
     host = unquote(parts.hostname or "") or query.get("host", "")
     path = unquote(parts.path.lstrip("/"))
     # unix:///run/redis.sock names a socket by its path alone (what RedisServer.url() prints).

@@ -4,7 +4,7 @@
     isolated-env up         start the embedded servers and keep them warm between test runs
     isolated-env down       let them stop (now, if no test run is using them)
     isolated-env status     what is running, where, and who uses it
-    isolated-env prune      remove what dead runs left behind (and kept databases, with --kept)
+    isolated-env prune      remove what dead runs left behind: ended leases (--run ID, --mine, --dry-run)
     isolated-env migrate    scan | ratchet | rewrite: move a mock-based suite onto real services
 """
 
@@ -63,7 +63,19 @@ async def _check(entry: ResourceSpec) -> dict[str, Any]:
     else:
         checked = "ok (no self-check)"
     return {"server": server, "overhead": await _overhead(entry, 50 if entry.kind == "clickhouse" else 200),
-            "checked": checked}
+            "checked": checked, "grants": await _grants(entry, server)}
+
+
+async def _grants(entry: ResourceSpec, server: Any) -> list[tuple[str, str]]:
+    """What the login may do on an external server (least privilege, docs/fleet.md)."""
+    if server is None or entry.provider is None or getattr(server, "source", "") != "external":
+        return []
+    from . import _grants as grants
+
+    try:
+        return await grants.check(entry.provider, server)
+    except Exception as exc:  # a doctor row must not fail on a check of rights; it says it could not tell
+        return [("warning", f"could not read this login's rights: {exc!r}")]
 
 
 def _row(entry: ResourceSpec, result: dict[str, Any] | BaseException) -> list[str]:
@@ -112,6 +124,8 @@ def _details(entry: ResourceSpec, result: dict[str, Any] | BaseException, settin
         field("server", f"external, {endpoint.source}={endpoint.redacted()}")
         field("version", server.version)
         field("log", "the external server's own")
+        for level, text in result.get("grants", []):
+            field("grants", f"{level}: {text}")
         return lines
     state = registry.status(entry.provider, settings.state_dir)
     info = state.info if state is not None else {}
@@ -226,7 +240,16 @@ def _worth_pruning(entry: ResourceSpec) -> bool:
     return state is not None and state.server_alive()
 
 
-def prune(kept: bool, templates: bool) -> int:
+def prune(kept: bool, templates: bool, *, run_id: str | None = None, mine: bool = False,
+          dry_run: bool = False) -> int:
+    """Remove what has no live owner: a database (or slot, directory) whose owner provably died or
+    whose server-side lease ended; ``run_id``/``mine`` narrow it to one run or this machine's runs,
+    ``dry_run`` only lists it. A live lease is never touched."""
+    from ._ownership import Scope, me
+
+    scope = Scope(run=run_id, machine=me().machine if mine else None)
+    narrowed = scope != Scope()
+
     async def run() -> list[str]:
         removed: list[str] = []
         settings = resolve()
@@ -238,8 +261,20 @@ def prune(kept: bool, templates: bool) -> int:
             except ImportError:
                 continue  # its driver is not installed: nothing of it can be there
             options: dict[str, Any] = {}
-            if templates and "templates" in inspect.signature(cls.reap).parameters:
+            if getattr(cls, "_reap", ...) is None:
+                continue  # leaves nothing anywhere (a resource of the decorator with no reap)
+            # A resource made by the decorator forwards options to its function: ask the function.
+            accepts = inspect.signature(getattr(cls, "_reap", None) or cls.reap).parameters
+            if templates and "templates" in accepts:
                 options["templates"] = True
+            if (narrowed and "scope" not in accepts) or (dry_run and "dry_run" not in accepts):
+                print(f"prune: {entry.kind}: skipped (it cannot narrow or list what it would remove)",
+                      file=sys.stderr)
+                continue
+            if narrowed:
+                options["scope"] = scope
+            if dry_run:
+                options["dry_run"] = True
             try:
                 removed += await cls.reap(settings, kept=kept, **options)
             except ServiceUnavailable as exc:
@@ -251,7 +286,8 @@ def prune(kept: bool, templates: bool) -> int:
     except IsolatedEnvError as exc:
         print(f"prune: {exc}", file=sys.stderr)
         return 1
-    print("\n".join(f"removed {name}" for name in removed) or "nothing to remove")
+    verb = "would remove" if dry_run else "removed"
+    print("\n".join(f"{verb} {name}" for name in removed) or "nothing to remove")
     return 0
 
 
@@ -269,13 +305,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("prune", help="remove databases left by dead runs")
     p.add_argument("--kept", action="store_true", help="also remove databases kept for failed tests")
     p.add_argument("--templates", action="store_true", help="also remove built templates (rebuilt when next needed)")
+    p.add_argument("--run", metavar="ID", dest="run_id", help="only what the run ID made (its lease must have ended)")
+    p.add_argument("--mine", action="store_true", help="only what runs on this machine made")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
     migrate.register(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "migrate":
             return migrate.run(args)
         if args.command == "prune":
-            return prune(args.kept, args.templates)
+            return prune(args.kept, args.templates, run_id=args.run_id, mine=args.mine, dry_run=args.dry_run)
         known = {name: entry for entry in specs() for name in (entry.kind, *entry.aliases)}
         for kind in args.services:
             if kind not in known:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -61,3 +62,36 @@ def _stop_servers(state_dir: Path) -> None:
                           env={**os.environ, "ISOLATED_ENV_STATE_DIR": str(state_dir)}, timeout=120)
     if down.returncode != 0 or "unpinned" in down.stdout:
         raise AssertionError(f"embedded servers in {state_dir} are still in use: {down.stdout}{down.stderr}")
+
+
+_SERVER_URLS = """
+import json, anyio
+from isolated_env._config import resolve
+from isolated_env._servers import postgres, redis
+async def main():
+    settings = resolve()
+    pg, r = await postgres.ensure_server(settings), await redis.ensure_server(settings)
+    print(json.dumps({"TEST_POSTGRES_URL": pg.dsn("postgres"), "TEST_REDIS_URL": r.url(0)}))
+anyio.run(main)
+"""
+
+
+@pytest.fixture(scope="module")
+def shared_servers() -> Iterator[dict[str, str]]:
+    """A PostgreSQL and a Redis of their own (also on TCP), kept up by `isolated-env up` in a state
+    directory of their own: to the tests, external servers (the TEST_*_URL values), shared with no
+    other test module, so what a test makes there (templates, work databases) reaches no other."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+    path = Path(tempfile.mkdtemp(prefix="ie-ext-", dir=base))
+    path.chmod(0o711)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEST_POSTGRES", "TEST_REDIS", "TEST_CLICKHOUSE"))}
+    env.update(ISOLATED_ENV_STATE_DIR=str(path), ISOLATED_ENV_POSTGRES_TCP="1", ISOLATED_ENV_REDIS_TCP="1")
+    try:
+        subprocess.run([sys.executable, "-m", "isolated_env.cli", "up", "postgres", "redis"], env=env, check=True,
+                       capture_output=True, timeout=180)
+        found = subprocess.run([sys.executable, "-c", _SERVER_URLS], env=env, check=True, capture_output=True,
+                               text=True, timeout=120)
+        yield json.loads(found.stdout.strip().splitlines()[-1])
+    finally:
+        _stop_servers(path)
+        shutil.rmtree(path, ignore_errors=True)

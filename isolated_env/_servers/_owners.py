@@ -1,39 +1,12 @@
-"""Who owns a resource, in a form another process can check: host, pid and process start time."""
+"""Who uses a server, as the kernel sees it (owners of resources are :mod:`isolated_env._ownership`)."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 from pathlib import Path
-from typing import Any
 
-import psutil
-
-from .._config import hostname
-
-__all__ = ["USERS_LOCK", "hold_users_lock", "owner_alive", "owner_tag", "users_present"]
-
-
-def owner_tag() -> dict[str, Any]:
-    """Who owns a resource, in a form another process can check: host, pid and process start time."""
-    return {"host": hostname(), "pid": os.getpid(), "ct": round(psutil.Process().create_time(), 2)}
-
-
-def owner_alive(owner: dict[str, Any]) -> bool | None:
-    """True/False for an owner on this host; None when it lives on another host (can't tell)."""
-    if owner.get("host") != hostname():
-        return None
-    pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return False
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() == psutil.STATUS_ZOMBIE:
-            return False
-        ct = owner.get("ct")
-        return ct is None or bool(abs(proc.create_time() - float(ct)) < 0.05)
-    except psutil.Error:
-        return False
+__all__ = ["USERS_LOCK", "hold_users_lock", "users_present"]
 
 
 # -- users of a server, as the kernel sees them ----------------------------------------------

@@ -32,15 +32,16 @@ from typing import Any
 import psutil
 
 from .._checks import checked_private_dir
+from .._ownership import dead, me
 from . import _diagnostics, _supervisor
-from ._owners import hold_users_lock, owner_alive, owner_tag, users_present
+from ._owners import hold_users_lock, users_present
 from ._process import poll_until
 from ._recover import adopt, load, stop_orphans
 from ._statefile import CorruptState, ServerState, file_lock, read_state, remove_server_dir, write_state
 
 __all__ = [
-    "Private", "ServerState", "acquire", "file_lock", "owner_alive", "owner_tag", "pin", "reap", "release",
-    "release_all", "state_root", "status", "stop",
+    "Private", "ServerState", "acquire", "file_lock", "pin", "reap", "release", "release_all",
+    "state_root", "status", "stop",
 ]
 
 _log = logging.getLogger("isolated_env")
@@ -108,8 +109,8 @@ def acquire(
             else:
                 state.reused = True
                 _diagnostics.joined(kind, state.pid, state.info)
-            me = owner_tag()
-            state.users = [u for u in state.users if owner_alive(u) is not False and u.get("pid") != me["pid"]]
+            mine = me().as_dict()
+            state.users = [u for u in state.users if not dead(u) and u != mine]
             directory = state.directory
             if pin:
                 state.pinned = True
@@ -117,7 +118,7 @@ def acquire(
                     (directory / _supervisor.PINNED).touch()
             else:
                 _join_users(key, state)
-                state.users.append(me)
+                state.users.append(mine)
             write_state(statefile, state.to_json())
         if not pin:
             _held[key] = state
@@ -247,8 +248,8 @@ def release(kind: str, state_dir: Path, *, unpin: bool = False) -> bool:
             state = load(root, kind)
             if state is None:
                 return False
-            me = os.getpid()
-            state.users = [u for u in state.users if u.get("pid") != me and owner_alive(u) is not False]
+            mine = me().as_dict()
+            state.users = [u for u in state.users if u != mine and not dead(u)]
             if unpin:
                 state.pinned = False
                 if state.directory is not None:
@@ -289,7 +290,7 @@ def status(kind: str, state_dir: Path) -> ServerState | None:
         with _local, file_lock(state_dir / f"{kind}.lock"):
             state = load(state_dir, kind)
     if state is not None:
-        state.users = [u for u in state.users if owner_alive(u) is not False]
+        state.users = [u for u in state.users if not dead(u)]
         if state.directory is not None:
             state.pinned = state.pinned or (state.directory / _supervisor.PINNED).exists()
     return state

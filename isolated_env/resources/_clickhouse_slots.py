@@ -5,7 +5,6 @@ owner has died."""
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 from typing import Any, Literal
@@ -19,7 +18,9 @@ from .._errors import ConfigError
 from .._redact import redact_url
 from .._runtime import Runtime
 from .._servers.clickhouse import ClickHouseServer
-from .._servers.registry import owner_alive, owner_tag
+from ._clickhouse_leases import check as check_lease
+from ._clickhouse_leases import comment as lease_comment
+from ._clickhouse_leases import hold, let_go, reapable, server_now
 
 __all__ = ["Mode", "connect", "reap"]
 
@@ -31,13 +32,6 @@ _counter = itertools.count(1)
 _reaped: set[tuple[str, str, str, str]] = set()
 
 
-def _owner_comment(*, kept: bool = False) -> str:
-    label: dict[str, Any] = {"by": "isolated_env", "run": run_id(), "owner": owner_tag()}
-    if kept:
-        label["kept"] = True
-    return json.dumps(label, separators=(",", ":"))
-
-
 def _literal(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
@@ -46,36 +40,22 @@ def _ident(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
-def _dead(comment: str, *, kept: bool = False) -> bool:
-    """True when ``comment`` is one of ours and its owner is provably dead (never for another host);
-    a database kept for a failed test counts only when ``kept`` asks for those too."""
-    try:
-        data = json.loads(comment)
-    except ValueError:
-        return False
-    if not isinstance(data, dict) or data.get("by") != "isolated_env":
-        return False
-    if data.get("kept"):
-        return kept
-    if not isinstance(data.get("owner"), dict):
-        return False
-    return owner_alive(data["owner"]) is False
-
-
 async def connect(server: ClickHouseServer, database: str) -> Any:
     """An admin client of ``server``. Without a session: it may run requests concurrently."""
     return await ch_driver.connect(**server.client_kwargs(database), autogenerate_session_id=False)
 
 
 async def reap(admin: Any, server: ClickHouseServer, mode: Mode, *, kept: bool = False) -> list[str]:
-    """Drop what isolated_env created for owners that have died; returns what was dropped."""
+    """Drop what isolated_env created for owners that provably died or whose lease ended; returns
+    what was dropped."""
     dropped: list[str] = []
+    now = await server_now(admin)
     if mode == "database":
         rows = (
             await admin.query("SELECT name, comment FROM system.databases WHERE startsWith(name, 'ie_')")
         ).result_rows
         for name, comment in rows:
-            if _dead(comment, kept=kept):
+            if reapable(comment, now, kept=kept):
                 await admin.command(f"DROP DATABASE IF EXISTS {_ident(name)} SYNC", use_database=False)
                 dropped.append(name)
         if dropped:
@@ -90,7 +70,7 @@ async def reap(admin: Any, server: ClickHouseServer, mode: Mode, *, kept: bool =
         )
     ).result_rows
     for marker, comment in rows:
-        if _dead(comment, kept=kept):
+        if reapable(comment, now, kept=kept):
             prefix = marker[: -len("_owner")]
             dropped += await _drop_prefixed(admin, server.database, prefix, keep=None)
     return dropped
@@ -180,11 +160,12 @@ class _Slots:
         return slot.client if slot.user is None else await self._admin_client()
 
     async def _make_database(self, client: Any, name: str) -> None:
-        await client.command(
-            f"CREATE DATABASE {_ident(name)} COMMENT {_literal(_owner_comment())}", use_database=False
-        )
+        label = await lease_comment(client, self.server)
+        await client.command(f"CREATE DATABASE {_ident(name)} COMMENT {_literal(label)}", use_database=False)
+        hold(self.server, name)
 
     async def _drop_database(self, client: Any, name: str) -> None:
+        let_go(name)
         await client.command(f"DROP DATABASE IF EXISTS {_ident(name)} SYNC", use_database=False)
 
     async def create(self) -> _Slot:
@@ -202,7 +183,7 @@ class _Slots:
                 slot = _Slot(client, self.server.database, name + "_", base=self._admin_base())
                 await client.command(
                     f"CREATE TABLE {_ident(slot.database)}.{_ident(slot.marker)} (x UInt8) ENGINE = Memory "
-                    f"COMMENT {_literal(_owner_comment())}"
+                    f"COMMENT {_literal(await lease_comment(client, self.server, leased=False))}"
                 )
                 return slot
             await self._make_database(client, name)
@@ -245,6 +226,7 @@ class _Slots:
         if self.mode == "prefix":
             await self.clean(slot)
             return
+        check_lease(slot.database)  # lost while the test held it: another run may have reaped it
         spares = self.spare_sets.setdefault(slot.user, [])
         if spares:
             name = spares.pop()
@@ -332,8 +314,10 @@ class _Slots:
     async def keep(self, slot: _Slot) -> Kept:
         """A failed test's database stays, labelled kept, until ``isolated-env prune --kept``."""
         if self.mode == "database":
+            let_go(slot.database)  # before the relabelling: the heartbeat must not write a lease back
+            kept = await lease_comment(slot.client, self.server, kept=True)
             await (await self._ddl(slot)).command(
-                f"ALTER DATABASE {_ident(slot.database)} MODIFY COMMENT {_literal(_owner_comment(kept=True))}",
+                f"ALTER DATABASE {_ident(slot.database)} MODIFY COMMENT {_literal(kept)}",
                 use_database=False,
             )
             self._forget(slot)
@@ -341,7 +325,7 @@ class _Slots:
         else:
             await slot.client.command(
                 f"ALTER TABLE {_ident(slot.database)}.{_ident(slot.marker)} "
-                f"MODIFY COMMENT {_literal(_owner_comment(kept=True))}"
+                f"MODIFY COMMENT {_literal(await lease_comment(slot.client, self.server, kept=True))}"
             )
             where = f"tables {slot.database}.{slot.prefix}* at {redact_url(self.server.url)}"
         await slot.client.close()

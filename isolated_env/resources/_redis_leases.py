@@ -15,7 +15,7 @@ from .._redact import redact_url
 if TYPE_CHECKING:
     from .._servers.redis import RedisServer
 
-__all__ = ["_Bank", "_LeaseKeeper"]
+__all__ = ["_Bank", "_LeaseKeeper", "flush_unleased"]
 
 log = logging.getLogger("isolated_env")
 
@@ -228,3 +228,25 @@ class _Bank:
             except Exception as exc:  # the server may have stopped with its last user: nothing is left to free
                 log.debug("isolated_env: giving back banked Redis leases on %s failed: %r",
                           redact_url(server.url(0)), exc)
+
+
+# Atomic, so a lease taken meanwhile is never flushed under its holder: the lease key (database 0)
+# is looked at and the database flushed in one step.
+_FLUSH_UNLEASED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('SELECT', ARGV[1])
+local n = redis.call('DBSIZE')
+if n > 0 then redis.call('FLUSHDB') end
+return n
+"""
+
+
+async def flush_unleased(control: Any) -> list[int]:
+    """Flush every database but 0 that holds keys and no lease: what a run whose lease ended (killed,
+    on any machine) left; returns their numbers. A leased database is never touched."""
+    flushed = []
+    for name in await control.info("keyspace"):
+        db = int(str(name).removeprefix("db"))
+        if db and await control.eval(_FLUSH_UNLEASED, 1, f"ie:slot:{db}", db):
+            flushed.append(db)
+    return flushed

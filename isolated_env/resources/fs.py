@@ -11,7 +11,6 @@ import atexit
 import contextlib
 import errno
 import os
-import re
 import shutil
 import stat
 import tempfile
@@ -21,23 +20,24 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from .._config import Settings, hostname, run_id
+from .._config import Settings, run_id
 from .._contract import Kept, current_settings, keeps
 from .._errors import IsolationBroken, UnsafePath
+from .._ownership import dead, me
 from .._resource import report_kept, resource
-from .._servers.registry import owner_alive
 
 __all__ = ["FileSystemHandle", "isolated_fs"]
 
 _run_dirs: dict[str, Path] = {}
-_RUN_DIR = re.compile(r"^run-[0-9a-z]+-(\d+)-(\d+)$")
 
 
 def _reap(base: Path) -> list[str]:
+    """Remove the run directories (``run-<owner key>``) of owners provably dead: in this machine and
+    PID namespace, and gone. A directory of an owner elsewhere (a container sharing the directory)
+    is left to that owner's machine."""
     removed = []
     for child in base.iterdir() if base.is_dir() else ():
-        match = _RUN_DIR.match(child.name)
-        if match and owner_alive({"host": hostname(), "pid": int(match.group(1))}) is False:
+        if child.name.startswith("run-") and dead(child.name[4:]):
             shutil.rmtree(child, ignore_errors=True)
             removed.append(str(child))
     return removed
@@ -50,7 +50,7 @@ def run_directory(base: Path) -> Path:
     if path is None or not path.is_dir():
         base.mkdir(parents=True, exist_ok=True)
         _reap(base)
-        path = base / f"run-{run_id()}-{os.getpid()}-{int(os.times().elapsed * 100)}"
+        path = base / f"run-{me().key}"
         path.mkdir(mode=0o700, exist_ok=True)
         _run_dirs[key] = path
         atexit.register(shutil.rmtree, path, True)

@@ -14,35 +14,38 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Hashable
 from typing import Any, ClassVar
 
 import anyio
 
-from .._config import Settings, run_id
+from .._config import Settings
 from .._contract import Kept, PooledResource, current_settings
 from .._drivers import redis as redis_driver
 from .._errors import ConfigError, IsolationBroken, ServiceUnavailable, TeardownError
+from .._ownership import dead, lease_ttl, me
 from .._pool import TryLater
 from .._redact import redact_url
 from .._resource import ResourceContext
 from .._runtime import Runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
-from .._servers.registry import owner_alive, owner_tag
 from ._died import died as _died
 from ._died import watch as _watch
 from ._redis_guard import test_client, untaint
 from ._redis_handle import RedisHandle
-from ._redis_leases import _Bank, _LeaseKeeper
+from ._redis_leases import _Bank, _LeaseKeeper, flush_unleased
 
 __all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
 
 log = logging.getLogger("isolated_env")
 
-LEASE_TTL_MS = 30_000
-HEARTBEAT_S = 10.0
+LEASE_TTL_MS: int | None = None  # None: ISOLATED_ENV_LEASE_TTL (tests set numbers)
+HEARTBEAT_S: float | None = None  # None: a third of the TTL
+
+
+def _ttl_ms() -> int:
+    return LEASE_TTL_MS if LEASE_TTL_MS is not None else int(lease_ttl() * 1000)
 
 _ACQUIRE = """
 for i = tonumber(ARGV[3]), tonumber(ARGV[4]) do
@@ -67,16 +70,9 @@ return 0
 """
 
 
-_owners: dict[int, str] = {}
-
-
 def _owner() -> str:
-    """This process's label on its leases; per pid, so a forked child does not wear its parent's."""
-    pid = os.getpid()
-    owner = _owners.get(pid)
-    if owner is None:
-        owner = _owners[pid] = json.dumps({**owner_tag(), "run": run_id()}, separators=(",", ":"))
-    return owner
+    """This process's label on its leases (per pid: a forked child does not wear its parent's)."""
+    return me().label()
 
 
 class _Slot:
@@ -113,7 +109,8 @@ def _label(value: bytes | str) -> dict[str, Any] | None:
 
 
 async def _reap(control: Any, last: int, *, kept: bool = False) -> list[int]:
-    """Free slots whose owner died on this host (their databases are flushed by the next lease);
+    """Free slots whose owner provably died (in this machine and PID namespace; any other owner's
+    lease ends by its TTL), their databases flushed by the next lease;
     with ``kept``, also the slots kept for failed tests (flushed here)."""
     freed = []
     keys = [f"ie:slot:{i}" for i in range(1, last + 1)]
@@ -126,7 +123,7 @@ async def _reap(control: Any, last: int, *, kept: bool = False) -> list[int]:
             if owner.get("kept"):
                 if not kept:
                     continue
-            elif owner_alive(owner) is not False:
+            elif not dead(owner):
                 continue
             if await control.eval(_RELEASE, 1, key, value):
                 freed.append(int(key.rsplit(":", 1)[1]))
@@ -136,7 +133,7 @@ async def _reap(control: Any, last: int, *, kept: bool = False) -> list[int]:
     return freed
 
 
-_keeper = _LeaseKeeper(_REFRESH, lambda: _owner(), lambda: LEASE_TTL_MS, lambda: HEARTBEAT_S)
+_keeper = _LeaseKeeper(_REFRESH, _owner, _ttl_ms, lambda: HEARTBEAT_S if HEARTBEAT_S is not None else _ttl_ms() / 3000)
 _bank = _Bank(_keeper, _RELEASE, lambda: _owner())
 
 
@@ -177,9 +174,9 @@ class _Slots:
         async with self.lock:
             if _bank.first_use(self.server):
                 await _reap(self.control, last)
-            slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), LEASE_TTL_MS, 1, last))
+            slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), _ttl_ms(), 1, last))
             if slot < 0 and await _reap(self.control, last):
-                slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), LEASE_TTL_MS, 1, last))
+                slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), _ttl_ms(), 1, last))
         if slot < 0:
             raise TryLater(
                 f"all {last} Redis databases of {self.server.redacted} are leased (by this and other "
@@ -329,6 +326,7 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
         control = redis_driver.asyncio_client(**server.client_kwargs(0))
         try:
             freed = await _reap(control, server.databases - 1, kept=kept)
+            freed += [db for db in await flush_unleased(control) if db not in freed]
             for db in freed:
                 client = redis_driver.asyncio_client(**server.client_kwargs(db))
                 try:

@@ -120,3 +120,47 @@ def test_prune_runs() -> None:
 def test_unknown_service_is_a_usage_error() -> None:
     result = cli("doctor", "mongodb")
     assert result.returncode == 2 and "unknown service 'mongodb'" in result.stderr
+
+
+def test_prune_narrowed_and_dry_run(shared_servers: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``prune --run ID`` / ``--mine`` narrow what goes, ``--dry-run`` lists it: a database of another
+    machine's run whose lease ended goes only when its run is named (or nothing narrows)."""
+    import anyio
+
+    from isolated_env._config import resolve
+    from isolated_env._drivers import asyncpg as driver
+    from isolated_env._ownership import Owner, me
+    from isolated_env._servers import postgres as pg_servers
+
+    run = "zp" + os.urandom(3).hex()
+    name = f"ie_db_{run}_1_1"
+    monkeypatch.setenv("TEST_POSTGRES_URL", shared_servers["TEST_POSTGRES_URL"])  # a server nobody else reaps
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "isolated_env.cli", *args], capture_output=True, text=True,
+                              timeout=300)
+
+    async def sql(statement: str) -> list[str]:
+        server = await pg_servers.ensure_server(resolve())
+        admin = await driver.connect(server)
+        try:
+            await admin.execute(statement) if statement else None
+            return [r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database")]
+        finally:
+            await driver.close(admin)
+
+    label = Owner("0therm4chine", me().pidns, 999_999, 0, run).label(exp=1.0)  # ended long ago
+    anyio.run(sql, f"CREATE DATABASE {name}")
+    try:
+        anyio.run(sql, f"COMMENT ON DATABASE {name} IS '{label}'")
+        listed = cli("prune", "--run", run, "--dry-run")
+        assert listed.returncode == 0 and f"would remove {name}" in listed.stdout, listed.stdout + listed.stderr
+        assert "prune: fs: skipped" in listed.stderr  # it cannot narrow by run: it says so
+        assert name not in cli("prune", "--mine", "--dry-run").stdout  # another machine's
+        assert name not in cli("prune", "--run", run + "x").stdout
+        assert name in anyio.run(sql, "")
+        removed = cli("prune", "--run", run)
+        assert f"removed {name}" in removed.stdout, removed.stdout + removed.stderr
+        assert name not in anyio.run(sql, "")
+    finally:
+        anyio.run(sql, f"DROP DATABASE IF EXISTS {name}")

@@ -89,6 +89,17 @@ def test_postgres_url_parsed(clean_environ: pytest.MonkeyPatch) -> None:
     assert "s@cret" not in ep.redacted()
 
 
+def test_postgres_socket_url_with_a_port_parameter(clean_environ: pytest.MonkeyPatch) -> None:
+    # The form PostgresServer.dsn() prints for a socket: a server on a port other than 5432 must
+    # be reached on that port's socket.
+    clean_environ.setenv("TEST_POSTGRES_URL", "postgresql://u:p@/app?host=/run/pg&port=6543")
+    ep = _pg()
+    assert ep is not None and (ep.host, ep.port, ep.database) == ("/run/pg", 6543, "app")
+    clean_environ.setenv("TEST_POSTGRES_URL", "postgresql://u:p@/app?host=/run/pg&port=x")
+    with pytest.raises(ie.ConfigError, match="port= parameter"):
+        _pg()
+
+
 def test_postgres_host_variables(clean_environ: pytest.MonkeyPatch) -> None:
     clean_environ.setenv("TEST_POSTGRES_HOST", "localhost")
     clean_environ.setenv("TEST_POSTGRES_PORT", "5434")

@@ -23,6 +23,7 @@ from ..._servers.postgres import PostgresServer
 from .handle import Clone, DatabaseHandle, PostgresHandle
 from .janitor import keep, reap_once
 from .labels import server_key
+from .leases import check as check_lease
 from .roles import rails
 from .templates import PostgresTemplate, template_database
 from .warm import WarmPool, WarmPoolStatistics, warm_pool, warm_pools
@@ -106,3 +107,4 @@ async def database_mode(
             raise
         if keep_on_failure and handle.failed:
             await keep(handle, "the test failed")
+        check_lease(handle.database)

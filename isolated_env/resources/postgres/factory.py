@@ -9,6 +9,7 @@ from ..._config import Settings
 from ..._contract import Kept, Outcome, current_settings, keeps
 from ..._drivers import asyncpg as driver
 from ..._errors import ConfigError, IsolatedEnvError, ServerDied
+from ..._ownership import Scope
 from ..._resource import report_kept, resource
 from ..._servers import postgres as servers
 from .._died import died, watch
@@ -29,8 +30,13 @@ _NOTHING_KEPT = Kept(
 )
 
 
-async def _reap(settings: Settings, kept: bool, *, templates: bool = False) -> list[str]:
-    return await prune(await servers.ensure_server(settings), kept=kept, orphans=True, templates=templates)
+async def _reap(
+    settings: Settings, kept: bool, *, templates: bool = False, scope: Scope | None = None, dry_run: bool = False
+) -> list[str]:
+    return await prune(
+        await servers.ensure_server(settings), kept=kept, orphans=True, templates=templates, scope=scope or Scope(),
+        dry_run=dry_run,
+    )
 
 
 async def _self_check() -> None:

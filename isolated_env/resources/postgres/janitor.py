@@ -1,8 +1,8 @@
 """What isolated_env leaves on a server, and how it goes away.
 
-- Orphans: the reaper drops ``ie_*`` databases whose owner process died on this host (SIGKILL,
-  crash), once per server and process, before the first use. A live run's databases, and those
-  of other hosts, are never touched.
+- Orphans: the reaper drops ``ie_*`` databases whose owner process provably died (it ran in this
+  machine and PID namespace) or whose server-side lease ended (:mod:`.leases`), once per server and
+  process, before the first use. A database under a live lease is never touched, whoever asks.
 - Kept databases: with ``keep_on_failure``, a failed test's database is relabelled as kept, and
   stays (the reaper leaves it alone) until :func:`prune` removes it (``isolated-env prune``).
 """
@@ -19,16 +19,18 @@ from collections.abc import Iterable
 from typing import Any
 
 import anyio
+import psutil
 
-from ..._config import hostname, run_id
 from ..._contract import current_settings
 from ..._drivers import asyncpg as driver
 from ..._errors import TeardownError
+from ..._leases import expired, lease_label
+from ..._ownership import Scope, alive, parse
 from ..._servers import registry
 from ..._servers.postgres import PostgresServer
-from ..._servers.registry import owner_alive, owner_tag
 from .handle import DatabaseHandle
 from .labels import disown, drop, drop_database, server_key
+from .leases import let_go
 from .sql import quote_ident, quote_literal
 from .templates import forget_templates
 
@@ -39,30 +41,32 @@ log = logging.getLogger("isolated_env")
 _reap_lock = threading.Lock()
 _reaped: set[str] = set()  # server keys whose dead owners' databases this process has reaped
 _reaped_unlabelled: set[str] = set()  # ... and whose unlabelled clones of dead creators
+_ALL = Scope()
 
 
-async def reap_orphans(server: PostgresServer, admin: Any) -> int:
-    """Drop ``ie_*`` databases whose owner process died on this host (SIGKILL, crash).
-
-    A live run's databases, and those of other hosts, are never touched.
-    """
+async def reap_orphans(
+    server: PostgresServer, admin: Any, *, scope: Scope = _ALL, dry_run: bool = False
+) -> list[str]:
+    """Drop ``ie_*`` databases whose owner is provably dead (in this machine and PID namespace) or
+    whose lease has ended (in the server's clock); returns their names. A live lease, a kept
+    database and a database of an owner elsewhere with no lease are never touched."""
     rows = await admin.fetch(
-        "SELECT datname, shobj_description(oid, 'pg_database') AS owner FROM pg_database "
+        "SELECT datname, shobj_description(oid, 'pg_database') AS label, "
+        "extract(epoch FROM clock_timestamp())::float8 AS now FROM pg_database "
         "WHERE datname LIKE 'ie\\_%' AND NOT datistemplate"
     )
     dropped: list[str] = []
     for row in rows:
-        try:
-            owner = json.loads(row["owner"] or "{}")
-        except ValueError:
+        parsed = parse(row["label"]) if row["label"] else None
+        if parsed is None or parsed[1].get("keep") or not scope.covers(parsed[0]):
             continue
-        if owner.get("keep") or owner_alive(owner) is not False:
-            continue
-        if await _try_drop(admin, row["datname"]):
-            dropped.append(row["datname"])
-    if dropped:
-        log.info("isolated_env: dropped %s: their owner process died", ", ".join(dropped))
-    return len(dropped)
+        state = alive(parsed[0])
+        if state is False or (state is None and expired(parsed[1], row["now"])):
+            if dry_run or await _try_drop(admin, row["datname"]):
+                dropped.append(row["datname"])
+    if dropped and not dry_run:
+        log.info("isolated_env: dropped %s: their owner died or their lease ended", ", ".join(dropped))
+    return dropped
 
 
 async def _try_drop(admin: Any, name: str, *, template: bool = False) -> bool:
@@ -74,26 +78,36 @@ async def _try_drop(admin: Any, name: str, *, template: bool = False) -> bool:
     return True
 
 
-async def _reap_unlabelled(server: PostgresServer, admin: Any) -> list[str]:
+_UNLABELLED = (
+    "SELECT datname FROM pg_database WHERE (datname LIKE 'ie\\_db\\_%' OR datname LIKE 'ie\\_tx\\_%') "
+    "AND NOT datistemplate AND shobj_description(oid, 'pg_database') IS NULL"
+)
+UNLABELLED_GRACE_S = 2.0  # a live creator labels its database one round trip after creating it
+
+
+async def _reap_unlabelled(
+    server: PostgresServer, admin: Any, *, scope: Scope = _ALL, dry_run: bool = False, wait: bool = False
+) -> list[str]:
     """Drop clones whose creator was killed between CREATE DATABASE and labelling it.
 
-    Only on the embedded server, whose every client runs on this host: there the pid in the name
-    is enough to tell that the creator is dead. A name whose pid is alive is left alone.
+    On the embedded server (every client on this machine, in this PID namespace: its socket is ours
+    alone) a name whose pid is not running here is enough. On an external server, with ``wait``
+    (``prune``), a database still unlabelled after a grace period is: its creator labels it one
+    round trip after creating it, so one that has not done so by then has died.
     """
-    if server.source != "embedded":
+    names = [r["datname"] for r in await admin.fetch(_UNLABELLED) if scope.covers_name(r["datname"])]
+    if server.source == "embedded":
+        names = [n for n in names if (m := _NAME.fullmatch(n)) and not psutil.pid_exists(int(m.group(1)))]
+    elif not (names and wait):
         return []
-    rows = await admin.fetch(
-        "SELECT datname FROM pg_database WHERE datname LIKE 'ie\\_db\\_%' "
-        "AND shobj_description(oid, 'pg_database') IS NULL"
-    )
-    dropped = []
-    for row in rows:
-        match = re.fullmatch(r"ie_db_[a-z0-9]+_(\d+)_\d+", row["datname"])
-        if match is None or owner_alive({"host": hostname(), "pid": int(match.group(1))}) is not False:
-            continue
-        if await _try_drop(admin, row["datname"]):
-            dropped.append(row["datname"])
-    return dropped
+    else:
+        await anyio.sleep(UNLABELLED_GRACE_S)
+        still = {r["datname"] for r in await admin.fetch(_UNLABELLED)}
+        names = [n for n in names if n in still]
+    return [n for n in names if dry_run or await _try_drop(admin, n)]
+
+
+_NAME = re.compile(r"ie_(?:db|tx)_[a-z0-9]+_(\d+)_\d+")
 
 
 async def reap_once(server: PostgresServer, *, unlabelled: bool, admin: Any = None) -> None:
@@ -128,13 +142,14 @@ async def reap_once(server: PostgresServer, *, unlabelled: bool, admin: Any = No
 async def keep(handle: DatabaseHandle, reason: str) -> str:
     """Relabel the database as kept (the reaper and the exit handler leave it alone); a note for
     the report saying where it is, or why it could not be kept (then it is dropped as usual)."""
-    label = {**owner_tag(), "run": run_id(), "mode": "database", "origin": handle.template,
-             "keep": True, "kept_at": round(time.time()), "reason": reason[:500]}
+    let_go(handle.database)  # before the relabelling: the heartbeat must not write the lease back
+    label = lease_label({"mode": "database", "origin": handle.template, "keep": True,
+                                "kept_at": round(time.time()), "reason": reason[:500]}, None)
     try:
         with anyio.CancelScope(shield=True), anyio.fail_after(10):
             admin = await driver.connect(handle._admin)
             try:
-                comment = quote_literal(json.dumps(label))
+                comment = quote_literal(label)
                 await admin.execute(f"COMMENT ON DATABASE {quote_ident(handle.database)} IS {comment}")
             finally:
                 await driver.close(admin)
@@ -168,7 +183,7 @@ class KeptDatabase:
     name: str
     dsn: str
     run: str
-    host: str
+    host: str  # the owner's machine id (see isolated_env._ownership)
     pid: int | None
     kept_at: float | None
     reason: str
@@ -205,7 +220,7 @@ def _kept(server: PostgresServer, rows: Iterable[tuple[str, bool, dict[str, Any]
             name=name,
             dsn=driver.redacted_dsn(server, name),
             run=str(label.get("run", "")),
-            host=str(label.get("host", "")),
+            host=str(label.get("machine", "")),
             pid=label.get("pid"),
             kept_at=label.get("kept_at"),
             reason=str(label.get("reason", "")),
@@ -216,33 +231,45 @@ def _kept(server: PostgresServer, rows: Iterable[tuple[str, bool, dict[str, Any]
 
 
 async def prune(
-    server: PostgresServer, *, kept: bool = True, orphans: bool = False, templates: bool = False
+    server: PostgresServer, *, kept: bool = True, orphans: bool = False, templates: bool = False,
+    scope: Scope = _ALL, dry_run: bool = False,
 ) -> list[str]:
-    """Drop what isolated_env left on ``server`` and return the names dropped: the databases kept
-    for failed tests (``kept``); with ``orphans=True`` also those of dead processes on this host
-    (what the reaper does at start, plus clones whose creator died before labelling them); with
-    ``templates=True`` every built template (a run that still needs one builds it again).
-    A live run's databases are never touched."""
+    """Drop what isolated_env left on ``server`` and return the names dropped (or, with ``dry_run``,
+    that would be): the databases kept for failed tests (``kept``); with ``orphans=True`` also those
+    whose owner died or whose lease ended (what the reaper does at start, plus clones whose creator
+    died before labelling them); with ``templates=True`` every built template (a run that still needs
+    one builds it again). ``scope`` narrows it to one run or this machine's runs. A database under a
+    live lease is never touched."""
     with driver.translate("prune databases on", driver.redacted_dsn(server), failure=TeardownError):
         admin = await driver.connect(server)
         try:
             rows = await _labelled(admin)
             dropped: list[str] = []
             if kept:
+                labels = {name: label for name, _t, label in rows}
                 for item in _kept(server, rows):
-                    if await _try_drop(admin, item.name, template=True):
+                    if _in_scope(scope, labels[item.name]) and (
+                        dry_run or await _try_drop(admin, item.name, template=True)
+                    ):
                         dropped.append(item.name)
             if orphans:
-                await reap_orphans(server, admin)
-                gone = {r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database")}
-                gone = {name for name, _t, _l in rows} - gone
-                dropped.extend(name for name, _t, label in rows if name in gone and owner_alive(label) is False)
-                dropped.extend(await _reap_unlabelled(server, admin))
-            if templates:
+                dropped += await reap_orphans(server, admin, scope=scope, dry_run=dry_run)
+                dropped += await _reap_unlabelled(server, admin, scope=scope, dry_run=dry_run, wait=True)
+            if templates and scope == _ALL:
                 for name, is_template, _label in rows:
-                    if is_template and name.startswith("ie_tpl_") and await _try_drop(admin, name, template=True):
+                    if is_template and name.startswith("ie_tpl_") and (
+                        dry_run or await _try_drop(admin, name, template=True)
+                    ):
                         dropped.append(name)
-                forget_templates(dropped)
+                if not dry_run:
+                    forget_templates(dropped)
             return dropped
         finally:
             await driver.close(admin)
+
+
+def _in_scope(scope: Scope, label: dict[str, Any]) -> bool:
+    if scope == _ALL:
+        return True
+    parsed = parse(label)
+    return parsed is not None and scope.covers(parsed[0])

@@ -1,8 +1,10 @@
 """Every database of ours says who owns it, and this process remembers what it owns.
 
-``CREATE DATABASE`` is followed by a comment holding the owner (host, pid, run, and what the
-database is for), so a reaper on a later start can tell a dead owner's database from a live one's
-(:mod:`.janitor`). What this process created and has not dropped yet is dropped at exit, also when
+``CREATE DATABASE`` is followed by a comment holding the owner (:mod:`isolated_env._ownership`: machine,
+PID namespace, pid, start time, run) and what the database is for, so a reaper can tell a dead
+owner's database from a live one's (:mod:`.janitor`); on an external server the comment also holds
+the end of the database's lease, renewed by :mod:`.leases` while this process owns it.
+What this process created and has not dropped yet is dropped at exit, also when
 the server outlives the process (it is shared with other processes).
 """
 
@@ -10,16 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import json
 import logging
 import threading
 from typing import Any
 
-from ..._config import run_id
 from ..._drivers import asyncpg as driver
 from ..._errors import ServiceUnavailable
+from ..._leases import lease_label
 from ..._servers.postgres import PostgresServer
-from ..._servers.registry import owner_tag
+from .leases import expiry, hold, let_go
 from .sql import quote_ident, quote_literal
 
 __all__ = [
@@ -46,15 +47,20 @@ async def create_database(
     more SQL sent in the labelling round trip."""
     strategy = " STRATEGY FILE_COPY" if server.major >= 15 else ""
     await admin.execute(f"CREATE DATABASE {quote_ident(name)} TEMPLATE {quote_ident(template)}{strategy}")
-    label = json.dumps({**owner_tag(), "run": run_id(), **extra})
+    with _owned_lock:
+        leased = server.source == "external" and name in _owned
+    label = lease_label(extra, await expiry(admin, server) if leased else None)
     also = f"; GRANT CREATE ON DATABASE {quote_ident(name)} TO {quote_ident(grant)}" if grant else ""
     also += f"; {then}" if then else ""
     await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(label)}{also}")
+    if leased:
+        hold(server, name)
 
 
 async def drop_database(admin: Any, name: str) -> None:
     """Drop a database (not a template), ending its sessions, and its own login role if it has one
     (a private database's, :func:`.roles.lease_server`)."""
+    let_go(name)  # first: a heartbeat must not renew what is going
     await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
     if name.startswith(CLONE_PREFIX):
         await admin.execute(f"DROP ROLE IF EXISTS {quote_ident(name)}")
@@ -115,14 +121,18 @@ def disown(name: str) -> None:
     """Forget a database: it was dropped, or it is kept for a failed test."""
     with _owned_lock:
         _owned.pop(name, None)
+    let_go(name)
 
 
 def disown_server(server: PostgresServer) -> None:
     """Forget every database on ``server``: it died, and its databases with it."""
     key = server_key(server)
     with _owned_lock:
-        for name in [n for n, s in _owned.items() if server_key(s) == key]:
+        names = [n for n, s in _owned.items() if server_key(s) == key]
+        for name in names:
             del _owned[name]
+    for name in names:
+        let_go(name)
 
 
 def _drop_owned_blocking() -> None:

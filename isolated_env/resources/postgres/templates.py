@@ -27,8 +27,8 @@ import anyio
 from ..._config import run_id
 from ..._drivers import asyncpg as driver
 from ..._errors import ConfigError, TemplateError
+from ..._ownership import me
 from ..._servers.postgres import PostgresServer
-from ..._servers.registry import owner_tag
 from .handle import PostgresHandle
 from .labels import create_database, drop, no_createdb, server_key
 from .roles import Rails, rails, ready
@@ -321,7 +321,7 @@ async def _build(admin: Any, server: PostgresServer, template: PostgresTemplate,
                 await driver.close(conn)
         await _disconnect_all(admin, name)
         label = json.dumps({"template": template.name, "digest": template.digest, "run": run_id(),
-                            "built_at": round(time.time()), "built_by": owner_tag()})
+                            "built_at": round(time.time()), "built_by": me().as_dict()})
         async with admin.transaction():  # finished and labelled in one step: complete, or not there
             await admin.execute(
                 f"ALTER DATABASE {quote_ident(name)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"

@@ -29,6 +29,7 @@ from ..._servers.postgres import PostgresServer
 from .handle import PostgresHandle
 from .janitor import reap_once
 from .labels import create_database, disown, drop_database, own, server_key
+from .leases import lost as lost_lease
 from .roles import Rails, rails
 
 __all__ = ["TransactionHandle", "transaction_mode"]
@@ -273,6 +274,12 @@ async def transaction_mode(
                     if work.dirty and work.leased == 0:
                         await _heal(scope, work)
                 healed = True
+    lost = lost_lease(work.name)
+    if lost is not None:  # another run may reap it: the next test gets a work database of its own
+        with _work_lock:
+            for key in [k for k, v in _work.items() if v is work]:
+                del _work[key]
+        raise IsolationBroken(lost)
     if escaped:
         if not work.owned:
             healed_how = (f"{work.name} is the server's own database named by TEST_POSTGRES_URL, so the committed "

@@ -1,0 +1,123 @@
+"""Server-side leases of the ClickHouse databases a process made on an external server.
+
+A database's comment is its owner label (:mod:`isolated_env._ownership`) plus ``exp``, the end of its
+lease in the server's clock, renewed by the heartbeat (:class:`isolated_env._leases.Keeper`) while
+the process holds it. A reaper anywhere drops a database only when its owner is provably dead (in
+the reaper's own machine and PID namespace) or its lease has ended.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .._errors import IsolationBroken
+from .._leases import Keeper, expired, lease_label
+from .._ownership import alive, lease_ttl, me, parse
+
+if TYPE_CHECKING:
+    from .._servers.clickhouse import ClickHouseServer
+
+__all__ = ["check", "comment", "hold", "keeper", "let_go", "reapable", "server_now"]
+
+NOW = "toFloat64(toUnixTimestamp64Milli(now64(3))) / 1000"
+
+
+def _literal(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _ident(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+async def server_now(client: Any) -> float:
+    return float(await client.command(f"SELECT {NOW}", use_database=False))
+
+
+async def renew(client: Any, names: list[str]) -> tuple[dict[str, str], float]:
+    """Push the leases of ``names`` one TTL ahead; returns those found lost, with why, and the
+    server's time."""
+    result = await client.query(
+        f"SELECT name, comment, {NOW} FROM system.databases WHERE has({{names:Array(String)}}, name)",
+        parameters={"names": names},
+    )
+    rows = {name: (text, now) for name, text, now in result.result_rows}
+    now = next(iter(rows.values()))[1] if rows else await server_now(client)
+    lost: dict[str, str] = {}
+    mine = me()
+    for name in names:
+        parsed = parse(rows[name][0]) if name in rows else None
+        if name not in rows:
+            lost[name] = "the database was dropped by someone else"
+        elif parsed is None or parsed[0] != mine:
+            lost[name] = "its comment now names another owner"
+        elif expired(parsed[1], now):
+            lost[name] = "it ended before this renewal"
+        else:
+            label = mine.label(**{**parsed[1], "exp": round(now + lease_ttl(), 1)})
+            try:
+                await client.command(f"ALTER DATABASE {_ident(name)} MODIFY COMMENT {_literal(label)}",
+                                     use_database=False)
+            except Exception:
+                # Dropped between the look and the renewal (its owner let it go): lost if still held.
+                if await client.command(f"EXISTS DATABASE {_ident(name)}", use_database=False) not in (0, "0"):
+                    raise
+                lost[name] = "the database was dropped by someone else"
+    return lost, float(now)
+
+
+async def _connect(server: ClickHouseServer) -> Any:
+    from .._drivers import clickhouse as ch_driver
+
+    return await ch_driver.connect(**server.client_kwargs(server.database), autogenerate_session_id=False)
+
+
+async def _close(client: Any) -> None:
+    await client.close()
+
+
+_keeper = Keeper("ClickHouse database", lambda server: f"{server.url}#{server.username}", _connect, _close, renew)
+
+
+def keeper() -> Keeper:
+    return _keeper
+
+
+async def comment(client: Any, server: ClickHouseServer, *, kept: bool = False, leased: bool = True) -> str:
+    """The label of a database made now: with a lease on an external server (unless kept, or not
+    ``leased``: a prefix mode marker table, judged by its owner's liveness alone)."""
+    if server.source != "external" or kept or not leased:
+        return lease_label({"kept": True} if kept else {}, None)
+
+    async def now() -> float:
+        return await server_now(client)
+
+    return lease_label({}, await _keeper.expiry(server, now))
+
+
+def hold(server: ClickHouseServer, name: str) -> None:
+    if server.source == "external":
+        _keeper.hold(server, name)
+
+
+def let_go(name: str) -> None:
+    _keeper.let_go(name)
+
+
+def check(name: str) -> None:
+    """Raise ``IsolationBroken`` when the lease of database ``name`` was lost."""
+    why = _keeper.lost(name)
+    if why is not None:
+        raise IsolationBroken(why)
+
+
+def reapable(text: str, now: float, *, kept: bool = False) -> bool:
+    """Whether a database labelled ``text`` may be dropped: one of ours whose owner is provably dead,
+    or whose lease has ended; a kept one only when ``kept`` asks for those too."""
+    parsed = parse(text)
+    if parsed is None:
+        return False
+    if parsed[1].get("kept"):
+        return kept
+    state = alive(parsed[0])
+    return state is False or (state is None and expired(parsed[1], now))

@@ -1,0 +1,198 @@
+"""A fleet on one host (issue 9, item 6): four "machines", each in PID and mount namespaces of its own
+(``unshare --pid --fork --mount --mount-proc``: their pids overlap, as in containers) with its own
+machine identity and run id but the same hostname, each running pytest with two xdist workers
+against ONE PostgreSQL and ONE Redis given as external servers (TEST_*_URL). One machine's run is
+SIGKILLed at a random moment.
+
+Asserted: no test of a surviving run fails (a cross-run read, or a database dropped or flushed
+under it, fails the test that sees it); no Redis database is leased to two runs at once (the logged
+lease intervals); the killed run's leases are live right after the kill (nobody may reap them yet)
+and everything it left is gone after one ``isolated-env prune`` once its TTL has passed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+import pytest
+
+from isolated_env._ownership import parse
+
+ROOT = Path(__file__).resolve().parents[2]
+MACHINES = 4
+TTL = 3.0
+pytestmark = pytest.mark.skipif(
+    shutil.which("unshare") is None or os.geteuid() != 0, reason="the fleet simulation needs unshare as root"
+)
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("TEST_POSTGRES", "TEST_REDIS", "TEST_CLICKHOUSE", "ISOLATED_ENV_", "PYTEST_"))}
+
+
+def _machine(i: int, run: str, servers: dict[str, str], log: Path, state: Path) -> subprocess.Popen[bytes]:
+    state.mkdir(mode=0o711)
+    env = {**_clean_env(), **servers, "PYTHONPATH": str(ROOT), "FLEET_LOG": str(log),
+           "ISOLATED_ENV_MACHINE_ID": f"fleetm{i}", "ISOLATED_ENV_RUN_ID": run, "ISOLATED_ENV_LEASE_TTL": str(TTL),
+           "ISOLATED_ENV_STATE_DIR": str(state), "FLEET_ROUNDS": "8", "ISOLATED_ENV_CAPACITY": "2"}
+    cmd = ["unshare", "--pid", "--fork", "--mount", "--mount-proc", sys.executable, "-m", "pytest",
+           "-p", "no:cacheprovider", "-q", "-n", "2", "--no-header", f"--basetemp={state / 'tmp'}",
+           "tests/fleet/workload.py"]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _events(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+
+
+async def _pg_databases(dsn: str, run: str) -> dict[str, dict[str, Any]]:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch(
+            "SELECT datname, shobj_description(oid, 'pg_database') AS label, "
+            "extract(epoch FROM clock_timestamp())::float8 AS now FROM pg_database WHERE datname LIKE $1",
+            f"ie\\_%\\_{run}\\_%",
+        )
+    finally:
+        await conn.close()
+    return {r["datname"]: {**json.loads(r["label"] or "{}"), "now": r["now"]} for r in rows}
+
+
+async def _redis_leases(url: str, run: str) -> dict[int, str]:
+    import redis.asyncio as aredis
+
+    client = aredis.Redis.from_url(url)
+    try:
+        found = {}
+        async for key in client.scan_iter("ie:slot:*"):
+            value = await client.get(key)
+            parsed = parse(value) if value is not None else None
+            if parsed is not None and parsed[0].run == run:
+                found[int(key.rsplit(b":", 1)[1])] = value.decode()
+        return found
+    finally:
+        await client.aclose()
+
+
+async def _dbsize(url: str, db: int) -> int:
+    import redis.asyncio as aredis
+
+    client = aredis.Redis.from_url(url.rsplit("/", 1)[0] + f"/{db}")
+    try:
+        return int(await client.dbsize())
+    finally:
+        await client.aclose()
+
+
+async def _leased(servers: dict[str, str], db: int) -> bool:
+    import redis.asyncio as aredis
+
+    client = aredis.Redis.from_url(servers["TEST_REDIS_URL"])
+    try:
+        return bool(await client.exists(f"ie:slot:{db}"))
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+def work() -> Iterator[Path]:
+    """The machines' state directories and the shared event log; removed however the test ends."""
+    path = Path(tempfile.mkdtemp(prefix="ie-fleet-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None))
+    path.chmod(0o711)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_a_fleet_on_shared_servers(shared_servers: dict[str, str], work: Path) -> None:
+    log = work / "events.jsonl"
+    salt = os.urandom(2).hex()
+    runs = [f"f{i}{salt}" for i in range(MACHINES)]  # a run id is at most 8 characters
+    victim = random.randrange(MACHINES)
+    procs = [_machine(i, runs[i], shared_servers, log, work / f"m{i}") for i in range(MACHINES)]
+    try:
+        # Kill the victim at a random moment once it holds something (its first lease is logged).
+        deadline = time.monotonic() + 240  # pytest and xdist start slowly on a loaded machine
+        while not any(e["run"] == runs[victim] for e in _events(log)):
+            assert procs[victim].poll() is None, procs[victim].communicate()[0].decode()[-3000:]
+            assert time.monotonic() < deadline, "the victim never leased anything"
+            time.sleep(0.05)
+        time.sleep(random.uniform(0.2, 2.5))
+        init = psutil.Process(procs[victim].pid).children()  # the namespace's pid 1: killing it kills them all
+        assert init, "the victim's run ended before it could be killed; give it more rounds"
+        os.kill(init[0].pid, signal.SIGKILL)
+        killed_at = time.time()
+        procs[victim].communicate(timeout=10)
+
+        # Right after the kill its leases are live: nobody may reap what it left yet.
+        left_pg = anyio.run(_pg_databases, shared_servers["TEST_POSTGRES_URL"], runs[victim])
+        left_redis = anyio.run(_redis_leases, shared_servers["TEST_REDIS_URL"], runs[victim])
+        assert left_pg or left_redis, "the victim left nothing to reap: the check below would prove nothing"
+        ended = {n: label for n, label in left_pg.items() if "ie" in label and label.get("exp", 0) <= label["now"]}
+        assert not ended, f"leases of the victim ended before its TTL: {ended}"
+
+        outputs = {}
+        for i, proc in enumerate(procs):
+            if i != victim:
+                outputs[i] = proc.communicate(timeout=120)[0].decode()
+                assert proc.returncode == 0, f"machine {i} (run {runs[i]}) failed:\n{outputs[i][-4000:]}"
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                for child in psutil.Process(proc.pid).children():
+                    child.kill()
+                proc.kill()
+            proc.communicate()
+
+    events = _events(log)
+    # No Redis database leased to two runs at once.
+    spans: dict[int, list[tuple[float, float, str]]] = {}
+    opened: dict[tuple[str, int], float] = {}
+    for e in events:
+        if e["kind"] == "redis":
+            if "start" in e:
+                opened[(e["mark"], e["name"])] = e["start"]
+            elif (e["mark"], e["name"]) in opened:
+                spans.setdefault(e["name"], []).append((opened.pop((e["mark"], e["name"])), e["end"], e["run"]))
+    for db, items in spans.items():
+        items.sort()
+        held_until, holder = 0.0, ""
+        for start, end, run in items:
+            assert start >= held_until, f"Redis database {db} was leased by {holder} and {run} at once"
+            if end > held_until:
+                held_until, holder = end, run
+    assert sum(len(v) for v in spans.values()) >= (MACHINES - 1) * 8
+
+    # Once its TTL has passed, one prune (from a machine of its own) removes all the victim left.
+    wait = killed_at + TTL + 0.5 - time.time()
+    if wait > 0:
+        time.sleep(wait)
+    env = {**_clean_env(), **shared_servers, "PYTHONPATH": str(ROOT), "ISOLATED_ENV_MACHINE_ID": "janitor",
+           "ISOLATED_ENV_STATE_DIR": str(work / "janitor")}
+    (work / "janitor").mkdir(mode=0o711)
+    pruned = subprocess.run([sys.executable, "-m", "isolated_env.cli", "prune"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert anyio.run(_pg_databases, shared_servers["TEST_POSTGRES_URL"], runs[victim]) == {}, pruned.stdout
+    assert anyio.run(_redis_leases, shared_servers["TEST_REDIS_URL"], runs[victim]) == {}
+    for db in left_redis:  # a database whose lease ended is free, and prune flushed it (or it was leased again)
+        assert anyio.run(_dbsize, shared_servers["TEST_REDIS_URL"], db) == 0 or anyio.run(_leased, shared_servers, db)
+    # The survivors cleaned up after themselves.
+    for i, run in enumerate(runs):
+        if i != victim:
+            assert anyio.run(_pg_databases, shared_servers["TEST_POSTGRES_URL"], run) == {}, f"run {run} left databases"

@@ -1,0 +1,212 @@
+"""Server-side leases on an external server (issue 9, item 2), against the embedded PostgreSQL and
+Redis named by TEST_*_URL: a lease is renewed by the heartbeat, only an ended lease (or a provably
+dead local owner) is reaped, and a lost lease fails the test that holds it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+import isolated_env as ie
+from isolated_env._config import resolve
+from isolated_env._drivers import asyncpg as driver
+from isolated_env._drivers import redis as redis_driver
+from isolated_env._ownership import Owner, Scope, me, parse
+from isolated_env._servers import postgres as pg_servers
+from isolated_env._servers import redis as redis_servers
+from isolated_env.resources import redis as redis_resource
+from isolated_env.resources.postgres.janitor import prune
+from isolated_env.resources.postgres.labels import disown_server
+from isolated_env.resources.postgres.sql import quote_ident, quote_literal
+
+TTL = 3.0
+LABEL = "from isolated_env._ownership import me; print(me().label())"
+
+
+@pytest.fixture
+async def external(
+    clean_environ: pytest.MonkeyPatch, shared_servers: dict[str, str]
+) -> AsyncIterator[tuple[Any, Any]]:
+    """A PostgreSQL of this module's own named by TEST_POSTGRES_URL (so: external, leased) with a
+    short TTL, and an admin connection to it."""
+    clean_environ.setenv("TEST_POSTGRES_URL", shared_servers["TEST_POSTGRES_URL"])
+    clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", str(TTL))
+    server = await pg_servers.ensure_server(resolve())
+    assert server.source == "external"
+    admin = await driver.connect(server)
+    _used.append(server)
+    try:
+        yield server, admin
+    finally:
+        await driver.close(admin)
+
+
+_used: list[Any] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forget_the_server(shared_servers: dict[str, str]) -> Iterator[None]:
+    """The module's server stops with it: what this process still owns there (its work database,
+    warm clones) is forgotten first, so no heartbeat goes on knocking on a server that is gone."""
+    yield
+    for server in _used:
+        disown_server(server)
+
+
+async def _label(admin: Any, name: str) -> dict[str, Any]:
+    raw = await admin.fetchval(
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = $1", name
+    )
+    return dict(json.loads(raw))
+
+
+async def test_the_heartbeat_renews_the_lease(external: tuple[Any, Any]) -> None:
+    _server, admin = external
+    async with ie.isolated_postgres(mode="database") as db:
+        first = await _label(admin, db.database)
+        parsed = parse(first)
+        assert parsed is not None and parsed[0] == me()
+        now = await admin.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+        assert now < first["exp"] <= now + TTL + 0.5
+        await anyio.sleep(TTL)
+        second = await _label(admin, db.database)
+        assert second["exp"] > first["exp"] and second["mode"] == "database"
+    # Transaction mode's work database is leased the same way.
+    async with ie.isolated_postgres() as tx:
+        work = await tx.fetchval("SELECT current_database()")
+        assert "exp" in await _label(admin, work)
+
+
+def _foreign(run: str, pid: int = 999_999, start: int = 0) -> Owner:
+    return Owner("0therm4chine", me().pidns, pid, start, run)
+
+
+async def _create(admin: Any, name: str, label: str | None) -> None:
+    await admin.execute(f"CREATE DATABASE {quote_ident(name)}")
+    if label is not None:
+        await admin.execute(f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(label)}")
+
+
+async def test_only_ended_leases_are_reaped(external: tuple[Any, Any]) -> None:
+    server, admin = external
+    run = "zq" + os.urandom(3).hex()
+    now = await admin.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+    mine = me()
+    names = {
+        "ended": (f"ie_db_{run}_1_1", _foreign(run).label(mode="database", exp=now - 1)),
+        # Another machine's live lease, with a pid that is alive *here* and one that is not: the
+        # pids mean nothing on this machine, the lease decides.
+        "live": (f"ie_db_{run}_1_2", _foreign(run, os.getpid(), mine.start).label(exp=now + 60)),
+        "live_dead_pid": (f"ie_db_{run}_1_3", _foreign(run).label(exp=now + 60)),
+        "no_lease": (f"ie_db_{run}_1_4", _foreign(run).label()),  # an embedded-era label: never guessed
+        "kept": (f"ie_db_{run}_1_5", _foreign(run).label(keep=True, exp=now - 1)),
+        "unlabelled": (f"ie_db_{run}_1_6", None),
+        "other_run": (f"ie_db_{run}x_1_7", _foreign(run + "x").label(exp=now - 1)),
+    }
+    for name, label in names.values():
+        await _create(admin, name, label)
+    try:
+        # Any process using this server may reap the ended ones meanwhile (that is the point): only
+        # the unlabelled one is prune's alone to drop.
+        scope = Scope(run=run)
+        dry = await prune(server, kept=False, orphans=True, scope=scope, dry_run=True)
+        assert names["unlabelled"][0] in dry and set(dry) <= {names["ended"][0], names["unlabelled"][0]}
+        left = {r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database")}
+        assert names["unlabelled"][0] in left  # a dry run drops nothing
+        dropped = await prune(server, kept=False, orphans=True, scope=scope)
+        assert names["unlabelled"][0] in dropped and set(dropped) <= set(dry)
+        assert await prune(server, kept=True, orphans=False, scope=scope) == [names["kept"][0]]
+        left = {r["datname"] for r in await admin.fetch("SELECT datname FROM pg_database")}
+        assert {names[k][0] for k in ("live", "live_dead_pid", "no_lease")} <= left
+        assert not {names[k][0] for k in ("ended", "unlabelled", "kept")} & left
+    finally:
+        for name, _label in names.values():
+            await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
+
+
+async def test_a_lost_lease_fails_the_test_holding_it(external: tuple[Any, Any]) -> None:
+    _server, admin = external
+    with pytest.raises(ie.IsolationBroken, match=r"lease of PostgreSQL database .* was lost: its label now names"):
+        async with ie.isolated_postgres(mode="database") as db:
+            other = _foreign("thief").label(exp=9e12)
+            await admin.execute(f"COMMENT ON DATABASE {quote_ident(db.database)} IS {quote_literal(other)}")
+            await anyio.sleep(TTL)
+    async with ie.isolated_postgres(mode="database") as db:  # the next test is not affected
+        assert await db.fetchval("SELECT 1") == 1
+
+
+async def test_redis_frees_only_provably_dead_local_owners(clean_environ: pytest.MonkeyPatch) -> None:
+    server = await redis_servers.ensure_server(resolve())
+    control = redis_driver.asyncio_client(**server.client_kwargs(0))
+    last = server.databases - 1
+    child = await anyio.run_process([sys.executable, "-c", LABEL])
+    dead_here = child.stdout.decode().strip()
+    parsed = parse(dead_here)
+    assert parsed is not None
+    elsewhere = Owner("0therm4chine", *[getattr(parsed[0], f) for f in ("pidns", "pid", "start", "run")]).label()
+    key = f"ie:slot:{last}"
+    try:
+        assert await control.set(key, elsewhere, nx=True, px=60_000), "the last database is leased"
+        assert last not in await redis_resource._reap(control, last)
+        assert await control.get(key) == elsewhere.encode()
+        await control.set(key, dead_here, px=60_000)
+        assert last in await redis_resource._reap(control, last)
+        assert await control.get(key) is None
+    finally:
+        await control.delete(key)
+        await control.aclose()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("chdb") is None, reason="needs the chdb extra")
+async def test_clickhouse_databases_are_leased_and_only_ended_leases_reaped(clean_environ: pytest.MonkeyPatch) -> None:
+    from isolated_env._servers import clickhouse as ch_servers
+    from isolated_env.resources import _clickhouse_slots as slots
+
+    embedded = await ch_servers.ensure_server(resolve())
+    clean_environ.setenv("TEST_CLICKHOUSE_URL", embedded.dsn())
+    clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", str(TTL))
+    for attempt in range(3):  # the embedded engine can take longer than the 4 s check on a loaded machine
+        try:
+            server = await ch_servers.ensure_server(resolve())
+            break
+        except ie.ServiceUnavailable:
+            if attempt == 2:
+                raise
+    assert server.source == "external"
+    admin = await slots.connect(server, server.database)
+    run = "zc" + os.urandom(3).hex()
+
+    async def comment(name: str) -> dict[str, Any]:
+        rows = (await admin.query("SELECT comment FROM system.databases WHERE name = {n:String}",
+                                  parameters={"n": name})).result_rows
+        return dict(json.loads(rows[0][0])) if rows else {}
+
+    try:
+        async with ie.isolated_clickhouse() as ch:
+            first = await comment(ch.database)
+            assert parse(first) is not None and "exp" in first
+            await anyio.sleep(TTL)
+            assert (await comment(ch.database))["exp"] > first["exp"]  # renewed by the heartbeat
+        now = float(await admin.command("SELECT toFloat64(toUnixTimestamp64Milli(now64(3))) / 1000"))
+        made = {
+            f"ie_{run}_ended": _foreign(run).label(exp=now - 1),
+            f"ie_{run}_live": _foreign(run, os.getpid(), me().start).label(exp=now + 60),
+            f"ie_{run}_nolease": _foreign(run).label(),
+        }
+        for name, label in made.items():
+            await admin.command(f"CREATE DATABASE `{name}` COMMENT '{label}'", use_database=False)
+        await slots.reap(admin, server, "database")
+        left = {r[0] for r in (await admin.query("SELECT name FROM system.databases")).result_rows}
+        assert f"ie_{run}_ended" not in left
+        assert {f"ie_{run}_live", f"ie_{run}_nolease"} <= left
+    finally:
+        for name in (f"ie_{run}_ended", f"ie_{run}_live", f"ie_{run}_nolease"):
+            await admin.command(f"DROP DATABASE IF EXISTS `{name}` SYNC", use_database=False)
+        await admin.close()
