@@ -15,6 +15,7 @@ from .._config import run_id
 from .._contract import Kept
 from .._drivers import clickhouse as ch_driver
 from .._errors import ConfigError
+from .._ownership import me, parse
 from .._redact import redact_url
 from .._runtime import Runtime
 from .._servers.clickhouse import ClickHouseServer
@@ -251,7 +252,10 @@ class _Slots:
                 parameters={"db": database},
             )
         ).result_rows
-        return bool(rows) and rows[0][1] == 0 and rows[0][0] == _owner_comment()
+        if not rows or rows[0][1] != 0:
+            return False
+        label = parse(rows[0][0])  # the owner, and no other field but its lease's end
+        return label is not None and label[0] == me() and set(label[1]) <= {"exp"}
 
     async def _kick(self) -> None:
         if not self._working:

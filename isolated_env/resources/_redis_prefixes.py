@@ -29,11 +29,11 @@ from .._contract import Kept
 from .._drivers import redis as redis_driver
 from .._drivers import redis_cluster
 from .._errors import ConfigError, IsolationBroken
+from .._ownership import dead
 from .._pool import TryLater
 from .._runtime import Runtime
 from .._servers import _redis_acl
 from .._servers.redis import RedisServer
-from .._servers.registry import owner_alive
 from . import redis as db_mode
 from ._redis_leases import _Bank, _LeaseKeeper
 
@@ -125,7 +125,8 @@ class _LeaseNode:
 
 
 _keeper = _LeaseKeeper(
-    db_mode._REFRESH, lambda: db_mode._owner(), lambda: db_mode.LEASE_TTL_MS, lambda: db_mode.HEARTBEAT_S,
+    db_mode._REFRESH, lambda: db_mode._owner(), lambda: db_mode._ttl_ms(),
+    lambda: db_mode.HEARTBEAT_S if db_mode.HEARTBEAT_S is not None else db_mode._ttl_ms() / 3000,
     key=lease_key, what=lambda n: f"Redis prefix {prefix_of(n)}", connect=_connect,
 )
 # Clean prefixes this process still leases, between event loops (pytest-asyncio makes one per test).
@@ -244,7 +245,7 @@ class _Prefixes:
             banked.client = await self._client(banked.db)
             _keeper.add(banked)  # still kept alive; this wakes the thread, which looks at its period again
             return banked
-        owner, ttl = db_mode._owner(), db_mode.LEASE_TTL_MS
+        owner, ttl = db_mode._owner(), db_mode._ttl_ms()
         async with self.lock:
             if _bank.first_use(self.server):
                 await _reap(self, kept=False)
@@ -329,7 +330,7 @@ async def _reap(prefixes: _Prefixes, *, kept: bool) -> list[int]:
         chunk = keys[start : start + 256]
         for key, value in zip(chunk, await control.mget(chunk), strict=True):
             owner = db_mode._label(value) if value is not None else None
-            if owner is None or (not kept if owner.get("kept") else owner_alive(owner) is not False):
+            if owner is None or (not kept if owner.get("kept") else not dead(owner)):
                 continue
             if await control.eval(db_mode._RELEASE, 1, key, value):
                 freed.append(int(key.rsplit(":", 1)[1]))
