@@ -388,6 +388,6 @@ def release_all() -> None:
         except Exception as exc:  # one server that cannot be left must not keep us from the others
             _log.warning("could not leave the embedded %s server in %s: %r", kind, root, exc)
     with _local:
-        _collect_spawners(wait=5.0)  # no launcher is left a child of ours
+        _collect_spawners(wait=30.0)  # no launcher left a child of ours; each exits once it forked (slow under load)
     for callback in _on_release_all:
         callback()
