@@ -59,6 +59,20 @@ _on_release_all: list[Callable[[], None]] = []
 _atexit_registered = False
 
 
+def _disown_servers() -> None:
+    """At exit (registered first, so it runs after :func:`release_all`): a server this process
+    started and left running (for other users, a pin, or its supervisor's grace) is no child this
+    process will ever wait for. Its supervisor stops it; drop the Popen's claim so Python does not
+    report it as a leaked process while the interpreter shuts down."""
+    for proc in _children.values():
+        if proc.poll() is None:
+            proc.returncode = 0  # not its exit status: nobody here waits for it any more
+    _children.clear()
+
+
+atexit.register(_disown_servers)
+
+
 def state_root(state_dir: Path) -> Path:
     """``state_dir``, created 0711 if missing; a ConfigError unless this user alone owns and writes it."""
     return checked_private_dir(state_dir, "ISOLATED_ENV_STATE_DIR")
