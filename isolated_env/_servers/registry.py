@@ -60,10 +60,8 @@ _atexit_registered = False
 
 
 def _disown_servers() -> None:
-    """At exit (registered first, so it runs after :func:`release_all`): a server this process
-    started and left running (for other users, a pin, or its supervisor's grace) is no child this
-    process will ever wait for. Its supervisor stops it; drop the Popen's claim so Python does not
-    report it as a leaked process while the interpreter shuts down."""
+    """At exit, after :func:`release_all`: a server left running (other users, a pin, its supervisor's
+    grace) is no child anyone here waits for; Python must not report it as leaked at shutdown."""
     for proc in _children.values():
         if proc.poll() is None:
             proc.returncode = 0  # not its exit status: nobody here waits for it any more
@@ -170,14 +168,10 @@ def _start(kind: str, root: Path, start: StartFn, stop_signal: signal.Signals, *
 
 
 class Private:
-    """A server of one user's own (``isolated_redis(admin=True)``, ``isolated_postgres(superuser=True)``),
-    in a fresh ``<state dir>/private/<kind>-…`` directory. No state file shares it, but it is
-    supervised like a shared server: this process holds its users lock, so when the process dies
-    (SIGKILL included) the supervisor stops the server and removes its directory within
-    ``ISOLATED_ENV_REAP_AFTER`` seconds. ``close()`` stops it at once.
-
-    Outside the state directory's ``<kind>-*`` names on purpose: the reaper and the orphan search
-    of the shared server never take a private server for a leftover of theirs."""
+    """A server of one user's own (``isolated_redis(admin=True)``, ``isolated_postgres(superuser=True)``)
+    in a fresh ``<state dir>/private/<kind>-…`` (outside the shared ``<kind>-*`` names, so no reaper
+    takes it for a leftover). Supervised like a shared server: this process holds its users lock, so
+    if it dies (SIGKILL too) the server stops within ``ISOLATED_ENV_REAP_AFTER``; ``close()`` at once."""
 
     def __init__(self, state: ServerState, users_fd: int | None) -> None:
         self.state = state
