@@ -39,10 +39,8 @@ from ._process import poll_until
 from ._recover import adopt, load, stop_orphans
 from ._statefile import CorruptState, ServerState, file_lock, read_state, remove_server_dir, write_state
 
-__all__ = [
-    "Private", "ServerState", "acquire", "file_lock", "pin", "reap", "release", "release_all",
-    "state_root", "status", "stop",
-]
+__all__ = ["Private", "ServerState", "acquire", "file_lock", "pin", "reap", "release", "release_all", "state_root",
+           "status", "stop"]
 
 _log = logging.getLogger("isolated_env")
 
