@@ -133,6 +133,9 @@ class TemplateError(IsolatedEnvError, RuntimeError):
 class ResourceCheckFailed(IsolatedEnvError, AssertionError):
     """An in-process server recorded handler errors, unexpected requests or unmet expectations."""
 
+    causes: tuple[BaseException, ...] = ()
+    """The exceptions of the handlers that failed, if any."""
+
 
 class BudgetExceeded(IsolatedEnvError, RuntimeError):
     """An LLM call would exceed the configured cost, token or request budget."""

@@ -31,6 +31,7 @@ import anyio.abc
 
 from .._errors import ResourceCheckFailed
 from .._runtime import Runtime, current_runtime
+from ._reports import short as _short
 
 __all__ = [
     "Acceptor",
@@ -71,8 +72,13 @@ class ProblemLog:
     final exit still raises it: a problem is reported at the latest when the resource closes.
     """
 
-    def __init__(self, what: str, unmet: Callable[[], list[Problem]] = _nothing_unmet) -> None:
+    def __init__(
+        self, what: str, unmet: Callable[[], list[Problem]] = _nothing_unmet, *, chain: bool = True
+    ) -> None:
         self.what = what
+        self.chain = chain
+        """Whether a handler's exception becomes the error's ``__cause__`` (printed as a second
+        traceback) or only one of its ``causes`` (its message saying where it was raised)."""
         self.current: list[Problem] = []
         self._unmet = unmet
         self._carried: list[Problem] = []
@@ -113,8 +119,11 @@ class ProblemLog:
         for n, problem in enumerate(problems, 1):
             text = problem.message.replace("\n", "\n     ")
             lines.append(f"  {n}. {text}")
-        error = ResourceCheckFailed("\n".join(lines))
+        error = _short(ResourceCheckFailed("\n".join(lines)))
         causes = [p.exc for p in problems if isinstance(p.exc, Exception)]
+        error.causes = tuple(causes)
+        if not self.chain:
+            return error
         if len(causes) == 1:
             error.__cause__ = causes[0]
         elif causes:

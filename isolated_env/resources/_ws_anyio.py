@@ -12,6 +12,7 @@ server connection run in the loop's runtime task group. On asyncio the handle ke
 from __future__ import annotations
 
 import collections
+import ssl as ssl_module
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import anyio
 import anyio.abc
 from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSStream
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import Frame, Opcode
@@ -52,7 +54,7 @@ def on_trio() -> bool:
 class Connection:
     """One WebSocket connection (either side) over an anyio stream."""
 
-    def __init__(self, stream: anyio.abc.SocketStream, protocol: Protocol, request: Any, close_timeout: float) -> None:
+    def __init__(self, stream: anyio.abc.ByteStream, protocol: Protocol, request: Any, close_timeout: float) -> None:
         self._stream = stream
         self._protocol = protocol
         self.request = request
@@ -170,7 +172,7 @@ class Connection:
             self._done.set()
 
 
-async def _handshake(stream: anyio.abc.SocketStream, protocol: Protocol) -> list[Any]:
+async def _handshake(stream: anyio.abc.ByteStream, protocol: Protocol) -> list[Any]:
     """Read until the protocol has the other side's handshake; the events so far."""
     while True:
         try:
@@ -190,13 +192,14 @@ async def connect(
     close_timeout: float = 10.0,
     additional_headers: Mapping[str, str] | None = None,
     subprotocols: Sequence[Any] | None = None,
+    ssl: ssl_module.SSLContext | None = None,
     **options: Any,
 ) -> Connection:
     """A client connected to ``url`` (what ``isolated_ws``'s ``connect()`` gives on trio)."""
     if options:
         raise ConfigError(
-            f"isolated_ws on trio supports the connect options additional_headers, subprotocols and "
-            f"close_timeout, not {', '.join(sorted(options))}; run the test on asyncio for the others"
+            f"isolated_ws on trio supports the connect options additional_headers, subprotocols, ssl "
+            f"and close_timeout, not {', '.join(sorted(options))}; run the test on asyncio for the others"
         )
     uri = parse_uri(url)
     protocol = ClientProtocol(uri, subprotocols=subprotocols)
@@ -204,7 +207,11 @@ async def connect(
     for name, value in (additional_headers or {}).items():
         request.headers[name] = value
     protocol.send_request(request)
-    stream = await anyio.connect_tcp(uri.host, uri.port)
+    stream: anyio.abc.ByteStream
+    if uri.secure:
+        stream = await anyio.connect_tcp(uri.host, uri.port, tls=True, ssl_context=ssl, tls_standard_compatible=False)
+    else:
+        stream = await anyio.connect_tcp(uri.host, uri.port)
     connection = Connection(stream, protocol, request, close_timeout)
     try:
         await connection._flush()
@@ -223,15 +230,26 @@ class Server:
     """Accepts connections on 127.0.0.1 and runs ``handler(connection)`` for each, closing the
     connection when the handler returns (as websockets' server does)."""
 
-    def __init__(self, handler: Callable[[Connection], Awaitable[None]], close_timeout: float) -> None:
+    def __init__(
+        self,
+        handler: Callable[[Connection], Awaitable[None]],
+        close_timeout: float,
+        ssl_context: ssl_module.SSLContext | None = None,
+    ) -> None:
         self._handler = handler
+        self._ssl_context = ssl_context
         self._close_timeout = close_timeout
         self._acceptor = Acceptor(self._serve, name="isolated-ws")
         self.sockets: list[Any] = []
 
     @classmethod
-    async def start(cls, handler: Callable[[Connection], Awaitable[None]], close_timeout: float) -> Server:
-        server = cls(handler, close_timeout)
+    async def start(
+        cls,
+        handler: Callable[[Connection], Awaitable[None]],
+        close_timeout: float,
+        ssl_context: ssl_module.SSLContext | None = None,
+    ) -> Server:
+        server = cls(handler, close_timeout, ssl_context)
         listener = await server._acceptor.start()
         server.sockets = [listener.extra(SocketAttribute.raw_socket)]
         return server
@@ -243,9 +261,14 @@ class Server:
         await self._acceptor.stop()
         await self._acceptor.drain()
 
-    async def _serve(self, stream: anyio.abc.SocketStream) -> None:
+    async def _serve(self, socket_stream: anyio.abc.SocketStream) -> None:
         protocol = ServerProtocol()
+        stream: anyio.abc.ByteStream = socket_stream
         try:
+            if self._ssl_context is not None:
+                stream = await TLSStream.wrap(
+                    socket_stream, server_side=True, ssl_context=self._ssl_context, standard_compatible=False
+                )
             events = await _handshake(stream, protocol)
         except _GONE:
             await stream.aclose()

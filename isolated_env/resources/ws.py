@@ -22,6 +22,8 @@ from .._errors import ConfigError
 from .._resource import resource
 from . import _ws_anyio
 from ._inprocess import InProcessHandle, Problem, ServerTasks, Slot, preview, serving
+from ._tls import RunCA, TlsMixin, run_ca
+from ._ws_expectation import WsExpectation
 
 __all__ = ["BinaryHandler", "HandlerReply", "MessageHandler", "WebSocketHandle", "WsExpectation", "isolated_ws"]
 
@@ -46,37 +48,7 @@ def _ack(message: Any) -> dict[str, Any]:
     return {"type": "ack", "id": message.get("id") if isinstance(message, dict) else None}
 
 
-class WsExpectation:
-    """``count`` messages of ``type`` must reach the server (checked by ``check()`` and on exit)."""
-
-    def __init__(self, handle: WebSocketHandle, type: str, count: int) -> None:
-        self.type = type
-        self.count = count
-        self._handle = handle
-
-    def __repr__(self) -> str:
-        return f"<WsExpectation {self.type!r} x{self.count}, received {len(self.messages)}>"
-
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        """The messages of this type the server has received so far (since the last reset)."""
-        return [m for m in self._handle.received if isinstance(m, dict) and m.get("type") == self.type]
-
-    @property
-    def met(self) -> bool:
-        return len(self.messages) == self.count
-
-    async def wait(self, timeout: float = 5.0) -> list[dict[str, Any]]:  # noqa: ASYNC109 - the documented API
-        """Wait until at least ``count`` messages of this type have arrived; returns them."""
-        if not await self._handle._pulse.wait_until(lambda: len(self.messages) >= self.count, timeout):
-            raise TimeoutError(
-                f"expected {self.count} {self.type!r} message(s) within {timeout:g} s, the server "
-                f"received {len(self.messages)}; everything it received: {preview(self._handle.received, 500)}"
-            )
-        return self.messages
-
-
-class WebSocketHandle(InProcessHandle):
+class WebSocketHandle(TlsMixin, InProcessHandle):
     """A live WebSocket server (``.url``) and a client connected to it (``.client``).
 
     ``register_message_handler(type, fn)`` sets how the server answers JSON messages of a type;
@@ -85,8 +57,9 @@ class WebSocketHandle(InProcessHandle):
     expectation first if messages are in flight).
     """
 
-    def __init__(self, *, strict: bool) -> None:
+    def __init__(self, *, strict: bool, ca: RunCA | None = None) -> None:
         super().__init__("isolated_ws")
+        self._ca = ca
         self.url = ""
         self.strict = strict
         self.received: list[Any] = []
@@ -124,6 +97,8 @@ class WebSocketHandle(InProcessHandle):
         """Another client connected to this server (closed on exit); ``options`` go to
         ``websockets.asyncio.client.connect`` (``additional_headers``, ``subprotocols``, ...)."""
         options.setdefault("close_timeout", _CLOSE_TIMEOUT)
+        if self._ca is not None:
+            options.setdefault("ssl", self._ca.client_context)
         # On trio, a client of the same API over anyio (websockets' own is asyncio-only).
         opener = cast(Any, _ws_anyio.connect) if _ws_anyio.on_trio() else connect
         client: ClientConnection = await opener(self.url.rstrip("/") + "/" + path.lstrip("/"), **options)
@@ -338,7 +313,8 @@ class WebSocketHandle(InProcessHandle):
 
     def _bind(self, server: Server) -> None:
         self._server = server
-        self.url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        scheme = "wss" if self._ca is not None else "ws"
+        self.url = f"{scheme}://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
         self._problems.what = f"isolated_ws at {self.url}"
 
     async def _close_connections(self, *, final: bool) -> None:
@@ -379,21 +355,24 @@ class WebSocketHandle(InProcessHandle):
 
 @resource("ws", aliases=("websocket",), reset=lambda handle: handle._reset())
 async def isolated_ws(
-    *, path: str = "/", strict: bool = False, connect_client: bool = True
+    *, path: str = "/", strict: bool = False, connect_client: bool = True, tls: bool = False
 ) -> AsyncIterator[WebSocketHandle]:
     """A WebSocket server on ``ws://127.0.0.1:<free port>`` and a client connected to ``path``.
 
     ``strict=True`` records a message whose type has neither a handler nor an expectation as a
     problem (instead of acknowledging it). ``connect_client=False`` skips the default client, for
-    tests where the code under test is the client.
+    tests where the code under test is the client. ``tls=True`` serves ``wss://`` with a
+    certificate of the run's test CA (``.ca_path``, ``.ssl_context``, ``.env``), which the clients trust.
     """
     if not path.startswith("/"):
         raise ConfigError(f"isolated_ws(path={path!r}): the path must start with '/'")
-    handle = WebSocketHandle(strict=strict)
+    handle = WebSocketHandle(strict=strict, ca=await run_ca() if tls else None)
+    context = handle._ca.server_context() if handle._ca is not None else None
     if _ws_anyio.on_trio():  # websockets' server is asyncio-only: its protocol over anyio instead
-        handle._bind(cast(Any, await _ws_anyio.Server.start(cast(Any, handle._serve_connection), _CLOSE_TIMEOUT)))
+        server = await _ws_anyio.Server.start(cast(Any, handle._serve_connection), _CLOSE_TIMEOUT, context)
+        handle._bind(cast(Any, server))
     else:
-        handle._bind(await serve(handle._serve_connection, "127.0.0.1", 0, close_timeout=_CLOSE_TIMEOUT))
+        handle._bind(await serve(handle._serve_connection, "127.0.0.1", 0, close_timeout=_CLOSE_TIMEOUT, ssl=context))
     async with serving(handle._problems, handle._aclose):
         if connect_client:
             handle._client = await handle.connect(path)

@@ -18,8 +18,10 @@ import httpx
 from ..._errors import ConfigError, ResourceCheckFailed
 from ..._resource import resource
 from .._inprocess import InProcessHandle, Problem, serving
+from .._reports import where
+from .._tls import RunCA, TlsMixin, run_ca
 from ._expectation import HttpExpectation
-from ._matching import NOT_GIVEN, HeadersArg, QueryArg, RequestMatcher
+from ._matching import NOT_GIVEN, FieldsArg, HeaderMatch, QueryArg, RequestMatcher
 from ._server import H11Server, RecordedRequest, Reply
 
 __all__ = ["HttpHandle", "isolated_http"]
@@ -37,12 +39,15 @@ async def _ssl_context() -> ssl.SSLContext:
     return await anyio.to_thread.run_sync(_build_ssl_context)
 
 
-class HttpHandle(InProcessHandle):
+class HttpHandle(TlsMixin, InProcessHandle):
     """A live HTTP server (``.url``), an ``httpx.AsyncClient`` pointed at it (``.client``), the
-    expectations it answers by, and the log of ``requests`` it received."""
+    expectations it answers by, and the log of ``requests`` it received. With ``tls=True`` it
+    serves ``https://`` and gives ``.ca_path``, ``.ssl_context`` and ``.env`` to trust it."""
 
-    def __init__(self) -> None:
+    def __init__(self, ca: RunCA | None = None) -> None:
         super().__init__("isolated_http")
+        self._ca = ca
+        self._problems.chain = False  # a responder's error is told in one line: where it was raised
         self.url = ""
         self.requests: list[RecordedRequest] = []
         """Every request the server received, in arrival order (matched or not)."""
@@ -72,20 +77,28 @@ class HttpHandle(InProcessHandle):
         query: QueryArg = None,
         json: Any = NOT_GIVEN,
         body: bytes | str | None = None,
-        headers: HeadersArg = None,
+        headers: HeaderMatch = None,
         match: Callable[[RecordedRequest], bool] | None = None,
         ordered: bool = False,
+        json_contains: Any = NOT_GIVEN,
+        query_contains: FieldsArg = None,
+        form: FieldsArg = None,
+        host: str | None = None,
     ) -> HttpExpectation:
         """Expect a request: ``method`` and ``path`` (a string, or a ``re.Pattern`` matched in full),
-        and if given its exact ``query``, JSON body (``json=``), raw ``body``, these ``headers``
-        (others may be present) and a ``match(request)`` predicate.
+        and if given its exact ``query`` or the fields ``query_contains`` (others may be present), its
+        JSON body (``json=``) or a subset of it (``json_contains=``: objects may have more keys), its
+        ``form`` fields (others may be present), raw ``body``, these ``headers`` (a value, a
+        ``re.Pattern``, ``True`` for present, ``False`` for absent; others may be present), its
+        ``host`` (a routed host, see :meth:`route`) and a ``match(request)`` predicate.
 
         A request is answered by the first expectation, in the order they were declared, that it
         matches and that has uses left. ``ordered=True`` expectations must also arrive in the order
         declared (each once unless ``times()`` says otherwise). Answers 200 with no body until told.
         """
         matcher = RequestMatcher.build(
-            method, path, query=query, json=json, body=body, headers=headers, match=match
+            method, path, query=query, json=json, body=body, headers=headers, match=match,
+            json_contains=json_contains, query_contains=query_contains, form=form, host=host,
         )
         expectation = HttpExpectation(
             matcher, ordered=ordered, index=len(self._expectations), pulse=self._pulse, received=self.requests
@@ -124,7 +137,7 @@ class HttpHandle(InProcessHandle):
         except Exception as exc:  # the test's responder: recorded, answered 500, raised in the test
             message = (
                 f"the responder of {expectation.describe()} raised {type(exc).__name__}: {exc} "
-                f"(request: {request.method} {request.target}; answered 500)"
+                f"(request: {request.method} {request.target}; answered 500)\nat {where(exc)}"
             )
             self._problems.record(message, exc)
             return Reply.text(500, message)
@@ -151,8 +164,10 @@ class HttpHandle(InProcessHandle):
         return expectation
 
     async def _start(self) -> None:
+        if self._ca is not None:
+            self._server.ssl_context = self._ca.server_context()
         port = await self._server.start()
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self._ca is not None else 'http'}://127.0.0.1:{port}"
         self._problems.what = f"isolated_http at {self.url}"
 
     async def _aclose(self) -> None:
@@ -192,15 +207,18 @@ def _unmatched(request: RecordedRequest, reasons: list[tuple[HttpExpectation, li
 
 
 @resource("http", reset=lambda handle: handle._reset())
-async def isolated_http() -> AsyncIterator[HttpHandle]:
+async def isolated_http(*, tls: bool = False) -> AsyncIterator[HttpHandle]:
     """An HTTP/1.1 server on ``http://127.0.0.1:<free port>`` and an ``httpx.AsyncClient`` for it.
 
-    Everything the server saw go wrong (unmatched requests, responder errors, unmet expectations) is
-    raised on exit, or added as a note when the test already failed.
+    ``tls=True`` serves ``https://`` with a certificate of the run's test CA (for ``localhost``,
+    ``127.0.0.1`` and routed hosts), which ``.client`` trusts. Everything the server saw go wrong
+    (unmatched requests, responder errors, unmet expectations) is raised on exit, or added as a note
+    when the test already failed.
     """
-    handle = HttpHandle()
+    handle = HttpHandle(await run_ca() if tls else None)
     await handle._start()
     async with serving(handle._problems, handle._aclose):
+        verify = handle._ca.client_context if handle._ca is not None else await _ssl_context()
         # trust_env=False: a proxy from HTTP_PROXY must never sit between a test and its loopback server.
-        handle._client = httpx.AsyncClient(base_url=handle.url, verify=await _ssl_context(), trust_env=False)
+        handle._client = httpx.AsyncClient(base_url=handle.url, verify=verify, trust_env=False)
         yield handle

@@ -13,9 +13,18 @@ import httpx
 
 from ..._errors import ConfigError
 from .._inprocess import preview
+from ._partial import (
+    HeaderMatch,
+    check_fields,
+    check_headers,
+    form_mismatch,
+    header_mismatch,
+    json_subset_mismatch,
+    query_subset_mismatch,
+)
 from ._server import RecordedRequest
 
-__all__ = ["NOT_GIVEN", "HeadersArg", "QueryArg", "RequestMatcher"]
+__all__ = ["NOT_GIVEN", "FieldsArg", "HeaderMatch", "HeadersArg", "QueryArg", "RequestMatcher"]
 
 
 class _NotGiven:
@@ -28,6 +37,7 @@ NOT_GIVEN: Any = _NotGiven()
 
 QueryArg = str | Mapping[str, str | Sequence[str]] | None
 HeadersArg = Mapping[str, str] | None
+FieldsArg = Mapping[str, str | Sequence[str]] | None
 
 
 def _pretty(value: Any) -> list[str]:
@@ -37,15 +47,20 @@ def _pretty(value: Any) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class RequestMatcher:
     """What a request must look like: method, path (a string or a compiled regex matched in full),
-    and optionally its exact query, JSON body, raw body, a subset of its headers, and a predicate."""
+    and optionally its host, exact query or a subset of it, JSON body or a subset of it, form fields,
+    raw body, headers (by value, regex, presence or absence), and a predicate."""
 
     method: str
     path: str | re.Pattern[str]
     query: httpx.QueryParams | None = None
     json: Any = NOT_GIVEN
     body: bytes | None = None
-    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    headers: Mapping[str, str | re.Pattern[str] | bool] = dataclasses.field(default_factory=dict)
     match: Callable[[RecordedRequest], bool] | None = None
+    json_contains: Any = NOT_GIVEN
+    query_contains: list[tuple[str, list[str]]] | None = None
+    form: list[tuple[str, list[str]]] | None = None
+    host: str | None = None
 
     @classmethod
     def build(
@@ -56,37 +71,58 @@ class RequestMatcher:
         query: QueryArg,
         json: Any,
         body: bytes | str | None,
-        headers: HeadersArg,
+        headers: HeaderMatch,
         match: Callable[[RecordedRequest], bool] | None,
+        json_contains: Any = NOT_GIVEN,
+        query_contains: FieldsArg = None,
+        form: FieldsArg = None,
+        host: str | None = None,
     ) -> RequestMatcher:
         if not isinstance(method, str) or not method.strip():
             raise ConfigError(f"expect(method={method!r}): give an HTTP method such as 'GET'")
         if isinstance(path, str) and not path.startswith("/"):
             raise ConfigError(f"expect(path={path!r}): the path must start with '/' (or be a re.Pattern)")
-        if json is not NOT_GIVEN and body is not None:
-            raise ConfigError("expect(): give json= or body=, not both")
+        bodies = [n for n, v in (("json", json), ("json_contains", json_contains)) if v is not NOT_GIVEN]
+        bodies += [n for n, v in (("body", body), ("form", form)) if v is not None]
+        if len(bodies) > 1:
+            raise ConfigError(
+                f"expect(): give one of json=, json_contains=, form= and body=, not {' and '.join(bodies)}"
+            )
+        if query is not None and query_contains is not None:
+            raise ConfigError("expect(): give query= (the exact query) or query_contains= (a subset), not both")
         return cls(
             method=method.strip().upper(),
             path=path,
             query=None if query is None else httpx.QueryParams(query),
             json=json,
             body=body.encode() if isinstance(body, str) else body,
-            headers=dict(headers or {}),
+            headers=check_headers(headers),
             match=match,
+            json_contains=json_contains,
+            query_contains=check_fields("query_contains", query_contains),
+            form=check_fields("form", form),
+            host=host.lower() if host else None,
         )
 
     def describe(self) -> str:
         path = self.path if isinstance(self.path, str) else f"re({self.path.pattern!r})"
-        parts = [f"{self.method} {path}"]
+        parts = [f"{self.method} {'//' + self.host if self.host else ''}{path}"]
         if self.query is not None:
             parts.append(f"?{self.query}")
         extras = []
+        if self.query_contains is not None:
+            extras.append(f"query_contains={_fields(self.query_contains)}")
+        if self.json_contains is not NOT_GIVEN:
+            extras.append(f"json_contains={_short(self.json_contains)}")
+        if self.form is not None:
+            extras.append(f"form={_fields(self.form)}")
         if self.json is not NOT_GIVEN:
             extras.append(f"json={_short(self.json)}")
         if self.body is not None:
             extras.append(f"body={_short(self.body)}")
         if self.headers:
-            extras.append(f"headers={self.headers}")
+            shown = {k: v.pattern if isinstance(v, re.Pattern) else v for k, v in self.headers.items()}
+            extras.append(f"headers={shown}")
         if self.match is not None:
             extras.append(f"match={getattr(self.match, '__name__', 'predicate')}")
         return "".join(parts) + (f" ({', '.join(extras)})" if extras else "")
@@ -101,14 +137,24 @@ class RequestMatcher:
                 reasons.append(f"path {request.path!r} != {self.path!r}")
         elif self.path.fullmatch(request.path) is None:
             reasons.append(f"path {request.path!r} does not match {self.path.pattern!r}")
+        if self.host is not None:
+            host = (request.headers.get("host") or "").lower().rsplit(":", 1)[0]
+            if host != self.host:
+                reasons.append(f"host {host!r} != {self.host!r}")
         if self.query is not None and request.query != self.query:
             reasons.append(f"query {str(request.query)!r} != {str(self.query)!r}")
-        for name, value in self.headers.items():
-            got = request.headers.get(name)
-            if got != value:
-                reasons.append(f"header {name}: {got!r} != {value!r}")
+        if self.query_contains is not None:
+            reasons.extend(query_subset_mismatch(request.query, self.query_contains))
+        reasons.extend(header_mismatch(request.headers, self.headers))
         if self.json is not NOT_GIVEN:
             reasons.extend(self._json_mismatch(request))
+        if self.json_contains is not NOT_GIVEN:
+            try:
+                reasons.extend(f"json body: {r}" for r in json_subset_mismatch(request.json(), self.json_contains))
+            except ValueError:
+                reasons.append(f"body is not JSON: {_short(request.body)}")
+        if self.form is not None:
+            reasons.extend(form_mismatch(request.headers.get("content-type", ""), request.body, self.form))
         if self.body is not None and request.body != self.body:
             reasons.append(f"body {_short(request.body)} != {_short(self.body)}")
         if self.match is not None and not reasons:
@@ -132,6 +178,10 @@ class RequestMatcher:
             _pretty(self.json), _pretty(got), "expected json", "received json", lineterm=""
         )
         return ["json body differs:\n" + "\n".join(list(diff)[:40])]
+
+
+def _fields(fields: list[tuple[str, list[str]]]) -> str:
+    return str({name: values[0] if len(values) == 1 else values for name, values in fields})
 
 
 def _short(value: Any) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from http import HTTPStatus
@@ -23,6 +24,7 @@ import anyio.abc
 import h11
 import httpx
 from anyio.abc import SocketAttribute
+from anyio.streams.tls import TLSStream
 
 from .._inprocess import Acceptor, ProblemLog, ServerTasks, Slot
 
@@ -76,7 +78,7 @@ class Reply:
 
 
 App = Callable[[RecordedRequest], Awaitable[Reply]]
-Stream = anyio.abc.SocketStream
+Stream = anyio.abc.ByteStream  # a socket stream, or TLS over one
 
 
 class H11Server:
@@ -84,6 +86,9 @@ class H11Server:
     connection (a malformed request, a failure of ours) is recorded in ``problems``."""
 
     def __init__(self, app: App, problems: ProblemLog) -> None:
+        self.ssl_context: ssl.SSLContext | None = None
+        """Set: every connection speaks TLS with this context (read per connection, so a
+        certificate for a newly routed host applies to the next one)."""
         self._app = app
         self._problems = problems
         self._tasks: ServerTasks[Stream] = ServerTasks(
@@ -114,12 +119,26 @@ class H11Server:
     def _accept_failed(self, exc: OSError) -> None:
         self._problems.record(f"the test HTTP server stopped accepting connections: {exc!r}", exc)
 
-    async def _connection(self, stream: Stream) -> None:
+    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
         await self._tasks.run(stream, self._serve)
 
     async def _serve(self, slot: Slot[Stream]) -> None:
         stream = slot.peer
         try:
+            if self.ssl_context is not None:
+                try:
+                    stream = await TLSStream.wrap(
+                        stream, server_side=True, ssl_context=self.ssl_context, standard_compatible=False
+                    )
+                except ssl.SSLError as exc:
+                    self._problems.record(
+                        f"a TLS handshake failed ({exc.reason or exc}): does the client trust the test CA? "
+                        "Give it verify=http.ssl_context (httpx), ssl=http.ssl_context (aiohttp) or "
+                        "http.env (a subprocess)"
+                    )
+                    return
+                except (anyio.EndOfStream, anyio.BrokenResourceError):
+                    return  # the client left during the handshake
             await self._exchange(stream)
         finally:
             with anyio.CancelScope(shield=True):
@@ -173,7 +192,7 @@ class H11Server:
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
-                return _record(head, bytes(body), stream)
+                return _record(head, bytes(body), stream, "https" if self.ssl_context else "http")
             elif isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
                 return None
 
@@ -231,7 +250,7 @@ def _reset_on_close(stream: Stream) -> None:
     stream.extra(SocketAttribute.raw_socket).setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-def _record(head: h11.Request, body: bytes, stream: Stream) -> RecordedRequest:
+def _record(head: h11.Request, body: bytes, stream: Stream, scheme: str) -> RecordedRequest:
     target = head.target.decode("latin-1")
     raw_path, _, query = target.partition("?")
     headers = httpx.Headers([(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers])
@@ -243,5 +262,5 @@ def _record(head: h11.Request, body: bytes, stream: Stream) -> RecordedRequest:
         query=httpx.QueryParams(query),
         headers=headers,
         body=body,
-        url=f"http://{host}{target}",
+        url=f"{scheme}://{host}{target}",
     )
