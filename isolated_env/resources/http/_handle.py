@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -21,7 +21,9 @@ from .._inprocess import InProcessHandle, Problem, serving
 from .._reports import where
 from .._tls import RunCA, TlsMixin, run_ca
 from ._expectation import HttpExpectation
+from ._intercept import intercepting
 from ._matching import NOT_GIVEN, FieldsArg, HeaderMatch, QueryArg, RequestMatcher
+from ._routes import AsyncRouter, Router, Routes
 from ._server import H11Server, RecordedRequest, Reply
 
 __all__ = ["HttpHandle", "isolated_http"]
@@ -52,6 +54,9 @@ class HttpHandle(TlsMixin, InProcessHandle):
         self.requests: list[RecordedRequest] = []
         """Every request the server received, in arrival order (matched or not)."""
         self._client: httpx.AsyncClient | None = None
+        self._sync_client: httpx.Client | None = None
+        self._verify: ssl.SSLContext | None = None
+        self._routes = Routes(self._refused)
         self._expectations: list[HttpExpectation] = []
         self._server = H11Server(self._answer, self._problems)
 
@@ -64,6 +69,50 @@ class HttpHandle(TlsMixin, InProcessHandle):
         if self._client is None:
             raise ConfigError("the HTTP client is only available inside `async with isolated_http()`")
         return self._client
+
+    @property
+    def sync_client(self) -> httpx.Client:
+        """An ``httpx.Client`` like ``.client``, for synchronous code (run it in a worker thread:
+        the server answers from the event loop)."""
+        if self._verify is None:
+            raise ConfigError("the HTTP client is only available inside `async with isolated_http()`")
+        if self._sync_client is None:
+            self._sync_client = httpx.Client(base_url=self.url, transport=self.transport(sync=True), trust_env=False)
+        return self._sync_client
+
+    def transport(self, *, sync: bool = False) -> Any:
+        """A new httpx transport that sends routed hosts to this server and refuses hosts neither
+        routed, loopback nor allowed: ``httpx.AsyncClient(transport=http.transport())`` (or
+        ``httpx.Client(transport=http.transport(sync=True))``) for a client of your own."""
+        if self._verify is None:
+            raise ConfigError("transport() is only available inside `async with isolated_http()`")
+        if sync:
+            return Router(lambda: [self._routes], httpx.HTTPTransport(verify=self._verify))
+        return AsyncRouter(lambda: [self._routes], httpx.AsyncHTTPTransport(verify=self._verify))
+
+    def route(self, *hosts: str) -> HttpHandle:
+        """Send requests for ``hosts`` (``"api.stripe.com"``, ``"*.example.com"``) to this server,
+        from ``.client``, ``.sync_client``, :meth:`transport`, and with ``intercept=True`` from any
+        client in the process. With ``tls=True`` the certificate names them too."""
+        if self._routes.add(hosts) and self._ca is not None:
+            self._server.ssl_context = self._ca.server_context(self._routes.hosts)
+        return self
+
+    def allow(self, *hosts: str) -> HttpHandle:
+        """Let requests for ``hosts`` through the network guard to the real host."""
+        self._routes.allow(hosts)
+        return self
+
+    @property
+    def hosts(self) -> list[str]:
+        """The hosts routed to this server."""
+        return list(self._routes.hosts)
+
+    def _refused(self, host: str) -> None:
+        self._problems.record(
+            f"a connection to {host!r} was refused: neither routed to this server (http.route({host!r})) "
+            f"nor allowed (http.allow({host!r}))"
+        )
 
     def url_for(self, path: str) -> str:
         """The absolute URL of ``path`` on this server (for code that wants a full URL)."""
@@ -165,15 +214,18 @@ class HttpHandle(TlsMixin, InProcessHandle):
 
     async def _start(self) -> None:
         if self._ca is not None:
-            self._server.ssl_context = self._ca.server_context()
+            self._server.ssl_context = self._ca.server_context(self._routes.hosts)
         port = await self._server.start()
         self.url = f"{'https' if self._ca is not None else 'http'}://127.0.0.1:{port}"
+        self._routes.target = httpx.URL(self.url)
         self._problems.what = f"isolated_http at {self.url}"
 
     async def _aclose(self) -> None:
         try:
             if self._client is not None:
                 await self._client.aclose()
+            if self._sync_client is not None:
+                self._sync_client.close()
         finally:
             await self._server.aclose()
 
@@ -183,8 +235,9 @@ class HttpHandle(TlsMixin, InProcessHandle):
         self._problems.reset()
         self.requests.clear()
         self._expectations.clear()
-        if self._client is not None:
-            self._client.cookies.clear()
+        for client in (self._client, self._sync_client):
+            if client is not None:
+                client.cookies.clear()
 
 
 def _unmatched(request: RecordedRequest, reasons: list[tuple[HttpExpectation, list[str]]]) -> str:
@@ -207,18 +260,37 @@ def _unmatched(request: RecordedRequest, reasons: list[tuple[HttpExpectation, li
 
 
 @resource("http", reset=lambda handle: handle._reset())
-async def isolated_http(*, tls: bool = False) -> AsyncIterator[HttpHandle]:
+async def isolated_http(
+    *,
+    tls: bool = False,
+    hosts: Sequence[str] = (),
+    allow_hosts: Sequence[str] = (),
+    intercept: bool = False,
+) -> AsyncIterator[HttpHandle]:
     """An HTTP/1.1 server on ``http://127.0.0.1:<free port>`` and an ``httpx.AsyncClient`` for it.
 
     ``tls=True`` serves ``https://`` with a certificate of the run's test CA (for ``localhost``,
-    ``127.0.0.1`` and routed hosts), which ``.client`` trusts. Everything the server saw go wrong
+    ``127.0.0.1`` and routed hosts), which ``.client`` trusts. ``hosts`` are routed to the server
+    (see :meth:`HttpHandle.route`), ``allow_hosts`` let through to the real host; other hosts are
+    refused. ``intercept=True`` applies that to every client of the process (httpx, aiohttp,
+    requests) until the exit. Everything the server saw go wrong
     (unmatched requests, responder errors, unmet expectations) is raised on exit, or added as a note
     when the test already failed.
     """
+    if isinstance(hosts, str) or isinstance(allow_hosts, str):
+        raise ConfigError("isolated_http(hosts=..., allow_hosts=...): give a list of host names, not one string")
     handle = HttpHandle(await run_ca() if tls else None)
+    handle.route(*hosts).allow(*allow_hosts)
     await handle._start()
     async with serving(handle._problems, handle._aclose):
-        verify = handle._ca.client_context if handle._ca is not None else await _ssl_context()
+        # The test CA for the server and routed hosts, the system's for allowed ones.
+        handle._verify = handle._ca.bundle_context if handle._ca is not None else await _ssl_context()
         # trust_env=False: a proxy from HTTP_PROXY must never sit between a test and its loopback server.
-        handle._client = httpx.AsyncClient(base_url=handle.url, verify=verify, trust_env=False)
-        yield handle
+        handle._client = httpx.AsyncClient(base_url=handle.url, transport=handle.transport(), trust_env=False)
+        if not intercept:
+            yield handle
+            return
+        ca = handle._ca
+        bundle = (ca.bundle_context, str(ca.bundle_path)) if ca is not None else (None, None)
+        with intercepting(handle._routes, *bundle):
+            yield handle

@@ -1,0 +1,85 @@
+"""Hard-coded hosts routed to isolated_http over real sockets, and the network guard."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import aiohttp
+import anyio.to_thread
+import httpx
+import pytest
+import requests
+
+from isolated_env._errors import ConfigError, ResourceCheckFailed
+from isolated_env.resources.http import isolated_http
+
+
+async def test_the_handed_out_client_reaches_a_routed_host_over_tls_with_its_name() -> None:
+    async with isolated_http(tls=True, hosts=["api.stripe.com"]) as http:
+        http.expect("POST", "/v1/charges", host="api.stripe.com", form={"amount": "100"}).respond_json({"id": "ch_1"})
+        response = await http.client.post("https://api.stripe.com/v1/charges", data={"amount": "100"})
+        assert response.json() == {"id": "ch_1"}
+        [request] = http.requests
+        assert request.headers["host"] == "api.stripe.com"
+        assert request.url == "https://api.stripe.com/v1/charges"
+
+
+async def test_a_route_added_later_and_a_wildcard_and_a_plain_server() -> None:
+    async with isolated_http() as http:
+        http.route("*.example.com")
+        http.expect("GET", "/a").respond(200, "a")
+        # https to a plain server is served plainly: the route decides where it goes, not the scheme
+        assert (await http.client.get("https://eu.example.com/a")).text == "a"
+        assert http.hosts == ["*.example.com"]
+        with pytest.raises(ConfigError, match="without scheme"):
+            http.route("https://api.example.com/v1")
+
+
+async def test_other_hosts_are_refused_and_recorded_unless_allowed() -> None:
+    with pytest.raises(ResourceCheckFailed, match="'elsewhere.test' was refused"):
+        async with isolated_http(allow_hosts=["allowed.test"]) as http:
+            with pytest.raises(httpx.ConnectError, match=r"refused a connection to 'elsewhere\.test'"):
+                await http.client.get("https://elsewhere.test/")
+            with pytest.raises(httpx.ConnectError) as info:  # allowed: a real lookup, which fails here
+                await http.client.get("http://allowed.test/")
+            assert "refused" not in str(info.value)
+
+
+async def test_intercept_reaches_clients_the_code_builds_itself() -> None:
+    before = (socket.getaddrinfo, httpx.AsyncClient.__init__, httpx.Client.__init__, aiohttp.TCPConnector.__init__)
+    environ = dict(os.environ)
+    async with isolated_http(tls=True, hosts=["api.example.com"], intercept=True) as http:
+        http.expect("GET", "/v1/who").respond_json({"ok": True})
+        async with httpx.AsyncClient() as own:
+            assert (await own.get("https://api.example.com/v1/who")).json() == {"ok": True}
+
+        def sync_calls() -> list[object]:
+            with httpx.Client() as client:
+                first = client.get("https://api.example.com/v1/who").json()
+            second = requests.get("https://api.example.com/v1/who", timeout=10).json()
+            return [first, second]
+
+        assert await anyio.to_thread.run_sync(sync_calls) == [{"ok": True}, {"ok": True}]
+        async with aiohttp.ClientSession() as session:
+            async with session.get("https://api.example.com/v1/who") as response:
+                assert await response.json() == {"ok": True}
+        assert [r.headers["host"] for r in http.requests] == ["api.example.com"] * 4
+
+        with pytest.raises(socket.gaierror, match="refused a connection to 'example.org'"):
+            socket.getaddrinfo("example.org", 443)
+        with pytest.raises(requests.ConnectionError, match="refused"):
+            await anyio.to_thread.run_sync(lambda: requests.get("http://example.org/", timeout=10))
+        assert len(http._problems.current) == 2
+        http._problems.current.clear()  # seen: the exit need not raise them
+    after = (socket.getaddrinfo, httpx.AsyncClient.__init__, httpx.Client.__init__, aiohttp.TCPConnector.__init__)
+    assert after == before
+    assert dict(os.environ) == environ
+
+
+async def test_sync_client_and_a_transport_for_a_client_of_ones_own() -> None:
+    async with isolated_http(hosts=["svc.internal"]) as http:
+        http.expect("GET", "/ping").respond(200, "pong")
+        assert await anyio.to_thread.run_sync(lambda: http.sync_client.get("http://svc.internal/ping").text) == "pong"
+        async with httpx.AsyncClient(transport=http.transport()) as own:
+            assert (await own.get("http://svc.internal/ping")).text == "pong"
