@@ -37,7 +37,7 @@ async def test_a_route_added_later_and_a_wildcard_and_a_plain_server() -> None:
 
 
 async def test_other_hosts_are_refused_and_recorded_unless_allowed() -> None:
-    with pytest.raises(ResourceCheckFailed, match="'elsewhere.test' was refused"):
+    with pytest.raises(ResourceCheckFailed, match=r"'elsewhere\.test' was refused"):
         async with isolated_http(allow_hosts=["allowed.test"]) as http:
             with pytest.raises(httpx.ConnectError, match=r"refused a connection to 'elsewhere\.test'"):
                 await http.client.get("https://elsewhere.test/")
@@ -66,7 +66,7 @@ async def test_intercept_reaches_clients_the_code_builds_itself() -> None:
                 assert await response.json() == {"ok": True}
         assert [r.headers["host"] for r in http.requests] == ["api.example.com"] * 4
 
-        with pytest.raises(socket.gaierror, match="refused a connection to 'example.org'"):
+        with pytest.raises(socket.gaierror, match=r"refused a connection to 'example\.org'"):
             socket.getaddrinfo("example.org", 443)
         with pytest.raises(requests.ConnectionError, match="refused"):
             await anyio.to_thread.run_sync(lambda: requests.get("http://example.org/", timeout=10))
