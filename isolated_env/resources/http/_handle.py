@@ -7,9 +7,10 @@ nothing gets a 500 and is recorded, with the closest expectations and why each d
 from __future__ import annotations
 
 import functools
+import os
 import re
 import ssl
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -23,6 +24,7 @@ from .._tls import RunCA, TlsMixin, run_ca
 from ._expectation import HttpExpectation
 from ._intercept import intercepting
 from ._matching import NOT_GIVEN, FieldsArg, HeaderMatch, QueryArg, RequestMatcher
+from ._record import Recorder, open_recorder
 from ._routes import AsyncRouter, Router, Routes
 from ._server import H11Server, RecordedRequest, Reply
 
@@ -57,6 +59,7 @@ class HttpHandle(TlsMixin, InProcessHandle):
         self._sync_client: httpx.Client | None = None
         self._verify: ssl.SSLContext | None = None
         self._routes = Routes(self._refused)
+        self._recorder: Recorder | None = None
         self._expectations: list[HttpExpectation] = []
         self._server = H11Server(self._answer, self._problems)
 
@@ -169,13 +172,16 @@ class HttpHandle(TlsMixin, InProcessHandle):
             )
 
     def _unmet(self) -> list[Problem]:
-        return [p for p in (e._unmet() for e in self._expectations) if p is not None]
+        unmet = [p for p in (e._unmet() for e in self._expectations) if p is not None]
+        return unmet + (self._recorder.unmet() if self._recorder is not None else [])
 
     async def _answer(self, request: RecordedRequest) -> Reply:
         self.requests.append(request)
         try:
             expectation = self._match(request)
             if isinstance(expectation, str):
+                if self._recorder is not None and isinstance(expectation, _Unmatched):
+                    return await self._recorder.answer(request, self._problems)
                 self._problems.record(expectation)
                 return Reply.text(500, expectation)
             expectation.requests.append(request)
@@ -226,6 +232,8 @@ class HttpHandle(TlsMixin, InProcessHandle):
                 await self._client.aclose()
             if self._sync_client is not None:
                 self._sync_client.close()
+            if self._recorder is not None:
+                await self._recorder.aclose(self._problems)
         finally:
             await self._server.aclose()
 
@@ -240,7 +248,15 @@ class HttpHandle(TlsMixin, InProcessHandle):
                 client.cookies.clear()
 
 
+class _Unmatched(str):
+    """The account of a request no expectation matched (a cassette may still answer it)."""
+
+
 def _unmatched(request: RecordedRequest, reasons: list[tuple[HttpExpectation, list[str]]]) -> str:
+    return _Unmatched(_account(request, reasons))
+
+
+def _account(request: RecordedRequest, reasons: list[tuple[HttpExpectation, list[str]]]) -> str:
     head = f"{request.method} {request.target} matched no expectation (answered 500)"
     if request.body:
         head += f"; body: {request.body[:200]!r}"
@@ -266,6 +282,9 @@ async def isolated_http(
     hosts: Sequence[str] = (),
     allow_hosts: Sequence[str] = (),
     intercept: bool = False,
+    mode: str = "live",
+    cassette: str | os.PathLike[str] | None = None,
+    upstream: str | Mapping[str, str] | None = None,
 ) -> AsyncIterator[HttpHandle]:
     """An HTTP/1.1 server on ``http://127.0.0.1:<free port>`` and an ``httpx.AsyncClient`` for it.
 
@@ -273,7 +292,12 @@ async def isolated_http(
     ``127.0.0.1`` and routed hosts), which ``.client`` trusts. ``hosts`` are routed to the server
     (see :meth:`HttpHandle.route`), ``allow_hosts`` let through to the real host; other hosts are
     refused. ``intercept=True`` applies that to every client of the process (httpx, aiohttp,
-    requests) until the exit. Everything the server saw go wrong
+    requests) until the exit.
+
+    ``mode="record"`` forwards what no expectation answers to ``upstream`` (the real service's base
+    URL; a routed host's own by default) and writes it to ``cassette``; ``"replay"`` answers it from
+    the cassette without touching the network; ``"record_missing"`` replays what is there and records
+    the rest. Secrets never reach the file. Everything the server saw go wrong
     (unmatched requests, responder errors, unmet expectations) is raised on exit, or added as a note
     when the test already failed.
     """
@@ -281,12 +305,15 @@ async def isolated_http(
         raise ConfigError("isolated_http(hosts=..., allow_hosts=...): give a list of host names, not one string")
     handle = HttpHandle(await run_ca() if tls else None)
     handle.route(*hosts).allow(*allow_hosts)
+    handle._recorder = open_recorder(mode, cassette, upstream, handle._routes)
     await handle._start()
     async with serving(handle._problems, handle._aclose):
         # The test CA for the server and routed hosts, the system's for allowed ones.
         handle._verify = handle._ca.bundle_context if handle._ca is not None else await _ssl_context()
         # trust_env=False: a proxy from HTTP_PROXY must never sit between a test and its loopback server.
         handle._client = httpx.AsyncClient(base_url=handle.url, transport=handle.transport(), trust_env=False)
+        if handle._recorder is not None:
+            handle._recorder.open_client(await _ssl_context())
         if not intercept:
             yield handle
             return
