@@ -22,7 +22,7 @@ import anyio.to_thread
 
 from .._errors import ConfigError, MissingDependencyError
 
-__all__ = ["RunCA", "TlsMixin", "run_ca"]
+__all__ = ["RunCA", "TlsMixin", "existing_ca", "run_ca"]
 
 _LOCAL_NAMES = ("localhost", "127.0.0.1")
 
@@ -75,6 +75,11 @@ def _system_bundle() -> bytes:
 @functools.cache
 def _make_ca() -> RunCA:
     return RunCA()
+
+
+def existing_ca() -> RunCA | None:
+    """The run's CA if this process has made it (a forwarding client then trusts the servers it signed)."""
+    return _make_ca() if _make_ca.cache_info().currsize else None
 
 
 async def run_ca() -> RunCA:

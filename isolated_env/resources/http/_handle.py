@@ -20,7 +20,7 @@ from ..._errors import ConfigError, ResourceCheckFailed
 from ..._resource import resource
 from .._inprocess import InProcessHandle, Problem, serving
 from .._reports import where
-from .._tls import RunCA, TlsMixin, run_ca
+from .._tls import RunCA, TlsMixin, existing_ca, run_ca
 from ._expectation import HttpExpectation
 from ._intercept import intercepting
 from ._matching import NOT_GIVEN, FieldsArg, HeaderMatch, QueryArg, RequestMatcher
@@ -313,7 +313,8 @@ async def isolated_http(
         # trust_env=False: a proxy from HTTP_PROXY must never sit between a test and its loopback server.
         handle._client = httpx.AsyncClient(base_url=handle.url, transport=handle.transport(), trust_env=False)
         if handle._recorder is not None:
-            handle._recorder.open_client(await _ssl_context())
+            ca = existing_ca()  # an upstream may be another isolated server, signed by the test CA
+            handle._recorder.open_client(ca.bundle_context if ca is not None else handle._verify)
         if not intercept:
             yield handle
             return
