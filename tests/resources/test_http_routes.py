@@ -72,10 +72,24 @@ async def test_intercept_reaches_clients_the_code_builds_itself() -> None:
             await anyio.to_thread.run_sync(lambda: requests.get("http://example.org/", timeout=10))
         with pytest.raises(ResourceCheckFailed) as info:
             http.check()  # seen here: the exit need not raise them again
-        assert str(info.value).count("'example.org' was refused") == 2
+        assert str(info.value).count("'example.org' was refused") == 1  # told once per host
     after = (socket.getaddrinfo, httpx.AsyncClient.__init__, httpx.Client.__init__, aiohttp.TCPConnector.__init__)
     assert after == before
     assert dict(os.environ) == environ
+
+
+async def test_the_hosts_of_external_services_are_allowed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_POSTGRES_HOST", "db.fleet.test")
+    monkeypatch.setenv("TEST_REDIS_URL", "redis://:pw@cache.fleet.test:6379/0")
+    async with isolated_http(intercept=True) as http:
+        for host in ("db.fleet.test", "cache.fleet.test"):  # a real lookup (.test never resolves)
+            with pytest.raises(socket.gaierror) as info:
+                await anyio.to_thread.run_sync(socket.getaddrinfo, host, 5432)
+            assert "refused" not in str(info.value)
+        with pytest.raises(socket.gaierror, match="refused"):
+            socket.getaddrinfo("other.fleet.test", 5432)
+        with pytest.raises(ResourceCheckFailed, match=r"'other\.fleet\.test' was refused"):
+            http.check()
 
 
 async def test_sync_client_and_a_transport_for_a_client_of_ones_own() -> None:

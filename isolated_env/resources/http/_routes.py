@@ -13,6 +13,7 @@ socket. They wrap an inner transport, which does the actual I/O.
 from __future__ import annotations
 
 import ipaddress
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -50,6 +51,25 @@ def is_loopback(host: str) -> bool:
         return host.endswith(".localhost")
 
 
+def service_hosts() -> list[str]:
+    """The hosts of the external services the environment names (``TEST_POSTGRES_HOST``,
+    ``TEST_REDIS_URL``, ...): the guard never stands between a test and its databases."""
+    hosts = []
+    for name, value in os.environ.items():
+        if not name.startswith("TEST_") or not value:
+            continue
+        if name.endswith("_HOST"):
+            hosts.append(value.strip().lower())
+        elif name.endswith("_URL") and "://" in value:
+            try:
+                host = httpx.URL(value.split(",")[0]).host
+            except (httpx.InvalidURL, ValueError):
+                continue
+            if host:
+                hosts.append(host.lower())
+    return hosts
+
+
 def _matches(host: str, patterns: Iterable[str]) -> bool:
     return any(host == p or (p.startswith("*.") and host.endswith(p[1:])) for p in patterns)
 
@@ -59,9 +79,10 @@ class Routes:
 
     def __init__(self, on_refused: Callable[[str], None]) -> None:
         self.hosts: list[str] = []
-        self.allowed: list[str] = []
+        self.allowed: list[str] = service_hosts()
         self.target = httpx.URL("http://127.0.0.1")
         self._on_refused = on_refused
+        self._refused: set[str] = set()
 
     def add(self, hosts: Iterable[str]) -> list[str]:
         added = [h for h in map(_host, hosts) if h not in self.hosts]
@@ -78,8 +99,10 @@ class Routes:
         return is_loopback(host.lower()) or _matches(host.lower(), self.allowed)
 
     def refuse(self, host: str) -> str:
-        """Record and explain a refused host."""
-        self._on_refused(host)
+        """Record (once per host) and explain a refused host."""
+        if host not in self._refused:
+            self._refused.add(host)
+            self._on_refused(host)
         return (
             f"isolated_http refused a connection to {host!r}: it is neither routed to the test server "
             f"(http.route({host!r})) nor allowed (isolated_http(allow_hosts=[{host!r}]))"
