@@ -120,3 +120,19 @@ async def test_bad_record_arguments(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="base URL"):
         async with isolated_http(mode="record", cassette=tmp_path / "x.jsonl", upstream="api.example.com"):
             pass
+
+
+async def test_recording_a_routed_host_under_interception_reaches_the_real_one(tmp_path: Path) -> None:
+    tape = tmp_path / "t.jsonl"
+    async with isolated_http() as real:
+        real.expect("GET", "/v1/x").respond(200, "from the real localhost")
+        port = real.url.rsplit(":", 1)[1]
+        # "localhost" is routed (to the recorder) and is also where the real service listens
+        async with isolated_http(mode="record", cassette=tape, hosts=["localhost"], intercept=True,
+                                 upstream={"localhost": f"http://localhost:{port}"}) as http:
+            async with httpx.AsyncClient() as own:
+                assert (await own.get("http://localhost:1/v1/x")).text == "from the real localhost"
+            assert http.requests[0].headers["host"] == "localhost:1"  # the code's request reached the recorder
+        assert real.requests[0].headers["host"] == f"localhost:{port}"
+    [item] = Cassette.load(tape, must_exist=True).interactions
+    assert item.request["path"] == "//localhost/v1/x"

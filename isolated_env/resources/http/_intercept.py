@@ -30,11 +30,20 @@ import httpx
 
 from ._routes import AsyncRouter, Router, Routes, transport_options
 
-__all__ = ["active_routes", "intercepting"]
+__all__ = ["active_routes", "intercepting", "real_getaddrinfo"]
 
 _lock = threading.Lock()
 _active: list[tuple[Routes, ssl.SSLContext | None, str | None]] = []
 _undo: list[Callable[[], None]] = []
+
+
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def real_getaddrinfo(host: str, port: int) -> str:
+    """``host``'s first address as the system resolves it, past any routing (for a recorder that
+    forwards a routed host to the real one)."""
+    return str(_real_getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][4][0])
 
 
 def active_routes() -> list[Routes]:
@@ -75,7 +84,8 @@ def _patch(owner: Any, name: str, value: Any) -> None:
 
 
 def _install() -> None:
-    original = socket.getaddrinfo
+    global _real_getaddrinfo
+    original = _real_getaddrinfo = socket.getaddrinfo
 
     @functools.wraps(original)
     def getaddrinfo(host: Any, port: Any, family: int = 0, type: int = 0, proto: int = 0, flags: int = 0) -> Any:

@@ -18,11 +18,13 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx
 
 from ..._errors import ConfigError, SecretInCassette
 from ..._recording import SECRET_HEADERS, Cassette, Interaction, canonical, key_of, make_interaction
 from .._inprocess import Problem, ProblemLog
+from ._intercept import active_routes, real_getaddrinfo
 from ._routes import Routes
 from ._server import RecordedRequest, Reply
 
@@ -113,12 +115,13 @@ class Recorder:
         started = time.perf_counter()
         writes: list[tuple[float, bytes]] = []
         try:
-            async with self.client.stream(request.method, base + request.target, content=request.body,
-                                          headers=headers) as response:
+            url, extensions = await _past_routes(httpx.URL(base + request.target), headers, self._routes)
+            async with self.client.stream(request.method, url, content=request.body, headers=headers,
+                                          extensions=extensions) as response:
                 async for piece in response.aiter_raw():
                     writes.append(((time.perf_counter() - started) * 1000, piece))
                 status, received = response.status_code, response.headers.multi_items()
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, OSError) as exc:
             return Reply.text(502, problems.unexpected(what, f"the upstream {base} could not be reached: {exc!r}"))
         item = make_interaction(
             request.method, path, query, request.headers.multi_items(), request.body, status, received, writes
@@ -148,6 +151,20 @@ class Recorder:
         finally:
             if self.client is not None:
                 await self.client.aclose()
+
+
+async def _past_routes(
+    url: httpx.URL, headers: list[tuple[str, str]], routes: Routes
+) -> tuple[httpx.URL, dict[str, Any]]:
+    """``url`` as the forwarder connects to it: a host that interception routes back to a test server
+    is resolved by the system instead and reached by address, with its name kept for ``Host`` and TLS."""
+    if not any(r.routed(url.host) for r in active_routes()):
+        return url, {}
+    port = url.port or (443 if url.scheme == "https" else 80)
+    address = await anyio.to_thread.run_sync(real_getaddrinfo, url.host, port)
+    routes.allow([address])
+    headers.append(("host", url.netloc.decode("ascii")))
+    return url.copy_with(host=address), {"sni_hostname": url.host}
 
 
 def _reply(item: Interaction) -> Reply:
