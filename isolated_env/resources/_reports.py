@@ -19,9 +19,11 @@ def short(error: ResourceCheckFailed) -> ResourceCheckFailed:
 
     The problems listed are the whole story; a traceback through the server's teardown (anyio's
     runner, the environment, the resource) would bury a two-line problem under a hundred lines.
-    pytest prints an error that is also its ``Failed`` with ``pytrace=False`` as its message only
+    pytest prints an error that is also its ``pytest.fail.Exception`` with ``pytrace=False`` (what
+    ``pytest.fail(msg, pytrace=False)`` raises) as its message only
     (``--fulltrace`` still shows everything). Outside pytest it is the plain error."""
-    failed = getattr(sys.modules.get("_pytest.outcomes"), "Failed", None)
+    # pytest.fail.Exception is the documented name of what pytest.fail() raises
+    failed = getattr(getattr(sys.modules.get("pytest"), "fail", None), "Exception", None)
     if not isinstance(failed, type) or not issubclass(failed, BaseException):
         return error
     short: ResourceCheckFailed = _short_type(cast(Any, failed))(*error.args)

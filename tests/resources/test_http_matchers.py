@@ -79,18 +79,13 @@ async def test_one_shot_and_ordered_still_hold_with_partial_matchers() -> None:
             http.check()
 
 
-def test_bad_matcher_arguments_say_how_to_fix_them() -> None:
-    async def go() -> None:
-        async with isolated_http() as http:
-            with pytest.raises(ConfigError, match="not json and form"):
-                http.expect("POST", "/x", json={"a": 1}, form={"a": "1"})
-            with pytest.raises(ConfigError, match="query_contains"):
-                http.expect("GET", "/x", query="a=1", query_contains={"a": "1"})
-            with pytest.raises(ConfigError, match=r"re\.Pattern"):
-                http.expect("GET", "/x", headers={"x": 3})  # type: ignore[dict-item]
-            with pytest.raises(ConfigError, match="list of strings"):
-                http.expect("GET", "/x", form={"a": [1]})  # type: ignore[list-item]
-
-    import anyio
-
-    anyio.run(go)
+async def test_bad_matcher_arguments_say_how_to_fix_them() -> None:
+    async with isolated_http() as http:
+        with pytest.raises(ConfigError, match="not json and form"):
+            http.expect("POST", "/x", json={"a": 1}, form={"a": "1"})
+        with pytest.raises(ConfigError, match="query_contains"):
+            http.expect("GET", "/x", query="a=1", query_contains={"a": "1"})
+        with pytest.raises(ConfigError, match=r"re\.Pattern"):
+            http.expect("GET", "/x", headers={"x": 3})  # type: ignore[dict-item]
+        with pytest.raises(ConfigError, match="list of strings"):
+            http.expect("GET", "/x", form={"a": [1]})  # type: ignore[list-item]

@@ -7,6 +7,7 @@ import ssl
 import subprocess
 import sys
 
+import anyio.to_thread
 import httpx
 import pytest
 import websockets
@@ -49,10 +50,8 @@ async def test_plain_http_to_a_tls_server_is_a_problem_naming_the_fix() -> None:
 async def test_a_subprocess_trusts_the_server_through_env() -> None:
     async with isolated_http(tls=True) as http:
         http.expect("GET", "/ping").respond_json({"pong": True})
-        code = f"import ssl, urllib.request; print(urllib.request.urlopen({http.url_for('/ping')!r}).read().decode())"
-        # blocking the loop is not an option: the server answers from it
-        import anyio.to_thread
-
+        code = f"import urllib.request; print(urllib.request.urlopen({http.url_for('/ping')!r}).read().decode())"
+        # in a worker thread: the server answers from this event loop
         done = await anyio.to_thread.run_sync(
             lambda: subprocess.run([sys.executable, "-c", code], env={**http.env}, capture_output=True, text=True,
                                    timeout=60)

@@ -313,8 +313,8 @@ async def isolated_http(
         # trust_env=False: a proxy from HTTP_PROXY must never sit between a test and its loopback server.
         handle._client = httpx.AsyncClient(base_url=handle.url, transport=handle.transport(), trust_env=False)
         if handle._recorder is not None:
-            ca = existing_ca()  # an upstream may be another isolated server, signed by the test CA
-            handle._recorder.open_client(ca.bundle_context if ca is not None else handle._verify)
+            signer = existing_ca()  # an upstream may be another isolated server, signed by the test CA
+            handle._recorder.open_client(signer.bundle_context if signer is not None else handle._verify)
         if not intercept:
             yield handle
             return
