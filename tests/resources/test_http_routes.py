@@ -98,3 +98,17 @@ async def test_sync_client_and_a_transport_for_a_client_of_ones_own() -> None:
         assert await anyio.to_thread.run_sync(lambda: http.sync_client.get("http://svc.internal/ping").text) == "pong"
         async with httpx.AsyncClient(transport=http.transport()) as own:
             assert (await own.get("http://svc.internal/ping")).text == "pong"
+
+
+async def test_two_intercepting_servers_share_the_process_and_a_failing_body_still_undoes_the_patch() -> None:
+    original = socket.getaddrinfo
+    with pytest.raises(RuntimeError, match="the test's own"):
+        async with isolated_http(hosts=["a.test"], intercept=True) as a:
+            async with isolated_http(hosts=["b.test"], intercept=True) as b:
+                a.expect("GET", "/").respond(200, "a")
+                b.expect("GET", "/").respond(200, "b")
+                async with httpx.AsyncClient() as own:
+                    assert [(await own.get(f"http://{h}/")).text for h in ("a.test", "b.test")] == ["a", "b"]
+            assert socket.getaddrinfo is not original  # a is still intercepting
+            raise RuntimeError("the test's own failure")
+    assert socket.getaddrinfo is original
