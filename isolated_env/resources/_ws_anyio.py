@@ -124,6 +124,10 @@ class Connection:
         for data in self._protocol.data_to_send():
             if data:
                 await self._stream.send(data)
+            elif isinstance(self._stream, TLSStream):
+                # TLS cannot half-close: end the connection, as websockets' own does over TLS (the
+                # reader sees it closed and finishes)
+                await self._stream.aclose()
             else:  # the protocol's word for "half-close the TCP connection"
                 await self._stream.send_eof()
 

@@ -90,3 +90,13 @@ async def test_ws_on_trio_raises_a_handler_error_in_the_test() -> None:
         with pytest.raises(ie.ResourceCheckFailed, match="handler for 'x' raised ValueError: boom"):
             await ws.receive_message()  # the server closed with 1011; the problem is raised, not the close
         assert ws.client.close_code == 1011
+
+
+async def test_tls_on_trio() -> None:
+    async with ie.isolated_http(tls=True, hosts=["api.example.com"]) as http:
+        http.expect("GET", "/v1/x").respond(200, "over tls")
+        assert (await http.client.get("https://api.example.com/v1/x")).text == "over tls"
+    async with ie.isolated_ws(tls=True) as ws:
+        assert ws.url.startswith("wss://")
+        await ws.send_message({"type": "hello", "id": 1})
+        assert await ws.receive_message() == {"type": "ack", "id": 1}
