@@ -38,6 +38,9 @@ def _section(lines: list[str], title: str) -> list[str]:
 
 def test_unmatched_requests_and_responder_errors_are_a_few_lines(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nanyio_mode = auto\n")
+    pytester.makeconftest(
+        "import pytest\n\n@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n"
+    )  # one backend, even where trio is installed
     pytester.makepyfile(test_it=_TESTS)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(failed=2, passed=1, errors=1)
