@@ -70,6 +70,20 @@ def draw(plt: Any, results: dict[str, Any], rows: Sequence[Any], out_dir: Path) 
         ax.invert_yaxis()
         ax.set_xlabel("ms per test over the bare test, inside pytest")
         written.append(_save(plt, fig, out_dir / "runners.png"))
+    scale = [r for r in (results.get("scale") or {}).get("rows", ()) if r.get("processes") == 1]
+    if scale:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.2))
+        for profile in dict.fromkeys(r["profile"] for r in scale):
+            mine = sorted((r for r in scale if r["profile"] == profile), key=lambda r: r["concurrency"])
+            xs = [r["concurrency"] for r in mine]
+            left.plot(xs, [r["per_test_ms"] for r in mine], marker="o", label=profile)
+            right.plot(xs, [r["setup_p95_ms"] for r in mine], marker="o", label=profile)
+        for ax, label in ((left, "ms of wall per test"), (right, "setup p95, ms (capacity waits included)")):
+            ax.set_xscale("log")
+            ax.set_xlabel("concurrent environments")
+            ax.set_ylabel(label)
+        left.legend(fontsize=8)
+        written.append(_save(plt, fig, out_dir / "scale.png"))
     database = results.get("postgres_database") or {}
     ours = (database.get("back_to_back_empty_tests") or {}).get("tests_per_s")
     peer = ((database.get("pytest_postgresql") or {}).get("per_test") or {}).get("p50_ms")
