@@ -72,6 +72,9 @@ if typing.TYPE_CHECKING:
         MissingDependencyError as MissingDependencyError,
     )
     from ._errors import (
+        NestingUnsupported as NestingUnsupported,
+    )
+    from ._errors import (
         PoolClosed as PoolClosed,
     )
     from ._errors import (
@@ -191,8 +194,8 @@ if typing.TYPE_CHECKING:
 
 _ERRORS = (
     "BudgetExceeded CircuitOpen ConfigError IsolatedEnvError IsolationBroken LeaseTimeout MissingDependencyError "
-    "PoolClosed PoolError ResourceCheckFailed SecretInCassette ServerDied ServiceUnavailable TeardownError "
-    "TemplateError UnpricedModel UnsafePath"
+    "NestingUnsupported PoolClosed PoolError ResourceCheckFailed SecretInCassette ServerDied ServiceUnavailable "
+    "TeardownError TemplateError UnpricedModel UnsafePath"
 ).split()
 
 _WHERE: dict[str, str] = {

@@ -99,6 +99,7 @@ async def database_mode(
         handle = DatabaseHandle(lease.value, warm.login(lease.value.name), pool, warm.template_name,
                                 keep_on_failure, admin=server, grant=guard.role,
                                 closing=warm.closing_sql(lease.value.name))
+        handle._ie_warm = warm  # type: ignore[attr-defined]  # how a nested scope clones it (.nesting)
         try:
             yield handle
         except BaseException as exc:

@@ -1,0 +1,106 @@
+"""Nested scopes of isolated_postgres(): a test that starts from its class's data and leaves it as it was.
+
+Transaction mode: the class's data sits in the outer transaction; each test runs inside a savepoint
+rolled back when it ends, and the test's own ``transaction()`` nests below that savepoint.
+Database mode: the class's private database becomes the template of a clone per test (PostgreSQL
+copies a database only while nobody is connected to it, so the class's own connection is closed
+when its first test starts; open another with ``.dsn`` after the tests if the class needs one).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+import anyio
+
+from ..._drivers import asyncpg as driver
+from ..._errors import ConfigError, IsolationBroken, NestingUnsupported, TeardownError
+from .handle import Clone, DatabaseHandle, PostgresHandle
+from .labels import create_database, disown, drop_database
+from .transaction import TransactionHandle
+
+__all__ = ["nested_postgres"]
+
+_savepoints = itertools.count(1)
+
+
+def nested_postgres(handle: PostgresHandle) -> AbstractAsyncContextManager[PostgresHandle]:
+    """A narrower scope of ``handle`` (the ``nest`` of :func:`isolated_postgres`)."""
+    if isinstance(handle, TransactionHandle):
+        return _savepoint(handle)
+    if isinstance(handle, DatabaseHandle) and getattr(handle, "_ie_warm", None) is not None:
+        return _clone(handle)
+    raise NestingUnsupported("postgres", f"{handle!r} (a superuser's private server) has no template to clone")
+
+
+@asynccontextmanager
+async def _savepoint(handle: TransactionHandle) -> AsyncIterator[PostgresHandle]:
+    name = f"ie_scope_{next(_savepoints)}"
+    with driver.translate(f"open a savepoint on {handle.database} of", handle.server):
+        await handle.connection.execute(f"SAVEPOINT {name}")
+    try:
+        yield handle
+    finally:
+        # Shielded: a cancelled test still rolls back, or the class's next test would see its rows.
+        with anyio.CancelScope(shield=True):
+            try:
+                await handle.connection.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}")
+            except driver.module().PostgresError as exc:
+                handle._escaped = True  # the class's own exit heals the work database
+                raise IsolationBroken(
+                    f"the test ended the class's transaction on {handle.database} (COMMIT or ROLLBACK), so the "
+                    f"class's data and the test's changes left isolation ({exc}); use `async with db.transaction():` "
+                    "(a savepoint) instead, or isolated_postgres(mode='database')"
+                ) from exc
+
+
+@asynccontextmanager
+async def _clone(outer: DatabaseHandle) -> AsyncIterator[PostgresHandle]:
+    from .warm import _new_name
+
+    warm = outer._ie_warm  # type: ignore[attr-defined]
+    if not outer.connection.is_closed():
+        outer.connection.terminate()  # a template may have no session on it while it is copied
+    name = _new_name(outer._admin)
+    asyncpg = driver.module()
+    created = False
+    inner: DatabaseHandle | None = None
+    try:
+        with driver.translate(f"clone {outer.database} for a nested scope on", driver.redacted_dsn(outer._admin)):
+            admin = await driver.connect(outer._admin)
+            try:
+                with anyio.CancelScope(shield=True):  # created and labelled, or not there
+                    await create_database(admin, outer._admin, name, outer.database, grant=outer._grant,
+                                          then=warm.closing_sql(name), mode="database", origin=outer.database)
+                created = True
+            except asyncpg.ObjectInUseError as exc:
+                raise ConfigError(
+                    f"{outer.database} has other sessions open (PostgreSQL copies a database only while nobody "
+                    f"is connected to it): close the connections the class's setup opened to its .dsn before "
+                    f"its tests start ({exc})"
+                ) from exc
+            finally:
+                await driver.close(admin)
+            conn = await driver.connect(warm.login(name), name)
+        inner = DatabaseHandle(Clone(name, conn), warm.login(name), outer._pool, outer.database, False,
+                               admin=outer._admin, grant=outer._grant, closing=warm.closing_sql(name))
+        yield inner
+    finally:
+        with anyio.CancelScope(shield=True):
+            await _drop(outer, name, created, inner)
+
+
+async def _drop(outer: DatabaseHandle, name: str, created: bool, inner: DatabaseHandle | None) -> None:
+    if inner is not None and not inner.connection.is_closed():
+        inner.connection.terminate()
+    if created:
+        with driver.translate(f"drop the nested scope's database {name} on", driver.redacted_dsn(outer._admin),
+                              failure=TeardownError):
+            admin = await driver.connect(outer._admin)
+            try:
+                await drop_database(admin, name)
+            finally:
+                await driver.close(admin)
+    disown(name)
