@@ -113,6 +113,9 @@ if typing.TYPE_CHECKING:
     from ._pool import (
         PoolStatistics as PoolStatistics,
     )
+    from ._pytest_scopes import (
+        environment_fixture as environment_fixture,
+    )
     from ._resource import (
         ResourceContext as ResourceContext,
     )
@@ -205,6 +208,7 @@ _WHERE: dict[str, str] = {
     **{name: "._environment" for name in ("Environment", "EnvironmentStatistics")},
     **{name: "._errors" for name in _ERRORS},
     "LeakReport": "._metrics",
+    "environment_fixture": "._pytest_scopes",
     "Pool": "._pool",
     "PoolStatistics": "._pool",
     "DatabaseHandle": ".resources.postgres",

@@ -113,6 +113,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(resource_fixtures(registered, _host, _enter), "isolated_env_resources")
     config.pluginmanager.import_plugin("isolated_env._pytest_sync")
     config.pluginmanager.import_plugin("isolated_env._pytest_session")
+    config.pluginmanager.import_plugin("isolated_env._pytest_presets")
 
 
 def unavailable(exc: ServiceUnavailable) -> NoReturn:
@@ -311,8 +312,12 @@ async def _isolated_env_async(request: pytest.FixtureRequest) -> AsyncIterator[E
 
 def _isolated_env(request: pytest.FixtureRequest) -> Generator[Environment, None, None]:
     """An Environment for one test: enter resources with ``await isolated_env.enter(...)``."""
+    yield from _hosted(request, _environment(request))
+
+
+def _hosted(request: pytest.FixtureRequest, gen: AsyncIterator[Any]) -> Generator[Any, None, None]:
+    """Run the one-yield async generator ``gen`` of a sync fixture in the test's host task."""
     host = _host(request)
-    gen = _environment(request)
     try:
         yield host.call(gen.__anext__)
         host.call(functools.partial(_drain, gen), last=True)
