@@ -52,6 +52,7 @@ class _State:
 _state_key = pytest.StashKey[_State]()
 _failed_key = pytest.StashKey[bool]()
 _host_key = pytest.StashKey["_pytest_loops.LoopHost"]()
+_users_key = pytest.StashKey[int]()  # how many of a test's fixtures run in its host task
 
 
 def _state(config: pytest.Config) -> _State:
@@ -316,14 +317,19 @@ def _isolated_env(request: pytest.FixtureRequest) -> Generator[Environment, None
 
 
 def _hosted(request: pytest.FixtureRequest, gen: AsyncIterator[Any]) -> Generator[Any, None, None]:
-    """Run the one-yield async generator ``gen`` of a sync fixture in the test's host task."""
+    """Run the one-yield async generator ``gen`` of a sync fixture in the test's host task; the
+    last of a test's fixtures to be torn down ends the host task."""
     host = _host(request)
+    stash = request.node.stash
+    stash[_users_key] = stash.get(_users_key, 0) + 1
     try:
         yield host.call(gen.__anext__)
-        host.call(functools.partial(_drain, gen), last=True)
+        host.call(functools.partial(_drain, gen), last=stash[_users_key] == 1)
     finally:
-        host.stop()
-        del request.node.stash[_host_key]  # the item outlives the test: its loop and host task must not
+        stash[_users_key] -= 1
+        if stash[_users_key] == 0:
+            host.stop()
+            del stash[_host_key]  # the item outlives the test: its loop and host task must not
 
 
 async def _drain(gen: AsyncIterator[Any]) -> None:
