@@ -11,8 +11,9 @@ entered.
 
 from __future__ import annotations
 
+import asyncio
 import copy
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -23,7 +24,7 @@ from ._resource import ResourceContext, _GeneratorResource
 if TYPE_CHECKING:
     from ._environment import Environment
 
-__all__ = ["fresh", "nested_context", "nested_environment", "nester"]
+__all__ = ["HeldEnvironment", "fresh", "nested_context", "nested_environment", "nester"]
 
 H = TypeVar("H")
 
@@ -119,3 +120,48 @@ def fresh(cm: Any) -> AbstractAsyncContextManager[Any]:
     raise ConfigError(
         f"{cm!r} is neither an isolated_*() resource nor a factory; pass e.g. ie.isolated_redis() or ie.isolated_redis"
     )
+
+
+class HeldEnvironment:
+    """A wider scope's Environment (a class's), held open in a task of its own in ``loop`` from
+    :meth:`open` (run in ``loop``) to :meth:`close` (called with the loop idle, e.g. from a class's
+    teardown), so that it is entered and left in one task."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, where: str) -> None:
+        self.loop, self.where = loop, where
+        self.env: Environment | None = None
+        self._done = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self, fill: Callable[[Environment], Awaitable[Any]]) -> Environment:
+        """Open the Environment and ``await fill(env)`` (enter its resources, load the data)."""
+        ready: asyncio.Future[Environment] = self.loop.create_future()
+        self._task = self.loop.create_task(self._hold(ready, fill), name=f"isolated-env scope {self.where}")
+        self.env = await ready
+        return self.env
+
+    async def _hold(self, ready: asyncio.Future[Environment], fill: Callable[[Environment], Awaitable[Any]]) -> None:
+        from ._environment import Environment
+
+        try:
+            async with Environment(leak_check=False) as env:
+                await fill(env)
+                ready.set_result(env)
+                await self._done.wait()
+        except BaseException as exc:
+            if not ready.done():
+                ready.set_exception(exc)
+                return
+            raise
+
+    def close(self) -> None:
+        """Leave the scope's Environment (from the scope node's finalizer, the loop idle)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        self._done.set()
+        if self.loop.is_closed():
+            raise ConfigError(f"the event loop of {self.where}'s environment closed before the scope ended")
+        if not task.done():
+            self.loop.run_until_complete(task)
+        task.result()

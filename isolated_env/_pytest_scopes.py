@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ._errors import ConfigError, ServiceUnavailable
+from ._nesting import HeldEnvironment
 from ._pytest_fixtures import with_async_variant
 
 if TYPE_CHECKING:
@@ -143,50 +144,8 @@ async def _environment(request: pytest.FixtureRequest, spec: _Spec) -> AsyncIter
 
 # -- the wider scope's environment -----------------------------------------------------------
 
-_held_key = pytest.StashKey[dict[tuple[int, int], "_Held"]]()
+_held_key = pytest.StashKey[dict[tuple[int, int], HeldEnvironment]]()
 _RANK = {s: n for n, s in enumerate(SCOPES)}
-
-
-class _Held:
-    """A wider scope's Environment, held open in a task of its own in ``loop`` until :meth:`close`."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, where: str) -> None:
-        self.loop, self.where = loop, where
-        self.env: Environment | None = None
-        self._done = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def open(self, config: Mapping[str, Any], setup: Setup | None) -> Environment:
-        ready: asyncio.Future[Environment] = self.loop.create_future()
-        self._task = self.loop.create_task(self._hold(ready, config, setup), name=f"isolated-env scope {self.where}")
-        self.env = await ready
-        return self.env
-
-    async def _hold(self, ready: asyncio.Future[Environment], config: Mapping[str, Any], setup: Setup | None) -> None:
-        from ._environment import Environment
-
-        try:
-            async with Environment(leak_check=False) as env:
-                await _fill(env, config, setup)
-                ready.set_result(env)
-                await self._done.wait()
-        except BaseException as exc:
-            if not ready.done():
-                ready.set_exception(exc)
-                return
-            raise
-
-    def close(self) -> None:
-        """Leave the scope's Environment (from the scope node's finalizer, the loop idle)."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._done.set()
-        if self.loop.is_closed():
-            raise ConfigError(f"the event loop of {self.where}'s environment closed before the scope ended")
-        if not task.done():
-            self.loop.run_until_complete(task)
-        task.result()
 
 
 def _scope_node(request: pytest.FixtureRequest, scope: str) -> Any:
@@ -247,14 +206,15 @@ async def _outer(request: pytest.FixtureRequest, spec: _Spec, index: int) -> Env
             )
         return held.env
     _check_loop(request, spec.scope)
-    held = _Held(loop, node.nodeid or "the session")
-    env = await held.open(spec.configs[index], spec.setup)  # a failed setup is tried again by the next test
+    held = HeldEnvironment(loop, node.nodeid or "the session")
+    # A failed setup is tried again by the next test of the scope.
+    env = await held.open(functools.partial(_fill, config=spec.configs[index], setup=spec.setup))
     table[key] = held
     node.addfinalizer(functools.partial(_close, table, key))
     return env
 
 
-def _close(table: dict[tuple[int, int], _Held], key: tuple[int, int]) -> None:
+def _close(table: dict[tuple[int, int], HeldEnvironment], key: tuple[int, int]) -> None:
     held = table.pop(key, None)
     if held is not None:
         held.close()
