@@ -9,19 +9,23 @@ when its first test starts; open another with ``.dsn`` after the tests if the cl
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import itertools
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
 
+from ..._background import submit
 from ..._drivers import asyncpg as driver
 from ..._errors import ConfigError, IsolationBroken, NestingUnsupported, TeardownError
+from ..._servers.postgres import PostgresServer
 from .handle import Clone, DatabaseHandle, PostgresHandle
 from .labels import create_database, disown, drop_database
 from .transaction import TransactionHandle
 
-__all__ = ["nested_postgres"]
+__all__ = ["forget_spare", "nested_postgres"]
 
 _savepoints = itertools.count(1)
 
@@ -56,51 +60,89 @@ async def _savepoint(handle: TransactionHandle) -> AsyncIterator[PostgresHandle]
                 ) from exc
 
 
-@asynccontextmanager
-async def _clone(outer: DatabaseHandle) -> AsyncIterator[PostgresHandle]:
+async def _create(outer: DatabaseHandle, name: str) -> str:
+    """Copy the class's database ``outer`` as ``name`` (on any loop: the background's for a spare)."""
+    warm = outer._ie_warm  # type: ignore[attr-defined]
+    asyncpg = driver.module()
+    with driver.translate(f"clone {outer.database} for a nested scope on", driver.redacted_dsn(outer._admin)):
+        admin = await driver.connect(outer._admin)
+        try:
+            with anyio.CancelScope(shield=True):  # created and labelled, or not there
+                await create_database(admin, outer._admin, name, outer.database, grant=outer._grant,
+                                      then=warm.closing_sql(name), mode="database", origin=outer.database)
+        except asyncpg.ObjectInUseError as exc:
+            disown(name)
+            raise ConfigError(
+                f"{outer.database} has other sessions open (PostgreSQL copies a database only while nobody "
+                f"is connected to it): close the connections the class's setup opened to its .dsn before "
+                f"its tests start ({exc})"
+            ) from exc
+        finally:
+            await driver.close(admin)
+    return name
+
+
+async def _take(outer: DatabaseHandle) -> str:
+    """The clone made ahead while the previous test ran, else one made now; then the next one is
+    started in the background, so a test waits for a connection, not for a copy."""
     from .warm import _new_name
 
+    spare: concurrent.futures.Future[str] | None = outer.__dict__.pop("_ie_spare", None)
+    name = None
+    if spare is not None:
+        try:
+            name = await asyncio.wrap_future(spare)
+        except ConfigError:
+            raise
+        except Exception:  # a spare that failed: made again in this loop, where a real failure raises
+            name = None
+    if name is None:
+        name = await _create(outer, _new_name(outer._admin))
+    outer._ie_spare = submit(_create, outer, _new_name(outer._admin))  # type: ignore[attr-defined]
+    return name
+
+
+def forget_spare(outer: DatabaseHandle) -> None:
+    """Drop the clone made ahead for a next test that did not come (the class ended)."""
+    spare: concurrent.futures.Future[str] | None = outer.__dict__.pop("_ie_spare", None)
+    if spare is None:
+        return
+
+    async def drop_when_made() -> None:
+        try:
+            name = await asyncio.wrap_future(spare)
+        except Exception:  # nothing was made (its name was disowned), so nothing to drop
+            return
+        await _drop_now(outer._admin, name)
+
+    submit(drop_when_made)
+
+
+@asynccontextmanager
+async def _clone(outer: DatabaseHandle) -> AsyncIterator[PostgresHandle]:
     warm = outer._ie_warm  # type: ignore[attr-defined]
     if not outer.connection.is_closed():
         outer.connection.terminate()  # a template may have no session on it while it is copied
-    name = _new_name(outer._admin)
-    asyncpg = driver.module()
-    created = False
+    name = await _take(outer)
     inner: DatabaseHandle | None = None
     try:
-        with driver.translate(f"clone {outer.database} for a nested scope on", driver.redacted_dsn(outer._admin)):
-            admin = await driver.connect(outer._admin)
-            try:
-                with anyio.CancelScope(shield=True):  # created and labelled, or not there
-                    await create_database(admin, outer._admin, name, outer.database, grant=outer._grant,
-                                          then=warm.closing_sql(name), mode="database", origin=outer.database)
-                created = True
-            except asyncpg.ObjectInUseError as exc:
-                raise ConfigError(
-                    f"{outer.database} has other sessions open (PostgreSQL copies a database only while nobody "
-                    f"is connected to it): close the connections the class's setup opened to its .dsn before "
-                    f"its tests start ({exc})"
-                ) from exc
-            finally:
-                await driver.close(admin)
-            conn = await driver.connect(warm.login(name), name)
+        conn = await driver.connect(warm.login(name), name)
         inner = DatabaseHandle(Clone(name, conn), warm.login(name), outer._pool, outer.database, False,
                                admin=outer._admin, grant=outer._grant, closing=warm.closing_sql(name))
         yield inner
     finally:
-        with anyio.CancelScope(shield=True):
-            await _drop(outer, name, created, inner)
+        if inner is not None and not inner.connection.is_closed():
+            inner.connection.terminate()
+        # Not waited for, as database mode's own drops: still owned (dropped at exit) if it fails.
+        submit(_drop_now, outer._admin, name)
 
 
-async def _drop(outer: DatabaseHandle, name: str, created: bool, inner: DatabaseHandle | None) -> None:
-    if inner is not None and not inner.connection.is_closed():
-        inner.connection.terminate()
-    if created:
-        with driver.translate(f"drop the nested scope's database {name} on", driver.redacted_dsn(outer._admin),
-                              failure=TeardownError):
-            admin = await driver.connect(outer._admin)
-            try:
-                await drop_database(admin, name)
-            finally:
-                await driver.close(admin)
+async def _drop_now(admin_server: PostgresServer, name: str) -> None:
+    with driver.translate(f"drop the nested scope's database {name} on", driver.redacted_dsn(admin_server),
+                          failure=TeardownError):
+        admin = await driver.connect(admin_server)
+        try:
+            await drop_database(admin, name)
+        finally:
+            await driver.close(admin)
     disown(name)
