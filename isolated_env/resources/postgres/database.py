@@ -24,7 +24,7 @@ from .handle import Clone, DatabaseHandle, PostgresHandle
 from .janitor import keep, reap_once
 from .labels import server_key
 from .leases import check as check_lease
-from .nesting import forget_spare
+from .nesting import settle_nested
 from .roles import rails
 from .templates import PostgresTemplate, template_database
 from .warm import WarmPool, WarmPoolStatistics, warm_pool, warm_pools
@@ -104,11 +104,12 @@ async def database_mode(
         try:
             yield handle
         except BaseException as exc:
-            forget_spare(handle)
+            if not isinstance(exc, GeneratorExit):
+                await settle_nested(handle)
             if keep_on_failure and not isinstance(exc, GeneratorExit):
                 exc.add_note(await keep(handle, f"{type(exc).__name__}: {exc}"))
             raise
-        forget_spare(handle)
+        await settle_nested(handle)
         if keep_on_failure and handle.failed:
             await keep(handle, "the test failed")
         check_lease(handle.database)

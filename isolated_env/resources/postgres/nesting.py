@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import itertools
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -25,7 +26,9 @@ from .handle import Clone, DatabaseHandle, PostgresHandle
 from .labels import create_database, disown, drop_database
 from .transaction import TransactionHandle
 
-__all__ = ["forget_spare", "nested_postgres"]
+__all__ = ["nested_postgres", "settle_nested"]
+
+log = logging.getLogger("isolated_env")
 
 _savepoints = itertools.count(1)
 
@@ -102,20 +105,24 @@ async def _take(outer: DatabaseHandle) -> str:
     return name
 
 
-def forget_spare(outer: DatabaseHandle) -> None:
-    """Drop the clone made ahead for a next test that did not come (the class ended)."""
+async def settle_nested(outer: DatabaseHandle) -> None:
+    """When the class's database goes: wait for its tests' clones to be dropped, and drop the one
+    made ahead for a next test that did not come (in this loop, so none is left half-done when
+    the background loop closes at the end of the run)."""
     spare: concurrent.futures.Future[str] | None = outer.__dict__.pop("_ie_spare", None)
-    if spare is None:
-        return
-
-    async def drop_when_made() -> None:
+    drops: list[concurrent.futures.Future[None]] = outer.__dict__.pop("_ie_drops", [])
+    if spare is not None:
         try:
             name = await asyncio.wrap_future(spare)
         except Exception:  # nothing was made (its name was disowned), so nothing to drop
-            return
-        await _drop_now(outer._admin, name)
-
-    submit(drop_when_made)
+            pass
+        else:
+            await _drop_now(outer._admin, name)
+    for drop in drops:
+        try:
+            await asyncio.wrap_future(drop)
+        except Exception as exc:  # still owned: dropped at exit, or by the next run's reaper
+            log.debug("isolated_env: dropping a nested scope's database failed (%r)", exc)
 
 
 @asynccontextmanager
@@ -133,8 +140,8 @@ async def _clone(outer: DatabaseHandle) -> AsyncIterator[PostgresHandle]:
     finally:
         if inner is not None and not inner.connection.is_closed():
             inner.connection.terminate()
-        # Not waited for, as database mode's own drops: still owned (dropped at exit) if it fails.
-        submit(_drop_now, outer._admin, name)
+        # Not waited for here (the class's end waits for them): still owned, so dropped at exit if it fails.
+        outer.__dict__.setdefault("_ie_drops", []).append(submit(_drop_now, outer._admin, name))
 
 
 async def _drop_now(admin_server: PostgresServer, name: str) -> None:
