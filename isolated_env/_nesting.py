@@ -104,8 +104,12 @@ async def nested_environment(outer: Environment) -> AsyncIterator[Environment]:
 
 def fresh(cm: Any) -> AbstractAsyncContextManager[Any]:
     """Another context like ``cm`` (never entered), for a fixture that opens it once per scope:
-    ``cm`` is an ``isolated_*()`` context (``isolated_postgres(template=...)``) or a factory
-    called with no arguments (``isolated_redis``)."""
+    ``cm`` is an ``isolated_*()`` context (``isolated_postgres(template=...)``), a factory called
+    with no arguments (``isolated_redis``) or a registered kind (``"redis"``)."""
+    if isinstance(cm, str):
+        from ._registry import spec
+
+        return spec(cm).factory()()
     if isinstance(cm, ResourceContext):
         if cm.remake is not None:
             return cm.remake()

@@ -97,10 +97,6 @@ async def _fill(env: Environment, config: Mapping[str, Any], setup: Setup | None
     from .pytest_plugin import _enter
 
     for key, value in config.items():
-        if isinstance(value, str):
-            from ._registry import spec as registered
-
-            value = registered(value).factory()
         await _enter(env, fresh(value), name=key)
     if setup is not None:
         await setup(env)

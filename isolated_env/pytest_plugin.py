@@ -115,6 +115,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.import_plugin("isolated_env._pytest_sync")
     config.pluginmanager.import_plugin("isolated_env._pytest_session")
     config.pluginmanager.import_plugin("isolated_env._pytest_presets")
+    config.pluginmanager.import_plugin("isolated_env._pytest_load")
 
 
 def unavailable(exc: ServiceUnavailable) -> NoReturn:
