@@ -15,9 +15,9 @@ import asyncio
 import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
 
-from ._contract import Kept, Outcome
+from ._contract import Kept, Outcome, Resource
 from ._errors import ConfigError, NestingUnsupported
 from ._resource import ResourceContext, _GeneratorResource
 
@@ -78,7 +78,7 @@ class _Nested(Generic[H]):
 
 def nested_context(cm: ResourceContext[H], handle: H) -> ResourceContext[H]:
     """A context for a narrower scope of ``cm`` (entered, holding ``handle``)."""
-    return ResourceContext(_Nested(cm.kind, nester(cm.resource), handle))
+    return ResourceContext(cast("Resource[H]", _Nested(cm.kind, nester(cm.resource), handle)))
 
 
 @asynccontextmanager
@@ -109,7 +109,7 @@ def fresh(cm: Any) -> AbstractAsyncContextManager[Any]:
     if isinstance(cm, str):
         from ._registry import spec
 
-        return spec(cm).factory()()
+        return cast(AbstractAsyncContextManager[Any], spec(cm).factory()())
     if isinstance(cm, ResourceContext):
         if cm.remake is not None:
             return cm.remake()

@@ -117,14 +117,13 @@ async def _environment(request: pytest.FixtureRequest, spec: _Spec) -> AsyncIter
             if failed(request):
                 env.outcome = Outcome.FAILED
     else:
+        problem: ServiceUnavailable | None = None
         try:
             outer = await _outer(request, spec, index)
             nested = outer.nest()
             env = await nested.__aenter__()
         except ServiceUnavailable as exc:
             problem = exc
-        else:
-            problem = None
         if problem is not None:
             unavailable(problem)
         try:
@@ -190,7 +189,7 @@ def _check_loop(request: pytest.FixtureRequest, scope: str) -> None:
 
 async def _outer(request: pytest.FixtureRequest, spec: _Spec, index: int) -> Environment:
     node = _scope_node(request, spec.scope)
-    table = node.stash.setdefault(_held_key, {})
+    table: dict[tuple[int, int], HeldEnvironment] = node.stash.setdefault(_held_key, {})
     key = (id(spec), index)
     loop = asyncio.get_running_loop()
     held = table.get(key)
