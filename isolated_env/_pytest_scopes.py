@@ -11,7 +11,6 @@ pytest-asyncio and in sync tests alike (the plugin's host tasks, :mod:`._pytest_
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -20,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ._errors import ConfigError, ServiceUnavailable
-from ._nesting import HeldEnvironment
 from ._pytest_fixtures import with_async_variant
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # loaded by the first test that uses a fixture: loading the plugin imports no event loop
     from ._environment import Environment
+    from ._nesting import HeldEnvironment
 
 __all__ = ["environment_fixture"]
 
@@ -139,7 +138,7 @@ async def _environment(request: pytest.FixtureRequest, spec: _Spec) -> AsyncIter
 
 # -- the wider scope's environment -----------------------------------------------------------
 
-_held_key = pytest.StashKey[dict[tuple[int, int], HeldEnvironment]]()
+_held_key = pytest.StashKey[dict[tuple[int, int], "HeldEnvironment"]]()
 _RANK = {s: n for n, s in enumerate(SCOPES)}
 
 
@@ -188,6 +187,10 @@ def _check_loop(request: pytest.FixtureRequest, scope: str) -> None:
 
 
 async def _outer(request: pytest.FixtureRequest, spec: _Spec, index: int) -> Environment:
+    import asyncio
+
+    from ._nesting import HeldEnvironment
+
     node = _scope_node(request, spec.scope)
     table: dict[tuple[int, int], HeldEnvironment] = node.stash.setdefault(_held_key, {})
     key = (id(spec), index)
