@@ -119,26 +119,14 @@ class TestFailureAndCancellation:
 class TestSyncTests:
     def test_a_sync_test_gets_it_too(self, shared, per_module):
         assert shared["redis"].db != 0 and per_module["fs"].exists("m.txt")
-
-class TestLoopPerTest:
-    async def test_is_refused(self, shared):
-        pass
 '''
 
 
 def test_failure_and_cancellation_in_a_test_leave_the_class_intact(pytester: pytest.Pytester) -> None:
     pytester.makeini("[pytest]\nanyio_mode = auto\nfilterwarnings = error\n")
     pytester.makeconftest("import pytest\n\n@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n")
-    pytester.makepyfile(test_project=textwrap.dedent(PROJECT).replace("class TestLoopPerTest", "class _Unused"))
+    pytester.makepyfile(test_project=textwrap.dedent(PROJECT))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", timeout=300)
     result.assert_outcomes(passed=3, failed=1)
     result.stdout.fnmatch_lines(["*failing on purpose*"])
 
-
-def test_a_loop_per_test_is_refused_with_the_fix(pytester: pytest.Pytester) -> None:
-    pytester.makeini("[pytest]\nanyio_mode = auto\nisolated_env_loop_scope = test\n")
-    pytester.makeconftest("import pytest\n\n@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n")
-    pytester.makepyfile(test_project=textwrap.dedent(PROJECT))
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", "-k", "LoopPerTest", timeout=300)
-    result.assert_outcomes(errors=1)
-    result.stdout.fnmatch_lines(["*set isolated_env_loop_scope = session*"])
