@@ -1,4 +1,5 @@
-"""The report's service environments, as ready fixtures built from :func:`environment_fixture`.
+"""The report's composite and service environments, as ready fixtures built from
+:func:`environment_fixture`.
 
 Each is function-scoped (a fresh environment per test) and holds the services that kind of code
 talks to; a project's own environment is one line of the same shape in its conftest (see
@@ -10,7 +11,19 @@ from __future__ import annotations
 
 from ._pytest_scopes import environment_fixture
 
-__all__ = ["analytics_environment", "auth_environment", "backend_environment"]
+__all__ = [
+    "analytics_environment", "auth_environment", "backend_environment", "comprehensive_test_environment",
+    "websocket_integration_environment",
+]
+
+websocket_integration_environment = environment_fixture(websocket="ws")
+"""An environment with a WebSocket server and client: ``env['websocket']``."""
+
+comprehensive_test_environment = environment_fixture(
+    database="postgres", redis="redis", websocket="ws", http="http", fs="fs"
+)
+"""PostgreSQL, Redis, WebSocket, HTTP and a directory together: ``env['database']``, ``['redis']``,
+``['websocket']``, ``['http']``, ``['fs']``."""
 
 auth_environment = environment_fixture(database="postgres", redis="redis")
 """Auth services: ``env['database']`` (users, sessions) and ``env['redis']`` (tokens, rate limits)."""
