@@ -72,6 +72,9 @@ if typing.TYPE_CHECKING:
         MissingDependencyError as MissingDependencyError,
     )
     from ._errors import (
+        NestingUnsupported as NestingUnsupported,
+    )
+    from ._errors import (
         PoolClosed as PoolClosed,
     )
     from ._errors import (
@@ -109,6 +112,9 @@ if typing.TYPE_CHECKING:
     )
     from ._pool import (
         PoolStatistics as PoolStatistics,
+    )
+    from ._pytest_scopes import (
+        environment_fixture as environment_fixture,
     )
     from ._resource import (
         ResourceContext as ResourceContext,
@@ -191,8 +197,8 @@ if typing.TYPE_CHECKING:
 
 _ERRORS = (
     "BudgetExceeded CircuitOpen ConfigError IsolatedEnvError IsolationBroken LeaseTimeout MissingDependencyError "
-    "PoolClosed PoolError ResourceCheckFailed SecretInCassette ServerDied ServiceUnavailable TeardownError "
-    "TemplateError UnpricedModel UnsafePath"
+    "NestingUnsupported PoolClosed PoolError ResourceCheckFailed SecretInCassette ServerDied ServiceUnavailable "
+    "TeardownError TemplateError UnpricedModel UnsafePath"
 ).split()
 
 _WHERE: dict[str, str] = {
@@ -202,6 +208,7 @@ _WHERE: dict[str, str] = {
     **{name: "._environment" for name in ("Environment", "EnvironmentStatistics")},
     **{name: "._errors" for name in _ERRORS},
     "LeakReport": "._metrics",
+    "environment_fixture": "._pytest_scopes",
     "Pool": "._pool",
     "PoolStatistics": "._pool",
     "DatabaseHandle": ".resources.postgres",
