@@ -280,3 +280,33 @@ async def test_check_reports_other_problems_alongside_a_budget_error() -> None:
     with pytest.raises(ResourceCheckFailed):
         async with isolated_llm() as llm:
             llm.respond("never asked")
+
+
+@pytest.mark.requires_llm
+async def test_connect_delay_is_a_connect_timeout_and_a_later_retry_connects() -> None:
+    import openai
+
+    async with isolated_llm() as llm:
+        llm.respond("first")
+        llm.respond("after the retry")
+        fault = llm.fail(connect_delay=0.5, on_calls=(2,))
+        hasty = llm.openai(max_retries=0, timeout=0.2)  # the SDK's own timeout setting
+        first = await hasty.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"])
+        assert first.choices[0].message.content == "first"
+        with pytest.raises(openai.APITimeoutError):  # call 2 never reached the server
+            await hasty.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"])
+        assert fault.hits == [2] and len(llm.requests) == 1
+        assert llm.requests[0].status == 200
+        patient = llm.openai(max_retries=3, timeout=0.2)  # its backoff outlasts the delay
+        answer = await patient.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"])
+        assert answer.choices[0].message.content == "after the retry"
+        assert len(llm.requests) == 2 and int(llm.requests[1].headers["x-stainless-retry-count"]) >= 1
+    async with isolated_llm() as llm:  # on call 1, and the next test finds the listener open
+        llm.fail(connect_delay=30, on_calls=(1,))
+        async with httpx.AsyncClient(trust_env=False, timeout=0.2) as client:
+            with pytest.raises(httpx.ConnectTimeout):
+                await client.post(llm.base_url + "/chat/completions", json=CHAT)
+        assert llm.requests == []
+    async with isolated_llm() as llm:
+        llm.respond("open again")
+        assert (await post(llm, "/chat/completions", CHAT)).status_code == 200

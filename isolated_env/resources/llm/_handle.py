@@ -8,6 +8,7 @@ the rate limit; a scheduled fault; then the answer (the offline script, or a cas
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
@@ -22,6 +23,7 @@ from ..http._server import RecordedRequest, Reply
 from ._answer import Wire
 from ._anthropic import count_tokens
 from ._budget import LlmUsage, Meter, Prices
+from ._connect import require_support
 from ._offline import NO_RETRY, offline_answer, provider_error
 from ._ratelimit import Buckets, RateLimit
 from ._script import Fault, Match, ScriptedResponse, make_fault
@@ -53,8 +55,11 @@ class LlmHandle(InProcessHandle):
         self._source = source
         self._script: list[ScriptedResponse] = []
         self._faults: list[Fault] = []
+        self._connect_faults: list[Fault] = []
+        self._connect_decided = 0  # the last call index a connect fault was drawn for
         self._clients: list[Any] = []
         self._client: Any = None
+        self._server: LlmServer | None = None
 
     def __repr__(self) -> str:
         return f"<LlmHandle {self.mode} {self.base_url} requests={len(self.requests)}>"
@@ -152,13 +157,16 @@ class LlmHandle(InProcessHandle):
         first_byte_delay: float | None = None,
         malformed_after: int | None = None,
         drop: bool = False,
+        connect_delay: float | None = None,
     ) -> Fault:
         """Schedule a fault on the calls ``on_calls`` names (1-based, every API counts), or on each
         call with ``probability`` drawn from ``seed``, or on every call. One of: ``status``
         (429/500/503/529 in the provider's error shape, ``retry_after`` seconds), ``stall_after=k``
         (the body stops after k chunks for ``stall`` s: a read timeout), ``disconnect_after=k``,
         ``malformed_after=k`` (a broken SSE frame), ``first_byte_delay`` (headers late: a first-byte
-        timeout) or ``drop`` (the connection closes unanswered)."""
+        timeout), ``drop`` (the connection closes unanswered) or ``connect_delay`` (before call k
+        the listener answers no new connection for that many seconds: a connect timeout; the
+        connection that carried call k-1 is closed after it, so call k must connect anew)."""
         fault = make_fault(
             status=status,
             on_calls=on_calls,
@@ -172,8 +180,14 @@ class LlmHandle(InProcessHandle):
             first_byte_delay=first_byte_delay,
             malformed_after=malformed_after,
             drop=drop,
+            connect_delay=connect_delay,
         )
-        self._faults.append(fault)
+        if fault.kind == "connect":
+            require_support()
+            self._connect_faults.append(fault)
+            self._shut_for_next_call()
+        else:
+            self._faults.append(fault)
         return fault
 
     # -- what it saw ---------------------------------------------------------------------------------
@@ -219,7 +233,21 @@ class LlmHandle(InProcessHandle):
             self._problems.record(f"isolated_llm failed answering {request!r}: {exc!r}", exc)
             reply = to_reply(provider_error(request, "server", f"isolated_llm failed: {exc!r}", NO_RETRY))
         request.status = reply.status
+        if self._shut_for_next_call():  # the next call must connect anew, and find the listener shut
+            reply = dataclasses.replace(reply, headers=[*reply.headers, ("connection", "close")])
         return reply
+
+    def _shut_for_next_call(self) -> bool:
+        """Shut the listener if a connect fault hits the next call (each call index is drawn once)."""
+        upcoming = len(self.requests) + 1
+        if not self._connect_faults or upcoming <= self._connect_decided or self._server is None:
+            return False
+        self._connect_decided = upcoming
+        fault = next((f for f in self._connect_faults if f.applies(upcoming)), None)
+        if fault is None or self._server.gate is None:
+            return False
+        self._server.gate.shut(fault.seconds)
+        return True
 
     async def _gate(self, request: LlmRequest) -> Reply:
         what = f"request #{request.index} {request.method} {request.path}"
@@ -296,7 +324,7 @@ class LlmHandle(InProcessHandle):
         root = f"http://127.0.0.1:{server.port}"
         self.base_url, self.anthropic_base_url = root + "/v1", root
         self._problems.what = f"isolated_llm at {root}"
-        self._server: LlmServer | None = server
+        self._server = server
         server.bind(self._answer, self._problems)
 
     async def _aclose(self) -> None:
@@ -315,6 +343,10 @@ class LlmHandle(InProcessHandle):
         self.requests.clear()
         self._script.clear()
         self._faults.clear()
+        self._connect_faults.clear()
+        self._connect_decided = 0
+        if self._server is not None and self._server.gate is not None:
+            self._server.gate.open()
         self._meter.reset()
         self._buckets.reset()
 

@@ -10,9 +10,11 @@ handle unbound, so the next test finds it pristine (a request that still reaches
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import anyio
+from anyio.abc import SocketAttribute
 
 from ..._contract import current_settings
 from ..._pool import Pool
@@ -20,6 +22,7 @@ from ..._runtime import current_runtime
 from .._inprocess import ProblemLog
 from ..http._server import H11Server, RecordedRequest, Reply
 from ._answer import Wire
+from ._connect import ConnectGate
 from ._script import Fault
 
 __all__ = ["LlmServer", "lease_server", "to_reply"]
@@ -52,9 +55,14 @@ class LlmServer:
         self.http = H11Server(self._answer, self.problems)
         self.port = 0
         self._answerer: Answerer | None = None
+        self.gate: ConnectGate | None = None
+        """Shuts the listener to new connections for a connect fault."""
 
     async def start(self) -> LlmServer:
         self.port = await self.http.start()
+        self.gate = ConnectGate(_listening_socket(self.http))
+        runtime = await current_runtime()
+        await runtime.spawn(self.gate.run, name="isolated-llm-connect-gate", daemon=True)
         return self
 
     def bind(self, answerer: Answerer, problems: ProblemLog) -> None:
@@ -66,6 +74,8 @@ class LlmServer:
 
     async def unbind(self) -> None:
         self._answerer = None
+        if self.gate is not None:
+            self.gate.open()
         await self.http.drop_connections()
         self.problems.target = None
 
@@ -76,7 +86,18 @@ class LlmServer:
         return await answerer(request)
 
     async def aclose(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
         await self.http.aclose()
+
+
+def _listening_socket(http: H11Server) -> socket.socket:
+    """The listening socket under ``http`` (the one place that reads the H11 server's acceptor)."""
+    listener = getattr(getattr(http, "_acceptor", None), "_listener", None)
+    if listener is None:
+        raise RuntimeError("isolated_llm: the HTTP server's listener is not where it was (H11Server._acceptor)")
+    sock: socket.socket = listener.extra(SocketAttribute.raw_socket)
+    return sock
 
 
 async def _create() -> LlmServer:
