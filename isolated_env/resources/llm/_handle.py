@@ -9,6 +9,7 @@ the rate limit; a scheduled fault; then the answer (the offline script, or a cas
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
@@ -25,11 +26,11 @@ from ._anthropic import count_tokens
 from ._budget import LlmUsage, Meter, Prices
 from ._connect import require_support
 from ._offline import NO_RETRY, offline_answer, provider_error
-from ._ratelimit import Buckets, RateLimit
+from ._ratelimit import Buckets, RateLimit, limit
 from ._script import Fault, Match, ScriptedResponse, make_fault
 from ._server import LlmServer, lease_server, to_reply
 from ._sources import MODES, CassetteSource, open_source
-from ._wire import LlmRequest, estimate_tokens, parse, prompt_text, upper_bound_tokens
+from ._wire import LlmRequest, estimate_tokens, parse, prompt_text
 
 __all__ = ["LlmHandle", "isolated_llm"]
 
@@ -89,21 +90,18 @@ class LlmHandle(InProcessHandle):
     def openai(self, **options: Any) -> Any:
         """A new ``openai.AsyncOpenAI`` bound to this server (``options`` as the SDK takes them,
         e.g. ``max_retries=0``), closed on exit."""
-        try:
-            import openai
-        except ImportError:
-            raise MissingDependencyError("openai", "llm", "isolated_llm's OpenAI client") from None
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, **options)
-        self._clients.append(client)
-        return client
+        return self._sdk("openai", "AsyncOpenAI", self.base_url, options)
 
     def anthropic(self, **options: Any) -> Any:
         """A new ``anthropic.AsyncAnthropic`` bound to this server, closed on exit."""
+        return self._sdk("anthropic", "AsyncAnthropic", self.anthropic_base_url, options)
+
+    def _sdk(self, module: str, name: str, base_url: str, options: dict[str, Any]) -> Any:
         try:
-            import anthropic
+            sdk = importlib.import_module(module)
         except ImportError:
-            raise MissingDependencyError("anthropic", "llm", "isolated_llm's Anthropic client") from None
-        client = anthropic.AsyncAnthropic(base_url=self.anthropic_base_url, api_key=self.api_key, **options)
+            raise MissingDependencyError(module, "llm", f"isolated_llm's {name} client") from None
+        client = getattr(sdk, name)(base_url=base_url, api_key=self.api_key, **options)
         self._clients.append(client)
         return client
 
@@ -250,16 +248,14 @@ class LlmHandle(InProcessHandle):
         return True
 
     async def _gate(self, request: LlmRequest) -> Reply:
-        what = f"request #{request.index} {request.method} {request.path}"
         if request.api is None or request.method != "POST":
             why = "no OpenAI or Anthropic API is served there (chat/completions, responses, embeddings, messages)"
-            return to_reply(provider_error(request, "not_found", self._problems.unexpected(what, why), NO_RETRY))
+            return self._unexpected(request, "not_found", why)
         if not self._authorized(request):
             why = "its API key is not this test's (use llm.api_key, llm.env or llm.client)"
-            return to_reply(provider_error(request, "auth", self._problems.unexpected(what, why), NO_RETRY))
+            return self._unexpected(request, "auth", why)
         if not isinstance(request.json, dict) or not request.model:
-            why = "its body is not a JSON object naming a model"
-            return to_reply(provider_error(request, "invalid_request", self._problems.unexpected(what, why), NO_RETRY))
+            return self._unexpected(request, "invalid_request", "its body is not a JSON object naming a model")
         if request.api == "count_tokens":
             return to_reply(count_tokens(estimate_tokens(prompt_text(request)), request.index))
         refusal = self._meter.preflight(request)
@@ -267,7 +263,7 @@ class LlmHandle(InProcessHandle):
             return to_reply(
                 provider_error(request, "insufficient_quota", None, NO_RETRY, detail=f"isolated_llm: {refusal}")
             )
-        extra = self._limit(request)
+        extra = limit(self._buckets, request)
         if isinstance(extra, Wire):
             self._meter.release(request)
             self._meter.refused_elsewhere()
@@ -288,24 +284,10 @@ class LlmHandle(InProcessHandle):
             self._meter.release(request)
         return to_reply(wire, fault, marks)
 
-    def _limit(self, request: LlmRequest) -> list[tuple[str, str]] | Wire:
-        """The rate-limit headers for ``request``, or the 429 that refuses it."""
-        if not self._buckets.active:
-            return []
-        tokens = upper_bound_tokens(request) + (request.max_tokens or 0)
-        refused = self._buckets.take(tokens)
-        headers = self._buckets.headers(request.provider)
-        if refused is None:
-            return headers
-        wait, which = refused
-        if wait == float("inf"):
-            message = f"this call needs {tokens} tokens, more than the whole tpm limit (isolated_llm)"
-            return provider_error(request, "rate_limit", message, [*headers, *NO_RETRY])
-        message = (
-            f"Rate limit reached for {request.model} on {which} per min: please try again in {wait:.3f}s (isolated_llm)"
-        )
-        retry = str(max(1, int(-(-wait // 1))))
-        return provider_error(request, "rate_limit", message, [*headers, ("retry-after", retry)])
+    def _unexpected(self, request: LlmRequest, kind: str, why: str) -> Reply:
+        """The provider's error ``kind`` for a request this server must not answer, recorded for check()."""
+        message = self._problems.unexpected(f"request #{request.index} {request.method} {request.path}", why)
+        return to_reply(provider_error(request, kind, message, NO_RETRY))
 
     async def _respond(self, request: LlmRequest, extra: list[tuple[str, str]]) -> tuple[Wire, list[float] | None]:
         if self._source is not None:
