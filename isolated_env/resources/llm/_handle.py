@@ -23,7 +23,7 @@ from .._inprocess import InProcessHandle, Problem, serving
 from ..http._server import RecordedRequest, Reply
 from ._answer import Wire
 from ._anthropic import count_tokens
-from ._budget import LlmUsage, Meter, Prices
+from ._budget import LlmBudget, LlmUsage, Meter, Prices
 from ._connect import require_support
 from ._offline import NO_RETRY, offline_answer, provider_error
 from ._ratelimit import Buckets, RateLimit, limit
@@ -273,8 +273,8 @@ class LlmHandle(InProcessHandle):
             self._meter.release(request)
             if fault.kind == "drop":
                 return Reply(drop="close")
-            after = [("retry-after", _seconds_text(fault.retry_after))] if fault.retry_after is not None else []
-            return to_reply(provider_error(request, fault.error_kind, fault.message, [*extra, *after], fault.status))
+            headers = [*extra, *fault.retry_header()]
+            return to_reply(provider_error(request, fault.error_kind, fault.message, headers, fault.status))
         if fault is not None and fault.kind == "first_byte":
             await anyio.sleep(fault.seconds)
         wire, marks = await self._respond(request, extra)
@@ -333,10 +333,6 @@ class LlmHandle(InProcessHandle):
         self._buckets.reset()
 
 
-def _seconds_text(seconds: float) -> str:
-    return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))
-
-
 async def _probe(settings: Settings) -> None:
     import anthropic  # noqa: F401  (the marker asks for both SDKs)
     import openai  # noqa: F401
@@ -358,6 +354,7 @@ async def isolated_llm(
     max_requests: int | None = None,
     rate_limit: RateLimit | None = None,
     prices: Prices = None,
+    session_budget: LlmBudget | None = None,
     timing: str = "fast",
     upstream: Mapping[str, str] | str | None = None,
 ) -> AsyncIterator[LlmHandle]:
@@ -366,25 +363,35 @@ async def isolated_llm(
     ``mode``: ``offline`` (answers from ``llm.respond``), ``replay`` (from ``cassette``, never the
     network), ``record`` / ``record_missing`` (forward to the real provider and write the cassette),
     ``live`` (forward, nothing written). ``budget_usd`` (Decimal), ``budget_tokens`` and
-    ``max_requests`` refuse a call that could pass them; ``rate_limit=ie.RateLimit(rpm=, tpm=)``
+    ``max_requests`` refuse a call that could pass them, and so does ``session_budget``, an
+    ``ie.LlmBudget`` shared with other tests; ``rate_limit=ie.RateLimit(rpm=, tpm=)``
     answers as the providers do past it. Problems and budget errors are raised on exit.
     """
     if mode not in MODES:
         raise ConfigError(f"isolated_llm(mode={mode!r}): give one of {', '.join(MODES)}")
-    meter = Meter(budget_usd=budget_usd, budget_tokens=budget_tokens, max_requests=max_requests, prices=prices)
+    meter = Meter(
+        budget_usd=budget_usd,
+        budget_tokens=budget_tokens,
+        max_requests=max_requests,
+        prices=prices,
+        session=session_budget,
+    )
     buckets = Buckets(rate_limit)
     source = open_source(mode, cassette, timing, upstream)
     handle = LlmHandle(mode=mode, meter=meter, buckets=buckets, source=source)
-    async with lease_server() as server:
-        handle._bind(server)
-        async with serving(handle._problems, handle._aclose):
-            try:
-                yield handle
-            except BaseException as exc:
+    try:
+        async with lease_server() as server:
+            handle._bind(server)
+            async with serving(handle._problems, handle._aclose):
+                try:
+                    yield handle
+                except BaseException as exc:
+                    budget = meter.report()
+                    if budget is not None:
+                        exc.add_note(str(budget))
+                    raise
                 budget = meter.report()
                 if budget is not None:
-                    exc.add_note(str(budget))
-                raise
-            budget = meter.report()
-            if budget is not None:
-                raise budget
+                    raise budget
+    finally:
+        meter.close()  # calls cut short give their share of the session budget back

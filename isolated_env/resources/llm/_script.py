@@ -204,6 +204,13 @@ class Fault:
     def error_kind(self) -> str:
         return _STATUS_KINDS.get(self.status or 500, "server")
 
+    def retry_header(self) -> list[tuple[str, str]]:
+        """The ``retry-after`` header of this fault's error (none without ``retry_after``)."""
+        if self.retry_after is None:
+            return []
+        seconds = float(self.retry_after)
+        return [("retry-after", str(int(seconds)) if seconds.is_integer() else repr(seconds))]
+
     def applies(self, index: int) -> bool:
         """Whether call ``index`` is hit (a seeded draw per call, so the same seed hits the same calls)."""
         if self.on_calls is not None:
