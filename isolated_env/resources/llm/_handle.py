@@ -9,6 +9,7 @@ the rate limit; a scheduled fault; then the answer (the offline script, or a cas
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -278,7 +279,9 @@ class LlmHandle(InProcessHandle):
         if fault is not None and fault.kind == "first_byte":
             await anyio.sleep(fault.seconds)
         wire, marks = await self._respond(request, extra)
-        if wire.status == 200:
+        if wire.settled_later:
+            pass  # reconciled as its stream ends
+        elif wire.status == 200:
             self._meter.settle(request, wire.input_tokens, wire.output_tokens)
         else:
             self._meter.release(request)
@@ -291,7 +294,8 @@ class LlmHandle(InProcessHandle):
 
     async def _respond(self, request: LlmRequest, extra: list[tuple[str, str]]) -> tuple[Wire, list[float] | None]:
         if self._source is not None:
-            return await self._source.answer(request, extra, self._problems)
+            settle = functools.partial(self._meter.settle, request)
+            return await self._source.answer(request, extra, self._problems, settle)
         return self._offline(request, extra), None
 
     def _offline(self, request: LlmRequest, extra: list[tuple[str, str]]) -> Wire:
