@@ -373,13 +373,8 @@ async def isolated_llm(
     """
     if mode not in MODES:
         raise ConfigError(f"isolated_llm(mode={mode!r}): give one of {', '.join(MODES)}")
-    meter = Meter(
-        budget_usd=budget_usd,
-        budget_tokens=budget_tokens,
-        max_requests=max_requests,
-        prices=prices,
-        session=session_budget,
-    )
+    caps = {"budget_usd": budget_usd, "budget_tokens": budget_tokens, "max_requests": max_requests}
+    meter = Meter(**caps, prices=prices, session=session_budget)
     buckets = Buckets(rate_limit)
     source = open_source(mode, cassette, timing, upstream)
     handle = LlmHandle(mode=mode, meter=meter, buckets=buckets, source=source)
