@@ -150,6 +150,9 @@ if typing.TYPE_CHECKING:
         isolated_http as isolated_http,
     )
     from .resources.llm import (
+        LlmBudget as LlmBudget,
+    )
+    from .resources.llm import (
         LlmHandle as LlmHandle,
     )
     from .resources.llm import (
@@ -219,7 +222,8 @@ _WHERE: dict[str, str] = {
     "isolated_fs": ".resources.fs",
     **{name: ".resources.http" for name in ("HttpExpectation", "HttpHandle", "RecordedRequest", "isolated_http")},
     **{
-        name: ".resources.llm" for name in ("LlmHandle", "LlmRequest", "LlmUsage", "Price", "RateLimit", "isolated_llm")
+        name: ".resources.llm"
+        for name in ("LlmBudget", "LlmHandle", "LlmRequest", "LlmUsage", "Price", "RateLimit", "isolated_llm")
     },
     "PostgresHandle": ".resources.postgres",
     "isolated_postgres": ".resources.postgres",
