@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[all,dev,migrate]'
+	$(BIN)/pip install --quiet -e '.[all,dev,migrate,bench]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -27,8 +27,9 @@ test: $(STAMP)
 clickhouse-suite: $(STAMP)
 	$(BIN)/python tests/integrations/clickhouse_connect_suite.py --workers 2
 
+# every benchmarks/bench_*.py, then docs/benchmarks.md (with plots) and README's Measured table from their JSON
 bench: $(STAMP)
-	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+	$(BIN)/isolated-env bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

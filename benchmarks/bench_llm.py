@@ -12,14 +12,18 @@ ms; SDK round trip <= 1.5x the floor; setup + teardown <= 1 ms; cassette load <=
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import inspect
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,7 @@ from isolated_env.resources.llm import LlmHandle, isolated_llm
 RESULTS = Path(__file__).parent / "results" / "llm.json"
 MESSAGES = [{"role": "user", "content": "Summarise the benchmark in one sentence."}]
 REQUEST = {"model": "gpt-4o-mini", "messages": MESSAGES}
+SSE = "text/event-stream; charset=utf-8"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -42,6 +47,7 @@ def row(name: str, samples: list[float], target: str = "", ok: bool | None = Non
     return {
         "name": name,
         "n": len(samples),
+        "p25_ms": round(percentile(samples, 0.25), 4),
         "p50_ms": round(statistics.median(samples), 4),
         "p99_ms": round(percentile(samples, 0.99), 4),
         "target": target,
@@ -49,14 +55,18 @@ def row(name: str, samples: list[float], target: str = "", ok: bool | None = Non
     }
 
 
-async def timed(call: Callable[[], Awaitable[Any]], iterations: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        await call()
-    out = []
-    for _ in range(iterations):
-        started = time.perf_counter()
-        await call()
-        out.append((time.perf_counter() - started) * 1000)
+async def timed(calls: dict[str, Callable[[], Any]], iterations: int, warmup: int) -> dict[str, list[float]]:
+    """Each call's time in ms, ``iterations`` times: the calls take turns, so a change of load on
+    the machine weighs on all of them alike (a call may return an awaitable, which is awaited)."""
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    for n in range(warmup + iterations):
+        for name, call in calls.items():
+            started = time.perf_counter()
+            result = call()
+            if inspect.isawaitable(result):
+                await result
+            if n >= warmup:
+                out[name].append((time.perf_counter() - started) * 1000)
     return out
 
 
@@ -76,20 +86,65 @@ def server_side(llm: LlmHandle, sink: list[float]) -> None:
     server.bind(timed_answer, llm._problems)
 
 
-async def floor(body: bytes, iterations: int, warmup: int) -> list[float]:
+def floor_client(body: bytes) -> Any:
+    """The openai SDK on an in-process MockTransport returning ``body``: no server, no socket."""
     import httpx2
     import openai
 
     def handler(request: Any) -> Any:
         return httpx2.Response(200, content=body, headers={"content-type": "application/json"})
 
-    async with openai.AsyncOpenAI(
+    return openai.AsyncOpenAI(
         base_url="http://mock/v1",
         api_key="mock",
         max_retries=0,
         http_client=httpx2.AsyncClient(transport=httpx2.MockTransport(handler)),
-    ) as client:
-        return await timed(lambda: client.chat.completions.create(**REQUEST), iterations, warmup)
+    )
+
+
+@contextlib.asynccontextmanager
+async def socket_floor(body: bytes) -> AsyncIterator[Any]:
+    """The openai SDK against a loopback socket that writes back canned bytes: what the SDK's HTTP
+    stack and the sockets cost with no server behind them (it reads the request's head and
+    Content-Length body and parses nothing else: a measuring stick, not a server)."""
+    import openai
+
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                found = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+                await reader.readexactly(int(found[1]) if found else 0)
+                writer.write(answer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="x", max_retries=0) as client:
+            yield client
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def calls_cassette(path: Path, requests: list[bytes], headers: list[tuple[str, str]], writes: list[Any]) -> None:
+    """A cassette of one recorded answer to each of ``requests``."""
+    cassette = Cassette(path, [])
+    for request in requests:
+        cassette.add(make_interaction("POST", "/v1/chat/completions", "", [], request, 200, headers, writes))
+    cassette.save(keep_existing=False)
+
+
+def questions(count: int) -> list[dict[str, Any]]:
+    """``count`` different calls: a test's calls differ, and a cassette holds one answer per call."""
+    text = MESSAGES[0]["content"]
+    return [{**REQUEST, "messages": [{"role": "user", "content": f"{text} #{n}"}]} for n in range(count)]
 
 
 def synthetic_cassette(path: Path, count: int) -> None:
@@ -116,21 +171,8 @@ async def recorded_pacing(path: Path, writes: int = 40, gap_ms: float = 5.0) -> 
     """How far from its recorded offset each write of a paced replay arrives (relative to the first)."""
     import httpx
 
-    cassette = Cassette(path, [])
     frames = [(gap_ms * (n + 1), f'data: {{"n": {n}}}\n\n'.encode()) for n in range(writes)]
-    cassette.add(
-        make_interaction(
-            "POST",
-            "/v1/chat/completions",
-            "",
-            [],
-            json.dumps(REQUEST).encode(),
-            200,
-            [("content-type", "text/event-stream; charset=utf-8")],
-            frames,
-        )
-    )
-    cassette.save(keep_existing=False)
+    calls_cassette(path, [json.dumps(REQUEST).encode()], [("content-type", SSE)], frames)
     errors: list[float] = []
     async with isolated_llm(mode="replay", cassette=path, timing="recorded") as llm:
         async with httpx.AsyncClient(trust_env=False) as client:
@@ -156,57 +198,50 @@ async def main(iterations: int, warmup: int) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     work = Path(tempfile.mkdtemp(prefix="bench-llm-"))
     offline_server: list[float] = []
-    async with isolated_llm() as llm:
-        llm.respond(
+    replay_server: list[float] = []
+    async with isolated_llm() as offline_llm:
+        offline_llm.respond(
             "The benchmark measures the SDK round trip.", times=None, usage={"input_tokens": 12, "output_tokens": 8}
         )
-        server_side(llm, offline_server)
-        body = (await llm.client.with_raw_response.chat.completions.create(**REQUEST)).http_response.content
-        offline = await timed(lambda: llm.client.chat.completions.create(**REQUEST), iterations, warmup)
-    floor_ms = await floor(body, iterations, warmup)
-
-    # replay: one recorded call, repeated iterations + warmup times in the cassette
-    recorded = work / "replay.json"
-    cassette = Cassette(recorded, [])
-    for _ in range(iterations + warmup + 1):
-        cassette.add(
-            make_interaction(
-                "POST",
-                "/v1/chat/completions",
-                "",
-                [],
-                json.dumps(REQUEST).encode(),
-                200,
-                [("content-type", "application/json")],
-                [(1.0, body)],
-            )
-        )
-    cassette.save(keep_existing=False)
-    replay_server: list[float] = []
-    async with isolated_llm(mode="replay", cassette=recorded) as llm:
-        server_side(llm, replay_server)
-        await llm.client.chat.completions.create(**REQUEST)
-        replay = await timed(lambda: llm.client.chat.completions.create(**REQUEST), iterations, warmup)
+        raw = await offline_llm.client.with_raw_response.chat.completions.create(**REQUEST)
+        body = raw.http_response.content
+        # replay: a cassette with the same answer recorded for each call the benchmark makes
+        asked = questions(iterations + warmup)
+        recorded = work / "replay.json"
+        json_type = [("content-type", "application/json")]
+        calls_cassette(recorded, [json.dumps(q).encode() for q in asked], json_type, [(1.0, body)])
+        async with (
+            isolated_llm(mode="replay", cassette=recorded) as replay_llm,
+            floor_client(body) as mock,
+            socket_floor(body) as canned,
+        ):
+            server_side(offline_llm, offline_server)
+            server_side(replay_llm, replay_server)
+            turns = {name: iter(asked) for name in ("floor", "socket", "offline", "replay")}
+            calls = {
+                "floor": lambda: mock.chat.completions.create(**next(turns["floor"])),
+                "socket": lambda: canned.chat.completions.create(**next(turns["socket"])),
+                "offline": lambda: offline_llm.client.chat.completions.create(**next(turns["offline"])),
+                "replay": lambda: replay_llm.client.chat.completions.create(**next(turns["replay"])),
+            }
+            sdk = await timed(calls, iterations, warmup)
+    floor_ms, socket_ms, offline, replay = sdk["floor"], sdk["socket"], sdk["offline"], sdk["replay"]
 
     async def enter_exit() -> None:
         async with isolated_llm():
             pass
 
-    setup = await timed(enter_exit, iterations * 2, warmup)
-
-    synthetic_cassette(work / "thousand.json", 1000)
-    loads = []
-    for _ in range(20):
-        started = time.perf_counter()
-        Cassette.load(work / "thousand.json", must_exist=True)
-        loads.append((time.perf_counter() - started) * 1000)
-
+    work_file = work / "thousand.json"
+    synthetic_cassette(work_file, 1000)
+    setup = (await timed({"setup": enter_exit}, iterations * 2, warmup))["setup"]
+    loads = (await timed({"load": lambda: Cassette.load(work_file, must_exist=True)}, 20, 2))["load"]
     pacing = await recorded_pacing(work / "paced.json")
 
     base = statistics.median(floor_ms)
     replay_handling = statistics.median(replay_server[-iterations:])
     rows += [
         row("floor: openai SDK on httpx MockTransport", floor_ms),
+        row("socket floor: openai SDK -> canned bytes", socket_ms),
         row(
             "offline: openai SDK -> isolated_llm",
             offline,
@@ -233,24 +268,37 @@ async def main(iterations: int, warmup: int) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "iterations": iterations,
         "warmup": warmup,
         "rows": rows,
         "ratios": {
             "offline_vs_floor": round(statistics.median(offline) / base, 2),
             "replay_vs_floor": round(statistics.median(replay) / base, 2),
+            "socket_floor_vs_floor": round(statistics.median(socket_ms) / base, 2),
+            "offline_vs_socket_floor": round(statistics.median(offline) / statistics.median(socket_ms), 2),
+            "replay_vs_socket_floor": round(statistics.median(replay) / statistics.median(socket_ms), 2),
+        },
+        "ratios_p25": {  # the quieter quarter of the turns: less of the machine's load in it
+            name: round(percentile(ms, 0.25) / percentile(floor_ms, 0.25), 2)
+            for name, ms in (("socket_floor", socket_ms), ("offline", offline), ("replay", replay))
         },
     }
 
 
 def show(report: dict[str, Any]) -> None:
-    head = f"{'measure':<46} {'n':>5} {'p50 ms':>9} {'p99 ms':>9}  target"
+    head = f"{'measure':<50} {'n':>5} {'p25 ms':>8} {'p50 ms':>8} {'p99 ms':>8}  target"
     print(head)
     print("-" * len(head))
     for r in report["rows"]:
         verdict = "" if r["meets_target"] is None else (" ok" if r["meets_target"] else " MISSED")
-        print(f"{r['name']:<46} {r['n']:>5} {r['p50_ms']:>9.3f} {r['p99_ms']:>9.3f}  {r['target']}{verdict}")
-    print(f"ratios to the floor: {report['ratios']}")
+        print(
+            f"{r['name']:<50} {r['n']:>5} {r['p25_ms']:>8.3f} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f}  "
+            f"{r['target']}{verdict}"
+        )
+    print(f"ratios (p50): {report['ratios']}")
+    print(f"ratios to the floor at p25: {report['ratios_p25']}")
+    print(f"load average: {report['load_average']}")
 
 
 if __name__ == "__main__":

@@ -84,6 +84,21 @@ async def main(iterations: int, peer_iterations: int) -> dict[str, Any]:
     results["isolated_postgres test"] = summary(await timed(ours_test_pg, iterations))
     results["isolated_redis overhead"] = summary(await timed(ours_overhead_redis, iterations))
     results["isolated_redis test"] = summary(await timed(ours_test_redis, iterations))
+
+    # --- floors: the least any per-test isolation costs on a held connection -----------------
+    async def floor_pg() -> None:  # what transaction mode does at its core
+        await admin.execute("BEGIN")
+        await admin.execute("ROLLBACK")
+
+    floor_client = redis.asyncio.Redis(unix_socket_path=rs.unix_socket, password=rs.password, db=1)
+
+    async def floor_redis() -> None:  # what a per-test database does at its core
+        await floor_client.select(1)
+        await floor_client.flushdb()
+
+    results["floor: BEGIN/ROLLBACK, held connection"] = summary(await timed(floor_pg, iterations))
+    results["floor: SELECT+FLUSHDB, held connection"] = summary(await timed(floor_redis, iterations))
+    await floor_client.aclose()
     await admin.execute("DROP TABLE users")
     await admin.close()
 
@@ -119,11 +134,17 @@ async def main(iterations: int, peer_iterations: int) -> dict[str, Any]:
     results["pytest-redis test"] = summary(await timed(lambda: run_sync(peer_redis), iterations))
     tpl.drop()
 
+    floors = {kind: results[name]["p50_ms"] for kind, name in (
+        ("postgres", "floor: BEGIN/ROLLBACK, held connection"), ("redis", "floor: SELECT+FLUSHDB, held connection"))}
     ratios = {
         "postgres: pytest-postgresql / isolated_postgres (per test)":
             results["pytest-postgresql test"]["p50_ms"] / results["isolated_postgres test"]["p50_ms"],
         "redis: pytest-redis / isolated_redis (per test)":
             results["pytest-redis test"]["p50_ms"] / results["isolated_redis test"]["p50_ms"],
+        "postgres: isolated_postgres overhead / its floor":
+            results["isolated_postgres overhead"]["p50_ms"] / floors["postgres"],
+        "redis: isolated_redis overhead / its floor":
+            results["isolated_redis overhead"]["p50_ms"] / floors["redis"],
     }
     return {
         "benchmark": "postgres_redis",
@@ -138,12 +159,12 @@ async def main(iterations: int, peer_iterations: int) -> dict[str, Any]:
 
 def print_table(report: dict[str, Any]) -> None:
     print(f"\nper-test cost, ms (PostgreSQL {report['servers']['postgres']}, Redis {report['servers']['redis']})")
-    print(f"{'case':<30} {'n':>6} {'p50':>9} {'p95':>9} {'max':>9}")
+    print(f"{'case':<40} {'n':>6} {'p50':>9} {'p95':>9} {'max':>9}")
     for name, r in report["results"].items():
-        print(f"{name:<30} {r['n']:>6} {r['p50_ms']:>9.3f} {r['p95_ms']:>9.3f} {r['max_ms']:>9.3f}")
+        print(f"{name:<40} {r['n']:>6} {r['p50_ms']:>9.3f} {r['p95_ms']:>9.3f} {r['max_ms']:>9.3f}")
     print()
     for name, ratio in report["ratios"].items():
-        print(f"{name}: {ratio:.0f}x")
+        print(f"{name}: {ratio:.1f}x")
 
 
 if __name__ == "__main__":

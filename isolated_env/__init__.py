@@ -72,6 +72,9 @@ if typing.TYPE_CHECKING:
         MissingDependencyError as MissingDependencyError,
     )
     from ._errors import (
+        NestingUnsupported as NestingUnsupported,
+    )
+    from ._errors import (
         PoolClosed as PoolClosed,
     )
     from ._errors import (
@@ -110,6 +113,9 @@ if typing.TYPE_CHECKING:
     from ._pool import (
         PoolStatistics as PoolStatistics,
     )
+    from ._pytest_scopes import (
+        environment_fixture as environment_fixture,
+    )
     from ._resource import (
         ResourceContext as ResourceContext,
     )
@@ -142,6 +148,9 @@ if typing.TYPE_CHECKING:
     )
     from .resources.http import (
         isolated_http as isolated_http,
+    )
+    from .resources.llm import (
+        LlmBudget as LlmBudget,
     )
     from .resources.llm import (
         LlmHandle as LlmHandle,
@@ -191,8 +200,8 @@ if typing.TYPE_CHECKING:
 
 _ERRORS = (
     "BudgetExceeded CircuitOpen ConfigError IsolatedEnvError IsolationBroken LeaseTimeout MissingDependencyError "
-    "PoolClosed PoolError ResourceCheckFailed SecretInCassette ServerDied ServiceUnavailable TeardownError "
-    "TemplateError UnpricedModel UnsafePath"
+    "NestingUnsupported PoolClosed PoolError ResourceCheckFailed SecretInCassette ServerDied ServiceUnavailable "
+    "TeardownError TemplateError UnpricedModel UnsafePath"
 ).split()
 
 _WHERE: dict[str, str] = {
@@ -202,6 +211,7 @@ _WHERE: dict[str, str] = {
     **{name: "._environment" for name in ("Environment", "EnvironmentStatistics")},
     **{name: "._errors" for name in _ERRORS},
     "LeakReport": "._metrics",
+    "environment_fixture": "._pytest_scopes",
     "Pool": "._pool",
     "PoolStatistics": "._pool",
     "DatabaseHandle": ".resources.postgres",
@@ -212,7 +222,8 @@ _WHERE: dict[str, str] = {
     "isolated_fs": ".resources.fs",
     **{name: ".resources.http" for name in ("HttpExpectation", "HttpHandle", "RecordedRequest", "isolated_http")},
     **{
-        name: ".resources.llm" for name in ("LlmHandle", "LlmRequest", "LlmUsage", "Price", "RateLimit", "isolated_llm")
+        name: ".resources.llm"
+        for name in ("LlmBudget", "LlmHandle", "LlmRequest", "LlmUsage", "Price", "RateLimit", "isolated_llm")
     },
     "PostgresHandle": ".resources.postgres",
     "isolated_postgres": ".resources.postgres",

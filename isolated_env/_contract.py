@@ -101,6 +101,12 @@ class Resource(Protocol[H]):
         """Remove what dead owners left (and, with ``kept``, what failed tests kept); return names."""
         ...
 
+    # Optional, for scopes (docs/scopes.md): ``nested(handle)`` returns an async context manager
+    # whose handle starts from ``handle``'s state (a class's data) and whose exit undoes everything
+    # done through it, leaving ``handle`` as it was: a savepoint, a clone of the database, a copy of
+    # the keys or of the directory. A resource without it raises NestingUnsupported when a wider
+    # scope is asked to share it (:mod:`._nesting`).
+
 
 def keeps(outcome: Outcome, own: bool | None = None) -> bool:
     """Whether ``outcome`` asks a resource to keep its data: a failure, with keep-on-failure on

@@ -172,6 +172,15 @@ class Environment:
     def keys(self) -> list[str]:
         return list(self._handles)
 
+    def nest(self) -> AbstractAsyncContextManager[Environment]:
+        """A narrower scope of this open environment: ``async with env.nest() as inner:`` gives an
+        Environment with the same names, each resource starting from its state here (a class's
+        data) and undone on exit, so this one is left as it was. A resource that cannot nest raises
+        :class:`~isolated_env.NestingUnsupported` before anything is entered (docs/scopes.md)."""
+        from ._nesting import nested_environment
+
+        return nested_environment(self)
+
     async def reset(self) -> None:
         """Return every entered resource to pristine state without tearing it down.
 

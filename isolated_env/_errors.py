@@ -5,7 +5,8 @@ builtin, so ``except TimeoutError`` or ``except ValueError`` keeps working::
 
     IsolatedEnvError
     ├── ConfigError (ValueError)               bad argument, option or environment variable
-    │   └── UnsafePath                         a path would leave an isolated directory
+    │   ├── UnsafePath                         a path would leave an isolated directory
+    │   └── NestingUnsupported                 a resource cannot share a wider scope's state
     ├── MissingDependencyError (ImportError)   an optional extra is not installed
     ├── ServiceUnavailable (RuntimeError)      no server could be found, started or reached
     │   └── ServerDied                         an embedded server died while a test used it
@@ -34,6 +35,7 @@ __all__ = [
     "IsolationBroken",
     "LeaseTimeout",
     "MissingDependencyError",
+    "NestingUnsupported",
     "PoolClosed",
     "PoolError",
     "ResourceCheckFailed",
@@ -57,6 +59,19 @@ class ConfigError(IsolatedEnvError, ValueError):
 
 class UnsafePath(ConfigError):
     """A relative path given to an isolated directory would resolve outside it."""
+
+
+class NestingUnsupported(ConfigError):
+    """A resource was asked to give a narrower scope (a test) a copy of a wider scope's state (its
+    class's), and cannot; the message names the resource and what to do instead."""
+
+    def __init__(self, kind: str, why: str = "") -> None:
+        self.kind = kind
+        super().__init__(
+            f"{kind} cannot be shared by a wider scope: {why or 'it offers no nested() to give each test a copy'}"
+            f"; give each test its own instead (leave {kind} out of the class- or module-scoped "
+            f"environment_fixture and request isolated_{kind}, or an environment_fixture of scope='function')"
+        )
 
 
 class MissingDependencyError(IsolatedEnvError, ImportError):

@@ -1,4 +1,5 @@
-"""The fixtures the pytest plugin generates from the resource registry, and the composite ones.
+"""The fixtures the pytest plugin generates from the resource registry (the composite environments
+are in :mod:`._pytest_presets`).
 
 Each fixture is a sync function (run in the test's loop through the plugin's host task) carrying an
 async twin, which the plugin hands to anyio's plugin when anyio runs the test.
@@ -18,7 +19,7 @@ from ._registry import ResourceSpec
 if TYPE_CHECKING:
     from ._environment import Environment
 
-__all__ = ["COMPOSITES", "resource_fixtures", "with_async_variant"]
+__all__ = ["resource_fixtures", "with_async_variant"]
 
 
 class _Host(Protocol):
@@ -27,15 +28,6 @@ class _Host(Protocol):
 
 HostOf = Callable[[pytest.FixtureRequest], _Host]
 Enter = Callable[["Environment", AbstractAsyncContextManager[Any]], Awaitable[Any]]
-
-COMPOSITES = (
-    ("websocket_integration_environment", ("ws",), "An environment with a WebSocket server and client: "
-     "``env['websocket']``."),
-    ("comprehensive_test_environment", ("postgres", "redis", "ws", "http", "fs"), "PostgreSQL, Redis, "
-     "WebSocket, HTTP and a directory together: ``env['database']``, ``['redis']``, ``['websocket']``, "
-     "``['http']``, ``['fs']``."),
-)
-
 
 def with_async_variant(sync: Callable[..., Any], variant: Callable[..., Any]) -> Callable[..., Any]:
     """Mark ``sync`` as having the async twin ``variant`` (for tests anyio runs)."""
@@ -57,25 +49,13 @@ def _fixture(name: str, doc: str | None, host_of: HostOf, enter: Callable[[Envir
 
 def resource_fixtures(registered: tuple[ResourceSpec, ...], host_of: HostOf, enter: Enter) -> object:
     """A plugin (a module object, as pytest reads fixtures from) with one fixture per registered
-    resource name, and the composite environments."""
+    resource name."""
     holder = types.ModuleType("isolated_env.pytest_plugin.resource_fixtures")
 
     def one(entry: ResourceSpec) -> Callable[[Environment], Awaitable[Any]]:
         return lambda env: enter(env, entry.factory()())
 
-    def several(kinds: tuple[str, ...]) -> Callable[[Environment], Awaitable[Any]]:
-        from ._registry import spec
-
-        async def enter_all(env: Environment) -> Environment:
-            for kind in kinds:
-                await enter(env, spec(kind).factory()())
-            return env
-
-        return enter_all
-
     for entry in registered:
         for name in entry.fixtures:
             setattr(holder, name, _fixture(name, entry.doc, host_of, one(entry)))
-    for name, kinds, doc in COMPOSITES:
-        setattr(holder, name, _fixture(name, doc, host_of, several(kinds)))
     return holder

@@ -11,6 +11,7 @@ import contextvars
 import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, ClassVar, Generic, ParamSpec, TypeVar, cast
 
@@ -19,7 +20,7 @@ import anyio
 from . import _metrics, _usage
 from ._config import Settings, resolve
 from ._contract import Kept, Outcome, Resource, _settings
-from ._errors import IsolatedEnvError, TeardownError
+from ._errors import IsolatedEnvError, NestingUnsupported, TeardownError
 from ._pool import PoolStatistics
 from ._registry import require_backend
 
@@ -47,6 +48,8 @@ class ResourceContext(Generic[H]):
         self._handle: H | None = None
         self._entered = False
         self._timeout = 30.0
+        self.remake: Callable[[], ResourceContext[H]] | None = None
+        """Makes another context like this one, not entered (set by :func:`resource` factories)."""
 
     def __repr__(self) -> str:
         return f"<ResourceContext {self.kind}>"
@@ -131,6 +134,7 @@ class _GeneratorResource(Generic[H]):
     _reset: ClassVar[Callable[[Any], Awaitable[None]] | None] = None
     _reap: ClassVar[Callable[..., Awaitable[list[str]]] | None] = None
     _statistics: ClassVar[Callable[[Any], PoolStatistics | None] | None] = None
+    _nest: ClassVar[Callable[[Any], AbstractAsyncContextManager[Any]] | None] = None
     _handle: Any = None
 
     exc: BaseException | None = None
@@ -150,6 +154,12 @@ class _GeneratorResource(Generic[H]):
     def statistics(self) -> PoolStatistics | None:
         stats = type(self)._statistics
         return stats(self._handle) if stats is not None and self._handle is not None else None
+
+    def nested(self, handle: H) -> AbstractAsyncContextManager[H]:
+        nest = type(self)._nest
+        if nest is None:
+            raise NestingUnsupported(self.kind)
+        return nest(handle)
 
     async def reset(self, handle: H) -> None:
         reset = type(self)._reset
@@ -192,6 +202,7 @@ def resource(
     probe: Callable[[Settings], Awaitable[None]] | None = None,
     self_check: Callable[[], Awaitable[None]] | None = None,
     statistics: Callable[[Any], PoolStatistics | None] | None = None,
+    nest: Callable[[Any], AbstractAsyncContextManager[Any]] | None = None,
 ) -> Callable[[Callable[P, AsyncIterator[H]]], Callable[P, ResourceContext[H]]]:
     """Turn a one-``yield`` async generator into an ``isolated_*`` factory (a Resource class
     made from it is the factory's ``resource_class``, for the registry).
@@ -199,7 +210,9 @@ def resource(
     ``reset(handle)`` returns a handle to pristine state in place; ``reap(settings, kept)`` removes
     what dead owners left; ``probe(settings)`` raises ServiceUnavailable when the resource cannot be
     had (the ``requires_<kind>`` marker); ``self_check()`` is ``isolated-env doctor``'s isolation
-    check; ``statistics(handle)`` the pool figures ``Environment.statistics()`` reports."""
+    check; ``statistics(handle)`` the pool figures ``Environment.statistics()`` reports;
+    ``nest(handle)`` an async context manager giving a narrower scope a handle that starts from
+    ``handle``'s state and leaves it untouched on exit (see :meth:`Resource.nested`)."""
 
     def decorate(fn: Callable[P, AsyncIterator[H]]) -> Callable[P, ResourceContext[H]]:
         attrs: dict[str, Any] = {
@@ -210,6 +223,7 @@ def resource(
             "_reset": staticmethod(reset) if reset is not None else None,
             "_reap": staticmethod(reap) if reap is not None else None,
             "_statistics": staticmethod(statistics) if statistics is not None else None,
+            "_nest": staticmethod(nest) if nest is not None else None,
             **({"probe": classmethod(lambda cls, settings: probe(settings))} if probe is not None else {}),
             **({"self_check": classmethod(lambda cls: self_check())} if self_check is not None else {}),
             "__doc__": fn.__doc__,
@@ -220,7 +234,9 @@ def resource(
 
         @functools.wraps(fn)
         def factory(*args: P.args, **kwargs: P.kwargs) -> ResourceContext[H]:
-            return ResourceContext(cls(fn(*args, **kwargs)))
+            context = ResourceContext(cls(fn(*args, **kwargs)))
+            context.remake = functools.partial(factory, *args, **kwargs)
+            return context
 
         factory.resource_class = cls  # type: ignore[attr-defined]
         return factory

@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -308,11 +309,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--run", metavar="ID", dest="run_id", help="only what the run ID made (its lease must have ended)")
     p.add_argument("--mine", action="store_true", help="only what runs on this machine made")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+    p = sub.add_parser("bench", help="run the benchmarks, then render docs/benchmarks.md and the README's table")
+    p.add_argument("names", nargs="*", help="benchmarks to run, as in benchmarks/bench_<name>.py (default: all)")
+    p.add_argument("--dir", type=Path, default=Path("benchmarks"),
+                   help="the benchmarks directory (default: ./benchmarks)")
+    p.add_argument("--render-only", action="store_true", help="run nothing; render what benchmarks/results holds")
+    p.add_argument("--quick", action="store_true", help="pass --quick to the scripts that take it")
     migrate.register(sub)
     args = parser.parse_args(argv)
     try:
         if args.command == "migrate":
             return migrate.run(args)
+        if args.command == "bench":
+            from . import _bench
+
+            root = args.dir.resolve().parent
+            return _bench.main(bench_dir=args.dir, only=args.names, render_only=args.render_only,
+                               quick=args.quick, readme=root / "README.md", docs=root / "docs" / "benchmarks.md")
         if args.command == "prune":
             return prune(args.kept, args.templates, run_id=args.run_id, mine=args.mine, dry_run=args.dry_run)
         known = {name: entry for entry in specs() for name in (entry.kind, *entry.aliases)}

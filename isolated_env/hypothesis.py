@@ -63,11 +63,16 @@ def pristine_examples(*, deadline: timedelta | float | None = DEFAULT_DEADLINE, 
     ``deadline`` (a timedelta or milliseconds, ``None`` for none) applies to warm examples only:
     an example that enters a resource (the first use of a server or a template is slow) and the
     first example of each test are exempt, and the reset itself is not counted. The fixture
-    health check is suppressed, since the reset is exactly what it asks for.
+    health check is suppressed, since the reset is exactly what it asks for, and so is the check
+    on slow input generation: on a loaded shared CI machine it measures the machine, not the test.
     """
     hypothesis = _hypothesis()
     limit = _timedelta(deadline)
-    suppressed = [*settings.pop("suppress_health_check", ()), hypothesis.HealthCheck.function_scoped_fixture]
+    suppressed = [
+        *settings.pop("suppress_health_check", ()),
+        hypothesis.HealthCheck.function_scoped_fixture,
+        hypothesis.HealthCheck.too_slow,
+    ]
     chosen = hypothesis.settings(deadline=None, suppress_health_check=suppressed, **settings)
 
     def decorate(test: T) -> T:

@@ -52,6 +52,7 @@ class _State:
 _state_key = pytest.StashKey[_State]()
 _failed_key = pytest.StashKey[bool]()
 _host_key = pytest.StashKey["_pytest_loops.LoopHost"]()
+_users_key = pytest.StashKey[int]()  # how many of a test's fixtures run in its host task
 
 
 def _state(config: pytest.Config) -> _State:
@@ -113,6 +114,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(resource_fixtures(registered, _host, _enter), "isolated_env_resources")
     config.pluginmanager.import_plugin("isolated_env._pytest_sync")
     config.pluginmanager.import_plugin("isolated_env._pytest_session")
+    config.pluginmanager.import_plugin("isolated_env._pytest_presets")
+    config.pluginmanager.import_plugin("isolated_env._pytest_load")
 
 
 def unavailable(exc: ServiceUnavailable) -> NoReturn:
@@ -311,14 +314,23 @@ async def _isolated_env_async(request: pytest.FixtureRequest) -> AsyncIterator[E
 
 def _isolated_env(request: pytest.FixtureRequest) -> Generator[Environment, None, None]:
     """An Environment for one test: enter resources with ``await isolated_env.enter(...)``."""
+    yield from _hosted(request, _environment(request))
+
+
+def _hosted(request: pytest.FixtureRequest, gen: AsyncIterator[Any]) -> Generator[Any, None, None]:
+    """Run the one-yield async generator ``gen`` of a sync fixture in the test's host task; the
+    last of a test's fixtures to be torn down ends the host task."""
     host = _host(request)
-    gen = _environment(request)
+    stash = request.node.stash
+    stash[_users_key] = stash.get(_users_key, 0) + 1
     try:
         yield host.call(gen.__anext__)
-        host.call(functools.partial(_drain, gen), last=True)
+        host.call(functools.partial(_drain, gen), last=stash[_users_key] == 1)
     finally:
-        host.stop()
-        del request.node.stash[_host_key]  # the item outlives the test: its loop and host task must not
+        stash[_users_key] -= 1
+        if stash[_users_key] == 0:
+            host.stop()
+            del stash[_host_key]  # the item outlives the test: its loop and host task must not
 
 
 async def _drain(gen: AsyncIterator[Any]) -> None:

@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 from ._config import resolve
 from ._drivers.unittest_runner import shares_loops
 from ._environment import Environment
-from ._errors import ServerDied, ServiceUnavailable
+from ._errors import ConfigError, ServerDied, ServiceUnavailable
+from ._nesting import HeldEnvironment
 from ._registry import spec
 
 __all__ = ["IsolatedEnvironmentTestCase"]
@@ -69,13 +70,18 @@ class IsolatedEnvironmentTestCase(unittest.IsolatedAsyncioTestCase):
                 raise
             self.skipTest(str(exc))
 
+    async def asyncSetUpClassData(self, env: Environment) -> None:
+        """Override to load data once for the whole class (Django's ``setUpTestData``): runs in the
+        class's own Environment before its first test; each test then starts from that state in a
+        nested scope (a savepoint, a clone, copied keys and files) rolled back when it ends, so no
+        test sees another's writes. Keep what later tests need on ``type(self)``, not ``self``."""
+
     async def _ie_hold(self, ready: asyncio.Future[None]) -> None:
         try:
-            async with Environment() as env:
+            async with await self._ie_environment() as env:
                 self.env = env
-                for name, factory in self.resources.items():
-                    make = spec(factory).factory() if isinstance(factory, str) else factory
-                    setattr(self, name, await env.enter(make(), name=name))
+                for name in self.resources:
+                    setattr(self, name, env[name])
                 ready.set_result(None)
                 await self._ie_done.wait()
         except BaseException as exc:
@@ -84,12 +90,73 @@ class IsolatedEnvironmentTestCase(unittest.IsolatedAsyncioTestCase):
                 return
             raise
 
+    async def _ie_fill(self, env: Environment) -> None:
+        for name, factory in self.resources.items():
+            make = spec(factory).factory() if isinstance(factory, str) else factory
+            await env.enter(make(), name=name)
+
+    async def _ie_environment(self) -> AbstractAsyncContextManager[Environment]:
+        """The test's Environment: its own, or a nested scope of the class's when the class loads
+        class data (:meth:`asyncSetUpClassData`)."""
+        cls = type(self)
+        if getattr(cls.asyncSetUpClassData, "__func__", cls.asyncSetUpClassData) is _NO_CLASS_DATA:
+            return _Filled(self._ie_fill)
+        held: HeldEnvironment | None = cls.__dict__.get("_ie_class_env")
+        loop = asyncio.get_running_loop()
+        if held is None or held.env is None:
+            if not (self.share_event_loop and shares_loops()):
+                raise ConfigError(
+                    f"{cls.__qualname__}.asyncSetUpClassData needs the class's tests to share one event loop "
+                    "(its connections live as long as the class): leave share_event_loop = True"
+                )
+
+            async def fill(env: Environment) -> None:
+                await self._ie_fill(env)
+                await self.asyncSetUpClassData(env)
+
+            held = HeldEnvironment(loop, cls.__qualname__)
+            await held.open(fill)
+            cls._ie_class_env = held  # type: ignore[attr-defined]
+        assert held.env is not None
+        return held.env.nest()
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        held: HeldEnvironment | None = cls.__dict__.get("_ie_class_env")
+        if held is not None:
+            del cls._ie_class_env  # type: ignore[attr-defined]
+            held.close()  # the class's data goes with its Environment
+        super().tearDownClass()
+
     async def asyncTearDown(self) -> None:
         try:
             self._ie_done.set()
             await self._ie_host
         finally:
             await super().asyncTearDown()
+
+
+_NO_CLASS_DATA = IsolatedEnvironmentTestCase.asyncSetUpClassData
+
+
+class _Filled:
+    """A fresh Environment that ``fill`` enters the test's resources into."""
+
+    def __init__(self, fill: Callable[[Environment], Any]) -> None:
+        self._fill = fill
+        self._env = Environment()
+
+    async def __aenter__(self) -> Environment:
+        env = await self._env.__aenter__()
+        try:
+            await self._fill(env)
+        except BaseException as exc:
+            await self._env.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        return env
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._env.__aexit__(*exc)
 
 
 _runner: asyncio.Runner | None = None

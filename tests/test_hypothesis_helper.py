@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given
 from hypothesis import strategies as st
 
 import isolated_env as ie
@@ -158,3 +158,16 @@ def test_without_hypothesis_it_names_the_extra(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "hypothesis", None)  # what `import hypothesis` meets when it is absent
     with pytest.raises(ie.MissingDependencyError, match=r"pip install 'isolated-env\[hypothesis\]'"):
         pristine_examples()
+
+
+def test_slow_generation_on_a_loaded_machine_is_not_a_failure() -> None:
+    @pristine_examples(suppress_health_check=[HealthCheck.data_too_large])
+    @given(n=st.integers())
+    async def test(isolated_env: ie.Environment, n: int) -> None: ...
+
+    chosen = test._hypothesis_internal_use_settings  # type: ignore[attr-defined]
+    assert set(chosen.suppress_health_check) == {
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+    }

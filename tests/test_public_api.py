@@ -49,6 +49,7 @@ def test_the_plugin_imports_no_event_loop_or_metrics_until_a_resource_is_used() 
     # not pay for asyncio, anyio, psutil or our runtime (loaded with the first fixture or resource).
     code = (
         "import pytest, sys; before = set(sys.modules); import isolated_env.pytest_plugin; "
+        "import isolated_env._pytest_presets, isolated_env._pytest_load; "
         "print(sorted({m for m in set(sys.modules) - before if m.split('.')[0] in "
         "('asyncio', 'anyio', 'psutil') or m in ('isolated_env._metrics', 'isolated_env._runtime', "
         "'isolated_env._environment', 'isolated_env._pool')}))"

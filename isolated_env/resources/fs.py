@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import errno
+import functools
 import os
 import shutil
 import stat
@@ -208,7 +209,18 @@ async def _self_check() -> None:
         raise IsolationBroken("isolation self-check failed: a directory survived its test")
 
 
-@resource("fs", reset=_reset, reap=reap, self_check=_self_check)
+@contextlib.asynccontextmanager
+async def _nested(outer: FileSystemHandle) -> AsyncIterator[FileSystemHandle]:
+    """A directory of a narrower scope's own, starting as a copy of ``outer``'s (symlinks copied as links)."""
+    # The same base: the parent of the run directory holding outer's directory.
+    async with isolated_fs(outer.path.parent.parent) as inner:
+        await anyio.to_thread.run_sync(
+            functools.partial(shutil.copytree, outer.path, inner.path, symlinks=True, dirs_exist_ok=True)
+        )
+        yield inner
+
+
+@resource("fs", reset=_reset, reap=reap, self_check=_self_check, nest=lambda handle: _nested(handle))
 async def isolated_fs(
     base: str | os.PathLike[str] | None = None, *, keep_on_failure: bool | None = None
 ) -> AsyncIterator[FileSystemHandle]:

@@ -296,6 +296,12 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
     async def died(self) -> BaseException | None:
         return await _died("redis", self.server, self.server.url(0))
 
+    def nested(self, handle: RedisHandle) -> Any:
+        """A database of a narrower scope's own, starting with a copy of ``handle``'s keys (:mod:`._redis_nest`)."""
+        from ._redis_nest import nested_database
+
+        return nested_database(self, handle)
+
     async def keep(self, item: _Slot) -> Kept:
         with redis_driver.translate(f"keeping database {item.db}", failure=TeardownError):
             return await self.slots.keep(item)

@@ -265,7 +265,7 @@ def test_trio_installed(tmp_path: pathlib.Path) -> None:
 def test_the_resources_on_trio() -> None:
     # The suite's trio cases, from the checkout, with the trio venv (the suite's own venv has no trio).
     cases = ROOT / "tests" / "resources" / "trio_cases.py"
-    _passed(_pytest(_python("trio"), ROOT, "-q", str(cases)), 10)
+    _passed(_pytest(_python("trio"), ROOT, "-q", str(cases)), 11)
 
 
 def test_unittest_project(tmp_path: pathlib.Path) -> None:

@@ -163,3 +163,40 @@ def test_last_counts_what_earlier_tests_left(request):
 
 def test_a_loop_per_test_leaves_no_task_or_loop_behind(tmp_path: pathlib.Path) -> None:
     _passed(_run("1.x", tmp_path, "asyncio_mode = auto\n" + LOOPS, project=KEEPS_NO_LOOP), 41)
+
+
+CLASS_SCOPE = '''
+import pytest
+import isolated_env as ie
+
+SCHEMA = ie.PostgresTemplate(sql="CREATE TABLE t (x int)")
+
+async def seed(env):
+    await env["database"].execute("INSERT INTO t SELECT generate_series(1, 10)")
+    await env["redis"].set("seed", 1)
+
+shared = ie.environment_fixture(scope="class", setup=seed, database=ie.isolated_postgres(template=SCHEMA),
+                                redis=ie.isolated_redis())
+
+@pytest.mark.asyncio(loop_scope="class")
+class TestOnTheClassLoop:
+    @pytest.mark.parametrize("n", range(3))
+    async def test_class_data_and_nobody_elses(self, shared, n):
+        assert await shared["database"].fetchval("SELECT count(*) FROM t") == 10
+        assert await shared["redis"].get("seed") == b"1" and await shared["redis"].dbsize() == 1
+        await shared["database"].execute("INSERT INTO t VALUES (-1)")
+        await shared["redis"].set("mine", n)
+
+class TestOnALoopPerTest:
+    async def test_is_refused_with_the_fix(self, shared):
+        pass
+'''
+
+
+def test_pytest_asyncio_class_scoped_environment(tmp_path: pathlib.Path) -> None:
+    """A class-scoped environment_fixture runs on the class's loop; on a loop per test it is refused
+    at the class's first test, saying which loop scope to set."""
+    result = _run("1.x", tmp_path, "asyncio_mode = auto\n" + LOOPS, project=CLASS_SCOPE)
+    out = result.stdout + result.stderr
+    assert "3 passed, 1 error" in out, out
+    assert "@pytest.mark.asyncio(loop_scope='class')" in out, out

@@ -312,9 +312,17 @@ async def test_bad_script_and_fault_arguments() -> None:
             llm.fail(500, on_calls=(0,))
         with pytest.raises(ConfigError, match="unknown key"):
             llm.respond("x", match={"modle": "gpt-4o"})
+        with pytest.raises(ConfigError, match=r"connect_delay=-1\): give a number of seconds"):
+            llm.fail(connect_delay=-1)
+        with pytest.raises(ConfigError, match="exactly one fault"):
+            llm.fail(connect_delay=1, drop=True)
     with pytest.raises(ConfigError, match="budget_usd"):
         async with isolated_llm(budget_usd="lots"):
             pass
+    with pytest.raises(ConfigError, match="session budget usd='lots' is not a number of US dollars"):
+        ie.LlmBudget(usd="lots")
+    with pytest.raises(ConfigError, match="session budget tokens=-1: give a whole number >= 0"):
+        ie.LlmBudget(tokens=-1)
 
 
 def test_the_fixture_and_marker(pytester: pytest.Pytester) -> None:

@@ -224,3 +224,36 @@ async def test_record_without_a_key_says_which_variable(tmp_path: Path, monkeypa
     with pytest.raises(ResourceCheckFailed, match="OPENAI_API_KEY is not set"):
         async with isolated_llm(mode="live", upstream="http://127.0.0.1:9/v1") as llm:
             assert (await post(llm, "/chat/completions", CHAT)).status_code == 401
+
+
+async def test_record_passes_a_stream_on_write_by_write_while_the_upstream_stalls(
+    tmp_path: Path, upstream_keys: None
+) -> None:
+    path = tmp_path / "relayed.json"
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    headers = {"authorization": "Bearer "}
+    async with isolated_llm() as upstream:
+        upstream.api_key = CANARY
+        upstream.respond(chunks=["first", " second"], times=None)
+        upstream.fail(stall_after=2, stall=30, on_calls=(1,))  # after "first", 30 s of nothing
+        upstream.fail(stall_after=2, stall=0.2, on_calls=(2,))
+        async with isolated_llm(mode="record", cassette=path, upstream=urls(upstream)) as recorder:
+            headers["authorization"] += recorder.api_key
+            seen = b""
+            async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+                url = recorder.base_url + "/chat/completions"
+                async with client.stream("POST", url, json=body, headers=headers) as r:
+                    async for piece in r.aiter_raw():  # a recorder that waited for the end would time out here
+                        seen += piece
+                        if b'"first"' in seen:
+                            break
+            assert b"second" not in seen
+            whole = await post(recorder, "/chat/completions", body)  # this one stalls 0.2 s, then ends
+            assert [json.loads(d) for d in whole.text.split("data: ")[1:-1]][-1]["usage"]["completion_tokens"] > 0
+            assert recorder.usage.requests >= 1
+    items = Cassette.load(path, must_exist=True).interactions
+    assert len(items) == 1  # the stream cut short is not stored
+    [item] = items
+    assert b"".join(data for _, data in item.writes) == whole.content
+    offsets = [at for at, _ in item.writes]
+    assert len(offsets) > 2 and offsets == sorted(offsets)  # each write as it arrived, in order

@@ -143,6 +143,47 @@ async def test_concurrent_calls_cannot_pass_the_budget_together() -> None:
             llm.check()
 
 
+async def test_a_session_budget_is_shared_by_tests_with_the_same_preflight_and_reconciliation() -> None:
+    session = ie.LlmBudget(usd="0.001", requests=3)
+    async with isolated_llm(session_budget=session) as llm:
+        llm.respond("one", usage={"input_tokens": 1000, "output_tokens": 100})  # $0.00021 with gpt-4o-mini
+        assert (await post(llm, "/chat/completions", {**CHAT, "max_tokens": 200})).status_code == 200
+    assert session.usage.usd == Decimal("0.00021") and session.usage.requests == 1
+    # the next test's own budget is ample; the session's $0.00079 left is not, for gpt-4o's worst case
+    with pytest.raises(BudgetExceeded, match=r"session budget usd=\$0\.001 has \$0\.00079 left"):
+        async with isolated_llm(budget_usd="1", session_budget=session) as llm:
+            refused = await post(llm, "/chat/completions", {**CHAT, "model": "gpt-4o", "max_tokens": 1000})
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+            assert llm.usage.refused == 1 and llm.usage.usd == 0
+    assert (session.usage.requests, session.usage.refused) == (1, 1)
+    # two tests at once: a call in flight in one holds its worst case against the other's
+    with pytest.raises(BudgetExceeded):
+        async with isolated_llm(session_budget=session) as a, isolated_llm(session_budget=session) as b:
+            a.respond("slow")
+            a.fail(first_byte_delay=0.3, on_calls=(1,))
+            body = {**CHAT, "max_tokens": 1000}  # worst case ~ $0.0006: the session has room for one
+            statuses: list[int] = []
+
+            async def call(llm: LlmHandle) -> None:
+                statuses.append((await post(llm, "/chat/completions", body)).status_code)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, a)
+                await anyio.sleep(0.1)
+                tg.start_soon(call, b)
+            assert statuses == [429, 200]  # b refused while a's call was in flight
+    assert session.usage.requests == 2 and session.ledger.reserved == {}
+    with pytest.raises(BudgetExceeded, match="session budget requests=3"):  # the call cap counts across tests
+        async with isolated_llm(session_budget=session) as llm:
+            llm.respond("last", usage={"input_tokens": 1, "output_tokens": 1})
+            assert (await post(llm, "/chat/completions", {**CHAT, "max_tokens": 5})).status_code == 200
+            assert (await post(llm, "/chat/completions", {**CHAT, "max_tokens": 5})).status_code == 429
+    assert repr(session).startswith("<LlmBudget usd=0.001, requests=3 spent $")
+    with pytest.raises(ie.ConfigError, match="session_budget"):
+        async with isolated_llm(session_budget={"usd": 1}):  # type: ignore[arg-type]
+            pass
+
+
 def test_prices_are_pinned_and_snapshots_cost_their_base_name() -> None:
     assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", PRICES_VERSION)
     mini = price_of("gpt-4o-mini")
@@ -280,3 +321,33 @@ async def test_check_reports_other_problems_alongside_a_budget_error() -> None:
     with pytest.raises(ResourceCheckFailed):
         async with isolated_llm() as llm:
             llm.respond("never asked")
+
+
+@pytest.mark.requires_llm
+async def test_connect_delay_is_a_connect_timeout_and_a_later_retry_connects() -> None:
+    import openai
+
+    async with isolated_llm() as llm:
+        llm.respond("first")
+        llm.respond("after the retry")
+        fault = llm.fail(connect_delay=0.5, on_calls=(2,))
+        hasty = llm.openai(max_retries=0, timeout=0.2)  # the SDK's own timeout setting
+        first = await hasty.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"])
+        assert first.choices[0].message.content == "first"
+        with pytest.raises(openai.APITimeoutError):  # call 2 never reached the server
+            await hasty.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"])
+        assert fault.hits == [2] and len(llm.requests) == 1
+        assert llm.requests[0].status == 200
+        patient = llm.openai(max_retries=3, timeout=0.2)  # its backoff outlasts the delay
+        answer = await patient.chat.completions.create(model="gpt-4o-mini", messages=CHAT["messages"])
+        assert answer.choices[0].message.content == "after the retry"
+        assert len(llm.requests) == 2 and int(llm.requests[1].headers["x-stainless-retry-count"]) >= 1
+    async with isolated_llm() as llm:  # on call 1, and the next test finds the listener open
+        llm.fail(connect_delay=30, on_calls=(1,))
+        async with httpx.AsyncClient(trust_env=False, timeout=0.2) as client:
+            with pytest.raises(httpx.ConnectTimeout):
+                await client.post(llm.base_url + "/chat/completions", json=CHAT)
+        assert llm.requests == []
+    async with isolated_llm() as llm:
+        llm.respond("open again")
+        assert (await post(llm, "/chat/completions", CHAT)).status_code == 200

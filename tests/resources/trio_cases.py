@@ -1,4 +1,4 @@
-"""The resources on trio, anyio's other backend: fs, http and ws serve there as on asyncio (anyio
+"""The resources on trio, anyio's other backend: fs, http, ws and llm serve there as on asyncio (anyio
 sockets, ``anyio.Path``, websockets' protocol over anyio), and those whose driver runs on asyncio
 only say so in one line, with the fix.
 
@@ -8,6 +8,8 @@ tests/adapters/test_matrix.py runs it with pytest in a clean venv that has trio.
 venv: ``pytest tests/resources/trio_cases.py``."""
 
 from __future__ import annotations
+
+import pathlib
 
 import httpx
 import pytest
@@ -100,3 +102,32 @@ async def test_tls_on_trio() -> None:
         assert ws.url.startswith("wss://")
         await ws.send_message({"type": "hello", "id": 1})
         assert await ws.receive_message() == {"type": "ack", "id": 1}
+
+
+async def test_llm_on_trio(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The LLM server on trio: offline answers and streams, budgets, faults (the connect fault's
+    listener gate included) and record/replay, as on asyncio; over httpx, since no SDK is needed."""
+    chat = {"model": "gpt-4o-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
+
+    async def post(llm: ie.LlmHandle, body: dict[str, object], wait: float = 5) -> httpx.Response:
+        async with httpx.AsyncClient(trust_env=False, timeout=wait) as client:
+            auth = {"authorization": f"Bearer {llm.api_key}"}
+            return await client.post(llm.base_url + "/chat/completions", json=body, headers=auth)
+
+    cassette = tmp_path / "trio.json"
+    async with ie.isolated_llm(budget_usd="0.01") as upstream:
+        upstream.respond(chunks=["on", " trio"], times=None)
+        upstream.fail(status=503, on_calls=(2,))
+        assert (await post(upstream, chat)).json()["choices"][0]["message"]["content"] == "on trio"
+        assert (await post(upstream, chat)).status_code == 503
+        monkeypatch.setenv("OPENAI_API_KEY", upstream.api_key)
+        async with ie.isolated_llm(mode="record", cassette=cassette, upstream=upstream.base_url) as recorder:
+            recorded = await post(recorder, {**chat, "stream": True})
+        assert '"content":" trio"' in recorded.text and recorded.text.endswith("data: [DONE]\n\n")
+        assert upstream.usage.requests == 2 and upstream.usage.usd is not None and upstream.usage.usd > 0
+    async with ie.isolated_llm(mode="replay", cassette=cassette) as replay:
+        assert (await post(replay, {**chat, "stream": True})).content == recorded.content
+    async with ie.isolated_llm() as llm:
+        llm.fail(connect_delay=30, on_calls=(1,))
+        with pytest.raises(httpx.ConnectTimeout):  # the listener answers no new connection
+            await post(llm, chat, wait=0.2)

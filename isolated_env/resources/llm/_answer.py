@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import AsyncIterable
 from typing import Any
 
 __all__ = ["SSE_TYPE", "Answer", "ToolCall", "Wire", "compact", "make_id", "sse"]
@@ -54,11 +55,13 @@ class Wire:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes = b""
-    frames: tuple[bytes, ...] | None = None
-    """For a stream: each frame is written separately, in order."""
+    frames: tuple[bytes, ...] | AsyncIterable[bytes] | None = None
+    """For a stream: each frame is written separately, in order (an iterable: as it comes)."""
     input_tokens: int | None = None
     output_tokens: int | None = None
     """The usage the answer reports (None: it reports none, e.g. a stream without include_usage)."""
+    settled_later: bool = False
+    """The usage is known only once the stream has been sent (a stream relayed from upstream)."""
 
     @property
     def streamed(self) -> bool:

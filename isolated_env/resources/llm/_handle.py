@@ -8,6 +8,9 @@ the rate limit; a scheduled fault; then the answer (the offline script, or a cas
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
 import secrets
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any
@@ -21,13 +24,14 @@ from .._inprocess import InProcessHandle, Problem, serving
 from ..http._server import RecordedRequest, Reply
 from ._answer import Wire
 from ._anthropic import count_tokens
-from ._budget import LlmUsage, Meter, Prices
+from ._budget import LlmBudget, LlmUsage, Meter, Prices
+from ._connect import require_support
 from ._offline import NO_RETRY, offline_answer, provider_error
-from ._ratelimit import Buckets, RateLimit
+from ._ratelimit import Buckets, RateLimit, limit
 from ._script import Fault, Match, ScriptedResponse, make_fault
 from ._server import LlmServer, lease_server, to_reply
 from ._sources import MODES, CassetteSource, open_source
-from ._wire import LlmRequest, estimate_tokens, parse, prompt_text, upper_bound_tokens
+from ._wire import LlmRequest, estimate_tokens, parse, prompt_text
 
 __all__ = ["LlmHandle", "isolated_llm"]
 
@@ -53,8 +57,11 @@ class LlmHandle(InProcessHandle):
         self._source = source
         self._script: list[ScriptedResponse] = []
         self._faults: list[Fault] = []
+        self._connect_faults: list[Fault] = []
+        self._connect_decided = 0  # the last call index a connect fault was drawn for
         self._clients: list[Any] = []
         self._client: Any = None
+        self._server: LlmServer | None = None
 
     def __repr__(self) -> str:
         return f"<LlmHandle {self.mode} {self.base_url} requests={len(self.requests)}>"
@@ -84,21 +91,18 @@ class LlmHandle(InProcessHandle):
     def openai(self, **options: Any) -> Any:
         """A new ``openai.AsyncOpenAI`` bound to this server (``options`` as the SDK takes them,
         e.g. ``max_retries=0``), closed on exit."""
-        try:
-            import openai
-        except ImportError:
-            raise MissingDependencyError("openai", "llm", "isolated_llm's OpenAI client") from None
-        client = openai.AsyncOpenAI(base_url=self.base_url, api_key=self.api_key, **options)
-        self._clients.append(client)
-        return client
+        return self._sdk("openai", "AsyncOpenAI", self.base_url, options)
 
     def anthropic(self, **options: Any) -> Any:
         """A new ``anthropic.AsyncAnthropic`` bound to this server, closed on exit."""
+        return self._sdk("anthropic", "AsyncAnthropic", self.anthropic_base_url, options)
+
+    def _sdk(self, module: str, name: str, base_url: str, options: dict[str, Any]) -> Any:
         try:
-            import anthropic
+            sdk = importlib.import_module(module)
         except ImportError:
-            raise MissingDependencyError("anthropic", "llm", "isolated_llm's Anthropic client") from None
-        client = anthropic.AsyncAnthropic(base_url=self.anthropic_base_url, api_key=self.api_key, **options)
+            raise MissingDependencyError(module, "llm", f"isolated_llm's {name} client") from None
+        client = getattr(sdk, name)(base_url=base_url, api_key=self.api_key, **options)
         self._clients.append(client)
         return client
 
@@ -152,13 +156,16 @@ class LlmHandle(InProcessHandle):
         first_byte_delay: float | None = None,
         malformed_after: int | None = None,
         drop: bool = False,
+        connect_delay: float | None = None,
     ) -> Fault:
         """Schedule a fault on the calls ``on_calls`` names (1-based, every API counts), or on each
         call with ``probability`` drawn from ``seed``, or on every call. One of: ``status``
         (429/500/503/529 in the provider's error shape, ``retry_after`` seconds), ``stall_after=k``
         (the body stops after k chunks for ``stall`` s: a read timeout), ``disconnect_after=k``,
         ``malformed_after=k`` (a broken SSE frame), ``first_byte_delay`` (headers late: a first-byte
-        timeout) or ``drop`` (the connection closes unanswered)."""
+        timeout), ``drop`` (the connection closes unanswered) or ``connect_delay`` (before call k
+        the listener answers no new connection for that many seconds: a connect timeout; the
+        connection that carried call k-1 is closed after it, so call k must connect anew)."""
         fault = make_fault(
             status=status,
             on_calls=on_calls,
@@ -172,8 +179,14 @@ class LlmHandle(InProcessHandle):
             first_byte_delay=first_byte_delay,
             malformed_after=malformed_after,
             drop=drop,
+            connect_delay=connect_delay,
         )
-        self._faults.append(fault)
+        if fault.kind == "connect":
+            require_support()
+            self._connect_faults.append(fault)
+            self._shut_for_next_call()
+        else:
+            self._faults.append(fault)
         return fault
 
     # -- what it saw ---------------------------------------------------------------------------------
@@ -219,19 +232,31 @@ class LlmHandle(InProcessHandle):
             self._problems.record(f"isolated_llm failed answering {request!r}: {exc!r}", exc)
             reply = to_reply(provider_error(request, "server", f"isolated_llm failed: {exc!r}", NO_RETRY))
         request.status = reply.status
+        if self._shut_for_next_call():  # the next call must connect anew, and find the listener shut
+            reply = dataclasses.replace(reply, headers=[*reply.headers, ("connection", "close")])
         return reply
 
+    def _shut_for_next_call(self) -> bool:
+        """Shut the listener if a connect fault hits the next call (each call index is drawn once)."""
+        upcoming = len(self.requests) + 1
+        if not self._connect_faults or upcoming <= self._connect_decided or self._server is None:
+            return False
+        self._connect_decided = upcoming
+        fault = next((f for f in self._connect_faults if f.applies(upcoming)), None)
+        if fault is None or self._server.gate is None:
+            return False
+        self._server.gate.shut(fault.seconds)
+        return True
+
     async def _gate(self, request: LlmRequest) -> Reply:
-        what = f"request #{request.index} {request.method} {request.path}"
         if request.api is None or request.method != "POST":
             why = "no OpenAI or Anthropic API is served there (chat/completions, responses, embeddings, messages)"
-            return to_reply(provider_error(request, "not_found", self._problems.unexpected(what, why), NO_RETRY))
+            return self._unexpected(request, "not_found", why)
         if not self._authorized(request):
             why = "its API key is not this test's (use llm.api_key, llm.env or llm.client)"
-            return to_reply(provider_error(request, "auth", self._problems.unexpected(what, why), NO_RETRY))
+            return self._unexpected(request, "auth", why)
         if not isinstance(request.json, dict) or not request.model:
-            why = "its body is not a JSON object naming a model"
-            return to_reply(provider_error(request, "invalid_request", self._problems.unexpected(what, why), NO_RETRY))
+            return self._unexpected(request, "invalid_request", "its body is not a JSON object naming a model")
         if request.api == "count_tokens":
             return to_reply(count_tokens(estimate_tokens(prompt_text(request)), request.index))
         refusal = self._meter.preflight(request)
@@ -239,7 +264,7 @@ class LlmHandle(InProcessHandle):
             return to_reply(
                 provider_error(request, "insufficient_quota", None, NO_RETRY, detail=f"isolated_llm: {refusal}")
             )
-        extra = self._limit(request)
+        extra = limit(self._buckets, request)
         if isinstance(extra, Wire):
             self._meter.release(request)
             self._meter.refused_elsewhere()
@@ -249,39 +274,28 @@ class LlmHandle(InProcessHandle):
             self._meter.release(request)
             if fault.kind == "drop":
                 return Reply(drop="close")
-            after = [("retry-after", _seconds_text(fault.retry_after))] if fault.retry_after is not None else []
-            return to_reply(provider_error(request, fault.error_kind, fault.message, [*extra, *after], fault.status))
+            headers = [*extra, *fault.retry_header()]
+            return to_reply(provider_error(request, fault.error_kind, fault.message, headers, fault.status))
         if fault is not None and fault.kind == "first_byte":
             await anyio.sleep(fault.seconds)
         wire, marks = await self._respond(request, extra)
-        if wire.status == 200:
+        if wire.settled_later:
+            pass  # reconciled as its stream ends
+        elif wire.status == 200:
             self._meter.settle(request, wire.input_tokens, wire.output_tokens)
         else:
             self._meter.release(request)
         return to_reply(wire, fault, marks)
 
-    def _limit(self, request: LlmRequest) -> list[tuple[str, str]] | Wire:
-        """The rate-limit headers for ``request``, or the 429 that refuses it."""
-        if not self._buckets.active:
-            return []
-        tokens = upper_bound_tokens(request) + (request.max_tokens or 0)
-        refused = self._buckets.take(tokens)
-        headers = self._buckets.headers(request.provider)
-        if refused is None:
-            return headers
-        wait, which = refused
-        if wait == float("inf"):
-            message = f"this call needs {tokens} tokens, more than the whole tpm limit (isolated_llm)"
-            return provider_error(request, "rate_limit", message, [*headers, *NO_RETRY])
-        message = (
-            f"Rate limit reached for {request.model} on {which} per min: please try again in {wait:.3f}s (isolated_llm)"
-        )
-        retry = str(max(1, int(-(-wait // 1))))
-        return provider_error(request, "rate_limit", message, [*headers, ("retry-after", retry)])
+    def _unexpected(self, request: LlmRequest, kind: str, why: str) -> Reply:
+        """The provider's error ``kind`` for a request this server must not answer, recorded for check()."""
+        message = self._problems.unexpected(f"request #{request.index} {request.method} {request.path}", why)
+        return to_reply(provider_error(request, kind, message, NO_RETRY))
 
     async def _respond(self, request: LlmRequest, extra: list[tuple[str, str]]) -> tuple[Wire, list[float] | None]:
         if self._source is not None:
-            return await self._source.answer(request, extra, self._problems)
+            settle = functools.partial(self._meter.settle, request)
+            return await self._source.answer(request, extra, self._problems, settle)
         return self._offline(request, extra), None
 
     def _offline(self, request: LlmRequest, extra: list[tuple[str, str]]) -> Wire:
@@ -296,7 +310,7 @@ class LlmHandle(InProcessHandle):
         root = f"http://127.0.0.1:{server.port}"
         self.base_url, self.anthropic_base_url = root + "/v1", root
         self._problems.what = f"isolated_llm at {root}"
-        self._server: LlmServer | None = server
+        self._server = server
         server.bind(self._answer, self._problems)
 
     async def _aclose(self) -> None:
@@ -315,12 +329,12 @@ class LlmHandle(InProcessHandle):
         self.requests.clear()
         self._script.clear()
         self._faults.clear()
+        self._connect_faults.clear()
+        self._connect_decided = 0
+        if self._server is not None and self._server.gate is not None:
+            self._server.gate.open()
         self._meter.reset()
         self._buckets.reset()
-
-
-def _seconds_text(seconds: float) -> str:
-    return str(int(seconds)) if float(seconds).is_integer() else repr(float(seconds))
 
 
 async def _probe(settings: Settings) -> None:
@@ -344,6 +358,7 @@ async def isolated_llm(
     max_requests: int | None = None,
     rate_limit: RateLimit | None = None,
     prices: Prices = None,
+    session_budget: LlmBudget | None = None,
     timing: str = "fast",
     upstream: Mapping[str, str] | str | None = None,
 ) -> AsyncIterator[LlmHandle]:
@@ -352,25 +367,30 @@ async def isolated_llm(
     ``mode``: ``offline`` (answers from ``llm.respond``), ``replay`` (from ``cassette``, never the
     network), ``record`` / ``record_missing`` (forward to the real provider and write the cassette),
     ``live`` (forward, nothing written). ``budget_usd`` (Decimal), ``budget_tokens`` and
-    ``max_requests`` refuse a call that could pass them; ``rate_limit=ie.RateLimit(rpm=, tpm=)``
+    ``max_requests`` refuse a call that could pass them, and so does ``session_budget``, an
+    ``ie.LlmBudget`` shared with other tests; ``rate_limit=ie.RateLimit(rpm=, tpm=)``
     answers as the providers do past it. Problems and budget errors are raised on exit.
     """
     if mode not in MODES:
         raise ConfigError(f"isolated_llm(mode={mode!r}): give one of {', '.join(MODES)}")
-    meter = Meter(budget_usd=budget_usd, budget_tokens=budget_tokens, max_requests=max_requests, prices=prices)
+    caps = {"budget_usd": budget_usd, "budget_tokens": budget_tokens, "max_requests": max_requests}
+    meter = Meter(**caps, prices=prices, session=session_budget)
     buckets = Buckets(rate_limit)
     source = open_source(mode, cassette, timing, upstream)
     handle = LlmHandle(mode=mode, meter=meter, buckets=buckets, source=source)
-    async with lease_server() as server:
-        handle._bind(server)
-        async with serving(handle._problems, handle._aclose):
-            try:
-                yield handle
-            except BaseException as exc:
+    try:
+        async with lease_server() as server:
+            handle._bind(server)
+            async with serving(handle._problems, handle._aclose):
+                try:
+                    yield handle
+                except BaseException as exc:
+                    budget = meter.report()
+                    if budget is not None:
+                        exc.add_note(str(budget))
+                    raise
                 budget = meter.report()
                 if budget is not None:
-                    exc.add_note(str(budget))
-                raise
-            budget = meter.report()
-            if budget is not None:
-                raise budget
+                    raise budget
+    finally:
+        meter.close()  # calls cut short give their share of the session budget back

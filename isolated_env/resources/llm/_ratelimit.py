@@ -15,8 +15,11 @@ import time
 from collections.abc import Callable
 
 from ..._errors import ConfigError
+from ._answer import Wire
+from ._offline import NO_RETRY, provider_error
+from ._wire import LlmRequest, upper_bound_tokens
 
-__all__ = ["Buckets", "RateLimit", "go_duration"]
+__all__ = ["Buckets", "RateLimit", "go_duration", "limit"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,3 +127,23 @@ def go_duration(seconds: float) -> str:
     if minutes:
         return f"{int(minutes)}m{text}"
     return text
+
+
+def limit(buckets: Buckets, request: LlmRequest) -> list[tuple[str, str]] | Wire:
+    """The rate-limit headers for ``request``, or the 429 that refuses it."""
+    if not buckets.active:
+        return []
+    tokens = upper_bound_tokens(request) + (request.max_tokens or 0)
+    refused = buckets.take(tokens)
+    headers = buckets.headers(request.provider)
+    if refused is None:
+        return headers
+    wait, which = refused
+    if wait == float("inf"):
+        message = f"this call needs {tokens} tokens, more than the whole tpm limit (isolated_llm)"
+        return provider_error(request, "rate_limit", message, [*headers, *NO_RETRY])
+    message = (
+        f"Rate limit reached for {request.model} on {which} per min: please try again in {wait:.3f}s (isolated_llm)"
+    )
+    retry = str(max(1, int(-(-wait // 1))))
+    return provider_error(request, "rate_limit", message, [*headers, ("retry-after", retry)])

@@ -178,7 +178,7 @@ class ScriptedResponse:
         )
 
 
-FaultKind = Literal["status", "drop", "stall", "disconnect", "first_byte", "malformed"]
+FaultKind = Literal["status", "drop", "stall", "disconnect", "first_byte", "malformed", "connect"]
 _STATUS_KINDS = {429: "rate_limit", 500: "server", 503: "unavailable", 529: "overloaded"}
 
 
@@ -204,6 +204,13 @@ class Fault:
     def error_kind(self) -> str:
         return _STATUS_KINDS.get(self.status or 500, "server")
 
+    def retry_header(self) -> list[tuple[str, str]]:
+        """The ``retry-after`` header of this fault's error (none without ``retry_after``)."""
+        if self.retry_after is None:
+            return []
+        seconds = float(self.retry_after)
+        return [("retry-after", str(int(seconds)) if seconds.is_integer() else repr(seconds))]
+
     def applies(self, index: int) -> bool:
         """Whether call ``index`` is hit (a seeded draw per call, so the same seed hits the same calls)."""
         if self.on_calls is not None:
@@ -217,7 +224,12 @@ class Fault:
         return hit
 
     def describe(self) -> str:
-        what = f"{self.status}" if self.kind == "status" else f"{self.kind} after chunk {self.after_chunk}"
+        if self.kind in ("status", "drop"):
+            what = str(self.status or "drop")
+        elif self.kind in ("first_byte", "connect"):
+            what = f"{self.kind} delay {self.seconds:g} s"
+        else:
+            what = f"{self.kind} after chunk {self.after_chunk}"
         when = (
             f"calls {sorted(self.on_calls)}"
             if self.on_calls is not None
@@ -242,6 +254,7 @@ def make_fault(
     first_byte_delay: float | None,
     malformed_after: int | None,
     drop: bool,
+    connect_delay: float | None = None,
 ) -> Fault:
     """The Fault ``llm.fail(...)`` asks for, its arguments checked."""
     kinds = {
@@ -251,12 +264,13 @@ def make_fault(
         "malformed": malformed_after is not None,
         "first_byte": first_byte_delay is not None,
         "drop": drop,
+        "connect": connect_delay is not None,
     }
     chosen = [k for k, on in kinds.items() if on]
     if len(chosen) != 1:
         raise ConfigError(
             "fail(): give exactly one fault: status=, stall_after=, disconnect_after=, "
-            f"malformed_after=, first_byte_delay= or drop=True (got {chosen or 'none'})"
+            f"malformed_after=, first_byte_delay=, connect_delay= or drop=True (got {chosen or 'none'})"
         )
     if status is not None and not (isinstance(status, int) and 400 <= status <= 599):
         raise ConfigError(f"fail(status={status!r}): give an HTTP error status, e.g. 429, 500, 503 or 529")
@@ -265,7 +279,9 @@ def make_fault(
         raise ConfigError(f"fail(on_calls={on_calls!r}): give 1-based call indexes, e.g. on_calls=(2,)")
     if probability is not None and not 0 <= probability <= 1:
         raise ConfigError(f"fail(probability={probability!r}): give a probability between 0 and 1")
-    for name, value in (("retry_after", retry_after), ("stall", stall), ("first_byte_delay", first_byte_delay)):
+    delays = (("retry_after", retry_after), ("stall", stall), ("first_byte_delay", first_byte_delay),
+              ("connect_delay", connect_delay))
+    for name, value in delays:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
             raise ConfigError(f"fail({name}={value!r}): give a number of seconds >= 0")
     after = next((v for v in (stall_after, disconnect_after, malformed_after) if v is not None), 0)
@@ -277,7 +293,7 @@ def make_fault(
         retry_after=retry_after,
         message=message,
         after_chunk=after,
-        seconds=float(first_byte_delay if first_byte_delay is not None else stall),
+        seconds=float(next((d for d in (first_byte_delay, connect_delay) if d is not None), stall)),
         on_calls=calls,
         probability=probability,
         seed=seed,

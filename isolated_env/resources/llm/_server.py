@@ -10,9 +10,11 @@ handle unbound, so the next test finds it pristine (a request that still reaches
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import socket
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 
 import anyio
+from anyio.abc import SocketAttribute
 
 from ..._contract import current_settings
 from ..._pool import Pool
@@ -20,10 +22,12 @@ from ..._runtime import current_runtime
 from .._inprocess import ProblemLog
 from ..http._server import H11Server, RecordedRequest, Reply
 from ._answer import Wire
+from ._connect import ConnectGate
 from ._script import Fault
 
 __all__ = ["LlmServer", "lease_server", "to_reply"]
 
+_STREAM_FAULTS = frozenset({"stall", "disconnect", "malformed"})
 _MALFORMED = b'data: {"id": "truncated", "choices": [{"delta": {"content": \n\n'
 
 Answerer = Callable[[RecordedRequest], Awaitable[Reply]]
@@ -52,9 +56,14 @@ class LlmServer:
         self.http = H11Server(self._answer, self.problems)
         self.port = 0
         self._answerer: Answerer | None = None
+        self.gate: ConnectGate | None = None
+        """Shuts the listener to new connections for a connect fault."""
 
     async def start(self) -> LlmServer:
         self.port = await self.http.start()
+        self.gate = ConnectGate(_listening_socket(self.http))
+        runtime = await current_runtime()
+        await runtime.spawn(self.gate.run, name="isolated-llm-connect-gate", daemon=True)
         return self
 
     def bind(self, answerer: Answerer, problems: ProblemLog) -> None:
@@ -66,6 +75,8 @@ class LlmServer:
 
     async def unbind(self) -> None:
         self._answerer = None
+        if self.gate is not None:
+            self.gate.open()
         await self.http.drop_connections()
         self.problems.target = None
 
@@ -76,7 +87,18 @@ class LlmServer:
         return await answerer(request)
 
     async def aclose(self) -> None:
+        if self.gate is not None:
+            self.gate.close()
         await self.http.aclose()
+
+
+def _listening_socket(http: H11Server) -> socket.socket:
+    """The listening socket under ``http`` (the one place that reads the H11 server's acceptor)."""
+    listener = getattr(getattr(http, "_acceptor", None), "_listener", None)
+    if listener is None:
+        raise RuntimeError("isolated_llm: the HTTP server's listener is not where it was (H11Server._acceptor)")
+    sock: socket.socket = listener.extra(SocketAttribute.raw_socket)
+    return sock
 
 
 async def _create() -> LlmServer:
@@ -113,28 +135,51 @@ def to_reply(wire: Wire, fault: Fault | None = None, marks: Sequence[float] | No
     since the answer started, one per frame) make the body a sequence
     of writes (a whole body is then one write)."""
     frames = wire.frames
-    if frames is None and fault is not None and fault.kind in ("stall", "disconnect", "malformed"):
+    if frames is None and fault is not None and fault.kind in _STREAM_FAULTS:
         frames = (wire.body,)
     if frames is None:
         return Reply(wire.status, wire.headers, wire.body)
     return Reply(wire.status, wire.headers, _writes(frames, fault, marks))
 
 
-async def _writes(frames: Sequence[bytes], fault: Fault | None, marks: Sequence[float] | None) -> AsyncIterator[bytes]:
+async def _writes(
+    frames: Sequence[bytes] | AsyncIterable[bytes], fault: Fault | None, marks: Sequence[float] | None
+) -> AsyncIterator[bytes]:
     started = anyio.current_time()
-    at = min(fault.after_chunk, len(frames)) if fault is not None else -1
-    for n, frame in enumerate([*frames, None]):
-        if n == at and fault is not None:
-            if fault.kind == "disconnect":  # the peer sees the body end short (no last chunk)
-                raise ConnectionAbortedError("isolated_llm: disconnect injected by fail()")
-            if fault.kind == "stall":
-                await anyio.sleep(fault.seconds)
-            elif fault.kind == "malformed":
-                yield _MALFORMED
-        if frame is None:
-            return
-        if marks is not None:
-            late = anyio.current_time() - started
-            if marks[n] > late:
-                await anyio.sleep(marks[n] - late)
+    at = fault.after_chunk if fault is not None and fault.kind in _STREAM_FAULTS else -1
+    source = _each(frames) if isinstance(frames, Sequence) else aiter(frames)
+    n = 0
+    try:
+        async for frame in source:
+            if n == at:
+                async for extra in _inject(fault):
+                    yield extra
+            if marks is not None:
+                late = anyio.current_time() - started
+                if marks[n] > late:
+                    await anyio.sleep(marks[n] - late)
+            yield frame
+            n += 1
+        if at >= n:  # past the last frame: at the end
+            async for extra in _inject(fault):
+                yield extra
+    finally:
+        closer = getattr(source, "aclose", None)
+        if closer is not None:
+            await closer()  # a relayed stream: the upstream response is closed and the call settled now
+
+
+async def _each(frames: Sequence[bytes]) -> AsyncIterator[bytes]:
+    for frame in frames:
         yield frame
+
+
+async def _inject(fault: Fault | None) -> AsyncIterator[bytes]:
+    """What a stream fault does where it strikes."""
+    assert fault is not None
+    if fault.kind == "disconnect":  # the peer sees the body end short (no last chunk)
+        raise ConnectionAbortedError("isolated_llm: disconnect injected by fail()")
+    if fault.kind == "stall":
+        await anyio.sleep(fault.seconds)
+    elif fault.kind == "malformed":
+        yield _MALFORMED

@@ -4,9 +4,11 @@ provider (``live``), or both (``record``, ``record_missing``).
 ``replay`` opens no connection at all: it has no HTTP client. The record modes forward a request to
 the upstream (its key from ``OPENAI_API_KEY`` / ``ANTHROPIC_API_KEY``, put on the forwarded request
 only, never written), read the answer as the raw writes it arrived in, store them, and send the
-client those same writes. Usage for the budget is read from the answer: the ``usage`` object, an
-OpenAI stream's ``include_usage`` chunk, ``response.completed``, or Anthropic's ``message_start`` and
-final ``message_delta``; none found, the call counts as unknown.
+client those same writes: a stream write by write as it arrives (the client sees its first chunk
+while the upstream is still answering), stored once it has ended. Usage for the budget is read
+from the answer: the ``usage`` object, an OpenAI stream's ``include_usage`` chunk,
+``response.completed``, or Anthropic's ``message_start`` and final ``message_delta``; none found
+(or a stream cut short), the call counts as unknown.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 
 from ..._errors import ConfigError, SecretInCassette
-from ..._recording import Cassette, Interaction, canonical, key_of, make_interaction
+from ..._recording import Cassette, Interaction, canonical, clean_headers, key_of, make_interaction
 from .._inprocess import Problem, ProblemLog
 from ._answer import Wire
 from ._offline import NO_RETRY, provider_error
@@ -107,6 +110,24 @@ def usage_of(item: Interaction) -> tuple[int | None, int | None]:
     return (tokens_in, tokens_out) if tokens_in is not None and tokens_out is not None else (None, None)
 
 
+Settle = Callable[[int | None, int | None], None]
+"""Reconciles a call at the tokens it used (None, None: unknown)."""
+
+
+class _Upstream:
+    """An upstream answer whose head has arrived; its body is read by whoever takes it."""
+
+    def __init__(self, request: LlmRequest, response: httpx.Response, started: float) -> None:
+        self.request, self.response, self.started = request, response, started
+
+    def interaction(self, writes: list[tuple[float, bytes]]) -> Interaction:
+        r = self.request
+        received = self.response.headers.multi_items()
+        return make_interaction(
+            r.method, r.path, "", r.headers.multi_items(), r.body, self.response.status_code, received, writes
+        )
+
+
 class CassetteSource:
     """Answers from a cassette and/or the upstream, as the mode says."""
 
@@ -119,8 +140,10 @@ class CassetteSource:
         self._keys: set[str] = set()
 
     async def answer(
-        self, request: LlmRequest, extra: Sequence[tuple[str, str]], problems: ProblemLog
+        self, request: LlmRequest, extra: Sequence[tuple[str, str]], problems: ProblemLog, settle: Settle
     ) -> tuple[Wire, list[float] | None]:
+        """The answer to ``request``; one with ``settled_later`` calls ``settle`` with its usage once
+        its stream has ended."""
         text = canonical(request.method, request.path, "", request.body)
         if self.cassette is not None and self.mode in ("replay", "record_missing"):
             found = self.cassette.take(key_of(text))
@@ -133,10 +156,49 @@ class CassetteSource:
         got = await self._forward(request, problems)
         if isinstance(got, Wire):
             return got, None
+        if isinstance(got, _Upstream):
+            return self._relay(request, got, extra, problems, settle), None
         if self.cassette is not None:
             got.used = True
             self.cassette.add(got)
         return self._send(got, extra, fast=True)
+
+    def _relay(
+        self,
+        request: LlmRequest,
+        upstream: _Upstream,
+        extra: Sequence[tuple[str, str]],
+        problems: ProblemLog,
+        settle: Settle,
+    ) -> Wire:
+        """A stream passed on write by write as the upstream sends it, recorded as it goes: the
+        interaction is stored, and usage reconciled, once it has ended."""
+        response = upstream.response
+
+        async def writes() -> AsyncIterator[bytes]:
+            recorded: list[tuple[float, bytes]] = []
+            complete = False
+            try:
+                async for piece in response.aiter_raw():
+                    recorded.append(((time.perf_counter() - upstream.started) * 1000, piece))
+                    yield piece
+                complete = True
+            except httpx.HTTPError as exc:
+                why = f"the upstream stream broke after {len(recorded)} write(s): {exc!r}"
+                problems.unexpected(f"request #{request.index} ({request.api}, {request.model})", why)
+                raise ConnectionAbortedError(why) from exc
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+                item = upstream.interaction(recorded) if complete else None
+                if item is not None and self.cassette is not None:
+                    item.used = True
+                    self.cassette.add(item)
+                # a stream cut short is not stored, and counts as unknown: its worst case stays charged
+                settle(*(usage_of(item) if item is not None and item.status == 200 else (None, None)))
+
+        headers = (*clean_headers(response.headers.multi_items()), *extra)
+        return Wire(response.status_code, headers, frames=writes(), settled_later=True)
 
     def _send(
         self, item: Interaction, extra: Sequence[tuple[str, str]], fast: bool = False
@@ -152,7 +214,7 @@ class CassetteSource:
         marks = [at / 1000 for at, _ in item.writes] if self.timing == "recorded" and not fast else None
         return Wire(item.status, headers, frames=frames, input_tokens=tokens_in, output_tokens=tokens_out), marks
 
-    async def _forward(self, request: LlmRequest, problems: ProblemLog) -> Interaction | Wire:
+    async def _forward(self, request: LlmRequest, problems: ProblemLog) -> Interaction | Wire | _Upstream:
         provider = request.provider
         variable = KEY_VARIABLES[provider]
         key = os.environ.get(variable)
@@ -170,18 +232,25 @@ class CassetteSource:
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=10.0))
         started = time.perf_counter()
-        writes: list[tuple[float, bytes]] = []
         try:
-            async with self._client.stream("POST", url, content=request.body, headers=headers) as response:
-                async for piece in response.aiter_raw():
-                    writes.append(((time.perf_counter() - started) * 1000, piece))
-                status, received = response.status_code, response.headers.multi_items()
+            upstream = self._client.build_request("POST", url, content=request.body, headers=headers)
+            response = await self._client.send(upstream, stream=True)
         except httpx.HTTPError as exc:
             why = f"the upstream {url} could not be reached: {exc!r}"
             return provider_error(request, "unavailable", problems.unexpected(what, why), NO_RETRY)
-        return make_interaction(
-            request.method, request.path, "", request.headers.multi_items(), request.body, status, received, writes
-        )
+        got = _Upstream(request, response, started)
+        if response.status_code == 200 and "event-stream" in response.headers.get("content-type", ""):
+            return got
+        writes: list[tuple[float, bytes]] = []
+        try:
+            async for piece in response.aiter_raw():
+                writes.append(((time.perf_counter() - started) * 1000, piece))
+        except httpx.HTTPError as exc:
+            why = f"the upstream {url} broke off its answer: {exc!r}"
+            return provider_error(request, "unavailable", problems.unexpected(what, why), NO_RETRY)
+        finally:
+            await response.aclose()
+        return got.interaction(writes)
 
     def unmet(self) -> list[Problem]:
         if self.cassette is None or self.mode not in ("replay", "record_missing"):

@@ -24,6 +24,7 @@ from .handle import Clone, DatabaseHandle, PostgresHandle
 from .janitor import keep, reap_once
 from .labels import server_key
 from .leases import check as check_lease
+from .nesting import settle_nested
 from .roles import rails
 from .templates import PostgresTemplate, template_database
 from .warm import WarmPool, WarmPoolStatistics, warm_pool, warm_pools
@@ -99,12 +100,16 @@ async def database_mode(
         handle = DatabaseHandle(lease.value, warm.login(lease.value.name), pool, warm.template_name,
                                 keep_on_failure, admin=server, grant=guard.role,
                                 closing=warm.closing_sql(lease.value.name))
+        handle._ie_warm = warm  # type: ignore[attr-defined]  # how a nested scope clones it (.nesting)
         try:
             yield handle
         except BaseException as exc:
+            if not isinstance(exc, GeneratorExit):
+                await settle_nested(handle)
             if keep_on_failure and not isinstance(exc, GeneratorExit):
                 exc.add_note(await keep(handle, f"{type(exc).__name__}: {exc}"))
             raise
+        await settle_nested(handle)
         if keep_on_failure and handle.failed:
             await keep(handle, "the test failed")
         check_lease(handle.database)

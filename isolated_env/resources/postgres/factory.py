@@ -17,6 +17,7 @@ from .database import database_mode
 from .handle import DatabaseHandle, PostgresHandle
 from .janitor import prune
 from .labels import disown_server, server_key
+from .nesting import nested_postgres
 from .private import private_database
 from .templates import as_template, template_database
 from .transaction import transaction_mode
@@ -62,7 +63,7 @@ async def _died(server: servers.PostgresServer) -> ServerDied | None:
 
 @resource(
     "postgres", aliases=("database",), provider="postgres", extra="postgres", reap=_reap, self_check=_self_check,
-    reset=lambda handle: handle._reset(), statistics=lambda handle: handle._pool.statistics(),
+    reset=lambda handle: handle._reset(), statistics=lambda handle: handle._pool.statistics(), nest=nested_postgres,
 )
 async def isolated_postgres(
     *, mode: str = "transaction", template: Any = None, keep_on_failure: bool | None = None, superuser: bool = False
