@@ -251,6 +251,7 @@ class Cassette:
 
     def _index(self) -> None:
         self._by_key: dict[str, list[_Entry]] = {}
+        self._first_unused: dict[str, int] = {}  # per key, entries before it are all used (used never reverts)
         for entry in self._entries:
             self._by_key.setdefault(entry.key, []).append(entry)
 
@@ -286,12 +287,18 @@ class Cassette:
         return cassette
 
     def take(self, key: str) -> Interaction | None:
-        """The first unused interaction recorded under ``key`` (marked used), or None."""
-        for entry in self._by_key.get(key, ()):
-            item = entry.item
+        """The first unused interaction recorded under ``key`` (marked used), or None; amortized
+        constant time, so replaying a cassette of n identical calls is linear, not quadratic."""
+        entries = self._by_key.get(key, ())
+        at = self._first_unused.get(key, 0)
+        while at < len(entries):
+            item = entries[at].item
+            at += 1
             if not item.used:
                 item.used = True
+                self._first_unused[key] = at
                 return item
+        self._first_unused[key] = at
         return None
 
     def nearest(self, canonical_text: str) -> str:
