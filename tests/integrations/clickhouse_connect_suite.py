@@ -181,7 +181,9 @@ def outcomes(junit: Path) -> dict[str, str]:
     return found
 
 
-def run(workers: int = 2, keep: Path | None = None, select: list[str] | None = None) -> tuple[dict[str, str], list[str]]:
+def run(
+    workers: int = 2, keep: Path | None = None, select: list[str] | None = None
+) -> tuple[dict[str, str], list[str]]:
     """Run the suite; returns every outcome and the problems (new failures, expected ones passing).
     ``select``: pytest arguments that pick part of the suite (test files under
     ``tests/integration_tests``, ``-k``); only what ran is compared then."""
