@@ -119,7 +119,7 @@ class _Slots:
     opened per event loop.
     """
 
-    SPARES = 2  # empty databases kept ready so that a release swaps instead of waiting for DDL
+    SPARES = 4  # empty databases kept ready so that a release swaps instead of waiting for DDL
     # On a guarded server a database belongs to one slot's user (its name starts with the user's):
     # each slot keeps one spare of its own.
     SLOT_SPARES = 1
@@ -137,6 +137,7 @@ class _Slots:
         self._working = False
         self._admin: Any = None
         self._admin_lock = anyio.Lock()
+        self._reclaim_lock = anyio.Lock()
 
     def _name(self, user: str | None = None) -> str:
         if user is not None:
@@ -229,6 +230,8 @@ class _Slots:
             return
         check_lease(slot.database)  # lost while the test held it: another run may have reaped it
         spares = self.spare_sets.setdefault(slot.user, [])
+        if not spares and any(user == slot.user for _, user in self.returned):
+            await self._reclaim()  # one look at every returned database refills the spares
         if spares:
             name = spares.pop()
             self.returned.append((slot.database, slot.user))
@@ -243,19 +246,46 @@ class _Slots:
         await self._kick()
 
     async def _untouched(self, admin: Any, database: str) -> bool:
-        """Whether ``database`` is as it was made: there, no table, view or dictionary in it, and its
-        owner label unchanged (one SELECT, where a swap costs a DROP and a CREATE)."""
+        """Whether ``database`` is as it was made (see :meth:`_untouched_of`)."""
+        return database in await self._untouched_of(admin, [database])
+
+    @staticmethod
+    async def _untouched_of(admin: Any, databases: list[str]) -> set[str]:
+        """Those of ``databases`` that are as they were made: there, no table, view or dictionary in
+        them, their owner label unchanged (one SELECT for all, where a swap costs a DROP and a CREATE)."""
         rows = (
             await admin.query(
-                "SELECT comment, (SELECT count() FROM system.tables WHERE database = {db:String}) "
-                "FROM system.databases WHERE name = {db:String}",
-                parameters={"db": database},
+                "SELECT name, comment, name IN (SELECT database FROM system.tables WHERE has({dbs:Array(String)}, "
+                "database)) FROM system.databases WHERE has({dbs:Array(String)}, name)",
+                parameters={"dbs": databases},
             )
         ).result_rows
-        if not rows or rows[0][1] != 0:
-            return False
-        label = parse(rows[0][0])  # the owner, and no other field but its lease's end
-        return label is not None and label[0] == me() and set(label[1]) <= {"exp"}
+        found = set()
+        for name, comment, used in rows:
+            label = parse(comment)  # the owner, and no other field but its lease's end
+            if not used and label is not None and label[0] == me() and set(label[1]) <= {"exp"}:
+                found.add(name)
+        return found
+
+    async def _reclaim(self) -> None:
+        """Looks at every returned database at once: an untouched one is a spare again, the rest retire."""
+        async with self._reclaim_lock:
+            returned, self.returned = self.returned, []
+            if not returned:
+                return
+            names = [name for name, _ in returned]
+            try:
+                reuse = set() if self.runtime.closed else await self._untouched_of(await self._admin_client(), names)
+            except Exception as exc:  # looked at again as retired databases: dropped, or retried
+                log.warning("isolated_env: checking ClickHouse databases %s failed: %r", returned, exc)
+                reuse = set()
+            for name, user in returned:
+                spares = self.spare_sets.get(user)
+                if name in reuse and spares is not None:
+                    spares.append(name)
+                    self.dropping -= 1
+                else:
+                    self.retired.append(name)
 
     async def _kick(self) -> None:
         if not self._working:
@@ -269,18 +299,7 @@ class _Slots:
         try:
             admin = await self._admin_client()
             while self.returned:
-                name, user = self.returned.pop()
-                spares = self.spare_sets.get(user)
-                try:
-                    reuse = spares is not None and not self.runtime.closed and await self._untouched(admin, name)
-                except Exception as exc:  # looked at again as a retired database: dropped, or retried
-                    log.warning("isolated_env: checking ClickHouse database %s failed: %r", name, exc)
-                    reuse = False
-                if reuse and spares is not None:
-                    spares.append(name)
-                    self.dropping -= 1
-                else:
-                    self.retired.append(name)
+                await self._reclaim()
             failed: list[str] = []
             while self.retired:
                 name = self.retired.pop()
