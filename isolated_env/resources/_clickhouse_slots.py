@@ -236,7 +236,8 @@ class _Slots:
             name = spares.pop()
             self.returned.append((slot.database, slot.user))
         elif await self._untouched(await self._admin_client(), slot.database):
-            return  # nothing was made in it: it stays, with no DDL
+            await self._kick()  # nothing was made in it: it stays, with no DDL; spares for the next release
+            return
         else:
             name = self._name(slot.user)
             await self._make_database(await self._ddl(slot), name)
