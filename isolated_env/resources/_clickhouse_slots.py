@@ -119,10 +119,10 @@ class _Slots:
     opened per event loop.
     """
 
-    SPARES = 4  # empty databases kept ready so that a release swaps instead of waiting for DDL
+    SPARES = 4  # empty databases kept ready (and one per live slot) so that a release swaps, not waits for DDL
     # On a guarded server a database belongs to one slot's user (its name starts with the user's):
-    # each slot keeps one spare of its own.
-    SLOT_SPARES = 1
+    # each slot keeps spares of its own (two: a slot released again before the worker ran still swaps).
+    SLOT_SPARES = 2
 
     def __init__(self, server: ClickHouseServer, mode: Mode, runtime: Runtime) -> None:
         self.server = server
@@ -134,6 +134,7 @@ class _Slots:
         # Released databases not yet looked at: an untouched one becomes a spare again, the rest retire.
         self.returned: list[tuple[str, str | None]] = []
         self.dropping = 0  # released databases not yet dropped or reused (in the lists, or in hand)
+        self.live = 0  # slots made and not destroyed
         self._working = False
         self._admin: Any = None
         self._admin_lock = anyio.Lock()
@@ -193,6 +194,7 @@ class _Slots:
             await client.close()
             raise
         client.database = name
+        self.live += 1
         return _Slot(client, name, "", base=self._admin_base())
 
     async def _create_guarded(self) -> _Slot:
@@ -235,7 +237,7 @@ class _Slots:
         if spares:
             name = spares.pop()
             self.returned.append((slot.database, slot.user))
-        elif await self._untouched(await self._admin_client(), slot.database):
+        elif slot.database in await self._untouched_of(await self._admin_client(), [slot.database]):
             await self._kick()  # nothing was made in it: it stays, with no DDL; spares for the next release
             return
         else:
@@ -245,10 +247,6 @@ class _Slots:
         self.dropping += 1
         slot.database = slot.client.database = name
         await self._kick()
-
-    async def _untouched(self, admin: Any, database: str) -> bool:
-        """Whether ``database`` is as it was made (see :meth:`_untouched_of`)."""
-        return database in await self._untouched_of(admin, [database])
 
     @staticmethod
     async def _untouched_of(admin: Any, databases: list[str]) -> set[str]:
@@ -268,6 +266,9 @@ class _Slots:
                 found.add(name)
         return found
 
+    def _wanted(self, user: str | None) -> int:
+        return max(self.SPARES, self.live) if user is None else self.SLOT_SPARES
+
     async def _reclaim(self) -> None:
         """Looks at every returned database at once: an untouched one is a spare again, the rest retire."""
         async with self._reclaim_lock:
@@ -282,7 +283,7 @@ class _Slots:
                 reuse = set()
             for name, user in returned:
                 spares = self.spare_sets.get(user)
-                if name in reuse and spares is not None:
+                if name in reuse and spares is not None and len(spares) < self._wanted(user):
                     spares.append(name)
                     self.dropping -= 1
                 else:
@@ -313,8 +314,7 @@ class _Slots:
                 self.dropping -= 1
             self.retired.extend(failed)
             for user, spares in list(self.spare_sets.items()):
-                wanted = self.SPARES if user is None else self.SLOT_SPARES
-                while len(spares) < wanted and not self.runtime.closed and user in self.spare_sets:
+                while len(spares) < self._wanted(user) and not self.runtime.closed and user in self.spare_sets:
                     name = self._name(user)
                     await self._make_database(admin, name)
                     spares.append(name)
@@ -384,6 +384,8 @@ class _Slots:
     async def destroy(self, slot: _Slot) -> None:
         try:
             self._forget(slot)
+            if slot.user is None and self.mode == "database":
+                self.live -= 1
             if self.mode == "database":
                 await self._drop_database(await self._ddl(slot), slot.database)
             else:
