@@ -110,6 +110,21 @@ def expected_failures(path: Path = EXPECTED) -> dict[str, str]:
     return found
 
 
+def reason_groups(path: Path = EXPECTED) -> dict[str, list[str]]:
+    """``group -> its test ids`` from the ``## <group>`` lines of the expected-failures file."""
+    groups: dict[str, list[str]] = {}
+    group = ""
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            group = line[3:].strip()
+            groups[group] = []
+        elif line.strip() and not line.startswith("#"):
+            if not group:
+                raise ValueError(f"{path.name}: an entry before any '## <group>' line: {line!r}")
+            groups[group].append(line.partition("#")[0].strip())
+    return groups
+
+
 def fetch(into: Path) -> Path:
     """The suite's source tree at :data:`REVISION`, unpacked under ``into``."""
     source = os.environ.get("CLICKHOUSE_CONNECT_SUITE")
