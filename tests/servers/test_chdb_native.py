@@ -70,11 +70,10 @@ async def test_the_client_negotiates_a_revision_and_keeps_zones(client: Any) -> 
         await client.query("SELECT toDateTime('2022-10-25 10:55:22', 'America/Chicago') AS c, toDateTime(0) AS u")
     ).first_row
     assert str(row[0].tzinfo) == "America/Chicago"
-    plain = await client.raw_query("SELECT toDateTime(1676369730, 'Asia/Shanghai') AS dt FORMAT Native")
+    sql = "SELECT toDateTime(1676369730, 'Asia/Shanghai') AS dt FORMAT Native"
+    plain = await client.raw_query(sql)
     assert plain.hex() == "0101026474084461746554696d65425feb63"  # revision 0: as the engine writes it
-    zoned = await client.raw_query(
-        "SELECT toDateTime(1676369730, 'Asia/Shanghai') AS dt FORMAT Native", settings={"client_protocol_version": 54337}
-    )
+    zoned = await client.raw_query(sql, settings={"client_protocol_version": 54337})
     assert zoned[:8] == native.BLOCK_INFO and zoned[14:39] == b"DateTime('Asia/Shanghai')"
 
 
@@ -87,3 +86,12 @@ async def test_every_block_has_its_block_info(client: Any) -> None:
     assert len(result.result_rows) == 5000 and result.result_rows[-1] == (4999, "4999")
     # A statement chdb does not stream comes whole, cut into its blocks.
     assert ("system",) in (await client.query("SHOW DATABASES")).result_rows
+
+
+def test_a_revision_that_is_not_a_number_is_refused() -> None:
+    from isolated_env._servers.chdb.protocol import EngineError, decode_request
+
+    assert decode_request("POST", {}, {"client_protocol_version": "54405"}, b"SELECT 1").protocol == 54405
+    with pytest.raises(EngineError, match="client_protocol_version must be a revision number") as err:
+        decode_request("POST", {}, {"client_protocol_version": "new"}, b"SELECT 1")
+    assert err.value.code == 36
