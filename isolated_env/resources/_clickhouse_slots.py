@@ -15,13 +15,12 @@ from .._config import run_id
 from .._contract import Kept
 from .._drivers import clickhouse as ch_driver
 from .._errors import ConfigError
-from .._ownership import me, parse
 from .._redact import redact_url
 from .._runtime import Runtime
 from .._servers.clickhouse import ClickHouseServer
 from ._clickhouse_leases import check as check_lease
 from ._clickhouse_leases import comment as lease_comment
-from ._clickhouse_leases import hold, let_go, reapable, server_now
+from ._clickhouse_leases import hold, let_go, reapable, server_now, untouched
 
 __all__ = ["Mode", "connect", "reap"]
 
@@ -120,9 +119,9 @@ class _Slots:
     """
 
     SPARES = 4  # empty databases kept ready (and one per live slot) so that a release swaps, not waits for DDL
-    # On a guarded server a database belongs to one slot's user (its name starts with the user's):
-    # each slot keeps spares of its own (two: a slot released again before the worker ran still swaps).
-    SLOT_SPARES = 2
+    # On a guarded server a database belongs to one slot's user (its name starts with the user's): each
+    # slot keeps spares of its own (four: releases in a row, before the worker ran, still swap).
+    SLOT_SPARES = 4
 
     def __init__(self, server: ClickHouseServer, mode: Mode, runtime: Runtime) -> None:
         self.server = server
@@ -135,6 +134,7 @@ class _Slots:
         self.returned: list[tuple[str, str | None]] = []
         self.dropping = 0  # released databases not yet dropped or reused (in the lists, or in hand)
         self.live = 0  # slots made and not destroyed
+        self.releases = 0  # a loop that releases once (a loop per test) makes no spares
         self._working = False
         self._admin: Any = None
         self._admin_lock = anyio.Lock()
@@ -232,13 +232,15 @@ class _Slots:
             return
         check_lease(slot.database)  # lost while the test held it: another run may have reaped it
         spares = self.spare_sets.setdefault(slot.user, [])
-        if not spares and any(user == slot.user for _, user in self.returned):
-            await self._reclaim()  # one look at every returned database refills the spares
+        self.releases += 1
+        if not spares and (self._reclaim_lock.locked() or any(user == slot.user for _, user in self.returned)):
+            await self._reclaim()  # one look at every returned database (or the worker's) refills the spares
         if spares:
             name = spares.pop()
             self.returned.append((slot.database, slot.user))
-        elif slot.database in await self._untouched_of(await self._admin_client(), [slot.database]):
-            await self._kick()  # nothing was made in it: it stays, with no DDL; spares for the next release
+        elif slot.database in await untouched(await self._admin_client(), [slot.database]):
+            if self.releases > 1:  # nothing was made in it: it stays, with no DDL; spares if more releases come
+                await self._kick()
             return
         else:
             name = self._name(slot.user)
@@ -247,24 +249,6 @@ class _Slots:
         self.dropping += 1
         slot.database = slot.client.database = name
         await self._kick()
-
-    @staticmethod
-    async def _untouched_of(admin: Any, databases: list[str]) -> set[str]:
-        """Those of ``databases`` that are as they were made: there, no table, view or dictionary in
-        them, their owner label unchanged (one SELECT for all, where a swap costs a DROP and a CREATE)."""
-        rows = (
-            await admin.query(
-                "SELECT name, comment, name IN (SELECT database FROM system.tables WHERE has({dbs:Array(String)}, "
-                "database)) FROM system.databases WHERE has({dbs:Array(String)}, name)",
-                parameters={"dbs": databases},
-            )
-        ).result_rows
-        found = set()
-        for name, comment, used in rows:
-            label = parse(comment)  # the owner, and no other field but its lease's end
-            if not used and label is not None and label[0] == me() and set(label[1]) <= {"exp"}:
-                found.add(name)
-        return found
 
     def _wanted(self, user: str | None) -> int:
         return max(self.SPARES, self.live) if user is None else self.SLOT_SPARES
@@ -277,13 +261,13 @@ class _Slots:
                 return
             names = [name for name, _ in returned]
             try:
-                reuse = set() if self.runtime.closed else await self._untouched_of(await self._admin_client(), names)
+                reuse = set() if self.runtime.closed else await untouched(await self._admin_client(), names)
             except Exception as exc:  # looked at again as retired databases: dropped, or retried
                 log.warning("isolated_env: checking ClickHouse databases %s failed: %r", returned, exc)
                 reuse = set()
             for name, user in returned:
                 spares = self.spare_sets.get(user)
-                if name in reuse and spares is not None and len(spares) < self._wanted(user):
+                if name in reuse and spares is not None:
                     spares.append(name)
                     self.dropping -= 1
                 else:
@@ -314,7 +298,10 @@ class _Slots:
                 self.dropping -= 1
             self.retired.extend(failed)
             for user, spares in list(self.spare_sets.items()):
+                # Not while a released database is still to be looked at (it may come back as a spare).
                 while len(spares) < self._wanted(user) and not self.runtime.closed and user in self.spare_sets:
+                    if self.returned or self._reclaim_lock.locked():
+                        break
                     name = self._name(user)
                     await self._make_database(admin, name)
                     spares.append(name)

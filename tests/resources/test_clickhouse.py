@@ -388,7 +388,7 @@ async def test_releases_in_a_row_reuse_untouched_databases_after_one_look(admin:
     before = await _databases(admin)
     seen: list[str] = []
     used = ""
-    for i in range(12):
+    for i in range(30):
         async with isolated_clickhouse() as ch:
             seen.append(ch.database)
             if i == 5:
