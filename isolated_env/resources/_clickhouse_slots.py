@@ -139,6 +139,7 @@ class _Slots:
         self._admin: Any = None
         self._admin_lock = anyio.Lock()
         self._reclaim_lock = anyio.Lock()
+        self._looking: list[tuple[str, str | None]] = []  # released databases being looked at now
 
     def _name(self, user: str | None = None) -> str:
         if user is not None:
@@ -250,8 +251,11 @@ class _Slots:
         slot.database = slot.client.database = name
         await self._kick()
 
-    def _wanted(self, user: str | None) -> int:
-        return max(self.SPARES, self.live) if user is None else self.SLOT_SPARES
+    def _short(self, user: str | None) -> bool:
+        """Whether ``user``'s spares, with its released databases not yet looked at, are too few."""
+        wanted = max(self.SPARES, self.live) if user is None else self.SLOT_SPARES
+        in_flight = sum(1 for _, owner in self.returned + self._looking if owner == user)
+        return len(self.spare_sets.get(user, ())) + in_flight < wanted
 
     async def _reclaim(self) -> None:
         """Looks at every returned database at once: an untouched one is a spare again, the rest retire."""
@@ -259,12 +263,18 @@ class _Slots:
             returned, self.returned = self.returned, []
             if not returned:
                 return
+            self._looking = returned
             names = [name for name, _ in returned]
             try:
                 reuse = set() if self.runtime.closed else await untouched(await self._admin_client(), names)
             except Exception as exc:  # looked at again as retired databases: dropped, or retried
                 log.warning("isolated_env: checking ClickHouse databases %s failed: %r", returned, exc)
                 reuse = set()
+            except BaseException:  # cancelled: still to be looked at
+                self.returned.extend(returned)
+                raise
+            finally:
+                self._looking = []
             for name, user in returned:
                 spares = self.spare_sets.get(user)
                 if name in reuse and spares is not None:
@@ -298,10 +308,9 @@ class _Slots:
                 self.dropping -= 1
             self.retired.extend(failed)
             for user, spares in list(self.spare_sets.items()):
-                # Not while a released database is still to be looked at (it may come back as a spare).
-                while len(spares) < self._wanted(user) and not self.runtime.closed and user in self.spare_sets:
-                    if self.returned or self._reclaim_lock.locked():
-                        break
+                # A released database still to be looked at counts: it may come back as a spare, so
+                # a slot's databases stay its own, its spares and those being dropped.
+                while self._short(user) and not self.runtime.closed and user in self.spare_sets:
                     name = self._name(user)
                     await self._make_database(admin, name)
                     spares.append(name)
