@@ -10,11 +10,17 @@ the run. Nothing of the suite is kept in this project; it is fetched each time:
   revision is read from it with ``git archive``);
 - otherwise the GitHub archive of the revision is downloaded (``codeload.github.com``).
 
-The suite needs ``pytest-asyncio``, ``pytest-mock``, ``polars`` and ``pyjwt`` next to the
-installed clickhouse-connect. They must not be installed where this project's tests run
-(pytest-asyncio would take over their event loops), so they go into a venv of their own,
-``.venv-ccsuite``, that sees this interpreter's packages through a ``.pth`` file and is made on
-first use; ``CLICKHOUSE_CONNECT_SUITE_PYTHON`` names another interpreter to use instead.
+The suite needs its own release of clickhouse-connect (:data:`CLIENT`, the release of
+:data:`REVISION`: a newer client fails tests written for an older one), pandas 2,
+``pytest-asyncio``, ``pytest-mock``, ``polars`` and ``pyjwt``. They must not be installed where
+this project's tests run (pytest-asyncio would take over their event loops), so they go into a
+venv of their own, ``.venv-ccsuite``, that sees this interpreter's other packages through a
+``.pth`` file and is remade when :data:`SUITE_PACKAGES` changes;
+``CLICKHOUSE_CONNECT_SUITE_PYTHON`` names another interpreter to use instead (it must import
+clickhouse-connect :data:`CLIENT`).
+
+Arguments after ``--`` pick part of the suite (``-- tests/integration_tests/test_timezones.py -k
+local``); only the expected failures among the tests that ran are compared then.
 """
 
 from __future__ import annotations
