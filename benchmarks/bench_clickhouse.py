@@ -209,6 +209,7 @@ def main() -> None:
     base = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
     state_dir = Path(tempfile.mkdtemp(prefix="ie-bench-ch-", dir=base))
     os.environ["ISOLATED_ENV_STATE_DIR"] = str(state_dir)
+    load_before = os.getloadavg()
     try:
         startup, idle_rss = measure_startup(state_dir, args.starts)
         leases = anyio.run(measure_leases, args.leases, args.concurrency)
@@ -220,11 +221,14 @@ def main() -> None:
         servers.forget()
         shutil.rmtree(state_dir, ignore_errors=True)
 
+    load_after = os.getloadavg()
     result = {
         "command": " ".join(["python benchmarks/bench_clickhouse.py", *sys.argv[1:]]),
         "machine": {
             "cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
         },
+        # 1/5/15-minute load averages before and after the run: the figures mean little without them.
+        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in load_after]},
         "adaptor_startup_ms": _summary(startup),
         "adaptor_rss_idle_mb": idle_rss,
         **leases,
@@ -248,6 +252,8 @@ def main() -> None:
         ("  breakdown: untouched check (one SELECT)", result["breakdown_ms"]["untouched_check_select"]),
         ("  breakdown: adaptor start, process to ready", result["adaptor_startup_ms"]),
     ]
+    load = result["load_average"]
+    print(f"load average (1, 5, 15 min): {load['before']} before, {load['after']} after, {os.cpu_count()} CPUs")
     print(f"{'isolated_clickhouse (chdb adaptor)':<52} {'n':>5} {'p50 ms':>9} {'p95 ms':>9}")
     for label, s in rows:
         print(f"{label:<52} {s['n']:>5} {s['p50_ms']:>9.2f} {s['p95_ms']:>9.2f}")

@@ -9,7 +9,6 @@ seam fails loudly when a new release changes what we rely on.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import operator
 import re
 from collections.abc import Callable
@@ -61,6 +60,10 @@ def matches(version: str, spec: str) -> bool:
 
 @functools.cache
 def installed_version(distribution: str) -> str | None:
+    # Imported here, not at the top: importlib.metadata (email, zipfile, csv ...) costs a good
+    # part of a cold start, and most processes never ask.
+    import importlib.metadata
+
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:

@@ -17,7 +17,7 @@ from .._ownership import alive, lease_ttl, me, parse
 if TYPE_CHECKING:
     from .._servers.clickhouse import ClickHouseServer
 
-__all__ = ["check", "comment", "hold", "keeper", "let_go", "reapable", "server_now"]
+__all__ = ["check", "comment", "hold", "keeper", "let_go", "reapable", "server_now", "untouched"]
 
 NOW = "toFloat64(toUnixTimestamp64Milli(now64(3))) / 1000"
 
@@ -121,3 +121,22 @@ def reapable(text: str, now: float, *, kept: bool = False) -> bool:
         return kept
     state = alive(parsed[0])
     return state is False or (state is None and expired(parsed[1], now))
+
+
+async def untouched(admin: Any, databases: list[str]) -> set[str]:
+    """Those of ``databases`` that are as they were made: there, no table, view or dictionary in
+    them, their owner label unchanged (one SELECT for all, where a swap costs a DROP and a CREATE)."""
+    rows = (
+        await admin.query(
+            "SELECT name, comment, name IN (SELECT database FROM system.tables WHERE has({dbs:Array(String)}, "
+            "database)) FROM system.databases WHERE has({dbs:Array(String)}, name)",
+            parameters={"dbs": databases},
+        )
+    ).result_rows
+    found = set()
+    mine = me()
+    for name, text, used in rows:
+        label = parse(text)  # the owner, and no other field but its lease's end
+        if not used and label is not None and label[0] == mine and set(label[1]) <= {"exp"}:
+            found.add(name)
+    return found

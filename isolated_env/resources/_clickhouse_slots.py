@@ -15,13 +15,12 @@ from .._config import run_id
 from .._contract import Kept
 from .._drivers import clickhouse as ch_driver
 from .._errors import ConfigError
-from .._ownership import me, parse
 from .._redact import redact_url
 from .._runtime import Runtime
 from .._servers.clickhouse import ClickHouseServer
 from ._clickhouse_leases import check as check_lease
 from ._clickhouse_leases import comment as lease_comment
-from ._clickhouse_leases import hold, let_go, reapable, server_now
+from ._clickhouse_leases import hold, let_go, reapable, server_now, untouched
 
 __all__ = ["Mode", "connect", "reap"]
 
@@ -119,10 +118,10 @@ class _Slots:
     opened per event loop.
     """
 
-    SPARES = 2  # empty databases kept ready so that a release swaps instead of waiting for DDL
-    # On a guarded server a database belongs to one slot's user (its name starts with the user's):
-    # each slot keeps one spare of its own.
-    SLOT_SPARES = 1
+    SPARES = 4  # empty databases kept ready (and one per live slot) so that a release swaps, not waits for DDL
+    # On a guarded server a database belongs to one slot's user (its name starts with the user's): each
+    # slot keeps spares of its own (four: releases in a row, before the worker ran, still swap).
+    SLOT_SPARES = 4
 
     def __init__(self, server: ClickHouseServer, mode: Mode, runtime: Runtime) -> None:
         self.server = server
@@ -134,9 +133,13 @@ class _Slots:
         # Released databases not yet looked at: an untouched one becomes a spare again, the rest retire.
         self.returned: list[tuple[str, str | None]] = []
         self.dropping = 0  # released databases not yet dropped or reused (in the lists, or in hand)
+        self.live = 0  # slots made and not destroyed
+        self.releases = 0  # a loop that releases once (a loop per test) makes no spares
         self._working = False
         self._admin: Any = None
         self._admin_lock = anyio.Lock()
+        self._reclaim_lock = anyio.Lock()
+        self._looking: list[tuple[str, str | None]] = []  # released databases being looked at now
 
     def _name(self, user: str | None = None) -> str:
         if user is not None:
@@ -192,6 +195,7 @@ class _Slots:
             await client.close()
             raise
         client.database = name
+        self.live += 1
         return _Slot(client, name, "", base=self._admin_base())
 
     async def _create_guarded(self) -> _Slot:
@@ -229,11 +233,16 @@ class _Slots:
             return
         check_lease(slot.database)  # lost while the test held it: another run may have reaped it
         spares = self.spare_sets.setdefault(slot.user, [])
+        self.releases += 1
+        if not spares and (self._reclaim_lock.locked() or any(user == slot.user for _, user in self.returned)):
+            await self._reclaim()  # one look at every returned database (or the worker's) refills the spares
         if spares:
             name = spares.pop()
             self.returned.append((slot.database, slot.user))
-        elif await self._untouched(await self._admin_client(), slot.database):
-            return  # nothing was made in it: it stays, with no DDL
+        elif slot.database in await untouched(await self._admin_client(), [slot.database]):
+            if self.releases > 1:  # nothing was made in it: it stays, with no DDL; spares if more releases come
+                await self._kick()
+            return
         else:
             name = self._name(slot.user)
             await self._make_database(await self._ddl(slot), name)
@@ -242,20 +251,37 @@ class _Slots:
         slot.database = slot.client.database = name
         await self._kick()
 
-    async def _untouched(self, admin: Any, database: str) -> bool:
-        """Whether ``database`` is as it was made: there, no table, view or dictionary in it, and its
-        owner label unchanged (one SELECT, where a swap costs a DROP and a CREATE)."""
-        rows = (
-            await admin.query(
-                "SELECT comment, (SELECT count() FROM system.tables WHERE database = {db:String}) "
-                "FROM system.databases WHERE name = {db:String}",
-                parameters={"db": database},
-            )
-        ).result_rows
-        if not rows or rows[0][1] != 0:
-            return False
-        label = parse(rows[0][0])  # the owner, and no other field but its lease's end
-        return label is not None and label[0] == me() and set(label[1]) <= {"exp"}
+    def _short(self, user: str | None) -> bool:
+        """Whether ``user``'s spares, with its released databases not yet looked at, are too few."""
+        wanted = max(self.SPARES, self.live) if user is None else self.SLOT_SPARES
+        in_flight = sum(1 for _, owner in self.returned + self._looking if owner == user)
+        return len(self.spare_sets.get(user, ())) + in_flight < wanted
+
+    async def _reclaim(self) -> None:
+        """Looks at every returned database at once: an untouched one is a spare again, the rest retire."""
+        async with self._reclaim_lock:
+            returned, self.returned = self.returned, []
+            if not returned:
+                return
+            self._looking = returned
+            names = [name for name, _ in returned]
+            try:
+                reuse = set() if self.runtime.closed else await untouched(await self._admin_client(), names)
+            except Exception as exc:  # looked at again as retired databases: dropped, or retried
+                log.warning("isolated_env: checking ClickHouse databases %s failed: %r", returned, exc)
+                reuse = set()
+            except BaseException:  # cancelled: still to be looked at
+                self.returned.extend(returned)
+                raise
+            finally:
+                self._looking = []
+            for name, user in returned:
+                spares = self.spare_sets.get(user)
+                if name in reuse and spares is not None:
+                    spares.append(name)
+                    self.dropping -= 1
+                else:
+                    self.retired.append(name)
 
     async def _kick(self) -> None:
         if not self._working:
@@ -269,18 +295,7 @@ class _Slots:
         try:
             admin = await self._admin_client()
             while self.returned:
-                name, user = self.returned.pop()
-                spares = self.spare_sets.get(user)
-                try:
-                    reuse = spares is not None and not self.runtime.closed and await self._untouched(admin, name)
-                except Exception as exc:  # looked at again as a retired database: dropped, or retried
-                    log.warning("isolated_env: checking ClickHouse database %s failed: %r", name, exc)
-                    reuse = False
-                if reuse and spares is not None:
-                    spares.append(name)
-                    self.dropping -= 1
-                else:
-                    self.retired.append(name)
+                await self._reclaim()
             failed: list[str] = []
             while self.retired:
                 name = self.retired.pop()
@@ -293,8 +308,9 @@ class _Slots:
                 self.dropping -= 1
             self.retired.extend(failed)
             for user, spares in list(self.spare_sets.items()):
-                wanted = self.SPARES if user is None else self.SLOT_SPARES
-                while len(spares) < wanted and not self.runtime.closed and user in self.spare_sets:
+                # A released database still to be looked at counts: it may come back as a spare, so
+                # a slot's databases stay its own, its spares and those being dropped.
+                while self._short(user) and not self.runtime.closed and user in self.spare_sets:
                     name = self._name(user)
                     await self._make_database(admin, name)
                     spares.append(name)
@@ -364,6 +380,8 @@ class _Slots:
     async def destroy(self, slot: _Slot) -> None:
         try:
             self._forget(slot)
+            if slot.user is None and self.mode == "database":
+                self.live -= 1
             if self.mode == "database":
                 await self._drop_database(await self._ddl(slot), slot.database)
             else:

@@ -10,11 +10,17 @@ the run. Nothing of the suite is kept in this project; it is fetched each time:
   revision is read from it with ``git archive``);
 - otherwise the GitHub archive of the revision is downloaded (``codeload.github.com``).
 
-The suite needs ``pytest-asyncio``, ``pytest-mock``, ``polars`` and ``pyjwt`` next to the
-installed clickhouse-connect. They must not be installed where this project's tests run
-(pytest-asyncio would take over their event loops), so they go into a venv of their own,
-``.venv-ccsuite``, that sees this interpreter's packages through a ``.pth`` file and is made on
-first use; ``CLICKHOUSE_CONNECT_SUITE_PYTHON`` names another interpreter to use instead.
+The suite needs its own release of clickhouse-connect (:data:`CLIENT`, the release of
+:data:`REVISION`: a newer client fails tests written for an older one), pandas 2,
+``pytest-asyncio``, ``pytest-mock``, ``polars`` and ``pyjwt``. They must not be installed where
+this project's tests run (pytest-asyncio would take over their event loops), so they go into a
+venv of their own, ``.venv-ccsuite``, that sees this interpreter's other packages through a
+``.pth`` file and is remade when :data:`SUITE_PACKAGES` changes;
+``CLICKHOUSE_CONNECT_SUITE_PYTHON`` names another interpreter to use instead (it must import
+clickhouse-connect :data:`CLIENT`).
+
+Arguments after ``--`` pick part of the suite (``-- tests/integration_tests/test_timezones.py -k
+local``); only the expected failures among the tests that ran are compared then.
 """
 
 from __future__ import annotations
@@ -33,13 +39,26 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-REVISION = "842e4131e76cc44cef00052a48f695c57a5c187c"
-"""The clickhouse-connect commit whose tests/integration_tests run (the newest this project was checked on)."""
+CLIENT = "1.7.2"
+"""The clickhouse-connect release whose suite runs, installed into the suite's venv: the suite of
+one release checks that release's client (a newer client fails tests written for an older one)."""
+REVISION = "928365467f6b1224116a1db3a35a16243e1632d7"
+"""The commit of clickhouse-connect's ``v1.7.2`` tag, whose tests/integration_tests run (the
+newest release tag of its repository this project was checked on)."""
 ARCHIVE = f"https://codeload.github.com/ClickHouse/clickhouse-connect/tar.gz/{REVISION}"
 EXPECTED = Path(__file__).with_name("clickhouse_connect_expected_failures.txt")
 SUITE_VENV = Path(__file__).resolve().parents[2] / ".venv-ccsuite"
-SUITE_PACKAGES = ["pytest-asyncio>=1.0", "pytest-mock>=3.12", "polars>=1.0", "pyjwt[crypto]>=2.8"]
-"""What the suite needs beyond this project's own test dependencies."""
+SUITE_PACKAGES = [
+    f"clickhouse-connect=={CLIENT}",
+    "pandas<3",
+    "pytest-asyncio>=1.0",
+    "pytest-mock>=3.12",
+    "polars>=1.0",
+    "pyjwt[crypto]>=2.8",
+]
+"""What the suite needs beyond this project's own test dependencies: its own release of the
+client, and pandas 2 (its tests pass ``pd.Timestamp`` a nanosecond positionally, which pandas 3
+reads as a tzinfo)."""
 
 
 def suite_python() -> str:
@@ -49,7 +68,8 @@ def suite_python() -> str:
         return named
     python = SUITE_VENV / "bin" / "python"
     stamp = SUITE_VENV / ".installed"
-    if not stamp.exists():
+    wanted = "\n".join(SUITE_PACKAGES) + "\n"
+    if not stamp.exists() or stamp.read_text() != wanted:
         import site
         import venv
 
@@ -63,8 +83,23 @@ def suite_python() -> str:
         # This interpreter's packages (clickhouse-connect, pandas, pyarrow, pytest, ...) are seen, not copied.
         (Path(purelib) / "isolated-env-parent.pth").write_text("\n".join(site.getsitepackages()) + "\n")
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", *SUITE_PACKAGES], check=True)
-        stamp.touch()
+        stamp.write_text(wanted)
     return str(python)
+
+
+def check_client(python: str) -> None:
+    """Refuse to run when the suite's interpreter imports another clickhouse-connect than :data:`CLIENT`."""
+    found = subprocess.run(
+        [python, "-c", "import clickhouse_connect; print(clickhouse_connect.__version__)"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    if found != CLIENT:
+        raise RuntimeError(
+            f"{python} imports clickhouse-connect {found}; the suite at {REVISION[:8]} needs {CLIENT}: "
+            f"pip install clickhouse-connect=={CLIENT} there (or delete {SUITE_VENV} to remake it)"
+        )
 
 
 def expected_failures(path: Path = EXPECTED) -> dict[str, str]:
@@ -79,6 +114,21 @@ def expected_failures(path: Path = EXPECTED) -> dict[str, str]:
             raise ValueError(f"{path.name}: every entry needs '# <engine reason>': {line!r}")
         found[test.strip()] = reason.strip()
     return found
+
+
+def reason_groups(path: Path = EXPECTED) -> dict[str, list[str]]:
+    """``group -> its test ids`` from the ``## <group>`` lines of the expected-failures file."""
+    groups: dict[str, list[str]] = {}
+    group = ""
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            group = line[3:].strip()
+            groups[group] = []
+        elif line.strip() and not line.startswith("#"):
+            if not group:
+                raise ValueError(f"{path.name}: an entry before any '## <group>' line: {line!r}")
+            groups[group].append(line.partition("#")[0].strip())
+    return groups
 
 
 def fetch(into: Path) -> Path:
@@ -152,12 +202,17 @@ def outcomes(junit: Path) -> dict[str, str]:
     return found
 
 
-def run(workers: int = 2, keep: Path | None = None) -> tuple[dict[str, str], list[str]]:
-    """Run the suite; returns every outcome and the problems (new failures, expected ones passing)."""
+def run(
+    workers: int = 2, keep: Path | None = None, select: list[str] | None = None
+) -> tuple[dict[str, str], list[str]]:
+    """Run the suite; returns every outcome and the problems (new failures, expected ones passing).
+    ``select``: pytest arguments that pick part of the suite (test files under
+    ``tests/integration_tests``, ``-k``); only what ran is compared then."""
     with tempfile.TemporaryDirectory(prefix="ie-ccsuite-src-") as tmp:
         root = fetch(Path(tmp))
         junit = Path(tmp) / "junit.xml"
         python = suite_python()
+        check_client(python)
         with adaptor() as variables:
             # Only the suite's own plugins: this project's (seen through the .pth file) must not load.
             env = {**os.environ, **variables, "PYTHONPATH": str(root), "TZ": "UTC"}
@@ -167,7 +222,7 @@ def run(workers: int = 2, keep: Path | None = None) -> tuple[dict[str, str], lis
                 python,
                 "-m",
                 "pytest",
-                "tests/integration_tests",
+                *(select or ["tests/integration_tests"]),
                 "-q",
                 "-p",
                 "no:cacheprovider",
@@ -192,7 +247,10 @@ def run(workers: int = 2, keep: Path | None = None) -> tuple[dict[str, str], lis
         if keep is not None:
             shutil.copy(junit, keep)
         results = outcomes(junit)
-    return results, compare(results, expected_failures())
+    expected = expected_failures()
+    if select:
+        expected = {t: r for t, r in expected.items() if t in results}
+    return results, compare(results, expected)
 
 
 def compare(results: dict[str, str], expected: dict[str, str]) -> list[str]:
@@ -220,8 +278,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--junit", type=Path, help="keep the suite's junit report here")
+    parser.add_argument(
+        "select", nargs="*", help="pytest arguments after --, e.g. -- tests/integration_tests/test_timezones.py -k tz"
+    )
     args = parser.parse_args()
-    results, problems = run(args.workers, args.junit)
+    results, problems = run(args.workers, args.junit, args.select)
     print(summary(results))
     print("\n".join(problems) or "every failure is an expected one")
     return 1 if problems else 0

@@ -59,6 +59,22 @@ def test_the_expected_failures_file_names_each_engine_reason() -> None:
         assert ".py::" in test_id and len(reason) > 15, (test_id, reason)
 
 
+def test_every_expected_failure_is_in_a_group_the_docs_name() -> None:
+    groups = suite.reason_groups()
+    assert sorted(t for tests in groups.values() for t in tests) == sorted(suite.expected_failures())
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "clickhouse.md").read_text()
+    differs = docs.split("## What differs from a real server", 1)[1].split("\n## ", 1)[0].lower()
+    missing = [group for group in groups if group.lower() not in differs]
+    assert not missing, f"docs/clickhouse.md 'What differs from a real server' does not name: {missing}"
+
+
+def test_an_entry_outside_a_group_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "expected.txt"
+    bad.write_text("# header\ntest_client.py::test_roles  # chdb has no writable access storage\n")
+    with pytest.raises(ValueError, match="group"):
+        suite.reason_groups(bad)
+
+
 def test_an_entry_without_a_reason_is_refused(tmp_path: Path) -> None:
     bad = tmp_path / "expected.txt"
     bad.write_text("test_client.py::test_roles\n")

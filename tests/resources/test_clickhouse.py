@@ -20,6 +20,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 import isolated_env as ie
 from isolated_env._config import resolve
 from isolated_env._servers import clickhouse as servers
+from isolated_env.resources._clickhouse_slots import _Slots
 from isolated_env.resources.clickhouse import ClickHouseHandle, isolated_clickhouse, prune, settle
 
 
@@ -379,6 +380,26 @@ async def test_keep_on_failure_keeps_the_database_until_pruned(admin: Any) -> No
         removed = await ClickHouseResource.reap(resolve(), kept=True)
         assert ch.database in removed
         assert ch.database not in await _databases(admin)
+
+
+async def test_releases_in_a_row_reuse_untouched_databases_after_one_look(admin: Any) -> None:
+    # More releases than spares, with no pause for the background worker: the release that finds
+    # no spare looks at every returned database at once; the untouched ones come back as spares.
+    before = await _databases(admin)
+    seen: list[str] = []
+    used = ""
+    for i in range(30):
+        async with isolated_clickhouse() as ch:
+            seen.append(ch.database)
+            if i == 5:
+                await ch.command("CREATE TABLE t (a UInt8) ENGINE = Memory")
+                used = ch.database
+    await settle()
+    assert len(set(seen)) < len(seen)  # databases were handed out again
+    assert used not in await _databases(admin)  # the one a test wrote in was dropped, not reused
+    made = (await _databases(admin)) - before
+    spares = _Slots.SLOT_SPARES if ch.server.guarded else _Slots.SPARES
+    assert len(made) <= 1 + spares, made  # the slot's database and its spares: no growth per release
 
 
 async def test_an_untouched_database_stays_and_a_used_one_is_replaced(admin: Any) -> None:

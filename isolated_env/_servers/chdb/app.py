@@ -178,10 +178,32 @@ class Adaptor:
         await send({"type": "http.response.body", "body": body})
 
 
+def _start_engine(path: Path) -> Engine:
+    """The engine, started in a thread while this one imports uvicorn: chdb's start runs in C++
+    with the GIL released, so the two overlap (a good part of the adaptor's cold start)."""
+    import threading
+
+    started: dict[str, Any] = {}
+
+    def start() -> None:
+        try:
+            started["engine"] = Engine(path)
+        except BaseException as exc:  # re-raised in the main thread
+            started["error"] = exc
+
+    thread = threading.Thread(target=start, name="isolated-env chdb start")
+    thread.start()
+    import uvicorn  # noqa: F401  (imported while the engine starts)
+
+    thread.join()
+    if "error" in started:
+        raise started["error"]
+    engine: Engine = started["engine"]
+    return engine
+
+
 def main(argv: list[str] | None = None) -> None:
     """Serve the engine at ``--path`` on the inherited listening socket ``--fd``."""
-    import uvicorn
-
     parser = argparse.ArgumentParser(prog="python -m isolated_env._servers.chdb")
     parser.add_argument("--path", required=True, type=Path, help="the engine's data directory")
     parser.add_argument("--fd", required=True, type=int, help="an inherited listening socket on loopback")
@@ -190,7 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     password = args.password_file.read_text().strip()
     sock = socket.socket(fileno=args.fd)
-    engine = Engine(args.path)
+    engine = _start_engine(args.path)
+    import uvicorn
+
     app = Adaptor(engine, password, threads=args.threads)
     # httptools (the clickhouse extra) parses requests in C, h11 in pure Python: the parser is a
     # good part of a small request's cost here.

@@ -29,6 +29,7 @@ from typing import Any
 
 from isolated_env._drivers import _seams
 
+from . import native
 from .config import write_config
 from .guard import ADMIN, check
 from .protocol import (
@@ -320,40 +321,71 @@ class Engine:
             raise EngineError.of(62, "SYNTAX_ERROR", "Syntax error: Multi-statements are not allowed")
         sql = query.sql.encode("utf-8", "surrogateescape")  # non-UTF-8 bytes go to the engine as they came
         fmt = result_format(query.sql, query.default_format)
+        revision = query.protocol if (fmt or "").lower() == "native" else 0
         # A client that waits for the end of the query (clickhouse-connect's command()) gets the
-        # whole result in one engine call; a streaming one gets the rows as they come.
+        # whole result in one engine call; a streaming one gets the rows as they come. Native for a
+        # client revision is streamed either way (a chunk is a block: each gets its block info).
+        whole = query.wait_end
         if (
-            not query.wait_end
+            (not whole or revision >= native.REVISION_WITH_BLOCK_INFO)
             and first_word(query.sql) in (b"SELECT", b"WITH")
             and concatenable(fmt or "")
             and streams()
         ):
             try:
-                return self._stream(conn, query, sql, fmt, cleanup)
+                return self._stream(conn, query, sql, fmt, cleanup, revision, whole)
             except EngineError as err:
                 if not err.message.startswith("Code: 36. DB::Exception: Streaming query is not supported"):
                     raise  # WITH ... INSERT is not a query chdb streams: it runs whole below
         result = conn.query(sql, query.default_format, params=dict(query.params))
         body: bytes = result.bytes()
+        if revision >= native.REVISION_WITH_BLOCK_INFO and body:
+            body = self._zone_header(query, body, revision) + native.with_block_info(body)
         return Outcome(body, fmt, _summary([result], len(body)))
 
-    def _stream(self, conn: Any, query: Query, sql: bytes, fmt: str | None, cleanup: contextlib.ExitStack) -> Outcome:
-        # The reply starts once two chunks are in: a result that fits in them (most) goes out whole,
-        # with its full summary; a longer one streams, and a failure after its first chunks is
-        # written into the body as a server's exception block.
-        chunks = open_stream(conn, sql, query.default_format, dict(query.params), cleanup)
-        parts: list[bytes] = []
+    def _zone_header(self, query: Query, first_block: bytes, revision: int) -> bytes:
+        """The block restoring ``DateTime('tz')`` column types (:mod:`.native`), or b"": ``DESCRIBE``
+        on a connection of its own (the request's may be streaming), only if a type may be one."""
+        if revision < native.REVISION_WITH_DATETIME_ZONE or not native.column_types_stripped(first_block):
+            return b""
         try:
-            while len(parts) < 2:
+            conn = self._connect(query.settings, query.database)
+        except EngineError:
+            return b""
+        try:
+            described = conn.query(native.describe_query(query.sql).encode("utf-8", "surrogateescape"), "JSONEachRow",
+                                   params=dict(query.params)).bytes()
+            return native.zone_header(described)
+        except RuntimeError:  # not a statement DESCRIBE takes (or a session's temporary table): as written
+            return b""
+        finally:
+            _close(conn, "a connection describing a result")
+
+    def _stream(
+        self, conn: Any, query: Query, sql: bytes, fmt: str | None, cleanup: contextlib.ExitStack, revision: int,
+        whole: bool,
+    ) -> Outcome:
+        # The reply starts once two chunks are in (``whole``: all of them): a result that fits goes out
+        # whole, with its summary; a longer one streams, a failure after its first chunks written
+        # into the body as a server's exception block.
+        chunks = open_stream(conn, sql, query.default_format, dict(query.params), cleanup)
+        if revision >= native.REVISION_WITH_BLOCK_INFO:
+            chunks.prefix = native.BLOCK_INFO
+        parts: list[bytes] = []
+        header = b""
+        try:
+            while whole or len(parts) < 2:
                 part = chunks.next()
+                if part and not parts and revision:
+                    header = self._zone_header(query, part, revision)
                 if not part:
-                    body = b"".join(parts)
+                    body = header + b"".join(parts)
                     return Outcome(body, fmt, _summary(chunks.stats, len(body)))
                 parts.append(part)
         except BaseException:
             chunks.close()
             raise
-        chunks.pending = b"".join(parts)
+        chunks.pending = header + b"".join(parts)
         return Outcome(b"", fmt, _summary(chunks.stats, 0), rest=chunks)
 
 

@@ -112,6 +112,7 @@ class Query:
     external: tuple[ExternalTable, ...] = ()
     wait_end: bool = False  # wait_end_of_query=1: the whole result before the reply (a late error is a 500)
     user: str = USER  # who sent it (set once authenticated): the default user, or a lease user
+    protocol: int = 0  # client_protocol_version: the revision Native output is written for (see .native)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,6 +209,9 @@ def decode_request(method: str, headers: Mapping[str, str], params: Mapping[str,
         timeout = float(params.get("session_timeout") or 60)
     except ValueError:
         raise EngineError.of(36, "BAD_ARGUMENTS", "session_timeout must be a number of seconds") from None
+    revision = params.get("client_protocol_version") or "0"
+    if not revision.isdigit():
+        raise EngineError.of(36, "BAD_ARGUMENTS", "client_protocol_version must be a revision number, e.g. 54405")
     return Query(
         sql=sql,
         insert_format=insert_format,
@@ -221,6 +225,7 @@ def decode_request(method: str, headers: Mapping[str, str], params: Mapping[str,
         session_check=params.get("session_check", "0") in ("1", "true"),
         external=tuple(external),
         wait_end=params.get("wait_end_of_query", "0") in ("1", "true"),
+        protocol=int(revision),
     )
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "quote_literal",
     "result_format",
     "split_insert",
+    "strip_format",
 ]
 
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+([A-Za-z0-9_]+)\s*;?\s*$", re.IGNORECASE)
@@ -138,6 +139,11 @@ def result_format(sql: str, default: str) -> str | None:
     if match:
         return match.group(1)
     return default if has_output(sql) else None
+
+
+def strip_format(sql: str) -> str:
+    """``sql`` without its trailing ``FORMAT <name>`` and ``;`` (to be wrapped in another statement)."""
+    return _TRAILING_FORMAT.sub("", sql).rstrip().rstrip(";").rstrip()
 
 
 def has_output(sql: str) -> bool:

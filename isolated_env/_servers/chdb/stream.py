@@ -72,6 +72,7 @@ class Chunks:
         self._done = False
         self.stats: list[Any] = []  # the chunks' results (their read figures feed the summary)
         self.pending = b""  # read ahead, returned first by a call
+        self.prefix = b""  # written before each chunk (one block each: its block info, see .native)
 
     def __call__(self) -> bytes:
         if self.pending:
@@ -94,7 +95,7 @@ class Chunks:
             self.close()
             return b""
         self.stats.append(result)
-        return body
+        return self.prefix + body if self.prefix else body
 
     def close(self) -> None:
         if self._handle is not None:
