@@ -40,7 +40,7 @@ WRITES = """
     out = pathlib.Path(__file__).parent / "results" / "postgres_redis.json"
     quick = "--quick" in sys.argv
     out.write_text(json.dumps({"command": " ".join(sys.argv), "results": {
-        "isolated_postgres overhead": {"p50_ms": 0.5 if quick else 0.25},
+        "isolated_postgres test": {"p50_ms": 0.5 if quick else 0.25},
         "pytest-postgresql test": {"p50_ms": 50.0},
     }}))
     print("table printed")
@@ -54,11 +54,13 @@ def test_it_runs_each_script_then_renders_readme_docs_and_plots(tmp_path: Path) 
     assert "== bench_postgres_redis.py" in done.stdout and "table printed" in done.stdout
     assert "ran" not in done.stdout.split("table printed")[1]  # only the named benchmark ran
     readme = (tmp_path / "README.md").read_text()
-    assert "| PostgreSQL, transaction mode | 0.50 ms | pytest-postgresql: 50 ms (\u2248 100\u00d7 more) |" in readme
+    row = ("| PostgreSQL, transaction mode (an INSERT and a SELECT) | 0.50 ms "
+           "| pytest-postgresql: 50 ms (\u2248 100\u00d7 more) |")
+    assert row in readme
     assert "old" not in readme and readme.endswith("\n\nafter\n")
     docs = (tmp_path / "docs" / "benchmarks.md").read_text()
     assert "![per test](benchmarks/per_test.png)" in docs
-    assert "| results.isolated_postgres overhead.p50_ms | 0.500 |" in docs
+    assert "| results.isolated_postgres test.p50_ms | 0.500 |" in docs
     assert "bench_postgres_redis.py --quick` | 0 |" in docs  # the last run, with its exit status
     png = (tmp_path / "docs" / "benchmarks" / "per_test.png").read_bytes()
     assert png.startswith(b"\x89PNG")
@@ -69,7 +71,8 @@ def test_a_failing_script_fails_the_verb_and_is_named(tmp_path: Path) -> None:
     done = subprocess.run([*CLI, "--dir", str(bench)], capture_output=True, text=True)
     assert done.returncode == 1
     assert "bench_broken.py failed" in done.stderr
-    assert "| PostgreSQL, transaction mode | not measured | pytest-postgresql |" in (tmp_path / "README.md").read_text()
+    row = "| PostgreSQL, transaction mode (an INSERT and a SELECT) | not measured | pytest-postgresql |"
+    assert row in (tmp_path / "README.md").read_text()
 
 
 @pytest.mark.parametrize(
@@ -105,4 +108,4 @@ def test_rows_read_named_rows_and_sums() -> None:
     cells = {row.label: row.cells(results) for row in _bench.ROWS}
     assert cells["HTTP server + httpx client"][1] == "0.12 ms"
     assert cells["PostgreSQL, private database from a template (lease + release)"][1] == "0.50 ms"
-    assert cells["Redis, private logical database"][1] == "not measured"
+    assert cells["Redis, private logical database (a SET and a GET)"][1] == "not measured"
