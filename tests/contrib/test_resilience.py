@@ -338,7 +338,8 @@ async def test_timeouts_are_retried_and_counted_by_the_breaker(http: HttpHandle)
     clock = ManualClock()
     breaker = CircuitBreaker(failure_threshold=2, cooldown=60, clock=clock)
     policy = RetryPolicy(attempts=5, backoff=0.1, jitter=0)
-    async with resilient_client(http.url, retry=policy, breaker=breaker, clock=clock, timeout=0.05) as client:
+    timeout = httpx.Timeout(0.05, connect=10.0)  # a loaded machine may take 50 ms to connect: only reads time out
+    async with resilient_client(http.url, retry=policy, breaker=breaker, clock=clock, timeout=timeout) as client:
         http.expect("GET", "/slow").delay(60)
         with pytest.raises(httpx.ReadTimeout):
             await client.get("/slow")
