@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -22,6 +24,7 @@ from isolated_env._ownership import Owner, Scope, me, parse
 from isolated_env._servers import postgres as pg_servers
 from isolated_env._servers import redis as redis_servers
 from isolated_env.resources import redis as redis_resource
+from isolated_env.resources.postgres import leases
 from isolated_env.resources.postgres.janitor import prune
 from isolated_env.resources.postgres.labels import disown_server
 from isolated_env.resources.postgres.sql import quote_ident, quote_literal
@@ -140,6 +143,59 @@ async def test_a_lost_lease_fails_the_test_holding_it(external: tuple[Any, Any])
             await anyio.sleep(TTL)
     async with ie.isolated_postgres(mode="database") as db:  # the next test is not affected
         assert await db.fetchval("SELECT 1") == 1
+
+
+_URLS = """
+import json, anyio
+from isolated_env._config import resolve
+from isolated_env._servers import postgres
+async def main():
+    pg = await postgres.ensure_server(resolve())
+    print(json.dumps([pg.dsn("postgres"), f"postgresql://{pg.user}:{pg.password}@127.0.0.1:{pg.tcp_port}/postgres"]))
+anyio.run(main)
+"""
+
+
+async def test_the_heartbeat_drops_a_server_that_stopped(
+    clean_environ: pytest.MonkeyPatch, private_state_dir: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that stopped (its socket gone, or nothing listening on a local port) is dropped at
+    the first beat that fails, its leases lost with why, instead of being knocked on until the TTL
+    has passed with a warning each beat."""
+    env = {**os.environ, "ISOLATED_ENV_STATE_DIR": str(private_state_dir), "ISOLATED_ENV_POSTGRES_TCP": "1"}
+
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, *args], env=env, check=True, capture_output=True, text=True,
+                              timeout=180).stdout
+
+    cli("-m", "isolated_env.cli", "up", "postgres")
+    urls = json.loads(cli("-c", _URLS).strip().splitlines()[-1])  # on its unix socket, and over TCP
+    clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "6")
+    caplog.set_level(logging.INFO, logger="isolated_env")
+    names = []
+    for url in urls:
+        clean_environ.setenv("TEST_POSTGRES_URL", url)
+        server = await pg_servers.ensure_server(resolve())
+        assert server.source == "external"
+        admin = await driver.connect(server)
+        try:
+            name = f"ie_db_zs{os.urandom(3).hex()}_1_1"
+            await _create(admin, name, leases.lease_label({}, await leases.expiry(admin, server)))
+        finally:
+            await driver.close(admin)
+        leases.hold(server, name)
+        names.append(name)
+    assert all(leases.lost(name) is None for name in names)
+    assert "postgres: stopped" in cli("-m", "isolated_env.cli", "down", "postgres")
+    for _ in range(600):  # the next beat finds out (the TTL alone would be a minute at most)
+        if all(leases.lost(name) is not None for name in names):
+            break
+        await anyio.sleep(0.1)
+    for name in names:
+        assert f"lease of PostgreSQL database {name} was lost: its server stopped" in str(leases.lost(name))
+        with pytest.raises(ie.IsolationBroken, match="its server stopped"):
+            leases.check(name)
+    assert not [r for r in caplog.records if "renewing" in r.getMessage()]  # no beat knocked on it again
 
 
 async def test_redis_frees_only_provably_dead_local_owners(clean_environ: pytest.MonkeyPatch) -> None:
