@@ -126,8 +126,8 @@ class _ByMode:
         return self.inner.statistics() if self.inner is not None else None
 
     @classmethod
-    async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:
-        return await db_mode.RedisResource.reap(settings, kept=kept)
+    async def reap(cls, settings: Settings, *, kept: bool = False, **options: Any) -> list[str]:
+        return await db_mode.RedisResource.reap(settings, kept=kept, **options)
 
 
 def by_mode(keep_on_failure: bool | None, mode: str | None) -> ResourceContext[Any]:

@@ -23,7 +23,7 @@ from .._config import Settings
 from .._contract import Kept, PooledResource, current_settings
 from .._drivers import redis as redis_driver
 from .._errors import ConfigError, IsolationBroken, ServiceUnavailable, TeardownError
-from .._ownership import dead, lease_ttl, me
+from .._ownership import Scope, alive, lease_ttl, me, parse
 from .._pool import TryLater
 from .._redact import redact_url
 from .._resource import ResourceContext
@@ -34,12 +34,13 @@ from ._died import died as _died
 from ._died import watch as _watch
 from ._redis_guard import test_client, untaint
 from ._redis_handle import RedisHandle
-from ._redis_leases import _Bank, _LeaseKeeper, flush_unleased
+from ._redis_leases import _Bank, _LeaseKeeper
 
 __all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
 
 log = logging.getLogger("isolated_env")
 
+_ALL = Scope()
 LEASE_TTL_MS: int | None = None  # None: ISOLATED_ENV_LEASE_TTL (tests set numbers)
 HEARTBEAT_S: float | None = None  # None: a third of the TTL
 
@@ -100,34 +101,29 @@ class _Slot:
                 await admin.aclose()
 
 
-def _label(value: bytes | str) -> dict[str, Any] | None:
-    try:
-        owner = json.loads(value)
-    except ValueError:
-        return None
-    return owner if isinstance(owner, dict) else None
-
-
-async def _reap(control: Any, last: int, *, kept: bool = False) -> list[int]:
+async def _reap(
+    control: Any, last: int, *, kept: bool = False, scope: Scope = _ALL, dry_run: bool = False
+) -> list[int]:
     """Free slots whose owner provably died (in this machine and PID namespace; any other owner's
     lease ends by its TTL), their databases flushed by the next lease;
-    with ``kept``, also the slots kept for failed tests (flushed here)."""
+    with ``kept``, also the slots kept for failed tests (flushed here). ``scope`` narrows it to one
+    run or this machine's runs; with ``dry_run`` nothing is freed, only listed."""
     freed = []
     keys = [f"ie:slot:{i}" for i in range(1, last + 1)]
     for start in range(0, len(keys), 256):
         chunk = keys[start : start + 256]
         for key, value in zip(chunk, await control.mget(chunk), strict=True):
-            owner = _label(value) if value is not None else None
-            if owner is None:
+            parsed = parse(value) if value is not None else None
+            if parsed is None or not scope.covers(parsed[0]):
                 continue
-            if owner.get("kept"):
+            if parsed[1].get("kept"):
                 if not kept:
                     continue
-            elif not dead(owner):
+            elif alive(parsed[0]) is not False:
                 continue
-            if await control.eval(_RELEASE, 1, key, value):
+            if dry_run or await control.eval(_RELEASE, 1, key, value):
                 freed.append(int(key.rsplit(":", 1)[1]))
-    if freed:
+    if freed and not dry_run:
         why = "their owner process died" + (", or kept for failed tests (prune --kept)" if kept else "")
         log.info("isolated_env: freed Redis database(s) %s: %s", ", ".join(map(str, freed)), why)
     return freed
@@ -316,26 +312,12 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
         await self_check()
 
     @classmethod
-    async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:
-        server = await servers.ensure_server(settings)
-        from ._redis_prefixes import reap_prefixes
+    async def reap(
+        cls, settings: Settings, *, kept: bool = False, scope: Scope = _ALL, dry_run: bool = False
+    ) -> list[str]:
+        from ._redis_leases import prune
 
-        prefixes = await reap_prefixes(server, kept=kept)
-        if server.cluster or server.databases < 2:
-            return prefixes
-        control = redis_driver.asyncio_client(**server.client_kwargs(0))
-        try:
-            freed = await _reap(control, server.databases - 1, kept=kept)
-            freed += [db for db in await flush_unleased(control) if db not in freed]
-            for db in freed:
-                client = redis_driver.asyncio_client(**server.client_kwargs(db))
-                try:
-                    await client.flushdb()
-                finally:
-                    await client.aclose()
-        finally:
-            await control.aclose()
-        return prefixes + [f"redis database {db} ({redact_url(server.url(db))})" for db in freed]
+        return await prune(await servers.ensure_server(settings), kept=kept, scope=scope, dry_run=dry_run)
 
 
 def isolated_redis(

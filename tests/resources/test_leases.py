@@ -266,3 +266,82 @@ async def test_clickhouse_databases_are_leased_and_only_ended_leases_reaped(clea
         for name in (f"ie_{run}_ended", f"ie_{run}_live", f"ie_{run}_nolease"):
             await admin.command(f"DROP DATABASE IF EXISTS `{name}` SYNC", use_database=False)
         await admin.close()
+
+
+async def test_redis_prune_can_be_narrowed_and_dry_run(
+    clean_environ: pytest.MonkeyPatch, shared_servers: dict[str, str]
+) -> None:
+    """``prune --run ID`` / ``--mine`` / ``--dry-run`` on Redis: a lease of a dead owner is freed (its
+    database flushed) only when its run or machine is named, listed and left as it is by a dry run;
+    a database holding keys under no lease (no owner left to tell) is flushed by a wide prune only."""
+    clean_environ.setenv("TEST_REDIS_URL", shared_servers["TEST_REDIS_URL"])  # this module's: nobody else reaps
+    settings = resolve()
+    server = await redis_servers.ensure_server(settings)
+    run = "zr" + os.urandom(3).hex()
+    child = await anyio.run_process([sys.executable, "-c", LABEL], env={**os.environ, "ISOLATED_ENV_RUN_ID": run})
+    dead_here = child.stdout.decode().strip()
+    leased, unleased = server.databases - 1, server.databases - 2
+    control = redis_driver.asyncio_client(**server.client_kwargs(0))
+    data = {db: redis_driver.asyncio_client(**server.client_kwargs(db)) for db in (leased, unleased)}
+
+    async def reap(**options: Any) -> list[str]:
+        return [x.split(" (")[0] for x in await redis_resource.RedisResource.reap(settings, **options)]
+
+    try:
+        assert await control.set(f"ie:slot:{leased}", dead_here, nx=True, px=60_000)
+        for client in data.values():
+            await client.set("left", 1)
+        assert await reap(scope=Scope(run=run + "x")) == []
+        assert await reap(scope=Scope(machine="0therm4chine"), dry_run=True) == []
+        assert await reap(scope=Scope(run=run), dry_run=True) == [f"redis database {leased}"]
+        assert await reap(scope=Scope(machine=me().machine), dry_run=True) == [f"redis database {leased}"]
+        assert f"redis database {unleased}" in await reap(dry_run=True)
+        assert await control.get(f"ie:slot:{leased}") == dead_here.encode()  # dry runs touched nothing
+        assert [await client.dbsize() for client in data.values()] == [1, 1]
+        assert await reap(scope=Scope(run=run)) == [f"redis database {leased}"]
+        assert await control.get(f"ie:slot:{leased}") is None
+        assert [await client.dbsize() for client in data.values()] == [0, 1]
+        assert f"redis database {unleased}" in await reap()
+        assert await data[unleased].dbsize() == 0
+    finally:
+        await control.delete(f"ie:slot:{leased}")
+        for client in data.values():
+            await client.flushdb()
+            await client.aclose()
+        await control.aclose()
+
+
+async def test_fs_prune_can_be_narrowed_and_dry_run(clean_environ: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """``prune --run ID`` / ``--mine`` / ``--dry-run`` on scratch directories: a dead owner's run
+    directory goes only when its run or machine is named; a kept directory (its name ends with its
+    run id) only with ``--kept`` and its run named (never by machine: it carries none)."""
+    import dataclasses
+
+    from isolated_env.resources import fs
+
+    settings = dataclasses.replace(resolve(), state_dir=tmp_path)
+    child = await anyio.run_process([sys.executable, "-c", "import os; print(os.getpid())"])
+    gone = int(child.stdout.decode())
+    run, other = "zf" + os.urandom(3).hex(), "zg" + os.urandom(3).hex()
+    root = tmp_path / "fs"
+    dirs = {
+        "dead": root / f"run-{Owner(me().machine, me().pidns, gone, 0, run).key}",
+        "dead_other_run": root / f"run-{Owner(me().machine, me().pidns, gone, 0, other).key}",
+        "alive": root / f"run-{me().key}",
+        "kept": root / "kept" / f"t-abc-{run}",
+        "kept_other_run": root / "kept" / f"t-def-{other}",
+    }
+    for path in dirs.values():
+        path.mkdir(parents=True)
+
+    async def reap(**options: Any) -> set[str]:
+        return set(await fs.reap(settings, **options))
+
+    assert await reap(scope=Scope(run=run), dry_run=True) == {str(dirs["dead"])}
+    assert await reap(kept=True, scope=Scope(run=run), dry_run=True) == {str(dirs["dead"]), str(dirs["kept"])}
+    assert await reap(kept=True, scope=Scope(machine=me().machine), dry_run=True) == {
+        str(dirs["dead"]), str(dirs["dead_other_run"])}
+    assert await reap(kept=True, scope=Scope(machine="0therm4chine")) == set()
+    assert all(path.is_dir() for path in dirs.values())  # dry runs and a scope naming nothing removed nothing
+    assert await reap(kept=True, scope=Scope(run=run)) == {str(dirs["dead"]), str(dirs["kept"])}
+    assert {k for k, path in dirs.items() if path.is_dir()} == {"dead_other_run", "alive", "kept_other_run"}
