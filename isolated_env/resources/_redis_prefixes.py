@@ -126,12 +126,11 @@ class _LeaseNode:
 
 
 _keeper = _LeaseKeeper(
-    db_mode._REFRESH, lambda: db_mode._owner(), lambda: db_mode._ttl_ms(),
-    lambda: db_mode.HEARTBEAT_S if db_mode.HEARTBEAT_S is not None else db_mode._ttl_ms() / 3000,
+    db_mode._REFRESH, db_mode._owner, db_mode._ttl_ms, db_mode._heartbeat_s,
     key=lease_key, what=lambda n: f"Redis prefix {prefix_of(n)}", connect=_connect,
 )
 # Clean prefixes this process still leases, between event loops (pytest-asyncio makes one per test).
-_bank = _Bank(_keeper, db_mode._RELEASE, lambda: db_mode._owner())
+_bank = _Bank(_keeper, db_mode._RELEASE, db_mode._owner)
 
 
 class _Prefix:

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Hashable
-from typing import Any, ClassVar
+from typing import Any
 
 import anyio
 
 from .._config import Settings
-from .._contract import Kept, PooledResource, current_settings
+from .._contract import Kept, current_settings
 from .._drivers import redis as redis_driver
-from .._errors import ConfigError, IsolationBroken, ServiceUnavailable, TeardownError
+from .._errors import ConfigError, IsolationBroken, ServiceUnavailable
 from .._ownership import Scope, alive, lease_ttl, me, parse
 from .._pool import TryLater
 from .._redact import redact_url
@@ -30,11 +29,11 @@ from .._resource import ResourceContext
 from .._runtime import Runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
-from ._died import died as _died
 from ._died import watch as _watch
 from ._redis_guard import test_client, untaint
 from ._redis_handle import RedisHandle
 from ._redis_leases import _Bank, _LeaseKeeper
+from ._redis_pooled import RedisPooled
 
 __all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
 
@@ -47,6 +46,10 @@ HEARTBEAT_S: float | None = None  # None: a third of the TTL
 
 def _ttl_ms() -> int:
     return LEASE_TTL_MS if LEASE_TTL_MS is not None else int(lease_ttl() * 1000)
+
+
+def _heartbeat_s() -> float:
+    return HEARTBEAT_S if HEARTBEAT_S is not None else _ttl_ms() / 3000
 
 _ACQUIRE = """
 for i = tonumber(ARGV[3]), tonumber(ARGV[4]) do
@@ -129,7 +132,7 @@ async def _reap(
     return freed
 
 
-_keeper = _LeaseKeeper(_REFRESH, _owner, _ttl_ms, lambda: HEARTBEAT_S if HEARTBEAT_S is not None else _ttl_ms() / 3000)
+_keeper = _LeaseKeeper(_REFRESH, _owner, _ttl_ms, _heartbeat_s)
 _bank = _Bank(_keeper, _RELEASE, lambda: _owner())
 
 
@@ -250,59 +253,20 @@ def _slots_for(server: RedisServer, runtime: Runtime) -> _Slots:
     return slots
 
 
-class RedisResource(PooledResource[_Slot, RedisHandle]):
+class RedisResource(RedisPooled[_Slot, RedisHandle]):
     """A private, empty logical Redis database for one test, flushed when the test ends."""
 
-    kind: ClassVar[str] = "redis"
-    provider: ClassVar[str | None] = "redis"
-    extra: ClassVar[str | None] = "redis"
+    handle = RedisHandle
+    what, many, pool_tag = "database", "databases", "redis"
 
-    def __init__(self, *, keep_on_failure: bool | None = None) -> None:
-        self.keep_on_failure = keep_on_failure
+    def slots_for(self, server: RedisServer, runtime: Runtime) -> _Slots:
+        return _slots_for(server, runtime)
 
-    async def prepare(self) -> None:
-        self.server = await servers.ensure_server(current_settings())
-        self.slots = _slots_for(self.server, self.runtime)
-
-    def pool_key(self) -> Hashable:
-        return ("redis", self.server.key, current_settings().capacity)
-
-    def pool_name(self) -> str:
-        return f"redis databases ({self.server.redacted})"
+    def describe(self, item: _Slot) -> str:
+        return f"database {item.db}"
 
     def capacity(self) -> int:
         return max(1, min(current_settings().capacity, self.server.databases - 1))
-
-    async def create(self) -> _Slot:
-        with redis_driver.translate(f"leasing a database of {self.server.redacted}"):
-            return await self.slots.create()
-
-    async def clean(self, item: _Slot) -> None:
-        with redis_driver.translate(f"flushing database {item.db}", failure=TeardownError):
-            await self.slots.clean(item)
-
-    async def destroy(self, item: _Slot) -> None:
-        with redis_driver.translate(f"releasing database {item.db}", failure=TeardownError):
-            await self.slots.destroy(item)
-
-    def wrap(self, item: _Slot) -> RedisHandle:
-        item.clean = False
-        return RedisHandle(item)
-
-    async def died(self) -> BaseException | None:
-        return await _died("redis", self.server, self.server.url(0))
-
-    async def keep(self, item: _Slot) -> Kept:
-        with redis_driver.translate(f"keeping database {item.db}", failure=TeardownError):
-            return await self.slots.keep(item)
-
-    async def release(self, handle: RedisHandle, outcome: Any) -> Kept | None:
-        lease = self._lease
-        lost = lease.value.lost if lease is not None else None
-        kept = await super().release(handle, outcome)
-        if lost is not None:
-            raise IsolationBroken(lost)
-        return kept
 
     @classmethod
     async def self_check(cls) -> None:
