@@ -15,23 +15,6 @@ import pytest
 # langchain installs here: no test needs it, and it costs each child about 1.4 s of CPU.
 os.environ["PYTEST_ADDOPTS"] = " ".join(filter(None, [os.environ.get("PYTEST_ADDOPTS"), "-p no:langsmith_plugin"]))
 
-# The longest tests first (a few test files, measured with --durations): with two workers that steal
-# from each other's queue (--dist worksteal in pyproject.toml), one started last would leave the
-# other worker idle for as long as it runs.
-_LONG_FIRST = (
-    "tests/adapters/test_migrate_cli.py", "tests/fleet/", "tests/test_typing.py", "tests/test_sync.py",
-    "tests/test_hypothesis_helper.py", "tests/adapters/test_matrix.py", "tests/adapters/test_runners.py",
-    "tests/migrate/test_migrate_rewrite.py", "tests/adapters/test_progress_line.py", "tests/test_examples.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        return next((i for i, p in enumerate(_LONG_FIRST) if item.nodeid.startswith(p)), len(_LONG_FIRST))
-
-    items.sort(key=rank)  # stable: the order within a file stays
-
-
 # Endpoint variables of the developer's shell must not leak into tests that set their own.
 _ENDPOINT_VARS = [name for name in os.environ if name.startswith("TEST_") and name.split("_")[1] in
                   {"POSTGRES", "REDIS", "CLICKHOUSE"}]

@@ -158,7 +158,8 @@ async def _redis_leases(url: str, run: str) -> dict[int, str]:
 async def _dbsize(url: str, db: int) -> int:
     import redis.asyncio as aredis
 
-    client = aredis.Redis.from_url(url.rsplit("/", 1)[0] + f"/{db}")
+    client = aredis.Redis.from_url(url)
+    client.connection_pool.connection_kwargs["db"] = db  # the URL may be a unix socket's: no /<db> to swap
     try:
         return int(await client.dbsize())
     finally:
