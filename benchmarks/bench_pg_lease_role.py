@@ -23,6 +23,7 @@ from typing import Any
 
 import anyio
 import asyncpg
+from _interleave import interleaved
 
 from isolated_env._config import resolve
 from isolated_env._servers import postgres as pg_servers
@@ -39,7 +40,6 @@ async def main(batches: int, clones: int) -> dict[str, Any]:
     guard = await rails(server)
     admin = await asyncpg.connect(**server.connect_kwargs())
     names = (f"{CLONE_PREFIX}bench_{n}" for n in itertools.count())
-    samples: dict[str, dict[str, list[float]]] = {v: {p: [] for p in PHASES} for v in ("without", "with")}
 
     async def one(variant: str) -> dict[str, float]:
         name = next(names)
@@ -59,15 +59,15 @@ async def main(batches: int, clones: int) -> dict[str, Any]:
         t3 = time.perf_counter()
         return {"create": t1 - t0, "connect": t2 - t1, "drop": t3 - t2, "total": t3 - t0}
 
+    async def batch(variant: str) -> dict[str, float]:
+        runs = [await one(variant) for _ in range(clones)]
+        return {phase: statistics.median(r[phase] for r in runs) * 1000 for phase in PHASES}
+
     try:
-        for _ in range(batches):
-            for variant in samples:
-                runs = [await one(variant) for _ in range(clones)]
-                for phase in PHASES:
-                    samples[variant][phase].append(statistics.median(r[phase] for r in runs) * 1000)
+        found = await interleaved(("without", "with"), batches, batch)
     finally:
         await admin.close()
-    medians = {v: {p: round(statistics.median(s), 3) for p, s in phases.items()} for v, phases in samples.items()}
+    medians = {v: {p: round(m, 3) for p, m in phases.items()} for v, phases in found.items()}
     return {
         "machine": platform.platform(), "postgres": server.version, "batches": batches, "clones_per_batch": clones,
         "per_clone_ms": medians,

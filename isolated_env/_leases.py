@@ -6,14 +6,18 @@ the end of the lease in the server's clock (:mod:`isolated_env._ownership` write
 :class:`Keeper` renews every lease a process holds on a server in one beat, every third of the TTL
 (``ISOLATED_ENV_LEASE_TTL``), from a thread with an event loop of its own, whatever event loops
 the tests come and go with. A lease that could not be renewed within its TTL, or that is found
-relabelled or gone, is lost: the test holding it fails with ``IsolationBroken``.
+relabelled or gone, is lost: the test holding it fails with ``IsolationBroken``. A server found
+stopped (nothing listens on its socket on this machine, or its socket's directory is gone) is
+dropped at once, its leases lost with it, instead of being knocked on for a TTL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -21,7 +25,7 @@ from typing import Any
 
 from ._ownership import lease_ttl, me
 
-__all__ = ["Keeper", "Renewer", "expired", "lease_label"]
+__all__ = ["Keeper", "Renewer", "expired", "lease_label", "stopped"]
 
 log = logging.getLogger("isolated_env")
 
@@ -40,8 +44,10 @@ class Keeper:
         connect: Callable[[Any], Awaitable[Any]],
         close: Callable[[Any], Awaitable[None]],
         renew: Renewer,
+        where: Callable[[Any], str | tuple[str, int]],
     ) -> None:
         self.what = what  # "PostgreSQL database", for messages
+        self._where = where  # the server's unix socket path or (host, port): see stopped()
         self._key = key
         self._connect = connect
         self._close = close
@@ -144,6 +150,12 @@ class Keeper:
             broken = conns.pop(key, None)
             if broken is not None:
                 await self._close(broken)
+            if stopped(self._where(server)):  # it will not answer: no beat to wait for
+                log.info("isolated_env: the server of %s leases %s stopped; its leases are lost", self.what, key)
+                last_ok.pop(key, None)
+                for name in names:
+                    self._mark(name, "its server stopped")
+                return
             log.warning("isolated_env: renewing %s leases on %s failed: %r", self.what, key, exc)
             if started - last_ok.setdefault(key, started) > lease_ttl():
                 for name in names:
@@ -161,6 +173,36 @@ class Keeper:
                 return  # let go meanwhile (dropped by its owner)
             self._lost[name] = f"the lease of {self.what} {name} was lost: {why}; another run may reap it"
         self.let_go(name)
+
+
+def stopped(where: str | tuple[str, int]) -> bool:
+    """Whether the server at ``where`` (a unix socket's path, or ``(host, port)``) has certainly
+    stopped: its socket (or the directory it was in) is gone, or nothing listens on it on this
+    machine. A remote host that refuses proves nothing (a restart, a balancer): there the TTL decides."""
+    if isinstance(where, str):
+        if not os.path.exists(where):
+            return True
+        family: socket.AddressFamily = socket.AF_UNIX
+        target: Any = where
+    else:
+        host, port = where
+        try:
+            local = host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            local = False
+        if not local:
+            return False
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        target = ("127.0.0.1" if host == "localhost" else host, port)
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            probe.connect(target)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return True
+    except OSError:  # a timeout, an unreachable network: not proof of anything
+        return False
+    return False
 
 
 def lease_label(extra: dict[str, Any], exp: float | None) -> str:

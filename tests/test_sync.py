@@ -247,7 +247,9 @@ def _run(pytester: pytest.Pytester, *args: str, allow: re.Pattern[str] | None = 
             mp.delenv(name)
         for name, value in child.items():
             mp.setenv(name, value)
-        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=300)
+        # Without two plugins installed here that no user suite of these needs (2.5 s of CPU a child).
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:langsmith_plugin",
+                                               "-p", "no:hypothesispytest", *args, timeout=300)
     output = result.stdout.lines + result.stderr.lines
     left_open = [line for line in output if _LEFT_OPEN.search(line) and not (allow and allow.search(line))]
     assert not left_open, "\n".join(output)

@@ -97,39 +97,25 @@ def sarif(report: Report) -> dict[str, Any]:
         },
     ]
     index = {r["id"]: i for i, r in enumerate(rules)}
-    results: list[dict[str, Any]] = []
-    for s in report.sites:
-        rule = f"mock-{s.service}"
-        where = f" in {s.test}" if s.test else ""
-        results.append(
-            {
-                "ruleId": rule,
-                "ruleIndex": index[rule],
-                "level": rules[index[rule]]["defaultConfiguration"]["level"],
-                "message": {"text": f"{s.kind} stands in for {s.service}{where}; {REPLACEMENTS[s.service]}"},
-                "locations": [_location(s.path, s.line)],
-            }
-        )
-    for u in report.unresolved():
-        results.append(
-            {
-                "ruleId": "unresolved-target",
-                "ruleIndex": index["unresolved-target"],
-                "level": "error",
-                "message": {"text": f"{u.target!r} resolves to nothing: {u.reason}"},
-                "locations": [_location(u.path, u.line)],
-            }
-        )
-    for t in report.mock_only_tests():
-        results.append(
-            {
-                "ruleId": "mock-only-test",
-                "ruleIndex": index["mock-only-test"],
-                "level": "warning",
-                "message": {"text": f"{t.name} asserts only on mock calls ({t.call_asserts})"},
-                "locations": [_location(t.path, t.line)],
-            }
-        )
+
+    def result(rule: str, text: str, path: str, line: int) -> dict[str, Any]:
+        return {
+            "ruleId": rule,
+            "ruleIndex": index[rule],
+            "level": rules[index[rule]]["defaultConfiguration"]["level"],
+            "message": {"text": text},
+            "locations": [_location(path, line)],
+        }
+
+    results = [
+        result(f"mock-{s.service}", f"{s.kind} stands in for {s.service}{f' in {s.test}' if s.test else ''}; "
+               f"{REPLACEMENTS[s.service]}", s.path, s.line)
+        for s in report.sites
+    ]
+    results += [result("unresolved-target", f"{u.target!r} resolves to nothing: {u.reason}", u.path, u.line)
+                for u in report.unresolved()]
+    results += [result("mock-only-test", f"{t.name} asserts only on mock calls ({t.call_asserts})", t.path, t.line)
+                for t in report.mock_only_tests()]
     return {
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",

@@ -1,5 +1,6 @@
 """``migrate rewrite``: apply the rewrites of :mod:`._edits` to test files, and keep each only if the
-rewritten tests pass (pytest runs them in a subprocess); a failing one is reverted and reported.
+rewritten tests pass (pytest runs them in a subprocess: every rewritten file of a project in one run,
+file by file only when that run fails); a failing one is reverted and reported.
 
 Only test files (``test_*.py``, ``*_test.py``, ``conftest.py``) are ever written. A second run
 changes nothing: what was rewritten is no longer a fake. ``@patch`` of a driver's connect in a
@@ -264,10 +265,10 @@ def _suggest(path: str, func: cst.FunctionDef, aliases: dict[str, str], line: in
     )
 
 
-def _run_pytest(target: Path, pytest_args: Sequence[str]) -> tuple[bool, str]:
-    root = project_root(target)
+def _run_pytest(targets: Sequence[Path], pytest_args: Sequence[str]) -> tuple[bool, str]:
+    root = project_root(targets[0])
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(target), *pytest_args],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *map(str, targets), *pytest_args],
         cwd=root,
         capture_output=True,
         text=True,
@@ -278,11 +279,19 @@ def _run_pytest(target: Path, pytest_args: Sequence[str]) -> tuple[bool, str]:
     return done.returncode == 0, tail
 
 
+_Pending = tuple[Path, str, str, list[Change]]  # a file, its source, its rewrite and the rewrite's changes
+
+
+def _target(path: Path) -> Path:
+    return path.parent if path.name == "conftest.py" else path
+
+
 def rewrite(paths: Sequence[str | Path], *, check: bool = False, pytest_args: Sequence[str] = ()) -> RewriteResult:
     """Rewrite the fakes under ``paths``; ``check=True`` only lists what would be tried."""
     result = RewriteResult()
     files = [f for f in test_files(Path(p) for p in paths) if is_test_file(f)]
     files.sort(key=lambda f: (f.name != "conftest.py", str(f)))  # fixtures first: tests build on them
+    pending: list[_Pending] = []
     for path in files:
         source = path.read_text(encoding="utf-8")
         if not any(t in source for t in _TRIGGERS):
@@ -302,15 +311,42 @@ def rewrite(paths: Sequence[str | Path], *, check: bool = False, pytest_args: Se
         if check:
             result.pending += changes
             continue
-        _verify(path, source, code, changes, result, pytest_args)
+        pending.append((path, source, code, changes))
+    by_project: dict[Path, list[_Pending]] = {}
+    for item in pending:
+        by_project.setdefault(project_root(_target(item[0])), []).append(item)
+    for items in by_project.values():
+        if not _verify_together(items, result, pytest_args):
+            for path, source, code, changes in items:
+                _verify(path, source, code, changes, result, pytest_args)
     return result
+
+
+def _verify_together(items: list[_Pending], result: RewriteResult, pytest_args: Sequence[str]) -> bool:
+    """Keep every rewrite of one project's files when their tests pass together: one pytest run
+    instead of one per file. False (every file as it was) when they do not: then file by file."""
+    if len(items) < 2:
+        return False
+    targets = sorted({_target(path) for path, *_ in items})
+    # A file in a directory that is itself a target (a conftest's) runs with it, once.
+    targets = [t for t in targets if not any(o != t and o in t.parents for o in targets)]
+    for path, _source, code, _changes in items:
+        path.write_text(code, encoding="utf-8")
+    ok, _tail = _run_pytest(targets, pytest_args)
+    if ok:
+        for *_rest, changes in items:
+            result.kept += changes
+        return True
+    for path, source, _code, _changes in items:
+        path.write_text(source, encoding="utf-8")
+    return False
 
 
 def _verify(
     path: Path, source: str, code: str, changes: list[Change], result: RewriteResult, pytest_args: Sequence[str]
 ) -> None:
     """Keep the largest set of this file's rewrites whose tests pass: all, else each one alone."""
-    target = path.parent if path.name == "conftest.py" else path
+    target = [_target(path)]
     path.write_text(code, encoding="utf-8")
     ok, tail = _run_pytest(target, pytest_args)
     if ok:
@@ -329,9 +365,13 @@ def _verify(
             passing.add(i)
         else:
             failures[i] = why
+    if len(passing) == len(changes):  # each passes alone, but all of them together is the first run, failed
+        failures.update({i: tail for i in passing})
+        passing = set()
     if passing:
         path.write_text(_apply(source, passing)[0], encoding="utf-8")
-        together, why = _run_pytest(target, pytest_args)
+        # One rewrite alone has just passed as it is; two or more must also pass together.
+        together, why = _run_pytest(target, pytest_args) if len(passing) > 1 else (True, "")
         if not together:
             failures.update({i: why for i in passing})
             passing = set()

@@ -76,7 +76,8 @@ async def _close(client: Any) -> None:
     await client.close()
 
 
-_keeper = Keeper("ClickHouse database", lambda server: f"{server.url}#{server.username}", _connect, _close, renew)
+_keeper = Keeper("ClickHouse database", lambda server: f"{server.url}#{server.username}", _connect, _close, renew,
+                 lambda server: (server.host, server.port))
 
 
 def keeper() -> Keeper:

@@ -10,12 +10,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._ownership import Scope
 from .._redact import redact_url
 
 if TYPE_CHECKING:
     from .._servers.redis import RedisServer
 
-__all__ = ["_Bank", "_LeaseKeeper", "flush_unleased"]
+__all__ = ["_Bank", "_LeaseKeeper", "flush_unleased", "prune"]
 
 log = logging.getLogger("isolated_env")
 
@@ -241,12 +242,46 @@ return n
 """
 
 
-async def flush_unleased(control: Any) -> list[int]:
+async def flush_unleased(control: Any, *, dry_run: bool = False) -> list[int]:
     """Flush every database but 0 that holds keys and no lease: what a run whose lease ended (killed,
-    on any machine) left; returns their numbers. A leased database is never touched."""
+    on any machine) left; returns their numbers (with ``dry_run``, only lists them). A leased
+    database is never touched."""
     flushed = []
     for name in await control.info("keyspace"):
         db = int(str(name).removeprefix("db"))
-        if db and await control.eval(_FLUSH_UNLEASED, 1, f"ie:slot:{db}", db):
+        if not db:
+            continue
+        if dry_run:
+            if not await control.exists(f"ie:slot:{db}"):
+                flushed.append(db)
+        elif await control.eval(_FLUSH_UNLEASED, 1, f"ie:slot:{db}", db):
             flushed.append(db)
     return flushed
+
+
+async def prune(server: RedisServer, *, kept: bool, scope: Scope, dry_run: bool) -> list[str]:
+    """``isolated-env prune`` on one Redis server: the prefixes and databases of owners provably dead
+    (with ``kept``, those kept for failed tests), and what holds keys under no lease. ``scope``
+    narrows it to one run or this machine's runs: what has no lease has no owner left to tell, and
+    is then left alone. With ``dry_run`` it is listed, nothing freed."""
+    from .._drivers import redis as redis_driver
+    from . import redis as db_mode
+    from ._redis_prefixes import reap_prefixes
+
+    prefixes = await reap_prefixes(server, kept=kept, scope=scope, dry_run=dry_run)
+    if server.cluster or server.databases < 2:
+        return prefixes
+    control = redis_driver.asyncio_client(**server.client_kwargs(0))
+    try:
+        freed = await db_mode._reap(control, server.databases - 1, kept=kept, scope=scope, dry_run=dry_run)
+        if scope == Scope():
+            freed += [db for db in await flush_unleased(control, dry_run=dry_run) if db not in freed]
+        for db in [] if dry_run else freed:
+            client = redis_driver.asyncio_client(**server.client_kwargs(db))
+            try:
+                await client.flushdb()
+            finally:
+                await client.aclose()
+    finally:
+        await control.aclose()
+    return prefixes + [f"redis database {db} ({redact_url(server.url(db))})" for db in freed]

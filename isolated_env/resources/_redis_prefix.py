@@ -5,19 +5,18 @@ The prefixes themselves (leases, ACL users, cleanup) are :mod:`._redis_prefixes`
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import Any, ClassVar
 
 from .._config import Settings
-from .._contract import Kept, PooledResource, current_settings
-from .._drivers import redis as redis_driver
-from .._errors import ConfigError, IsolationBroken, TeardownError
+from .._contract import Kept, current_settings
+from .._errors import ConfigError, IsolationBroken
 from .._resource import ResourceContext
+from .._runtime import Runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
 from . import redis as db_mode
-from ._died import died as _died
 from ._redis_handle import RedisPrefixHandle
+from ._redis_pooled import RedisPooled
 from ._redis_prefixes import PREFIXES, _Prefix, prefixes_for
 
 __all__ = ["MODES", "RedisPrefixResource", "by_mode", "choose_mode", "self_check"]
@@ -39,59 +38,20 @@ def choose_mode(server: RedisServer, mode: str | None) -> str:
     return mode
 
 
-class RedisPrefixResource(PooledResource[_Prefix, RedisPrefixHandle]):
+class RedisPrefixResource(RedisPooled[_Prefix, RedisPrefixHandle]):
     """A private, empty key prefix of a Redis server for one test, its keys deleted when it ends."""
 
-    kind: ClassVar[str] = "redis"
-    provider: ClassVar[str | None] = "redis"
-    extra: ClassVar[str | None] = "redis"
+    handle = RedisPrefixHandle
+    what, many, pool_tag = "key prefix", "prefixes", "redis-prefix"
 
-    def __init__(self, *, keep_on_failure: bool | None = None) -> None:
-        self.keep_on_failure = keep_on_failure
+    def slots_for(self, server: RedisServer, runtime: Runtime) -> Any:
+        return prefixes_for(server, runtime)
 
-    async def prepare(self) -> None:
-        self.server = await servers.ensure_server(current_settings())
-        self.prefixes = prefixes_for(self.server, self.runtime)
-
-    def pool_key(self) -> Hashable:
-        return ("redis-prefix", self.server.key, current_settings().capacity)
-
-    def pool_name(self) -> str:
-        return f"redis prefixes ({self.server.redacted})"
+    def describe(self, item: _Prefix) -> str:
+        return item.prefix
 
     def capacity(self) -> int:
         return max(1, min(current_settings().capacity, PREFIXES))
-
-    async def create(self) -> _Prefix:
-        with redis_driver.translate(f"leasing a key prefix of {self.server.redacted}"):
-            return await self.prefixes.create()
-
-    async def clean(self, item: _Prefix) -> None:
-        with redis_driver.translate(f"deleting the keys of {item.prefix}", failure=TeardownError):
-            await self.prefixes.clean(item)
-
-    async def destroy(self, item: _Prefix) -> None:
-        with redis_driver.translate(f"releasing {item.prefix}", failure=TeardownError):
-            await self.prefixes.destroy(item)
-
-    def wrap(self, item: _Prefix) -> RedisPrefixHandle:
-        item.clean = False
-        return RedisPrefixHandle(item)
-
-    async def died(self) -> BaseException | None:
-        return await _died("redis", self.server, self.server.url(0))
-
-    async def keep(self, item: _Prefix) -> Kept:
-        with redis_driver.translate(f"keeping {item.prefix}", failure=TeardownError):
-            return await self.prefixes.keep(item)
-
-    async def release(self, handle: RedisPrefixHandle, outcome: Any) -> Kept | None:
-        lease = self._lease
-        lost = lease.value.lost if lease is not None else None
-        kept = await super().release(handle, outcome)
-        if lost is not None:
-            raise IsolationBroken(lost)
-        return kept
 
 
 class _ByMode:
@@ -126,8 +86,8 @@ class _ByMode:
         return self.inner.statistics() if self.inner is not None else None
 
     @classmethod
-    async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:
-        return await db_mode.RedisResource.reap(settings, kept=kept)
+    async def reap(cls, settings: Settings, *, kept: bool = False, **options: Any) -> list[str]:
+        return await db_mode.RedisResource.reap(settings, kept=kept, **options)
 
 
 def by_mode(keep_on_failure: bool | None, mode: str | None) -> ResourceContext[Any]:

@@ -29,7 +29,7 @@ from .._contract import Kept
 from .._drivers import redis as redis_driver
 from .._drivers import redis_cluster
 from .._errors import ConfigError, IsolationBroken
-from .._ownership import dead
+from .._ownership import Scope, alive, parse
 from .._pool import TryLater
 from .._runtime import Runtime
 from .._servers import _redis_acl
@@ -39,6 +39,7 @@ from ._redis_leases import _Bank, _LeaseKeeper
 
 __all__ = ["PREFIXES", "lease_key", "prefix_of", "prefixes_for", "reap_prefixes", "user_of"]
 
+_ALL = Scope()
 PREFIXES = 1024
 """How many prefixes may be leased from one server at once (by every process and run together)."""
 
@@ -125,12 +126,11 @@ class _LeaseNode:
 
 
 _keeper = _LeaseKeeper(
-    db_mode._REFRESH, lambda: db_mode._owner(), lambda: db_mode._ttl_ms(),
-    lambda: db_mode.HEARTBEAT_S if db_mode.HEARTBEAT_S is not None else db_mode._ttl_ms() / 3000,
+    db_mode._REFRESH, db_mode._owner, db_mode._ttl_ms, db_mode._heartbeat_s,
     key=lease_key, what=lambda n: f"Redis prefix {prefix_of(n)}", connect=_connect,
 )
 # Clean prefixes this process still leases, between event loops (pytest-asyncio makes one per test).
-_bank = _Bank(_keeper, db_mode._RELEASE, lambda: db_mode._owner())
+_bank = _Bank(_keeper, db_mode._RELEASE, db_mode._owner)
 
 
 class _Prefix:
@@ -321,20 +321,22 @@ class _Prefixes:
             await self._control.aclose()
 
 
-async def _reap(prefixes: _Prefixes, *, kept: bool) -> list[int]:
+async def _reap(prefixes: _Prefixes, *, kept: bool, scope: Scope = _ALL, dry_run: bool = False) -> list[int]:
     """Free the prefixes whose owner died on this host (with ``kept``, also those kept for failed
-    tests), and delete their keys."""
+    tests), and delete their keys; ``scope`` narrows it, ``dry_run`` only lists them."""
     control, freed = prefixes.control, []
     keys = [lease_key(n) for n in range(1, PREFIXES + 1)]
     for start in range(0, len(keys), 256):
         chunk = keys[start : start + 256]
         for key, value in zip(chunk, await control.mget(chunk), strict=True):
-            owner = db_mode._label(value) if value is not None else None
-            if owner is None or (not kept if owner.get("kept") else not dead(owner)):
+            parsed = parse(value) if value is not None else None
+            if parsed is None or not scope.covers(parsed[0]):
                 continue
-            if await control.eval(db_mode._RELEASE, 1, key, value):
+            if not kept if parsed[1].get("kept") else alive(parsed[0]) is not False:
+                continue
+            if dry_run or await control.eval(db_mode._RELEASE, 1, key, value):
                 freed.append(int(key.rsplit(":", 1)[1]))
-    for n in freed:
+    for n in [] if dry_run else freed:
         await prefixes.wipe(n)
     return freed
 
@@ -353,28 +355,31 @@ return found
 """
 
 
-async def reap_prefixes(server: RedisServer, *, kept: bool = False) -> list[str]:
+async def reap_prefixes(
+    server: RedisServer, *, kept: bool = False, scope: Scope = _ALL, dry_run: bool = False
+) -> list[str]:
     """``isolated-env prune``: what :func:`_reap` frees, and the keys of prefixes nobody leases
-    (their owner's lease expired: it died on another machine)."""
+    (their owner's lease expired: it died on another machine) unless ``scope`` narrows it (they
+    have no owner left to tell); ``dry_run`` only lists them."""
     prefixes = _Prefixes(server)
     try:
-        freed = set(await _reap(prefixes, kept=kept))
+        freed = set(await _reap(prefixes, kept=kept, scope=scope, dry_run=dry_run))
         found: set[int] = set()
-        for keys in await prefixes._everywhere("EVAL", _FIND, 0, "{ie:*}:*"):  # one key per prefix found
-            found |= {int(m.group(1)) for k in keys if (m := _TAGGED.match(k))}
+        if scope == _ALL:
+            for keys in await prefixes._everywhere("EVAL", _FIND, 0, "{ie:*}:*"):  # one key per prefix found
+                found |= {int(m.group(1)) for k in keys if (m := _TAGGED.match(k))}
         found -= freed
         if found:
             ordered = sorted(found)
             leases = await prefixes.control.mget([lease_key(n) for n in ordered])
             for n, lease in zip(ordered, leases, strict=True):
                 if lease is None:
-                    await prefixes.wipe(n)
+                    if not dry_run:
+                        await prefixes.wipe(n)
                     freed.add(n)
     finally:
         await prefixes.aclose()
     return [f"redis prefix {prefix_of(n)} ({server.redacted})" for n in sorted(freed)]
-
-
 
 
 def prefixes_for(server: RedisServer, runtime: Runtime) -> _Prefixes:

@@ -24,22 +24,25 @@ import anyio.to_thread
 from .._config import Settings, run_id
 from .._contract import Kept, current_settings, keeps
 from .._errors import IsolationBroken, UnsafePath
-from .._ownership import dead, me
+from .._ownership import Scope, alive, me, parse
 from .._resource import report_kept, resource
 
 __all__ = ["FileSystemHandle", "isolated_fs"]
 
 _run_dirs: dict[str, Path] = {}
+_ALL = Scope()
 
 
-def _reap(base: Path) -> list[str]:
+def _reap(base: Path, scope: Scope = _ALL, *, dry_run: bool = False) -> list[str]:
     """Remove the run directories (``run-<owner key>``) of owners provably dead: in this machine and
     PID namespace, and gone. A directory of an owner elsewhere (a container sharing the directory)
-    is left to that owner's machine."""
+    is left to that owner's machine. ``scope`` narrows it; ``dry_run`` only lists them."""
     removed = []
-    for child in base.iterdir() if base.is_dir() else ():
-        if child.name.startswith("run-") and dead(child.name[4:]):
-            shutil.rmtree(child, ignore_errors=True)
+    for child in sorted(base.iterdir()) if base.is_dir() else ():
+        owner = parse(child.name[4:]) if child.name.startswith("run-") else None
+        if owner is not None and scope.covers(owner[0]) and alive(owner[0]) is False:
+            if not dry_run:
+                shutil.rmtree(child, ignore_errors=True)
             removed.append(str(child))
     return removed
 
@@ -184,17 +187,21 @@ def _kept_dir(root: Path) -> Path:
     return root / "kept"
 
 
-async def reap(settings: Settings, kept: bool = False) -> list[str]:
-    """Remove the run directories of dead processes (and, with ``kept``, the kept directories)."""
+async def reap(settings: Settings, kept: bool = False, *, scope: Scope = _ALL, dry_run: bool = False) -> list[str]:
+    """Remove the run directories of dead processes (and, with ``kept``, the kept directories);
+    ``scope`` narrows it to one run (a kept directory's name ends with its run id) or this
+    machine's runs (kept directories carry no machine: none then), ``dry_run`` only lists them."""
     root = settings.state_dir / "fs"
 
     def sweep() -> list[str]:
-        removed = _reap(root)
+        removed = _reap(root, scope, dry_run=dry_run)
         kept_root = _kept_dir(root)
-        if kept and kept_root.is_dir():
+        if kept and kept_root.is_dir() and scope.machine is None:
             for child in sorted(kept_root.iterdir()):
-                shutil.rmtree(child, ignore_errors=True)
-                removed.append(str(child))
+                if scope.run is None or child.name.endswith(f"-{scope.run}"):
+                    if not dry_run:
+                        shutil.rmtree(child, ignore_errors=True)
+                    removed.append(str(child))
         return removed
 
     return await anyio.to_thread.run_sync(sweep)

@@ -14,38 +14,42 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Hashable
-from typing import Any, ClassVar
+from typing import Any
 
 import anyio
 
 from .._config import Settings
-from .._contract import Kept, PooledResource, current_settings
+from .._contract import Kept, current_settings
 from .._drivers import redis as redis_driver
-from .._errors import ConfigError, IsolationBroken, ServiceUnavailable, TeardownError
-from .._ownership import dead, lease_ttl, me
+from .._errors import ConfigError, IsolationBroken, ServiceUnavailable
+from .._ownership import Scope, alive, lease_ttl, me, parse
 from .._pool import TryLater
 from .._redact import redact_url
 from .._resource import ResourceContext
 from .._runtime import Runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
-from ._died import died as _died
 from ._died import watch as _watch
 from ._redis_guard import test_client, untaint
 from ._redis_handle import RedisHandle
-from ._redis_leases import _Bank, _LeaseKeeper, flush_unleased
+from ._redis_leases import _Bank, _LeaseKeeper
+from ._redis_pooled import RedisPooled
 
 __all__ = ["RedisHandle", "RedisResource", "isolated_redis"]
 
 log = logging.getLogger("isolated_env")
 
+_ALL = Scope()
 LEASE_TTL_MS: int | None = None  # None: ISOLATED_ENV_LEASE_TTL (tests set numbers)
 HEARTBEAT_S: float | None = None  # None: a third of the TTL
 
 
 def _ttl_ms() -> int:
     return LEASE_TTL_MS if LEASE_TTL_MS is not None else int(lease_ttl() * 1000)
+
+
+def _heartbeat_s() -> float:
+    return HEARTBEAT_S if HEARTBEAT_S is not None else _ttl_ms() / 3000
 
 _ACQUIRE = """
 for i = tonumber(ARGV[3]), tonumber(ARGV[4]) do
@@ -100,40 +104,35 @@ class _Slot:
                 await admin.aclose()
 
 
-def _label(value: bytes | str) -> dict[str, Any] | None:
-    try:
-        owner = json.loads(value)
-    except ValueError:
-        return None
-    return owner if isinstance(owner, dict) else None
-
-
-async def _reap(control: Any, last: int, *, kept: bool = False) -> list[int]:
+async def _reap(
+    control: Any, last: int, *, kept: bool = False, scope: Scope = _ALL, dry_run: bool = False
+) -> list[int]:
     """Free slots whose owner provably died (in this machine and PID namespace; any other owner's
     lease ends by its TTL), their databases flushed by the next lease;
-    with ``kept``, also the slots kept for failed tests (flushed here)."""
+    with ``kept``, also the slots kept for failed tests (flushed here). ``scope`` narrows it to one
+    run or this machine's runs; with ``dry_run`` nothing is freed, only listed."""
     freed = []
     keys = [f"ie:slot:{i}" for i in range(1, last + 1)]
     for start in range(0, len(keys), 256):
         chunk = keys[start : start + 256]
         for key, value in zip(chunk, await control.mget(chunk), strict=True):
-            owner = _label(value) if value is not None else None
-            if owner is None:
+            parsed = parse(value) if value is not None else None
+            if parsed is None or not scope.covers(parsed[0]):
                 continue
-            if owner.get("kept"):
+            if parsed[1].get("kept"):
                 if not kept:
                     continue
-            elif not dead(owner):
+            elif alive(parsed[0]) is not False:
                 continue
-            if await control.eval(_RELEASE, 1, key, value):
+            if dry_run or await control.eval(_RELEASE, 1, key, value):
                 freed.append(int(key.rsplit(":", 1)[1]))
-    if freed:
+    if freed and not dry_run:
         why = "their owner process died" + (", or kept for failed tests (prune --kept)" if kept else "")
         log.info("isolated_env: freed Redis database(s) %s: %s", ", ".join(map(str, freed)), why)
     return freed
 
 
-_keeper = _LeaseKeeper(_REFRESH, _owner, _ttl_ms, lambda: HEARTBEAT_S if HEARTBEAT_S is not None else _ttl_ms() / 3000)
+_keeper = _LeaseKeeper(_REFRESH, _owner, _ttl_ms, _heartbeat_s)
 _bank = _Bank(_keeper, _RELEASE, lambda: _owner())
 
 
@@ -254,65 +253,26 @@ def _slots_for(server: RedisServer, runtime: Runtime) -> _Slots:
     return slots
 
 
-class RedisResource(PooledResource[_Slot, RedisHandle]):
+class RedisResource(RedisPooled[_Slot, RedisHandle]):
     """A private, empty logical Redis database for one test, flushed when the test ends."""
 
-    kind: ClassVar[str] = "redis"
-    provider: ClassVar[str | None] = "redis"
-    extra: ClassVar[str | None] = "redis"
+    handle = RedisHandle
+    what, many, pool_tag = "database", "databases", "redis"
 
-    def __init__(self, *, keep_on_failure: bool | None = None) -> None:
-        self.keep_on_failure = keep_on_failure
+    def slots_for(self, server: RedisServer, runtime: Runtime) -> _Slots:
+        return _slots_for(server, runtime)
 
-    async def prepare(self) -> None:
-        self.server = await servers.ensure_server(current_settings())
-        self.slots = _slots_for(self.server, self.runtime)
-
-    def pool_key(self) -> Hashable:
-        return ("redis", self.server.key, current_settings().capacity)
-
-    def pool_name(self) -> str:
-        return f"redis databases ({self.server.redacted})"
+    def describe(self, item: _Slot) -> str:
+        return f"database {item.db}"
 
     def capacity(self) -> int:
         return max(1, min(current_settings().capacity, self.server.databases - 1))
-
-    async def create(self) -> _Slot:
-        with redis_driver.translate(f"leasing a database of {self.server.redacted}"):
-            return await self.slots.create()
-
-    async def clean(self, item: _Slot) -> None:
-        with redis_driver.translate(f"flushing database {item.db}", failure=TeardownError):
-            await self.slots.clean(item)
-
-    async def destroy(self, item: _Slot) -> None:
-        with redis_driver.translate(f"releasing database {item.db}", failure=TeardownError):
-            await self.slots.destroy(item)
-
-    def wrap(self, item: _Slot) -> RedisHandle:
-        item.clean = False
-        return RedisHandle(item)
-
-    async def died(self) -> BaseException | None:
-        return await _died("redis", self.server, self.server.url(0))
 
     def nested(self, handle: RedisHandle) -> Any:
         """A database of a narrower scope's own, starting with a copy of ``handle``'s keys (:mod:`._redis_nest`)."""
         from ._redis_nest import nested_database
 
         return nested_database(self, handle)
-
-    async def keep(self, item: _Slot) -> Kept:
-        with redis_driver.translate(f"keeping database {item.db}", failure=TeardownError):
-            return await self.slots.keep(item)
-
-    async def release(self, handle: RedisHandle, outcome: Any) -> Kept | None:
-        lease = self._lease
-        lost = lease.value.lost if lease is not None else None
-        kept = await super().release(handle, outcome)
-        if lost is not None:
-            raise IsolationBroken(lost)
-        return kept
 
     @classmethod
     async def self_check(cls) -> None:
@@ -322,26 +282,12 @@ class RedisResource(PooledResource[_Slot, RedisHandle]):
         await self_check()
 
     @classmethod
-    async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:
-        server = await servers.ensure_server(settings)
-        from ._redis_prefixes import reap_prefixes
+    async def reap(
+        cls, settings: Settings, *, kept: bool = False, scope: Scope = _ALL, dry_run: bool = False
+    ) -> list[str]:
+        from ._redis_leases import prune
 
-        prefixes = await reap_prefixes(server, kept=kept)
-        if server.cluster or server.databases < 2:
-            return prefixes
-        control = redis_driver.asyncio_client(**server.client_kwargs(0))
-        try:
-            freed = await _reap(control, server.databases - 1, kept=kept)
-            freed += [db for db in await flush_unleased(control) if db not in freed]
-            for db in freed:
-                client = redis_driver.asyncio_client(**server.client_kwargs(db))
-                try:
-                    await client.flushdb()
-                finally:
-                    await client.aclose()
-        finally:
-            await control.aclose()
-        return prefixes + [f"redis database {db} ({redact_url(server.url(db))})" for db in freed]
+        return await prune(await servers.ensure_server(settings), kept=kept, scope=scope, dry_run=dry_run)
 
 
 def isolated_redis(

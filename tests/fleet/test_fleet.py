@@ -1,13 +1,18 @@
 """A fleet on one host (issue 9, item 6): four "machines", each in PID and mount namespaces of its own
 (``unshare --pid --fork --mount --mount-proc``: their pids overlap, as in containers) with its own
 machine identity and run id but the same hostname, each running pytest with two xdist workers
-against ONE PostgreSQL and ONE Redis given as external servers (TEST_*_URL). One machine's run is
-SIGKILLed at a random moment.
+against ONE PostgreSQL, ONE Redis and ONE ClickHouse engine (the chdb adaptor) given as external
+servers (TEST_*_URL), started by the test side by side. One machine's run is SIGKILLed at a random
+moment.
 
 Asserted: no test of a surviving run fails (a cross-run read, or a database dropped or flushed
 under it, fails the test that sees it); no Redis database is leased to two runs at once (the logged
-lease intervals); the killed run's leases are live right after the kill (nobody may reap them yet)
-and everything it left is gone after one ``isolated-env prune`` once its TTL has passed.
+lease intervals); the killed run's leases (PostgreSQL and ClickHouse databases, Redis databases) are
+live right after the kill (nobody may reap them yet) and everything it left is gone after one
+``isolated-env prune`` once its TTL has passed.
+
+The survivors run a few rounds each; the victim more (it is killed anyway), so it is still running
+whenever the kill comes.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from isolated_env._ownership import parse
 ROOT = Path(__file__).resolve().parents[2]
 MACHINES = 4
 TTL = 3.0
+ROUNDS = 4  # per kind of resource and surviving machine
 pytestmark = pytest.mark.skipif(
     shutil.which("unshare") is None or os.geteuid() != 0, reason="the fleet simulation needs unshare as root"
 )
@@ -44,12 +50,57 @@ def _clean_env() -> dict[str, str]:
             if not k.startswith(("TEST_POSTGRES", "TEST_REDIS", "TEST_CLICKHOUSE", "ISOLATED_ENV_", "PYTEST_"))}
 
 
-def _machine(i: int, run: str, servers: dict[str, str], log: Path, state: Path) -> subprocess.Popen[bytes]:
+_URLS = """
+import json, anyio
+from isolated_env._config import resolve
+from isolated_env._servers import clickhouse, postgres, redis
+async def main():
+    settings = resolve()
+    pg, r, ch = [await s.ensure_server(settings) for s in (postgres, redis, clickhouse)]
+    print(json.dumps({"TEST_POSTGRES_URL": pg.dsn("postgres"), "TEST_REDIS_URL": r.url(0),
+                      "TEST_CLICKHOUSE_URL": ch.dsn()}))
+anyio.run(main)
+"""
+
+
+@pytest.fixture
+def fleet_servers(work: Path) -> Iterator[dict[str, str]]:
+    """One PostgreSQL, one Redis and one ClickHouse engine, started side by side and kept up by
+    `isolated-env up` in a state directory of their own: to the machines, external servers."""
+    state = work / "servers"
+    state.mkdir(mode=0o711)
+    env = {**_clean_env(), "PYTHONPATH": str(ROOT), "ISOLATED_ENV_STATE_DIR": str(state),
+           "ISOLATED_ENV_POSTGRES_TCP": "1", "ISOLATED_ENV_REDIS_TCP": "1"}
+
+    def cli(*args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True)
+
+    try:
+        ups = [cli("-m", "isolated_env.cli", "up", kind) for kind in ("postgres", "redis", "clickhouse")]
+        for up in ups:
+            out = up.communicate(timeout=180)[0]
+            assert up.returncode == 0, out
+        found = cli("-c", _URLS)
+        out = found.communicate(timeout=120)[0]
+        assert found.returncode == 0, out
+        yield json.loads(out.strip().splitlines()[-1])
+    finally:
+        down = cli("-m", "isolated_env.cli", "down", "postgres", "redis", "clickhouse")
+        out = down.communicate(timeout=120)[0]
+        assert down.returncode == 0 and "unpinned" not in out, out
+
+
+def _machine(i: int, run: str, servers: dict[str, str], log: Path, state: Path, rounds: int) -> subprocess.Popen[bytes]:
     state.mkdir(mode=0o711)
     env = {**_clean_env(), **servers, "PYTHONPATH": str(ROOT), "FLEET_LOG": str(log),
            "ISOLATED_ENV_MACHINE_ID": f"fleetm{i}", "ISOLATED_ENV_RUN_ID": run, "ISOLATED_ENV_LEASE_TTL": str(TTL),
-           "ISOLATED_ENV_STATE_DIR": str(state), "FLEET_ROUNDS": "8", "ISOLATED_ENV_CAPACITY": "2"}
-    cmd = ["unshare", "--pid", "--fork", "--mount", "--mount-proc", sys.executable, "-m", "pytest",
+           "ISOLATED_ENV_STATE_DIR": str(state), "FLEET_ROUNDS": str(rounds), "ISOLATED_ENV_CAPACITY": "2"}
+    # Only the plugins the workload needs: twelve interpreters start on a 2-core machine, and the
+    # others installed here (Django, Hypothesis, LangSmith, ...) would double what each one imports.
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    plugins = ["-p", "xdist.plugin", "-p", "anyio.pytest_plugin", "-p", "isolated_env.pytest_plugin"]
+    cmd = ["unshare", "--pid", "--fork", "--mount", "--mount-proc", sys.executable, "-m", "pytest", *plugins,
            "-p", "no:cacheprovider", "-q", "-n", "2", "--no-header", f"--basetemp={state / 'tmp'}",
            "tests/fleet/workload.py"]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -74,6 +125,20 @@ async def _pg_databases(dsn: str, run: str) -> dict[str, dict[str, Any]]:
     return {r["datname"]: {**json.loads(r["label"] or "{}"), "now": r["now"]} for r in rows}
 
 
+def _ch_databases(dsn: str, run: str) -> dict[str, dict[str, Any]]:
+    import clickhouse_connect
+
+    client = clickhouse_connect.get_client(dsn=dsn)
+    try:
+        rows = client.query(
+            "SELECT name, comment, toFloat64(toUnixTimestamp64Milli(now64(3))) / 1000 FROM system.databases "
+            "WHERE startsWith(name, {p:String})", parameters={"p": f"ie_{run}_"},
+        ).result_rows
+    finally:
+        client.close()
+    return {name: {**json.loads(comment or "{}"), "now": now} for name, comment, now in rows}
+
+
 async def _redis_leases(url: str, run: str) -> dict[int, str]:
     import redis.asyncio as aredis
 
@@ -93,7 +158,8 @@ async def _redis_leases(url: str, run: str) -> dict[int, str]:
 async def _dbsize(url: str, db: int) -> int:
     import redis.asyncio as aredis
 
-    client = aredis.Redis.from_url(url.rsplit("/", 1)[0] + f"/{db}")
+    client = aredis.Redis.from_url(url)
+    client.connection_pool.connection_kwargs["db"] = db  # the URL may be a unix socket's: no /<db> to swap
     try:
         return int(await client.dbsize())
     finally:
@@ -119,12 +185,14 @@ def work() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def test_a_fleet_on_shared_servers(shared_servers: dict[str, str], work: Path) -> None:
+def test_a_fleet_on_shared_servers(fleet_servers: dict[str, str], work: Path) -> None:
+    shared_servers = fleet_servers
     log = work / "events.jsonl"
     salt = os.urandom(2).hex()
     runs = [f"f{i}{salt}" for i in range(MACHINES)]  # a run id is at most 8 characters
     victim = random.randrange(MACHINES)
-    procs = [_machine(i, runs[i], shared_servers, log, work / f"m{i}") for i in range(MACHINES)]
+    procs = [_machine(i, runs[i], shared_servers, log, work / f"m{i}", ROUNDS * (10 if i == victim else 1))
+             for i in range(MACHINES)]
     try:
         # Kill the victim at a random moment once it holds something (its first lease is logged).
         deadline = time.monotonic() + 240  # pytest and xdist start slowly on a loaded machine
@@ -142,8 +210,10 @@ def test_a_fleet_on_shared_servers(shared_servers: dict[str, str], work: Path) -
         # Right after the kill its leases are live: nobody may reap what it left yet.
         left_pg = anyio.run(_pg_databases, shared_servers["TEST_POSTGRES_URL"], runs[victim])
         left_redis = anyio.run(_redis_leases, shared_servers["TEST_REDIS_URL"], runs[victim])
-        assert left_pg or left_redis, "the victim left nothing to reap: the check below would prove nothing"
-        ended = {n: label for n, label in left_pg.items() if "ie" in label and label.get("exp", 0) <= label["now"]}
+        left_ch = _ch_databases(shared_servers["TEST_CLICKHOUSE_URL"], runs[victim])
+        assert left_pg or left_redis or left_ch, "the victim left nothing to reap: the check below would prove nothing"
+        ended = {n: label for n, label in {**left_pg, **left_ch}.items()
+                 if "ie" in label and label.get("exp", 0) <= label["now"]}
         assert not ended, f"leases of the victim ended before its TTL: {ended}"
 
         outputs = {}
@@ -176,7 +246,9 @@ def test_a_fleet_on_shared_servers(shared_servers: dict[str, str], work: Path) -
             assert start >= held_until, f"Redis database {db} was leased by {holder} and {run} at once"
             if end > held_until:
                 held_until, holder = end, run
-    assert sum(len(v) for v in spans.values()) >= (MACHINES - 1) * 8
+    assert sum(len(v) for v in spans.values()) >= (MACHINES - 1) * ROUNDS
+    done = {(e["kind"], e["run"]) for e in events if "end" in e}
+    assert {(kind, run) for kind in ("pg_db", "pg_tx", "redis", "ch") for run in runs if run != runs[victim]} <= done
 
     # Once its TTL has passed, one prune (from a machine of its own) removes all the victim left.
     wait = killed_at + TTL + 0.5 - time.time()
@@ -190,9 +262,11 @@ def test_a_fleet_on_shared_servers(shared_servers: dict[str, str], work: Path) -
     assert pruned.returncode == 0, pruned.stdout + pruned.stderr
     assert anyio.run(_pg_databases, shared_servers["TEST_POSTGRES_URL"], runs[victim]) == {}, pruned.stdout
     assert anyio.run(_redis_leases, shared_servers["TEST_REDIS_URL"], runs[victim]) == {}
+    assert _ch_databases(shared_servers["TEST_CLICKHOUSE_URL"], runs[victim]) == {}, pruned.stdout
     for db in left_redis:  # a database whose lease ended is free, and prune flushed it (or it was leased again)
         assert anyio.run(_dbsize, shared_servers["TEST_REDIS_URL"], db) == 0 or anyio.run(_leased, shared_servers, db)
     # The survivors cleaned up after themselves.
     for i, run in enumerate(runs):
         if i != victim:
             assert anyio.run(_pg_databases, shared_servers["TEST_POSTGRES_URL"], run) == {}, f"run {run} left databases"
+            assert _ch_databases(shared_servers["TEST_CLICKHOUSE_URL"], run) == {}, f"run {run} left databases"

@@ -1,6 +1,7 @@
 """What one "machine" of the fleet simulation runs (tests/fleet/test_fleet.py starts it with pytest
 -n 2 inside its own PID and mount namespaces): tests that write their run's mark into a PostgreSQL
-database, a transaction and a Redis database, hold them a while, and read the mark back. Anything
+database, a transaction, a Redis database and a ClickHouse database, hold them a while, and read the
+mark back. Anything
 else read back is a cross-run read; a database dropped or flushed under a test fails it. Every
 resource used is written to FLEET_LOG (one JSON object a line) for the outer test to check.
 """
@@ -67,3 +68,16 @@ async def test_redis(round_: int) -> None:
         assert await r.get("mark") == mark.encode(), f"database {r.db} was flushed or shared"
         assert await r.dbsize() == 1
         _log(kind="redis", name=r.db, end=time.time())
+
+
+@pytest.mark.parametrize("round_", range(ROUNDS))
+async def test_clickhouse(round_: int) -> None:
+    mark = f"{MARK}/{round_}"
+    async with ie.isolated_clickhouse() as ch:
+        _log(kind="ch", name=ch.database, start=time.time())
+        await ch.command("CREATE TABLE mark (v String) ENGINE = Memory")
+        await ch.insert("mark", [[mark]], column_names=["v"])
+        await _hold()
+        seen = (await ch.query("SELECT v FROM mark")).result_rows
+        assert seen == [(mark,)], f"cross-run read in {ch.database}: {seen}"
+        _log(kind="ch", name=ch.database, end=time.time())

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -22,6 +24,7 @@ from isolated_env._ownership import Owner, Scope, me, parse
 from isolated_env._servers import postgres as pg_servers
 from isolated_env._servers import redis as redis_servers
 from isolated_env.resources import redis as redis_resource
+from isolated_env.resources.postgres import leases
 from isolated_env.resources.postgres.janitor import prune
 from isolated_env.resources.postgres.labels import disown_server
 from isolated_env.resources.postgres.sql import quote_ident, quote_literal
@@ -142,6 +145,59 @@ async def test_a_lost_lease_fails_the_test_holding_it(external: tuple[Any, Any])
         assert await db.fetchval("SELECT 1") == 1
 
 
+_URLS = """
+import json, anyio
+from isolated_env._config import resolve
+from isolated_env._servers import postgres
+async def main():
+    pg = await postgres.ensure_server(resolve())
+    print(json.dumps([pg.dsn("postgres"), f"postgresql://{pg.user}:{pg.password}@127.0.0.1:{pg.tcp_port}/postgres"]))
+anyio.run(main)
+"""
+
+
+async def test_the_heartbeat_drops_a_server_that_stopped(
+    clean_environ: pytest.MonkeyPatch, private_state_dir: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that stopped (its socket gone, or nothing listening on a local port) is dropped at
+    the first beat that fails, its leases lost with why, instead of being knocked on until the TTL
+    has passed with a warning each beat."""
+    env = {**os.environ, "ISOLATED_ENV_STATE_DIR": str(private_state_dir), "ISOLATED_ENV_POSTGRES_TCP": "1"}
+
+    def cli(*args: str) -> str:
+        return subprocess.run([sys.executable, *args], env=env, check=True, capture_output=True, text=True,
+                              timeout=180).stdout
+
+    cli("-m", "isolated_env.cli", "up", "postgres")
+    urls = json.loads(cli("-c", _URLS).strip().splitlines()[-1])  # on its unix socket, and over TCP
+    clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "6")
+    caplog.set_level(logging.INFO, logger="isolated_env")
+    names = []
+    for url in urls:
+        clean_environ.setenv("TEST_POSTGRES_URL", url)
+        server = await pg_servers.ensure_server(resolve())
+        assert server.source == "external"
+        admin = await driver.connect(server)
+        try:
+            name = f"ie_db_zs{os.urandom(3).hex()}_1_1"
+            await _create(admin, name, leases.lease_label({}, await leases.expiry(admin, server)))
+        finally:
+            await driver.close(admin)
+        leases.hold(server, name)
+        names.append(name)
+    assert all(leases.lost(name) is None for name in names)
+    assert "postgres: stopped" in cli("-m", "isolated_env.cli", "down", "postgres")
+    for _ in range(600):  # the next beat finds out (the TTL alone would be a minute at most)
+        if all(leases.lost(name) is not None for name in names):
+            break
+        await anyio.sleep(0.1)
+    for name in names:
+        assert f"lease of PostgreSQL database {name} was lost: its server stopped" in str(leases.lost(name))
+        with pytest.raises(ie.IsolationBroken, match="its server stopped"):
+            leases.check(name)
+    assert not [r for r in caplog.records if "renewing" in r.getMessage()]  # no beat knocked on it again
+
+
 async def test_redis_frees_only_provably_dead_local_owners(clean_environ: pytest.MonkeyPatch) -> None:
     server = await redis_servers.ensure_server(resolve())
     control = redis_driver.asyncio_client(**server.client_kwargs(0))
@@ -210,3 +266,82 @@ async def test_clickhouse_databases_are_leased_and_only_ended_leases_reaped(clea
         for name in (f"ie_{run}_ended", f"ie_{run}_live", f"ie_{run}_nolease"):
             await admin.command(f"DROP DATABASE IF EXISTS `{name}` SYNC", use_database=False)
         await admin.close()
+
+
+async def test_redis_prune_can_be_narrowed_and_dry_run(
+    clean_environ: pytest.MonkeyPatch, shared_servers: dict[str, str]
+) -> None:
+    """``prune --run ID`` / ``--mine`` / ``--dry-run`` on Redis: a lease of a dead owner is freed (its
+    database flushed) only when its run or machine is named, listed and left as it is by a dry run;
+    a database holding keys under no lease (no owner left to tell) is flushed by a wide prune only."""
+    clean_environ.setenv("TEST_REDIS_URL", shared_servers["TEST_REDIS_URL"])  # this module's: nobody else reaps
+    settings = resolve()
+    server = await redis_servers.ensure_server(settings)
+    run = "zr" + os.urandom(3).hex()
+    child = await anyio.run_process([sys.executable, "-c", LABEL], env={**os.environ, "ISOLATED_ENV_RUN_ID": run})
+    dead_here = child.stdout.decode().strip()
+    leased, unleased = server.databases - 1, server.databases - 2
+    control = redis_driver.asyncio_client(**server.client_kwargs(0))
+    data = {db: redis_driver.asyncio_client(**server.client_kwargs(db)) for db in (leased, unleased)}
+
+    async def reap(**options: Any) -> list[str]:
+        return [x.split(" (")[0] for x in await redis_resource.RedisResource.reap(settings, **options)]
+
+    try:
+        assert await control.set(f"ie:slot:{leased}", dead_here, nx=True, px=60_000)
+        for client in data.values():
+            await client.set("left", 1)
+        assert await reap(scope=Scope(run=run + "x")) == []
+        assert await reap(scope=Scope(machine="0therm4chine"), dry_run=True) == []
+        assert await reap(scope=Scope(run=run), dry_run=True) == [f"redis database {leased}"]
+        assert await reap(scope=Scope(machine=me().machine), dry_run=True) == [f"redis database {leased}"]
+        assert f"redis database {unleased}" in await reap(dry_run=True)
+        assert await control.get(f"ie:slot:{leased}") == dead_here.encode()  # dry runs touched nothing
+        assert [await client.dbsize() for client in data.values()] == [1, 1]
+        assert await reap(scope=Scope(run=run)) == [f"redis database {leased}"]
+        assert await control.get(f"ie:slot:{leased}") is None
+        assert [await client.dbsize() for client in data.values()] == [0, 1]
+        assert f"redis database {unleased}" in await reap()
+        assert await data[unleased].dbsize() == 0
+    finally:
+        await control.delete(f"ie:slot:{leased}")
+        for client in data.values():
+            await client.flushdb()
+            await client.aclose()
+        await control.aclose()
+
+
+async def test_fs_prune_can_be_narrowed_and_dry_run(clean_environ: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """``prune --run ID`` / ``--mine`` / ``--dry-run`` on scratch directories: a dead owner's run
+    directory goes only when its run or machine is named; a kept directory (its name ends with its
+    run id) only with ``--kept`` and its run named (never by machine: it carries none)."""
+    import dataclasses
+
+    from isolated_env.resources import fs
+
+    settings = dataclasses.replace(resolve(), state_dir=tmp_path)
+    child = await anyio.run_process([sys.executable, "-c", "import os; print(os.getpid())"])
+    gone = int(child.stdout.decode())
+    run, other = "zf" + os.urandom(3).hex(), "zg" + os.urandom(3).hex()
+    root = tmp_path / "fs"
+    dirs = {
+        "dead": root / f"run-{Owner(me().machine, me().pidns, gone, 0, run).key}",
+        "dead_other_run": root / f"run-{Owner(me().machine, me().pidns, gone, 0, other).key}",
+        "alive": root / f"run-{me().key}",
+        "kept": root / "kept" / f"t-abc-{run}",
+        "kept_other_run": root / "kept" / f"t-def-{other}",
+    }
+    for path in dirs.values():
+        path.mkdir(parents=True)
+
+    async def reap(**options: Any) -> set[str]:
+        return set(await fs.reap(settings, **options))
+
+    assert await reap(scope=Scope(run=run), dry_run=True) == {str(dirs["dead"])}
+    assert await reap(kept=True, scope=Scope(run=run), dry_run=True) == {str(dirs["dead"]), str(dirs["kept"])}
+    assert await reap(kept=True, scope=Scope(machine=me().machine), dry_run=True) == {
+        str(dirs["dead"]), str(dirs["dead_other_run"])}
+    assert await reap(kept=True, scope=Scope(machine="0therm4chine")) == set()
+    assert all(path.is_dir() for path in dirs.values())  # dry runs and a scope naming nothing removed nothing
+    assert await reap(kept=True, scope=Scope(run=run)) == {str(dirs["dead"]), str(dirs["kept"])}
+    assert {k for k, path in dirs.items() if path.is_dir()} == {"dead_other_run", "alive", "kept_other_run"}

@@ -82,8 +82,12 @@ async def _close(conn: Any) -> None:
     await driver.close(conn)
 
 
+def _where(server: PostgresServer) -> str | tuple[str, int]:
+    return f"{server.host}/.s.PGSQL.{server.port}" if server.host.startswith("/") else (server.host, server.port)
+
+
 _keeper = Keeper(
-    "PostgreSQL database", lambda server: f"{server.host}:{server.port}:{server.user}", _connect, _close, renew
+    "PostgreSQL database", lambda server: f"{server.host}:{server.port}:{server.user}", _connect, _close, renew, _where
 )
 
 
