@@ -1,0 +1,333 @@
+"""Recycling a released private database back to its template's state, when that is provably exact.
+
+A clone costs a ``CREATE DATABASE … TEMPLATE`` (a checkpoint and a file copy, tens of ms under
+load); most tests only read and write a few rows. A released database is handed out again only
+when everything it could have changed is known and put back; anything else is dropped, as before.
+
+What is known, for a database whose tests log in as its own role (the embedded server's rails,
+:mod:`.roles`; superuser tests and external servers never recycle):
+
+- **Rows.** PostgreSQL counts the rows every session inserts, updates and deletes per table, and a
+  session's counts are flushed before it leaves ``pg_stat_activity`` (the flush is a
+  ``before_shmem_exit`` hook, the activity entry an ``on_shmem_exit`` one). So once no session is
+  left on the database, a table whose counts moved since the database was cloned or last recycled
+  was written to. Counts are per database: a new database starts at zero.
+- **Schema, grants, comments, extensions, large objects, planner statistics.** All of it lives in
+  the database's own catalogs, which are tables counted the same way: any write to one (DDL, a
+  temporary table, ``GRANT``, ``CREATE EXTENSION``, ``lo_create``, ``ANALYZE``), and any vacuum or
+  analyze of any table, makes the database not recyclable.
+- **Shared state.** Settings of its role or database (``pg_db_role_setting``), a change to its
+  login role (the row's ``xmin``), a prepared transaction, a server restart or a statistics reset
+  (counts could have been lost): not recyclable.
+- **Sequences.** ``nextval`` is not counted: every sequence's ``(last_value, is_called)`` is
+  compared with the template's and set back with ``setval``.
+
+A recyclable database is put back in one transaction, as the superuser, with triggers and rules off
+(``session_replication_role = replica``): each written table is emptied (``DELETE``, which writes
+no catalog) and the template's rows are copied back in their original order (``COPY … binary``,
+taken once per template from a fresh clone), sequences are set back; the database's counts after
+that transaction are recorded to compare with next time. Tables with ``ENABLE ALWAYS`` triggers or
+rules, and templates with more than :data:`MAX_TEMPLATE_BYTES` of rows, are never restored (their
+databases are dropped). ``ISOLATED_ENV_POSTGRES_RECYCLE=0`` turns recycling off.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from ..._drivers import asyncpg as driver
+from ..._servers._pg_cluster import scram_verifier
+from ..._servers.postgres import PostgresServer
+from .labels import disown, server_key
+from .sql import quote_ident, quote_literal
+
+__all__ = ["MAX_TEMPLATE_BYTES", "MAX_USES", "Recycler", "enabled", "recycler", "reuse"]
+
+log = logging.getLogger("isolated_env")
+
+MAX_TEMPLATE_BYTES = 8 << 20  # template rows kept in memory for restores; above it, clone as before
+MAX_USES = 200  # then the database is dropped anyway (dead rows and index entries accumulate)
+_SESSION_WAIT_S = 0.5  # how long the released database's sessions may take to end
+
+_STATS_SQL = """
+SELECT s.relid, n.nspname IN ('pg_catalog', 'information_schema') AS system, c.relkind,
+       s.n_tup_ins, s.n_tup_upd, s.n_tup_del,
+       s.vacuum_count + s.autovacuum_count + s.analyze_count + s.autoanalyze_count AS maintenance
+FROM pg_stat_all_tables s JOIN pg_class c ON c.oid = s.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE NOT c.relisshared AND s.n_tup_ins + s.n_tup_upd + s.n_tup_del + s.vacuum_count + s.autovacuum_count
+      + s.analyze_count + s.autoanalyze_count > 0
+"""
+_XACT_SQL = """
+SELECT s.relid, s.n_tup_ins, s.n_tup_upd, s.n_tup_del FROM pg_stat_xact_all_tables s
+JOIN pg_class c ON c.oid = s.relid WHERE NOT c.relisshared AND s.n_tup_ins + s.n_tup_upd + s.n_tup_del > 0
+"""
+_SEQUENCES_SQL = "SELECT oid, pg_sequence_last_value(oid) AS value FROM pg_class WHERE relkind = 'S'"
+# The shared state of a database: its sessions but the caller's, settings of it or its role and
+# prepared transactions (any: not recyclable), and what may only be compared with what it was when
+# the database was made (its role's row and settings, the server's start, the statistics' last reset).
+_SHARED_SQL = """
+SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()) AS sessions,
+       (SELECT count(*) FROM pg_prepared_xacts WHERE database = $1)
+     + (SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
+        WHERE d.datname = $1) AS settings,
+       (SELECT a.xmin::text || ' ' || coalesce((SELECT string_agg(s.setdatabase || ':' || s.setconfig::text, ' '
+        ORDER BY s.setdatabase) FROM pg_db_role_setting s WHERE s.setrole = a.oid), '')
+        FROM pg_authid a WHERE a.rolname = $2) AS role,
+       pg_postmaster_start_time()::text AS started,
+       coalesce((SELECT stats_reset::text FROM pg_stat_database WHERE datname = $1), '') AS reset
+"""
+
+
+def enabled() -> bool:
+    """Whether released databases may be recycled (``ISOLATED_ENV_POSTGRES_RECYCLE=0`` says no)."""
+    return os.environ.get("ISOLATED_ENV_POSTGRES_RECYCLE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Table:
+    schema: str
+    name: str
+    rows: bytes  # COPY … (FORMAT binary) of the template's rows
+
+
+@dataclasses.dataclass
+class _Snapshot:
+    tables: dict[int, _Table]  # restorable tables by oid (same oids in every clone)
+    sequences: dict[int, int | None]  # pg_sequence_last_value: None while never called
+
+
+@dataclasses.dataclass
+class _Known:
+    """What one database was last left as: counts, the shared state it was made with, its uses."""
+
+    shared: tuple[str, str, str]
+    counts: dict[int, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    uses: int = 0
+
+
+class Recycler:
+    """Recycling for the clones of one template on one server (across event loops)."""
+
+    def __init__(self, server: PostgresServer, template_name: str) -> None:
+        self.server = server  # a superuser: reads other sessions, bypasses RLS, sets replication role
+        self.template_name = template_name
+        self.snapshot: _Snapshot | None = None
+        self.disabled = False  # the template cannot be recycled (too big, counts off)
+        self._lock = threading.Lock()
+        self._known: dict[str, _Known] = {}
+        self.recycled = self.restored = self.refused = 0
+
+    async def created(self, admin: Any, name: str, role: str) -> None:
+        """Record the shared state of clone ``name`` (and its login ``role``), just made."""
+        row = await admin.fetchrow(_SHARED_SQL, name, role)
+        if row["role"] is None:
+            return
+        if self.snapshot is None and not self.disabled:  # the first: the template's rows, to restore
+            try:
+                await self.take_snapshot(name)
+            except Exception as exc:  # not recycled, then: dropped and cloned as before
+                self.disabled = True
+                log.warning("isolated_env: clones of %s cannot be recycled: %r", self.template_name, exc)
+        with self._lock:
+            self._known[name] = _Known((row["role"], row["started"], row["reset"]))
+
+    def forget(self, name: str) -> None:
+        with self._lock:
+            self._known.pop(name, None)
+
+    async def take_snapshot(self, name: str) -> None:
+        """The template's rows and sequences, from ``name``: a clone nobody has connected to yet."""
+        conn = await driver.connect(self.server, name)
+        try:
+            if await conn.fetchval("SELECT current_setting('track_counts')") != "on":
+                self.disabled = True
+                return
+            tables: dict[int, _Table] = {}
+            size = 0
+            for row in await conn.fetch(
+                "SELECT c.oid, n.nspname, c.relname, EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid "
+                "AND t.tgenabled = 'A') OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND "
+                "r.ev_enabled = 'A') AS always FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
+            ):
+                if row["always"]:
+                    continue  # restoring it would fire its triggers or rules: never restored
+                out = io.BytesIO()
+                await conn.copy_from_table(row["relname"], schema_name=row["nspname"], output=out, format="binary")
+                size += out.tell()
+                if size > MAX_TEMPLATE_BYTES:
+                    self.disabled = True
+                    return
+                tables[row["oid"]] = _Table(row["nspname"], row["relname"], out.getvalue())
+            sequences = {row["oid"]: row["value"] for row in await conn.fetch(_SEQUENCES_SQL)}
+            self.snapshot = _Snapshot(tables, sequences)
+        finally:
+            await driver.close(conn)
+
+    async def recycle(self, admin: Any, name: str, role: str, new: PostgresServer) -> bool:
+        """Put ``name`` back to the template's state, renamed to ``new.user`` with ``new`` as its
+        login (so nothing of the test it served can reach it), and return True; or return False when
+        that cannot be proven exact (the caller drops it). ``admin`` is a superuser connection."""
+        with self._lock:
+            known = self._known.pop(name, None)
+        snapshot = self.snapshot
+        if known is None or snapshot is None or self.disabled or known.uses >= MAX_USES:
+            return self._refuse(name, "no record" if known is None else "not recyclable")
+        shared = await self._ended(admin, name, role)
+        if shared is None:
+            return self._refuse(name, "a session is still open")
+        if shared["settings"]:
+            return self._refuse(name, "it has settings or a prepared transaction")
+        if (shared["role"], shared["started"], shared["reset"]) != known.shared:
+            return self._refuse(name, "its role, the server or its statistics changed")
+        conn = await driver.connect(self.server, name)
+        try:
+            await conn.execute("SET stats_fetch_consistency = none")
+            rows = await conn.fetch(_STATS_SQL)
+            counts = {row["relid"]: tuple(row)[3:] for row in rows}
+            kinds = {row["relid"]: (row["system"], row["relkind"]) for row in rows}
+            touched = [oid for oid in counts.keys() | known.counts.keys()
+                       if counts.get(oid) != known.counts.get(oid)]
+            restore = []
+            for oid in touched:
+                system, kind = kinds.get(oid, (True, "?"))
+                if kind == "t":
+                    continue  # a TOAST table: its rows go with its table's
+                if system or oid not in snapshot.tables or oid not in counts or \
+                        counts[oid][3] != known.counts.get(oid, (0,) * 4)[3]:
+                    return self._refuse(name, "its schema, catalogs or statistics changed")
+                restore.append(snapshot.tables[oid])
+            sequences = {row["oid"]: row["value"] for row in await conn.fetch(_SEQUENCES_SQL)}
+            if sequences.keys() != snapshot.sequences.keys():
+                return self._refuse(name, "its sequences changed")
+            moved = [oid for oid, value in sequences.items() if value != snapshot.sequences[oid]]
+            if restore or moved:
+                after = await self._restore(conn, admin, name, counts, restore, moved, snapshot)
+                if after is None:
+                    return self._refuse(name, "a session opened while it was restored")
+                counts = after
+                self.restored += 1
+        finally:
+            await driver.close(conn)
+        if await self._ended(admin, name, role) is None:  # ours ends, and nobody else came
+            return self._refuse(name, "a session opened while it was restored")
+        renamed = quote_ident(new.user)
+        sql = (f"ALTER DATABASE {quote_ident(name)} RENAME TO {renamed}; "
+               f"ALTER ROLE {quote_ident(role)} RENAME TO {renamed}")
+        if new.password:
+            sql += f"; ALTER ROLE {renamed} PASSWORD {quote_literal(scram_verifier(new.password))}"
+        await admin.execute(sql)
+        row = await admin.fetchrow(_SHARED_SQL, new.user, new.user)
+        with self._lock:
+            self._known[new.user] = _Known((row["role"], row["started"], row["reset"]), counts, known.uses + 1)
+        self.recycled += 1
+        return True
+
+    async def _restore(
+        self, conn: Any, admin: Any, name: str, counts: dict[int, tuple[int, ...]], restore: list[_Table],
+        moved: list[int], snapshot: _Snapshot,
+    ) -> dict[int, tuple[int, ...]] | None:
+        """In one transaction: the template's rows back into ``restore``, the ``moved`` sequences
+        back; returns the counts the database has once this session's are flushed (None: refused)."""
+        try:
+            mine = await self._put_back(conn, admin, name, restore, moved, snapshot)
+        except _Interloper:
+            return None
+        after = dict(counts)
+        for oid, delta in mine.items():
+            before = after.get(oid, (0, 0, 0, 0))
+            after[oid] = (before[0] + delta[0], before[1] + delta[1], before[2] + delta[2], before[3])
+        return after
+
+    async def _put_back(
+        self, conn: Any, admin: Any, name: str, restore: list[_Table], moved: list[int], snapshot: _Snapshot,
+    ) -> dict[int, tuple[int, ...]]:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL session_replication_role = replica")
+            for table in restore:
+                ident = f"{quote_ident(table.schema)}.{quote_ident(table.name)}"
+                await conn.execute(f"DELETE FROM ONLY {ident}")
+                if len(table.rows) > 21:  # more than the binary header and trailer: rows
+                    await conn.copy_to_table(table.name, schema_name=table.schema, source=io.BytesIO(table.rows),
+                                             format="binary")
+            for oid in moved:
+                value = snapshot.sequences[oid]
+                if value is None:
+                    await conn.execute("SELECT setval($1::oid::regclass, s.seqstart, false) FROM pg_sequence s "
+                                       "WHERE s.seqrelid = $1::oid", oid)
+                else:
+                    await conn.execute("SELECT setval($1::oid::regclass, $2, true)", oid, value)
+            mine = {row["relid"]: tuple(row)[1:] for row in await conn.fetch(_XACT_SQL)}
+            if (await admin.fetchrow(_SHARED_SQL, name, ""))["sessions"] != 1:  # ours only
+                raise _Interloper
+        return mine
+
+    async def _ended(self, admin: Any, name: str, role: str) -> Any:
+        """The shared state of ``name`` once no session is left on it (the released test's end on
+        their own, briefly); None if some stay."""
+        with anyio.move_on_after(_SESSION_WAIT_S):
+            while True:
+                row = await admin.fetchrow(_SHARED_SQL, name, role)
+                if not row["sessions"]:
+                    return row
+                await anyio.sleep(0.001)
+        return None
+
+    def _refuse(self, name: str, why: str) -> bool:
+        self.refused += 1
+        log.debug("isolated_env: %s is dropped, not recycled: %s", name, why)
+        return False
+
+
+async def reuse(pool: Any, box: list[Any], new_name: Callable[[PostgresServer], str]) -> str | None:
+    """The next released clone of ``pool`` (a :class:`.warm.WarmPool`) recycled under a new name, or
+    None when none is waiting; those that cannot be recycled are dropped. ``box`` holds the
+    worker's superuser connection."""
+    while pool.recycles and pool.recycler is not None:
+        name = pool.recycles.popleft()
+        new = new_name(pool.server)
+        pool.recycling.add(name)
+        try:
+            if box[0] is None or box[0].is_closed():
+                box[0] = await driver.connect(pool.server)
+            if await pool.recycler.recycle(box[0], name, pool.login(name).user, pool.login(new)):
+                disown(name)
+                pool._recycles += 1
+                return new
+            pool.drops.append(name)
+            disown(new)
+        except Exception as exc:  # dropped like any other (under either name); the next one is tried
+            log.debug("isolated_env: recycling %s failed: %r", name, exc)
+            pool.drops.extend((name, new))
+        finally:
+            pool.recycling.discard(name)
+            pool._dropped.set()  # settle() looks again
+        pool._wake_dropper.set()
+    return None
+
+
+class _Interloper(Exception):
+    """A session connected to a database while it was being restored."""
+
+
+_registry_lock = threading.Lock()
+_registry: dict[tuple[str, str], Recycler] = {}
+
+
+def recycler(server: PostgresServer, template_name: str) -> Recycler:
+    """The process's recycler of ``template_name``'s clones on ``server``."""
+    key = (server_key(server), template_name)
+    with _registry_lock:
+        made = _registry.get(key)
+        if made is None:
+            made = _registry[key] = Recycler(server, template_name)
+        return made
