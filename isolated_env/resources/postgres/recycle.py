@@ -33,11 +33,13 @@ databases are dropped). ``ISOLATED_ENV_POSTGRES_RECYCLE=0`` turns recycling off.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import io
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +49,7 @@ from ..._drivers import asyncpg as driver
 from ..._servers._pg_cluster import scram_verifier
 from ..._servers.postgres import PostgresServer
 from .labels import disown, server_key
+from .roles import TEST_ROLE
 from .sql import quote_ident, quote_literal
 
 __all__ = ["MAX_TEMPLATE_BYTES", "MAX_USES", "Recycler", "enabled", "recycler", "reuse"]
@@ -57,30 +60,37 @@ MAX_TEMPLATE_BYTES = 8 << 20  # template rows kept in memory for restores; above
 MAX_USES = 200  # then the database is dropped anyway (dead rows and index entries accumulate)
 _SESSION_WAIT_S = 0.5  # how long the released database's sessions may take to end
 
+# Read by the database's own login role (the session handed to the next test): the row counts,
+# maintenance counts and sequences of everything in the database but the shared catalogs.
 _STATS_SQL = """
-SELECT s.relid, n.nspname IN ('pg_catalog', 'information_schema') AS system, c.relkind,
-       s.n_tup_ins, s.n_tup_upd, s.n_tup_del,
-       s.vacuum_count + s.autovacuum_count + s.analyze_count + s.autoanalyze_count AS maintenance
-FROM pg_stat_all_tables s JOIN pg_class c ON c.oid = s.relid JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE NOT c.relisshared AND s.n_tup_ins + s.n_tup_upd + s.n_tup_del + s.vacuum_count + s.autovacuum_count
-      + s.analyze_count + s.autoanalyze_count > 0
+SELECT oid, relkind::text, system, ins, upd, del, maintenance, value FROM (
+  SELECT c.oid, c.relkind, c.relnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+         AS system, pg_stat_get_tuples_inserted(c.oid) AS ins, pg_stat_get_tuples_updated(c.oid) AS upd,
+         pg_stat_get_tuples_deleted(c.oid) AS del, pg_stat_get_vacuum_count(c.oid)
+         + pg_stat_get_autovacuum_count(c.oid) + pg_stat_get_analyze_count(c.oid)
+         + pg_stat_get_autoanalyze_count(c.oid) AS maintenance,
+         CASE WHEN c.relkind = 'S' THEN pg_sequence_last_value(c.oid) END AS value
+  FROM pg_class c WHERE NOT c.relisshared AND c.relkind IN ('r', 't', 'm', 'p', 'S')
+) s WHERE relkind = 'S' OR ins + upd + del + maintenance > 0
 """
 _XACT_SQL = """
 SELECT s.relid, s.n_tup_ins, s.n_tup_upd, s.n_tup_del FROM pg_stat_xact_all_tables s
 JOIN pg_class c ON c.oid = s.relid WHERE NOT c.relisshared AND s.n_tup_ins + s.n_tup_upd + s.n_tup_del > 0
 """
 _SEQUENCES_SQL = "SELECT oid, pg_sequence_last_value(oid) AS value FROM pg_class WHERE relkind = 'S'"
+_NONE = (0, 0, 0, 0)
 # The shared state of a database: its sessions but the caller's, settings of it or its role and
 # prepared transactions (any: not recyclable), and what may only be compared with what it was when
-# the database was made (its role's row and settings, the server's start, the statistics' last reset).
+# the database was made (its role's row, its and the test role's settings, the server's start, the
+# statistics' last reset).
 _SHARED_SQL = """
 SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()) AS sessions,
        (SELECT count(*) FROM pg_prepared_xacts WHERE database = $1)
      + (SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
         WHERE d.datname = $1) AS settings,
-       (SELECT a.xmin::text || ' ' || coalesce((SELECT string_agg(s.setdatabase || ':' || s.setconfig::text, ' '
-        ORDER BY s.setdatabase) FROM pg_db_role_setting s WHERE s.setrole = a.oid), '')
-        FROM pg_authid a WHERE a.rolname = $2) AS role,
+       (SELECT a.xmin::text || ' ' || coalesce((SELECT string_agg(s.setrole || ':' || s.setdatabase || ':'
+        || s.setconfig::text, ' ' ORDER BY s.setrole, s.setdatabase) FROM pg_db_role_setting s
+        WHERE s.setrole IN (a.oid, $3::regrole)), '') FROM pg_authid a WHERE a.rolname = $2) AS role,
        pg_postmaster_start_time()::text AS started,
        coalesce((SELECT stats_reset::text FROM pg_stat_database WHERE datname = $1), '') AS reset
 """
@@ -124,10 +134,11 @@ class Recycler:
         self._lock = threading.Lock()
         self._known: dict[str, _Known] = {}
         self.recycled = self.restored = self.refused = 0
+        self.ms: collections.deque[float] = collections.deque(maxlen=10_000)  # each recycle, end to end
 
     async def created(self, admin: Any, name: str, role: str) -> None:
         """Record the shared state of clone ``name`` (and its login ``role``), just made."""
-        row = await admin.fetchrow(_SHARED_SQL, name, role)
+        row = await admin.fetchrow(_SHARED_SQL, name, role, TEST_ROLE)
         if row["role"] is None:
             return
         if self.snapshot is None and not self.disabled:  # the first: the template's rows, to restore
@@ -173,83 +184,105 @@ class Recycler:
         finally:
             await driver.close(conn)
 
-    async def recycle(self, admin: Any, name: str, role: str, new: PostgresServer) -> bool:
+    async def recycle(self, admin: Any, name: str, role: str, new: PostgresServer) -> Any:
         """Put ``name`` back to the template's state, renamed to ``new.user`` with ``new`` as its
-        login (so nothing of the test it served can reach it), and return True; or return False when
-        that cannot be proven exact (the caller drops it). ``admin`` is a superuser connection."""
+        login (so nothing of the test it served can reach it): returns a session of ``new`` on it,
+        to park for the next test; or None when that cannot be proven exact (the caller drops the
+        database under either name). ``admin`` is a superuser connection."""
         with self._lock:
             known = self._known.pop(name, None)
         snapshot = self.snapshot
         if known is None or snapshot is None or self.disabled or known.uses >= MAX_USES:
-            return self._refuse(name, "no record" if known is None else "not recyclable")
+            self._refuse(name, "no record" if known is None else "not recyclable")
+            return None
         shared = await self._ended(admin, name, role)
         if shared is None:
-            return self._refuse(name, "a session is still open")
+            self._refuse(name, "a session is still open")
+            return None
         if shared["settings"]:
-            return self._refuse(name, "it has settings or a prepared transaction")
+            self._refuse(name, "it has settings or a prepared transaction")
+            return None
         if (shared["role"], shared["started"], shared["reset"]) != known.shared:
-            return self._refuse(name, "its role, the server or its statistics changed")
-        conn = await driver.connect(self.server, name)
-        try:
-            await conn.execute("SET stats_fetch_consistency = none")
-            rows = await conn.fetch(_STATS_SQL)
-            counts = {row["relid"]: tuple(row)[3:] for row in rows}
-            kinds = {row["relid"]: (row["system"], row["relkind"]) for row in rows}
-            touched = [oid for oid in counts.keys() | known.counts.keys()
-                       if counts.get(oid) != known.counts.get(oid)]
-            restore = []
-            for oid in touched:
-                system, kind = kinds.get(oid, (True, "?"))
-                if kind == "t":
-                    continue  # a TOAST table: its rows go with its table's
-                if system or oid not in snapshot.tables or oid not in counts or \
-                        counts[oid][3] != known.counts.get(oid, (0,) * 4)[3]:
-                    return self._refuse(name, "its schema, catalogs or statistics changed")
-                restore.append(snapshot.tables[oid])
-            sequences = {row["oid"]: row["value"] for row in await conn.fetch(_SEQUENCES_SQL)}
-            if sequences.keys() != snapshot.sequences.keys():
-                return self._refuse(name, "its sequences changed")
-            moved = [oid for oid, value in sequences.items() if value != snapshot.sequences[oid]]
-            if restore or moved:
-                after = await self._restore(conn, admin, name, counts, restore, moved, snapshot)
-                if after is None:
-                    return self._refuse(name, "a session opened while it was restored")
-                counts = after
-                self.restored += 1
-        finally:
-            await driver.close(conn)
-        if await self._ended(admin, name, role) is None:  # ours ends, and nobody else came
-            return self._refuse(name, "a session opened while it was restored")
+            self._refuse(name, "its role, the server or its statistics changed")
+            return None
+        # Renamed first (no session may be open for that): the counts are read by the new login.
         renamed = quote_ident(new.user)
         sql = (f"ALTER DATABASE {quote_ident(name)} RENAME TO {renamed}; "
                f"ALTER ROLE {quote_ident(role)} RENAME TO {renamed}")
         if new.password:
             sql += f"; ALTER ROLE {renamed} PASSWORD {quote_literal(scram_verifier(new.password))}"
         await admin.execute(sql)
-        row = await admin.fetchrow(_SHARED_SQL, new.user, new.user)
+        shared = await admin.fetchrow(_SHARED_SQL, new.user, new.user, TEST_ROLE)
+        conn = await driver.connect(new, new.user, reuse=True)
+        try:
+            counts = await self._check(conn, known, snapshot, new.user)
+        except BaseException:
+            conn.terminate()
+            raise
+        if counts is None:
+            conn.terminate()
+            return None
         with self._lock:
-            self._known[new.user] = _Known((row["role"], row["started"], row["reset"]), counts, known.uses + 1)
+            self._known[new.user] = _Known((shared["role"], shared["started"], shared["reset"]), counts,
+                                           known.uses + 1)
         self.recycled += 1
-        return True
+        return conn
+
+    async def _check(
+        self, conn: Any, known: _Known, snapshot: _Snapshot, name: str,
+    ) -> dict[int, tuple[int, ...]] | None:
+        """What the released test changed, put back; the counts then (None: not recyclable)."""
+        rows = await conn.fetch(_STATS_SQL)
+        counts = {row["oid"]: tuple(row)[3:7] for row in rows if row["relkind"] != "S"}
+        kinds = {row["oid"]: (row["system"], row["relkind"]) for row in rows}
+        restore = []
+        for oid in counts.keys() | known.counts.keys():
+            if counts.get(oid) == known.counts.get(oid):
+                continue
+            system, kind = kinds.get(oid, (True, "?"))
+            if kind == "t":
+                continue  # a TOAST table: its rows go with its table's
+            if system or oid not in snapshot.tables or oid not in counts or \
+                    counts[oid][3] != known.counts.get(oid, _NONE)[3]:
+                self._refuse(name, "its schema, catalogs or statistics changed")
+                return None
+            restore.append(snapshot.tables[oid])
+        sequences = {row["oid"]: row["value"] for row in rows if row["relkind"] == "S"}
+        if sequences.keys() != snapshot.sequences.keys():
+            self._refuse(name, "its sequences changed")
+            return None
+        moved = [oid for oid, value in sequences.items() if value != snapshot.sequences[oid]]
+        if not restore and not moved:
+            return counts
+        admin = await driver.connect(self.server, name)  # a superuser: triggers off, RLS bypassed
+        try:
+            after = await self._restore(admin, name, counts, restore, moved, snapshot)
+        finally:
+            await driver.close(admin)
+        if after is None:
+            self._refuse(name, "a session opened while it was restored")
+            return None
+        self.restored += 1
+        return after
 
     async def _restore(
-        self, conn: Any, admin: Any, name: str, counts: dict[int, tuple[int, ...]], restore: list[_Table],
-        moved: list[int], snapshot: _Snapshot,
+        self, conn: Any, name: str, counts: dict[int, tuple[int, ...]], restore: list[_Table], moved: list[int],
+        snapshot: _Snapshot,
     ) -> dict[int, tuple[int, ...]] | None:
         """In one transaction: the template's rows back into ``restore``, the ``moved`` sequences
         back; returns the counts the database has once this session's are flushed (None: refused)."""
         try:
-            mine = await self._put_back(conn, admin, name, restore, moved, snapshot)
+            mine = await self._put_back(conn, name, restore, moved, snapshot)
         except _Interloper:
             return None
         after = dict(counts)
         for oid, delta in mine.items():
-            before = after.get(oid, (0, 0, 0, 0))
+            before = after.get(oid, _NONE)
             after[oid] = (before[0] + delta[0], before[1] + delta[1], before[2] + delta[2], before[3])
         return after
 
     async def _put_back(
-        self, conn: Any, admin: Any, name: str, restore: list[_Table], moved: list[int], snapshot: _Snapshot,
+        self, conn: Any, name: str, restore: list[_Table], moved: list[int], snapshot: _Snapshot,
     ) -> dict[int, tuple[int, ...]]:
         async with conn.transaction():
             await conn.execute("SET LOCAL session_replication_role = replica")
@@ -267,7 +300,9 @@ class Recycler:
                 else:
                     await conn.execute("SELECT setval($1::oid::regclass, $2, true)", oid, value)
             mine = {row["relid"]: tuple(row)[1:] for row in await conn.fetch(_XACT_SQL)}
-            if (await admin.fetchrow(_SHARED_SQL, name, ""))["sessions"] != 1:  # ours only
+            # Only this session and the one to hand out: nobody wrote meanwhile (a session that
+            # came and went would have been flushed into the counts compared next time).
+            if await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", name) != 2:
                 raise _Interloper
         return mine
 
@@ -276,16 +311,16 @@ class Recycler:
         their own, briefly); None if some stay."""
         with anyio.move_on_after(_SESSION_WAIT_S):
             while True:
-                row = await admin.fetchrow(_SHARED_SQL, name, role)
+                row = await admin.fetchrow(_SHARED_SQL, name, role, TEST_ROLE)
                 if not row["sessions"]:
                     return row
                 await anyio.sleep(0.001)
         return None
 
-    def _refuse(self, name: str, why: str) -> bool:
+    def _refuse(self, name: str, why: str) -> None:
+        """Count and log that ``name`` is not recycled (it is dropped)."""
         self.refused += 1
         log.debug("isolated_env: %s is dropped, not recycled: %s", name, why)
-        return False
 
 
 async def reuse(pool: Any, box: list[Any], new_name: Callable[[PostgresServer], str]) -> str | None:
@@ -299,12 +334,15 @@ async def reuse(pool: Any, box: list[Any], new_name: Callable[[PostgresServer], 
         try:
             if box[0] is None or box[0].is_closed():
                 box[0] = await driver.connect(pool.server)
-            if await pool.recycler.recycle(box[0], name, pool.login(name).user, pool.login(new)):
+            started = time.perf_counter()
+            conn = await pool.recycler.recycle(box[0], name, pool.login(name).user, pool.login(new))
+            if conn is not None:
+                await driver.close(conn, park=True)  # taken over by the worker, then by the test
+                pool.recycler.ms.append((time.perf_counter() - started) * 1000)
                 disown(name)
                 pool._recycles += 1
                 return new
-            pool.drops.append(name)
-            disown(new)
+            pool.drops.extend((name, new))  # under either name (the dropper disowns both)
         except Exception as exc:  # dropped like any other (under either name); the next one is tried
             log.debug("isolated_env: recycling %s failed: %r", name, exc)
             pool.drops.extend((name, new))

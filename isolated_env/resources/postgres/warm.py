@@ -74,6 +74,7 @@ class WarmPoolStatistics:
     starved: int  # leases that found no ready clone and waited for one
     errors: int
     recycled: int = 0  # released clones put back to the template's state and handed out again
+    recycle_p50_ms: float = 0.0
 
 
 class WarmPool:
@@ -364,6 +365,7 @@ class WarmPool:
             starved=self._starved,
             errors=self._errors,
             recycled=self._recycles,
+            recycle_p50_ms=percentile(sorted(self.recycler.ms), 0.5) if self.recycler else 0.0,
         )
 
 
