@@ -16,8 +16,8 @@ What is known, for a database whose tests log in as its own role (the embedded s
   the database's own catalogs, which are tables counted the same way: any write to one (DDL, a
   temporary table, ``GRANT``, ``CREATE EXTENSION``, ``lo_create``, ``ANALYZE``), and any vacuum or
   analyze of any table, makes the database not recyclable.
-- **Shared state.** Settings of its role or database (``pg_db_role_setting``), a change to its
-  login role (the row's ``xmin``), a prepared transaction, a server restart or a statistics reset
+- **Shared state.** Settings of its role, the test role or the database (``pg_db_role_setting``),
+  its login role's password, a prepared transaction, a server restart or a statistics reset
   (counts could have been lost): not recyclable.
 - **Sequences.** ``nextval`` is not counted: every sequence's ``(last_value, is_called)`` is
   compared with the template's and set back with ``setval``.
@@ -81,19 +81,24 @@ _SEQUENCES_SQL = "SELECT oid, pg_sequence_last_value(oid) AS value FROM pg_class
 _NONE = (0, 0, 0, 0)
 # The shared state of a database: its sessions but the caller's, settings of it or its role and
 # prepared transactions (any: not recyclable), and what may only be compared with what it was when
-# the database was made (its role's row, its and the test role's settings, the server's start, the
-# statistics' last reset).
+# the database was made (its role's password, its and the test role's settings, the server's start,
+# the statistics' last reset; a role without CREATEROLE can change nothing else of itself).
 _SHARED_SQL = """
 SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()) AS sessions,
        (SELECT count(*) FROM pg_prepared_xacts WHERE database = $1)
      + (SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
         WHERE d.datname = $1) AS settings,
-       (SELECT a.xmin::text || ' ' || coalesce((SELECT string_agg(s.setrole || ':' || s.setdatabase || ':'
-        || s.setconfig::text, ' ' ORDER BY s.setrole, s.setdatabase) FROM pg_db_role_setting s
-        WHERE s.setrole IN (a.oid, $3::regrole)), '') FROM pg_authid a WHERE a.rolname = $2) AS role,
+       (SELECT coalesce(a.rolpassword, '') FROM pg_authid a WHERE a.rolname = $2) AS password,
+       (SELECT coalesce(string_agg(s.setrole || ':' || s.setdatabase || ':' || s.setconfig::text, ' '
+        ORDER BY s.setrole, s.setdatabase), '') FROM pg_db_role_setting s
+        WHERE s.setrole IN ((SELECT oid FROM pg_roles WHERE rolname = $2), $3::regrole)) AS role_settings,
        pg_postmaster_start_time()::text AS started,
        coalesce((SELECT stats_reset::text FROM pg_stat_database WHERE datname = $1), '') AS reset
 """
+
+
+def _shared(row: Any) -> tuple[str, ...]:
+    return (row["password"], row["role_settings"], row["started"], row["reset"])
 
 
 def enabled() -> bool:
@@ -118,7 +123,7 @@ class _Snapshot:
 class _Known:
     """What one database was last left as: counts, the shared state it was made with, its uses."""
 
-    shared: tuple[str, str, str]
+    shared: tuple[str, ...]
     counts: dict[int, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     uses: int = 0
 
@@ -139,7 +144,7 @@ class Recycler:
     async def created(self, admin: Any, name: str, role: str) -> None:
         """Record the shared state of clone ``name`` (and its login ``role``), just made."""
         row = await admin.fetchrow(_SHARED_SQL, name, role, TEST_ROLE)
-        if row["role"] is None:
+        if row["password"] is None:  # no such role
             return
         if self.snapshot is None and not self.disabled:  # the first: the template's rows, to restore
             try:
@@ -148,7 +153,7 @@ class Recycler:
                 self.disabled = True
                 log.warning("isolated_env: clones of %s cannot be recycled: %r", self.template_name, exc)
         with self._lock:
-            self._known[name] = _Known((row["role"], row["started"], row["reset"]))
+            self._known[name] = _Known(_shared(row))
 
     def forget(self, name: str) -> None:
         with self._lock:
@@ -202,17 +207,18 @@ class Recycler:
         if shared["settings"]:
             self._refuse(name, "it has settings or a prepared transaction")
             return None
-        if (shared["role"], shared["started"], shared["reset"]) != known.shared:
+        if _shared(shared) != known.shared:
             self._refuse(name, "its role, the server or its statistics changed")
             return None
         # Renamed first (no session may be open for that): the counts are read by the new login.
         renamed = quote_ident(new.user)
         sql = (f"ALTER DATABASE {quote_ident(name)} RENAME TO {renamed}; "
                f"ALTER ROLE {quote_ident(role)} RENAME TO {renamed}")
+        password = shared["password"]
         if new.password:
-            sql += f"; ALTER ROLE {renamed} PASSWORD {quote_literal(scram_verifier(new.password))}"
+            password = scram_verifier(new.password)
+            sql += f"; ALTER ROLE {renamed} PASSWORD {quote_literal(password)}"
         await admin.execute(sql)
-        shared = await admin.fetchrow(_SHARED_SQL, new.user, new.user, TEST_ROLE)
         conn = await driver.connect(new, new.user, reuse=True)
         try:
             counts = await self._check(conn, known, snapshot, new.user)
@@ -223,8 +229,7 @@ class Recycler:
             conn.terminate()
             return None
         with self._lock:
-            self._known[new.user] = _Known((shared["role"], shared["started"], shared["reset"]), counts,
-                                           known.uses + 1)
+            self._known[new.user] = _Known((password, *_shared(shared)[1:]), counts, known.uses + 1)
         self.recycled += 1
         return conn
 
@@ -337,7 +342,7 @@ async def reuse(pool: Any, box: list[Any], new_name: Callable[[PostgresServer], 
             started = time.perf_counter()
             conn = await pool.recycler.recycle(box[0], name, pool.login(name).user, pool.login(new))
             if conn is not None:
-                await driver.close(conn, park=True)  # taken over by the worker, then by the test
+                await driver.close(conn, park=True)  # for the test that leases it to take over
                 pool.recycler.ms.append((time.perf_counter() - started) * 1000)
                 disown(name)
                 pool._recycles += 1

@@ -214,10 +214,13 @@ class WarmPool:
                 while self._wanted() <= 0 and not self.recycles:
                     self._wake.clear()
                     await self._wake.wait()
-                spare = await reuse(self, box, _new_name)
-                if spare is None and self._wanted() <= 0:
+                recycled = await reuse(self, box, _new_name)  # its session started and parked
+                if recycled is not None:
+                    self._deliver(Clone(recycled, None))
+                    continue
+                if self._wanted() <= 0:
                     continue  # woken to recycle, not to clone
-                spare = spare or self._take_spare()
+                spare = self._take_spare()
                 name = spare or _new_name(self.server)
                 self.creating.add(name)
                 started = time.perf_counter()
