@@ -24,8 +24,10 @@ from isolated_env._contract import current_settings
 from isolated_env._servers.postgres import PostgresServer, ensure_server
 from isolated_env.resources.postgres import PostgresTemplate, settle, template_database, warm_pool_statistics
 from isolated_env.resources.postgres.labels import CLONE_PREFIX, create_database, disown, drop_database, own
+from isolated_env.resources.postgres.labels import drop as labels_drop
 from isolated_env.resources.postgres.recycle import Recycler
 from isolated_env.resources.postgres.roles import TEST_ROLE, lease_server, lease_sql, rails
+from isolated_env.resources.postgres.templates import forget_template
 
 TEMPLATE = PostgresTemplate(name="recycle-property", sql="""
 CREATE TABLE parent (id serial PRIMARY KEY, v text NOT NULL, doc jsonb DEFAULT '{}');
@@ -333,3 +335,32 @@ async def test_database_mode_hands_out_recycled_databases_and_never_a_dirty_one(
     stats = [s for s in await warm_pool_statistics() if s.template == tpl.database_name]
     assert sum(s.recycled for s in stats) >= 6
     assert all(s.errors == 0 for s in stats)
+
+
+async def test_clones_of_a_template_dropped_and_built_again_are_not_recycled() -> None:
+    tpl = PostgresTemplate(name=f"recycle-rebuilt-{uuid.uuid4().hex[:8]}",
+                           sql="CREATE TABLE t (at timestamptz DEFAULT clock_timestamp()); "
+                               "INSERT INTO t DEFAULT VALUES;")
+    async with fixture() as shared:
+        f = dataclasses.replace(shared, template=await template_database(shared.server, tpl))
+        f.recycler = Recycler(f.server, f.template)
+        old = await clone(f)
+        await labels_drop(f.admin, f.template)  # as `isolated-env prune --templates` does
+        forget_template(f.server, tpl)
+        assert await template_database(f.server, tpl) == f.template  # the same name, other rows
+        new = await clone(f)
+        try:
+            await run_test(f, old, ["INSERT INTO t DEFAULT VALUES"])
+            assert await recycle(f, old) is None  # restored from the old rows, it would differ
+            await run_test(f, new, ["INSERT INTO t DEFAULT VALUES"])
+            recycled = await recycle(f, new)
+            assert recycled is not None
+            fresh = await clone(f)
+            assert await dump(f, recycled) == await dump(f, fresh)
+            for name in (recycled, fresh):
+                await drop(f, name)
+        finally:
+            for name in (old, new):
+                await drop(f, name)
+            await labels_drop(f.admin, f.template)
+            forget_template(f.server, tpl)

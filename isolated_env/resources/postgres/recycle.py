@@ -93,7 +93,8 @@ SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_b
         ORDER BY s.setrole, s.setdatabase), '') FROM pg_db_role_setting s
         WHERE s.setrole IN ((SELECT oid FROM pg_roles WHERE rolname = $2), $3::regrole)) AS role_settings,
        pg_postmaster_start_time()::text AS started,
-       coalesce((SELECT stats_reset::text FROM pg_stat_database WHERE datname = $1), '') AS reset
+       coalesce((SELECT stats_reset::text FROM pg_stat_database WHERE datname = $1), '') AS reset,
+       (SELECT oid FROM pg_database WHERE datname = $4) AS template
 """
 
 
@@ -117,6 +118,7 @@ class _Table:
 class _Snapshot:
     tables: dict[int, _Table]  # restorable tables by oid (same oids in every clone)
     sequences: dict[int, int | None]  # pg_sequence_last_value: None while never called
+    template: int  # the template database's oid: a template dropped and built again is another
 
 
 @dataclasses.dataclass
@@ -143,12 +145,16 @@ class Recycler:
 
     async def created(self, admin: Any, name: str, role: str) -> None:
         """Record the shared state of clone ``name`` (and its login ``role``), just made."""
-        row = await admin.fetchrow(_SHARED_SQL, name, role, TEST_ROLE)
+        row = await admin.fetchrow(_SHARED_SQL, name, role, TEST_ROLE, self.template_name)
         if row["password"] is None:  # no such role
             return
+        if self.snapshot is not None and self.snapshot.template != row["template"]:
+            with self._lock:  # clones of a template since dropped (and built again): not recycled
+                self._known.clear()
+            self.snapshot = None
         if self.snapshot is None and not self.disabled:  # the first: the template's rows, to restore
             try:
-                await self.take_snapshot(name)
+                await self.take_snapshot(name, row["template"])
             except Exception as exc:  # not recycled, then: dropped and cloned as before
                 self.disabled = True
                 log.warning("isolated_env: clones of %s cannot be recycled: %r", self.template_name, exc)
@@ -159,8 +165,8 @@ class Recycler:
         with self._lock:
             self._known.pop(name, None)
 
-    async def take_snapshot(self, name: str) -> None:
-        """The template's rows and sequences, from ``name``: a clone nobody has connected to yet."""
+    async def take_snapshot(self, name: str, template: int) -> None:
+        """The template's rows and sequences, from ``name``: a clone of it nobody has used yet."""
         conn = await driver.connect(self.server, name)
         try:
             if await conn.fetchval("SELECT current_setting('track_counts')") != "on":
@@ -185,7 +191,7 @@ class Recycler:
                     return
                 tables[row["oid"]] = _Table(row["nspname"], row["relname"], out.getvalue())
             sequences = {row["oid"]: row["value"] for row in await conn.fetch(_SEQUENCES_SQL)}
-            self.snapshot = _Snapshot(tables, sequences)
+            self.snapshot = _Snapshot(tables, sequences, template)
         finally:
             await driver.close(conn)
 
@@ -316,7 +322,7 @@ class Recycler:
         their own, briefly); None if some stay."""
         with anyio.move_on_after(_SESSION_WAIT_S):
             while True:
-                row = await admin.fetchrow(_SHARED_SQL, name, role, TEST_ROLE)
+                row = await admin.fetchrow(_SHARED_SQL, name, role, TEST_ROLE, self.template_name)
                 if not row["sessions"]:
                     return row
                 await anyio.sleep(0.001)
