@@ -1,8 +1,9 @@
 """Recycling a released private database back to its template's state, when that is provably exact.
 
-A clone costs a ``CREATE DATABASE … TEMPLATE`` (a checkpoint and a file copy, tens of ms under
-load); most tests only read and write a few rows. A released database is handed out again only
-when everything it could have changed is known and put back; anything else is dropped, as before.
+A clone costs a ``CREATE DATABASE … TEMPLATE`` (a checkpoint and a file copy); most tests write a
+few rows. A released database is handed out again only when everything it could have changed is
+known and put back, under a new name and password (nothing of the test it served reaches it);
+anything else is dropped, as before.
 
 What is known, for a database whose tests log in as its own role (the embedded server's rails,
 :mod:`.roles`; superuser tests and external servers never recycle):
@@ -20,15 +21,16 @@ What is known, for a database whose tests log in as its own role (the embedded s
   its login role's password, a prepared transaction, a server restart or a statistics reset
   (counts could have been lost): not recyclable.
 - **Sequences.** ``nextval`` is not counted: every sequence's ``(last_value, is_called)`` is
-  compared with the template's and set back with ``setval``.
+  compared with the template's.
 
-A recyclable database is put back in one transaction, as the superuser, with triggers and rules off
-(``session_replication_role = replica``): each written table is emptied (``DELETE``, which writes
-no catalog) and the template's rows are copied back in their original order (``COPY … binary``,
-taken once per template from a fresh clone), sequences are set back; the database's counts after
-that transaction are recorded to compare with next time. Tables with ``ENABLE ALWAYS`` triggers or
-rules, and templates with more than :data:`MAX_TEMPLATE_BYTES` of rows, are never restored (their
-databases are dropped). ``ISOLATED_ENV_POSTGRES_RECYCLE=0`` turns recycling off.
+A recyclable database is put back in one transaction: from a table only written to by inserts,
+the rows no transaction of the template wrote are deleted (``xmin``); any other written table is
+emptied (``DELETE``, which writes no catalog) and the template's rows copied back in their order
+(``COPY … binary``, taken once per template from a fresh clone); ``setval`` puts sequences back.
+The next test's own login does it for the test role's tables without triggers, rules or row
+security, else the superuser with triggers and rules off (``session_replication_role = replica``);
+the counts after it are kept to compare with next time. Tables with ``ENABLE ALWAYS`` triggers or
+rules, templates with over :data:`MAX_TEMPLATE_BYTES` of rows, are never restored.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ import anyio
 from ..._drivers import asyncpg as driver
 from ..._servers._pg_cluster import scram_verifier
 from ..._servers.postgres import PostgresServer
+from ._recycle_sql import SEQUENCES_SQL, SHARED_SQL, STATS_SQL, XACT_SQL
 from .labels import disown, server_key
 from .roles import TEST_ROLE
 from .sql import quote_ident, quote_literal
@@ -60,42 +63,8 @@ MAX_TEMPLATE_BYTES = 8 << 20  # template rows kept in memory for restores; above
 MAX_USES = 200  # then the database is dropped anyway (dead rows and index entries accumulate)
 _SESSION_WAIT_S = 0.5  # how long the released database's sessions may take to end
 
-# Read by the database's own login role (the session handed to the next test): the row counts,
-# maintenance counts and sequences of everything in the database but the shared catalogs.
-_STATS_SQL = """
-SELECT oid, relkind::text, system, ins, upd, del, maintenance, value FROM (
-  SELECT c.oid, c.relkind, c.relnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
-         AS system, pg_stat_get_tuples_inserted(c.oid) AS ins, pg_stat_get_tuples_updated(c.oid) AS upd,
-         pg_stat_get_tuples_deleted(c.oid) AS del, pg_stat_get_vacuum_count(c.oid)
-         + pg_stat_get_autovacuum_count(c.oid) + pg_stat_get_analyze_count(c.oid)
-         + pg_stat_get_autoanalyze_count(c.oid) AS maintenance,
-         CASE WHEN c.relkind = 'S' THEN pg_sequence_last_value(c.oid) END AS value
-  FROM pg_class c WHERE NOT c.relisshared AND c.relkind IN ('r', 't', 'm', 'p', 'S')
-) s WHERE relkind = 'S' OR ins + upd + del + maintenance > 0
-"""
-_XACT_SQL = """
-SELECT s.relid, s.n_tup_ins, s.n_tup_upd, s.n_tup_del FROM pg_stat_xact_all_tables s
-JOIN pg_class c ON c.oid = s.relid WHERE NOT c.relisshared AND s.n_tup_ins + s.n_tup_upd + s.n_tup_del > 0
-"""
-_SEQUENCES_SQL = "SELECT oid, pg_sequence_last_value(oid) AS value FROM pg_class WHERE relkind = 'S'"
 _NONE = (0, 0, 0, 0)
-# The shared state of a database: its sessions but the caller's, settings of it or its role and
-# prepared transactions (any: not recyclable), and what may only be compared with what it was when
-# the database was made (its role's password, its and the test role's settings, the server's start,
-# the statistics' last reset; a role without CREATEROLE can change nothing else of itself).
-_SHARED_SQL = """
-SELECT (SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()) AS sessions,
-       (SELECT count(*) FROM pg_prepared_xacts WHERE database = $1)
-     + (SELECT count(*) FROM pg_db_role_setting s JOIN pg_database d ON d.oid = s.setdatabase
-        WHERE d.datname = $1) AS settings,
-       (SELECT coalesce(a.rolpassword, '') FROM pg_authid a WHERE a.rolname = $2) AS password,
-       (SELECT coalesce(string_agg(s.setrole || ':' || s.setdatabase || ':' || s.setconfig::text, ' '
-        ORDER BY s.setrole, s.setdatabase), '') FROM pg_db_role_setting s
-        WHERE s.setrole IN ((SELECT oid FROM pg_roles WHERE rolname = $2), $3::regrole)) AS role_settings,
-       pg_postmaster_start_time()::text AS started,
-       coalesce((SELECT stats_reset::text FROM pg_stat_database WHERE datname = $1), '') AS reset,
-       (SELECT oid FROM pg_database WHERE datname = $4) AS template
-"""
+_Restore = tuple[int, "_Table", "list[str] | None"]  # a table, and the xmins of its rows to keep (None: all go)
 
 
 def _shared(row: Any) -> tuple[str, ...]:
@@ -112,6 +81,8 @@ class _Table:
     schema: str
     name: str
     rows: bytes  # COPY … (FORMAT binary) of the template's rows
+    xmins: list[str]  # the transactions that wrote them in the template (a restore writes others)
+    plain: bool  # the test role's, with no trigger, rule or row security: its own login restores it
 
 
 @dataclasses.dataclass
@@ -119,6 +90,7 @@ class _Snapshot:
     tables: dict[int, _Table]  # restorable tables by oid (same oids in every clone)
     sequences: dict[int, int | None]  # pg_sequence_last_value: None while never called
     template: int  # the template database's oid: a template dropped and built again is another
+    owned: frozenset[int]  # the sequences the test role owns (may set back itself)
 
 
 @dataclasses.dataclass
@@ -128,6 +100,7 @@ class _Known:
     shared: tuple[str, ...]
     counts: dict[int, tuple[int, ...]] = dataclasses.field(default_factory=dict)
     uses: int = 0
+    xmins: dict[int, list[str]] = dataclasses.field(default_factory=dict)  # of its restored tables' rows
 
 
 class Recycler:
@@ -145,7 +118,7 @@ class Recycler:
 
     async def created(self, admin: Any, name: str, role: str) -> None:
         """Record the shared state of clone ``name`` (and its login ``role``), just made."""
-        row = await admin.fetchrow(_SHARED_SQL, name, role, TEST_ROLE, self.template_name)
+        row = await admin.fetchrow(SHARED_SQL, name, role, TEST_ROLE, self.template_name)
         if row["password"] is None:  # no such role
             return
         if self.snapshot is not None and self.snapshot.template != row["template"]:
@@ -177,9 +150,11 @@ class Recycler:
             for row in await conn.fetch(
                 "SELECT c.oid, n.nspname, c.relname, EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid "
                 "AND t.tgenabled = 'A') OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid AND "
-                "r.ev_enabled = 'A') AS always FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "r.ev_enabled = 'A') AS always, c.relowner = $1::regrole AND NOT c.relrowsecurity AND NOT EXISTS "
+                "(SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid) AND NOT EXISTS (SELECT 1 FROM pg_rewrite r "
+                "WHERE r.ev_class = c.oid) AS plain FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                 "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-                "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'"
+                "AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'", TEST_ROLE
             ):
                 if row["always"]:
                     continue  # restoring it would fire its triggers or rules: never restored
@@ -189,9 +164,14 @@ class Recycler:
                 if size > MAX_TEMPLATE_BYTES:
                     self.disabled = True
                     return
-                tables[row["oid"]] = _Table(row["nspname"], row["relname"], out.getvalue())
-            sequences = {row["oid"]: row["value"] for row in await conn.fetch(_SEQUENCES_SQL)}
-            self.snapshot = _Snapshot(tables, sequences, template)
+                ident = f"{quote_ident(row['nspname'])}.{quote_ident(row['relname'])}"
+                xmins = await conn.fetchval(f"SELECT coalesce(array_agg(DISTINCT xmin::text), '{{}}') "
+                                            f"FROM ONLY {ident}")
+                tables[row["oid"]] = _Table(row["nspname"], row["relname"], out.getvalue(), xmins, row["plain"])
+            sequences = {row["oid"]: row["value"] for row in await conn.fetch(SEQUENCES_SQL)}
+            owned = await conn.fetchval("SELECT coalesce(array_agg(oid), '{}') FROM pg_class WHERE relkind = 'S' "
+                                        "AND relowner = $1::regrole", TEST_ROLE)
+            self.snapshot = _Snapshot(tables, sequences, template, frozenset(owned))
         finally:
             await driver.close(conn)
 
@@ -227,7 +207,8 @@ class Recycler:
         await admin.execute(sql)
         conn = await driver.connect(new, new.user, reuse=True)
         try:
-            counts = await self._check(conn, known, snapshot, new.user)
+            xmins = dict(known.xmins)
+            counts = await self._check(conn, known, snapshot, new.user, xmins)
         except BaseException:
             conn.terminate()
             raise
@@ -235,15 +216,15 @@ class Recycler:
             conn.terminate()
             return None
         with self._lock:
-            self._known[new.user] = _Known((password, *_shared(shared)[1:]), counts, known.uses + 1)
+            self._known[new.user] = _Known((password, *_shared(shared)[1:]), counts, known.uses + 1, xmins)
         self.recycled += 1
         return conn
 
     async def _check(
-        self, conn: Any, known: _Known, snapshot: _Snapshot, name: str,
+        self, conn: Any, known: _Known, snapshot: _Snapshot, name: str, xmins: dict[int, list[str]],
     ) -> dict[int, tuple[int, ...]] | None:
         """What the released test changed, put back; the counts then (None: not recyclable)."""
-        rows = await conn.fetch(_STATS_SQL)
+        rows = await conn.fetch(STATS_SQL)
         counts = {row["oid"]: tuple(row)[3:7] for row in rows if row["relkind"] != "S"}
         kinds = {row["oid"]: (row["system"], row["relkind"]) for row in rows}
         restore = []
@@ -257,7 +238,10 @@ class Recycler:
                     counts[oid][3] != known.counts.get(oid, _NONE)[3]:
                 self._refuse(name, "its schema, catalogs or statistics changed")
                 return None
-            restore.append(snapshot.tables[oid])
+            was = known.counts.get(oid, _NONE)
+            added_only = counts[oid][1] == was[1] and counts[oid][2] == was[2]  # no update, no delete
+            table = snapshot.tables[oid]
+            restore.append((oid, table, xmins.get(oid, table.xmins) if added_only else None))
         sequences = {row["oid"]: row["value"] for row in rows if row["relkind"] == "S"}
         if sequences.keys() != snapshot.sequences.keys():
             self._refuse(name, "its sequences changed")
@@ -265,11 +249,14 @@ class Recycler:
         moved = [oid for oid, value in sequences.items() if value != snapshot.sequences[oid]]
         if not restore and not moved:
             return counts
-        admin = await driver.connect(self.server, name)  # a superuser: triggers off, RLS bypassed
-        try:
-            after = await self._restore(admin, name, counts, restore, moved, snapshot)
-        finally:
-            await driver.close(admin)
+        if all(table.plain for _, table, _ in restore) and snapshot.owned.issuperset(moved):
+            after = await self._restore(conn, name, counts, restore, moved, snapshot, xmins, superuser=False)
+        else:
+            admin = await driver.connect(self.server, name)  # a superuser: triggers off, RLS bypassed
+            try:
+                after = await self._restore(admin, name, counts, restore, moved, snapshot, xmins, superuser=True)
+            finally:
+                await driver.close(admin)
         if after is None:
             self._refuse(name, "a session opened while it was restored")
             return None
@@ -277,13 +264,13 @@ class Recycler:
         return after
 
     async def _restore(
-        self, conn: Any, name: str, counts: dict[int, tuple[int, ...]], restore: list[_Table], moved: list[int],
-        snapshot: _Snapshot,
+        self, conn: Any, name: str, counts: dict[int, tuple[int, ...]], restore: list[_Restore], moved: list[int],
+        snapshot: _Snapshot, xmins: dict[int, list[str]], *, superuser: bool,
     ) -> dict[int, tuple[int, ...]] | None:
         """In one transaction: the template's rows back into ``restore``, the ``moved`` sequences
         back; returns the counts the database has once this session's are flushed (None: refused)."""
         try:
-            mine = await self._put_back(conn, name, restore, moved, snapshot)
+            mine = await self._put_back(conn, name, restore, moved, snapshot, xmins, superuser)
         except _Interloper:
             return None
         after = dict(counts)
@@ -293,12 +280,21 @@ class Recycler:
         return after
 
     async def _put_back(
-        self, conn: Any, name: str, restore: list[_Table], moved: list[int], snapshot: _Snapshot,
+        self, conn: Any, name: str, restore: list[_Restore], moved: list[int], snapshot: _Snapshot,
+        xmins: dict[int, list[str]], superuser: bool,
     ) -> dict[int, tuple[int, ...]]:
+        xid: list[str] | None = None
         async with conn.transaction():
-            await conn.execute("SET LOCAL session_replication_role = replica")
-            for table in restore:
+            if superuser:
+                await conn.execute("SET LOCAL session_replication_role = replica")
+            for oid, table, kept in restore:
                 ident = f"{quote_ident(table.schema)}.{quote_ident(table.name)}"
+                if kept is not None:  # the template's rows are all there, in place: drop the others
+                    await conn.execute(f"DELETE FROM ONLY {ident} WHERE NOT xmin::text = ANY($1::text[])", kept)
+                    continue
+                if xid is None:  # this transaction writes the rows copied back
+                    xid = [str(int(await conn.fetchval("SELECT pg_current_xact_id()::text")) % 2**32)]
+                xmins[oid] = xid
                 await conn.execute(f"DELETE FROM ONLY {ident}")
                 if len(table.rows) > 21:  # more than the binary header and trailer: rows
                     await conn.copy_to_table(table.name, schema_name=table.schema, source=io.BytesIO(table.rows),
@@ -310,10 +306,10 @@ class Recycler:
                                        "WHERE s.seqrelid = $1::oid", oid)
                 else:
                     await conn.execute("SELECT setval($1::oid::regclass, $2, true)", oid, value)
-            mine = {row["relid"]: tuple(row)[1:] for row in await conn.fetch(_XACT_SQL)}
+            mine = {row["relid"]: tuple(row)[1:] for row in await conn.fetch(XACT_SQL)}
             # Only this session and the one to hand out: nobody wrote meanwhile (a session that
             # came and went would have been flushed into the counts compared next time).
-            if await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", name) != 2:
+            if await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE datname = $1", name) != 1 + superuser:
                 raise _Interloper
         return mine
 
@@ -322,7 +318,7 @@ class Recycler:
         their own, briefly); None if some stay."""
         with anyio.move_on_after(_SESSION_WAIT_S):
             while True:
-                row = await admin.fetchrow(_SHARED_SQL, name, role, TEST_ROLE, self.template_name)
+                row = await admin.fetchrow(SHARED_SQL, name, role, TEST_ROLE, self.template_name)
                 if not row["sessions"]:
                     return row
                 await anyio.sleep(0.001)
