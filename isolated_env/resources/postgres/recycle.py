@@ -350,9 +350,11 @@ async def reuse(pool: Any, box: list[Any], new_name: Callable[[PostgresServer], 
                 pool._recycles += 1
                 return new
             pool.drops.extend((name, new))  # under either name (the dropper disowns both)
-        except Exception as exc:  # dropped like any other (under either name); the next one is tried
+        except BaseException as exc:  # dropped like any other (under either name); the next one is tried
             log.debug("isolated_env: recycling %s failed: %r", name, exc)
-            pool.drops.extend((name, new))
+            pool.drops.extend((name, new))  # also when cancelled: the closing pool drops them
+            if not isinstance(exc, Exception):
+                raise
         finally:
             pool.recycling.discard(name)
             pool._dropped.set()  # settle() looks again
