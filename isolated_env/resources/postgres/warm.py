@@ -171,7 +171,8 @@ class WarmPool:
             raise
 
     def release(self, clone: Clone) -> None:
-        """Close the clone's connection and have it dropped in the background (kept ones stay)."""
+        """Close the clone's connection and have it recycled (when a clone is wanted next) or dropped
+        in the background (kept ones stay)."""
         if clone.conn is not None:
             clone.conn.terminate()
         if clone.kept:
@@ -202,7 +203,7 @@ class WarmPool:
     # -- background -----------------------------------------------------------------------
 
     def _wanted(self) -> int:
-        return self.target + len(self.waiters) - len(self.ready) - len(self.creating)
+        return self.target + len(self.waiters) - len(self.ready) - len(self.creating) - len(self.recycling)
 
     async def _worker(self) -> None:
         asyncpg = driver.module()
@@ -211,7 +212,7 @@ class WarmPool:
         backoff = 0.05
         try:
             while True:
-                while self._wanted() <= 0 and not self.recycles:
+                while self._wanted() <= 0:
                     self._wake.clear()
                     await self._wake.wait()
                 recycled = await reuse(self, box, _new_name)  # its session started and parked
@@ -314,8 +315,13 @@ class WarmPool:
                 admin.terminate()
 
     async def settle(self) -> None:
-        """Wait until every released database has been dropped or recycled."""
-        while (self.drops or self.dropping or self.recycles or self.recycling) and not self.closed:
+        """Wait until every released database has been dropped or recycled (those waiting for a
+        lease to want them are dropped)."""
+        if self.recycles:
+            self.drops.extend(self.recycles)
+            self.recycles.clear()
+            self._wake_dropper.set()
+        while (self.drops or self.dropping or self.recycling) and not self.closed:
             self._dropped.clear()
             await self._dropped.wait()
 
