@@ -14,7 +14,6 @@ import isolated_env as ie
 
 SCHEMA = ie.PostgresTemplate(sql="CREATE TABLE users (id int PRIMARY KEY, email text UNIQUE)")
 SEEDED: collections.Counter[str] = collections.Counter()
-CLASS_DATABASES: list[str] = []
 
 
 async def seed_users(env: ie.Environment) -> None:
@@ -23,8 +22,6 @@ async def seed_users(env: ie.Environment) -> None:
     await env["redis"].hset("user:1", mapping={"email": "user1@example.com"})
     await env["fs"].write_text("avatars/1.png", "png")
     SEEDED[db.mode] += 1
-    if db.mode == "database":
-        CLASS_DATABASES.append(db.database)
 
 
 users_environment = ie.environment_fixture(
@@ -52,16 +49,6 @@ class TestClassData:
         await r.delete("user:1")
         await fs.write_text("written.txt", str(n))
         (fs.path / "avatars" / "1.png").unlink()
-
-
-async def test_the_class_resources_are_released_when_the_class_ends() -> None:
-    from isolated_env.resources.postgres import settle
-
-    assert SEEDED == {"transaction": 1, "database": 1}
-    await settle()
-    async with ie.isolated_postgres() as db:  # the class's database was dropped with the class
-        left = await db.fetchval("SELECT count(*) FROM pg_database WHERE datname = ANY($1::text[])", CLASS_DATABASES)
-    assert CLASS_DATABASES and left == 0
 
 
 async def test_the_ready_service_environments(auth_environment: Any, backend_environment: Any) -> None:
@@ -119,6 +106,26 @@ class TestFailureAndCancellation:
 class TestSyncTests:
     def test_a_sync_test_gets_it_too(self, shared, per_module):
         assert shared["redis"].db != 0 and per_module["fs"].exists("m.txt")
+
+CLASS_DATABASES = []
+
+async def remember(env):
+    CLASS_DATABASES.append(env["database"].database)
+
+in_database_mode = ie.environment_fixture(scope="class", setup=remember,
+                                          database=ie.isolated_postgres(mode="database", template=SCHEMA))
+
+class TestDatabaseMode:
+    async def test_a_clone_of_the_class_database(self, in_database_mode):
+        assert in_database_mode["database"].database != CLASS_DATABASES[0]
+
+async def test_z_the_class_database_went_with_its_class():  # runs after the class: one process, file order
+    from isolated_env.resources.postgres import settle
+
+    await settle()
+    async with ie.isolated_postgres() as db:
+        left = await db.fetchval("SELECT count(*) FROM pg_database WHERE datname = ANY($1::text[])", CLASS_DATABASES)
+    assert CLASS_DATABASES and left == 0
 '''
 
 
@@ -127,6 +134,6 @@ def test_failure_and_cancellation_in_a_test_leave_the_class_intact(pytester: pyt
     pytester.makeconftest("import pytest\n\n@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n")
     pytester.makepyfile(test_project=textwrap.dedent(PROJECT))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-q", timeout=300)
-    result.assert_outcomes(passed=3, failed=1)
+    result.assert_outcomes(passed=5, failed=1)
     result.stdout.fnmatch_lines(["*failing on purpose*"])
 
