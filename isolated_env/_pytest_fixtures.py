@@ -18,7 +18,11 @@ from ._registry import ResourceSpec
 if TYPE_CHECKING:
     from ._environment import Environment
 
-__all__ = ["COMPOSITES", "resource_fixtures", "with_async_variant"]
+__all__ = ["COMPOSITES", "ENTERED", "enter_together", "resource_fixtures", "with_async_variant"]
+
+ENTERED = pytest.StashKey[dict[str, Any]]()
+"""On a test item while its environment is open: the handles of the isolated fixtures it requests,
+entered together when the environment opened."""
 
 
 class _Host(Protocol):
@@ -48,11 +52,33 @@ def _fixture(name: str, doc: str | None, host_of: HostOf, enter: Callable[[Envir
         return await enter(isolated_env)
 
     def fixture(isolated_env: Environment, request: pytest.FixtureRequest) -> Any:
+        entered = request.node.stash.get(ENTERED, None)
+        if entered is not None and name in entered:
+            return entered[name]  # entered with the environment: no hop into the loop of its own
         return host_of(request).call(lambda: enter(isolated_env))
 
     fixture.__name__ = name
     fixture.__doc__ = doc
+    fixture._isolated_env_enter = variant._isolated_env_enter = enter  # type: ignore[attr-defined]
     return pytest.fixture(name=name)(with_async_variant(fixture, variant))
+
+
+async def enter_together(request: pytest.FixtureRequest, env: Environment) -> None:
+    """Enter every isolated fixture the test requests into ``env``, in the order pytest sets them
+    up, while the environment opens: one hop into the test's loop (one fixture run by anyio) for
+    all of them instead of one per fixture. A fixture of ours overridden by one of the user's (the
+    closest definition of the name is not ours) is left to pytest, as is one requested dynamically
+    (``request.getfixturevalue``). Torn down with the environment, in reverse, as before."""
+    definitions = getattr(request, "_arg2fixturedefs", None)  # pytest's, since 3.0; else one by one
+    if not isinstance(definitions, dict):
+        return
+    entered: dict[str, Any] = {}
+    request.node.stash[ENTERED] = entered
+    for name in request.fixturenames:
+        chain = definitions.get(name)
+        enter = getattr(chain[-1].func, "_isolated_env_enter", None) if chain else None
+        if enter is not None:
+            entered[name] = await enter(env)
 
 
 def resource_fixtures(registered: tuple[ResourceSpec, ...], host_of: HostOf, enter: Enter) -> object:

@@ -24,7 +24,7 @@ import pytest
 
 from ._config import UNSET, resolve, set_layer
 from ._errors import ConfigError, ServerDied, ServiceUnavailable
-from ._pytest_fixtures import resource_fixtures, with_async_variant
+from ._pytest_fixtures import ENTERED, enter_together, resource_fixtures, with_async_variant
 from ._registry import ResourceSpec, specs
 
 if TYPE_CHECKING:  # loaded when a fixture or hook first needs them: a run that uses none pays nothing
@@ -167,8 +167,11 @@ def _probe(config: pytest.Config, entry: ResourceSpec) -> ServiceUnavailable | N
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    marks = {mark.name for mark in item.iter_markers()}  # one walk up the nodes, not one per kind
+    if not marks:
+        return
     for entry in specs():
-        if item.get_closest_marker(f"requires_{entry.kind}") is not None:
+        if f"requires_{entry.kind}" in marks:
             problem = _probe(item.config, entry)
             if problem is not None:
                 unavailable(problem)
@@ -246,7 +249,8 @@ def _host(request: pytest.FixtureRequest) -> _pytest_loops.LoopHost:
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, Any, Any]:  # noqa: E501
     variant = getattr(fixturedef.func, "_isolated_env_async", None)
-    if variant is not None and "anyio_backend" in request.fixturenames:  # _pytest_loops.is_anyio_test
+    if (variant is not None and "anyio_backend" in request.fixturenames  # _pytest_loops.is_anyio_test
+            and fixturedef.argname not in request.node.stash.get(ENTERED, ())):  # not entered with the env
         # anyio runs the test: hand it the async fixture, which it runs in the test's own task.
         # anyio < 4.4 also adds ``anyio_backend`` to the fixture's argnames for good: undo both, or a
         # later sync test using the fixture would need ``anyio_backend`` too.
@@ -296,10 +300,15 @@ async def _environment(request: pytest.FixtureRequest) -> AsyncIterator[Environm
     from ._environment import Environment
 
     env = Environment(leak_check=False)  # the session's leak check covers every test's environment
-    async with env:
-        yield env
-        if failed(request):
-            env.outcome = Outcome.FAILED
+    try:
+        async with env:
+            await enter_together(request, env)
+            yield env
+            if failed(request):
+                env.outcome = Outcome.FAILED
+    finally:
+        if ENTERED in request.node.stash:  # the item outlives the test: its handles must not
+            del request.node.stash[ENTERED]
     _state(request.config).kept.extend(f"{request.node.nodeid}: {kept}" for kept in env.kept)
 
 
