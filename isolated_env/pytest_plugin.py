@@ -24,7 +24,7 @@ import pytest
 
 from ._config import UNSET, resolve, set_layer
 from ._errors import ConfigError, ServerDied, ServiceUnavailable
-from ._pytest_fixtures import ENTERED, enter_together, resource_fixtures, with_async_variant
+from ._pytest_fixtures import ENTERED, enter_together, resource_fixtures, serve_through, with_async_variant
 from ._registry import ResourceSpec, specs
 
 if TYPE_CHECKING:  # loaded when a fixture or hook first needs them: a run that uses none pays nothing
@@ -110,7 +110,7 @@ def pytest_configure(config: pytest.Config) -> None:
         resolve()
     except ConfigError as exc:
         raise pytest.UsageError(f"isolated_env: {exc}") from None
-    config.pluginmanager.register(resource_fixtures(registered, _host, _enter), "isolated_env_resources")
+    config.pluginmanager.register(resource_fixtures(registered, _enter), "isolated_env_resources")
     config.pluginmanager.import_plugin("isolated_env._pytest_sync")
     config.pluginmanager.import_plugin("isolated_env._pytest_session")
 
@@ -323,7 +323,9 @@ def _isolated_env(request: pytest.FixtureRequest) -> Generator[Environment, None
     host = _host(request)
     gen = _environment(request)
     try:
-        yield host.call(gen.__anext__)
+        env = host.call(gen.__anext__)
+        serve_through(env, host)
+        yield env
         host.call(functools.partial(_drain, gen), last=True)
     finally:
         host.stop()

@@ -62,6 +62,7 @@ class FileSystemHandle:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._real: tuple[Path, str] | None = None  # (path, its realpath): one lstat walk, not one per call
 
     def __repr__(self) -> str:
         return f"<FileSystemHandle {self.path}>"
@@ -75,7 +76,11 @@ class FileSystemHandle:
         rel = Path(relative)
         if rel.is_absolute():
             raise UnsafePath(f"{str(relative)!r} is absolute; pass a path relative to {self.path}")
-        root = os.path.realpath(self.path)
+        # The real path of the directory itself, once: a symlink put in its place later resolves
+        # outside that path below, and is refused like any other.
+        if self._real is None or self._real[0] is not self.path:
+            self._real = (self.path, os.path.realpath(self.path))
+        root = self._real[1]
         target = os.path.realpath(os.path.join(root, rel))
         if target != root and not target.startswith(root + os.sep):
             raise UnsafePath(
