@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import anyio
 
+from .. import _background
 from .._config import Settings
 from .._contract import Kept, PooledResource, current_settings
 from .._drivers import redis as redis_driver
@@ -32,6 +33,7 @@ from .._servers import redis as servers
 from .._servers.redis import RedisServer
 from ._died import died as _died
 from ._died import watch as _watch
+from ._redis_flusher import BackgroundAdmin
 from ._redis_guard import test_client, untaint
 from ._redis_handle import RedisHandle
 from ._redis_leases import _Bank, _LeaseKeeper, flush_unleased
@@ -168,6 +170,12 @@ class _Slots:
             _keeper.remove(banked)  # banked before its server restarted: that lease went with it
             banked = None
         if banked is not None:
+            if self.server.guarded and not _background.is_background():
+                # Another loop had it, and this one may not outlive its test: flushes go through
+                # the background loop's admin client, only the test's client is opened here.
+                banked.admin = BackgroundAdmin(self.server, banked.db)
+                banked.client = test_client(self.server, banked.db)
+                return banked
             banked.admin = redis_driver.asyncio_client(**self.server.client_kwargs(banked.db))
             banked.client = test_client(self.server, banked.db) if self.server.guarded else banked.admin
             return banked
