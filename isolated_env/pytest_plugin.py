@@ -24,7 +24,7 @@ import pytest
 
 from ._config import UNSET, resolve, set_layer
 from ._errors import ConfigError, ServerDied, ServiceUnavailable
-from ._pytest_fixtures import resource_fixtures, with_async_variant
+from ._pytest_fixtures import ENTERED, enter_together, resource_fixtures, serve_through, with_async_variant
 from ._registry import ResourceSpec, specs
 
 if TYPE_CHECKING:  # loaded when a fixture or hook first needs them: a run that uses none pays nothing
@@ -111,7 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
         resolve()
     except ConfigError as exc:
         raise pytest.UsageError(f"isolated_env: {exc}") from None
-    config.pluginmanager.register(resource_fixtures(registered, _host, _enter), "isolated_env_resources")
+    config.pluginmanager.register(resource_fixtures(registered, _enter), "isolated_env_resources")
     config.pluginmanager.import_plugin("isolated_env._pytest_sync")
     config.pluginmanager.import_plugin("isolated_env._pytest_session")
     config.pluginmanager.import_plugin("isolated_env._pytest_presets")
@@ -170,8 +170,11 @@ def _probe(config: pytest.Config, entry: ResourceSpec) -> ServiceUnavailable | N
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    marks = {mark.name for mark in item.iter_markers()}  # one walk up the nodes, not one per kind
+    if not marks:
+        return
     for entry in specs():
-        if item.get_closest_marker(f"requires_{entry.kind}") is not None:
+        if f"requires_{entry.kind}" in marks:
             problem = _probe(item.config, entry)
             if problem is not None:
                 unavailable(problem)
@@ -249,7 +252,8 @@ def _host(request: pytest.FixtureRequest) -> _pytest_loops.LoopHost:
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest) -> Generator[None, Any, Any]:  # noqa: E501
     variant = getattr(fixturedef.func, "_isolated_env_async", None)
-    if variant is not None and "anyio_backend" in request.fixturenames:  # _pytest_loops.is_anyio_test
+    if (variant is not None and "anyio_backend" in request.fixturenames  # _pytest_loops.is_anyio_test
+            and fixturedef.argname not in request.node.stash.get(ENTERED, ())):  # not entered with the env
         # anyio runs the test: hand it the async fixture, which it runs in the test's own task.
         # anyio < 4.4 also adds ``anyio_backend`` to the fixture's argnames for good: undo both, or a
         # later sync test using the fixture would need ``anyio_backend`` too.
@@ -299,10 +303,15 @@ async def _environment(request: pytest.FixtureRequest) -> AsyncIterator[Environm
     from ._environment import Environment
 
     env = Environment(leak_check=False)  # the session's leak check covers every test's environment
-    async with env:
-        yield env
-        if failed(request):
-            env.outcome = Outcome.FAILED
+    try:
+        async with env:
+            await enter_together(request, env)
+            yield env
+            if failed(request):
+                env.outcome = Outcome.FAILED
+    finally:
+        if ENTERED in request.node.stash:  # the item outlives the test: its handles must not
+            del request.node.stash[ENTERED]
     _state(request.config).kept.extend(f"{request.node.nodeid}: {kept}" for kept in env.kept)
 
 
@@ -314,17 +323,23 @@ async def _isolated_env_async(request: pytest.FixtureRequest) -> AsyncIterator[E
 
 def _isolated_env(request: pytest.FixtureRequest) -> Generator[Environment, None, None]:
     """An Environment for one test: enter resources with ``await isolated_env.enter(...)``."""
-    yield from _hosted(request, _environment(request))
+    yield from _hosted(request, _environment(request), serve=True)
 
 
-def _hosted(request: pytest.FixtureRequest, gen: AsyncIterator[Any]) -> Generator[Any, None, None]:
+def _hosted(
+    request: pytest.FixtureRequest, gen: AsyncIterator[Any], *, serve: bool = False
+) -> Generator[Any, None, None]:
     """Run the one-yield async generator ``gen`` of a sync fixture in the test's host task; the
-    last of a test's fixtures to be torn down ends the host task."""
+    last of a test's fixtures to be torn down ends the host task. With ``serve``, the resource
+    fixtures of the environment it yields run through that host task too."""
     host = _host(request)
     stash = request.node.stash
     stash[_users_key] = stash.get(_users_key, 0) + 1
     try:
-        yield host.call(gen.__anext__)
+        value = host.call(gen.__anext__)
+        if serve:
+            serve_through(value, host)
+        yield value
         host.call(functools.partial(_drain, gen), last=stash[_users_key] == 1)
     finally:
         stash[_users_key] -= 1

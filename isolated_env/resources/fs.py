@@ -66,6 +66,7 @@ class FileSystemHandle:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._real: tuple[Path, str] | None = None  # (path, its realpath): one lstat walk, not one per call
 
     def __repr__(self) -> str:
         return f"<FileSystemHandle {self.path}>"
@@ -79,7 +80,11 @@ class FileSystemHandle:
         rel = Path(relative)
         if rel.is_absolute():
             raise UnsafePath(f"{str(relative)!r} is absolute; pass a path relative to {self.path}")
-        root = os.path.realpath(self.path)
+        # The real path of the directory itself, once: a symlink put in its place later resolves
+        # outside that path below, and is refused like any other.
+        if self._real is None or self._real[0] is not self.path:
+            self._real = (self.path, os.path.realpath(self.path))
+        root = self._real[1]
         target = os.path.realpath(os.path.join(root, rel))
         if target != root and not target.startswith(root + os.sep):
             raise UnsafePath(
@@ -100,7 +105,10 @@ class FileSystemHandle:
         is refused (``UnsafePath``), and a file with other hard links is replaced by a new file, so
         a link to a file outside the directory keeps that file's content."""
         target = self.resolve(relative)
-        await anyio.to_thread.run_sync(_write_inside, relative, target, data)
+        if len(data) <= _INLINE_BYTES:
+            _write_inside(relative, target, data)
+        else:
+            await anyio.to_thread.run_sync(_write_inside, relative, target, data)
         return target
 
     async def read_bytes(self, relative: str | os.PathLike[str]) -> bytes:
@@ -118,6 +126,27 @@ class FileSystemHandle:
                 shutil.rmtree(child)
             else:
                 child.unlink()
+
+
+# A write or a removal this small costs the loop less than the thread hop that would carry it
+# (under a test runner anyio starts a new worker thread for nearly every hop: its pool lives with the
+# task that ran the fixture or the test).
+_INLINE_BYTES = 64 * 1024
+_INLINE_ENTRIES = 16
+
+
+def _remove_small(path: Path) -> bool:
+    """Remove ``path`` in place when it holds a few files and no directory; False when it is larger."""
+    with os.scandir(path) as listing:
+        entries: list[str] = []
+        for entry in listing:
+            if len(entries) == _INLINE_ENTRIES or entry.is_dir(follow_symlinks=False):
+                return False
+            entries.append(entry.path)
+    for name in entries:
+        os.unlink(name)
+    os.rmdir(path)
+    return True
 
 
 def _write_inside(relative: str | os.PathLike[str], target: Path, data: bytes) -> None:
@@ -251,5 +280,10 @@ async def isolated_fs(
             try:
                 os.rmdir(path)  # an empty directory (most tests): one syscall, no thread hop
             except OSError:
-                await anyio.to_thread.run_sync(lambda: shutil.rmtree(path, ignore_errors=True))
+                try:
+                    small = _remove_small(path)
+                except OSError:
+                    small = False
+                if not small:
+                    await anyio.to_thread.run_sync(lambda: shutil.rmtree(path, ignore_errors=True))
 

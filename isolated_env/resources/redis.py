@@ -18,6 +18,7 @@ from typing import Any
 
 import anyio
 
+from .. import _background
 from .._config import Settings
 from .._contract import Kept, current_settings
 from .._drivers import redis as redis_driver
@@ -30,6 +31,7 @@ from .._runtime import Runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
 from ._died import watch as _watch
+from ._redis_flusher import BackgroundAdmin
 from ._redis_guard import test_client, untaint
 from ._redis_handle import RedisHandle
 from ._redis_leases import _Bank, _LeaseKeeper
@@ -167,6 +169,12 @@ class _Slots:
             _keeper.remove(banked)  # banked before its server restarted: that lease went with it
             banked = None
         if banked is not None:
+            if self.server.guarded and not _background.is_background():
+                # Another loop had it, and this one may not outlive its test: flushes go through
+                # the background loop's admin client, only the test's client is opened here.
+                banked.admin = BackgroundAdmin(self.server, banked.db)
+                banked.client = test_client(self.server, banked.db)
+                return banked
             banked.admin = redis_driver.asyncio_client(**self.server.client_kwargs(banked.db))
             banked.client = test_client(self.server, banked.db) if self.server.guarded else banked.admin
             return banked

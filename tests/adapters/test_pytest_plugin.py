@@ -239,3 +239,48 @@ def test_keep_failed_keeps_the_database_and_prune_removes_it(pytester: pytest.Py
     # keeping pinned the embedded server so the evidence stayed reachable; `down` lets it stop
     down = child("-m", "isolated_env.cli", "down", "postgres")
     assert down.stdout.strip() == "postgres: stopped", down.stdout + down.stderr
+
+
+TOGETHER = """
+import pytest
+
+@pytest.fixture
+def isolated_redis(isolated_redis):
+    # The user's own fixture of that name, over ours: it is the one the test gets.
+    return ("the user's", isolated_redis)
+
+@pytest.fixture
+async def seeded(isolated_database):
+    await isolated_database.execute("CREATE TABLE t (x int)")
+    yield isolated_database
+    # Torn down before the environment: the database is still there for it.
+    assert await isolated_database.fetchval("SELECT count(*) FROM t") == 1
+
+@pytest.fixture
+def later(request):
+    return request.getfixturevalue("isolated_fs")  # not known before the test starts
+
+async def test_entered_in_order_and_teardown_keeps_them(seeded, isolated_fs, isolated_env):
+    await seeded.execute("INSERT INTO t VALUES (1)")
+    assert isolated_env.keys() == ["postgres", "fs"]
+    assert isolated_env["fs"] is isolated_fs
+
+async def test_an_override_of_ours_is_the_users(isolated_redis, isolated_env):
+    mine, ours = isolated_redis
+    assert mine == "the user's" and isolated_env["redis"] is ours
+    assert await ours.dbsize() == 0
+
+def test_dynamic_request_in_sync_code(later, isolated_database, isolated_env):
+    assert later.path.is_dir() and isolated_env.keys() == ["postgres", "fs"]
+
+async def test_next_test_is_clean(isolated_database):
+    assert await isolated_database.fetchval("SELECT to_regclass('t')") is None
+"""
+
+
+def test_fixtures_of_a_test_are_entered_together(pytester: pytest.Pytester) -> None:
+    """A test's isolated fixtures are entered when its environment opens, in pytest's order, and
+    left with it; a user's fixture overriding one of ours, and one requested dynamically, still work."""
+    pytester.makepyfile(TOGETHER)
+    result = run(pytester)
+    result.assert_outcomes(passed=4)
