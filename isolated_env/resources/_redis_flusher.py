@@ -33,14 +33,25 @@ async def _flushdb(server: RedisServer, db: int) -> Any:
     return await (await _client(server, db)).flushdb()
 
 
+async def _copy_keys(server: RedisServer, db: int, target_db: int) -> int:
+    from ._redis_nest import copy_keys
+
+    return await copy_keys(await _client(server, db), target_db)
+
+
 class BackgroundAdmin:
-    """What a slot's ``admin`` needs (``flushdb``, ``aclose``), answered on the background loop."""
+    """What a slot's ``admin`` needs (``flushdb``, ``copy_keys``, ``aclose``), answered on the background loop."""
 
     def __init__(self, server: RedisServer, db: int) -> None:
         self.server, self.db = server, db
 
     async def flushdb(self) -> Any:
         return await _background.call(_flushdb, self.server, self.db)
+
+    async def copy_keys(self, target_db: int) -> int:
+        """Copy every key of this database into ``target_db`` (a nested scope's, :mod:`._redis_nest`)."""
+        copied: int = await _background.call(_copy_keys, self.server, self.db, target_db)
+        return copied
 
     async def aclose(self) -> None:
         """Nothing of this loop's to close: the client is the background loop's, for the next loop too."""

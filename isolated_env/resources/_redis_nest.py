@@ -54,5 +54,8 @@ async def nested_database(resource: RedisResource, handle: RedisHandle) -> Async
     fresh._lease = fresh._pool = None
     async with ResourceContext(fresh) as inner:
         with redis_driver.translate(f"copying the keys of database {handle.db} into database {inner.db}"):
-            await copy_keys(source, inner.db)
+            if hasattr(source, "copy_keys"):  # a slot taken over from another loop: its admin is the background's
+                await source.copy_keys(inner.db)
+            else:
+                await copy_keys(source, inner.db)
         yield inner
