@@ -170,6 +170,8 @@ def _probe(config: pytest.Config, entry: ResourceSpec) -> ServiceUnavailable | N
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _state(item.config).runner is not None:
+        _unmark_backend()
     marks = {mark.name for mark in item.iter_markers()}  # one walk up the nodes, not one per kind
     if not marks:
         return
@@ -214,6 +216,19 @@ def _hold_anyio_runner(request: pytest.FixtureRequest) -> None:
         state.runner[1].close()
         state.runner = None
     state.runner = hold_runner(anyio_backend)
+
+
+def _unmark_backend() -> None:
+    """anyio's runner, while leased, names its backend in sniffio's context variable of the main
+    thread. Held across tests, that would tell a sync test (and its fixtures) "asyncio is running
+    in this thread", so it could not call ``anyio.run()``, ``asyncio.run()`` or ``trio.run()``.
+    Unset it before each test: the runner's own tasks are told by their running loop instead, and
+    anyio resets the variable when the lease ends (without sniffio, anyio keeps no such mark)."""
+    try:
+        import sniffio
+    except ImportError:
+        return
+    sniffio.current_async_library_cvar.set(None)
 
 
 def _release_runner(state: _State) -> None:

@@ -97,6 +97,35 @@ def test_fixtures_work_and_summary_is_printed(pytester: pytest.Pytester) -> None
     )
 
 
+def test_a_sync_test_after_async_ones_can_run_its_own_event_loop(pytester: pytest.Pytester) -> None:
+    # The plugin keeps anyio's runner (and its loop) between tests; a sync test after an async one
+    # must still be able to start a loop of its own, as it can without the plugin.
+    pytester.makepyfile("""
+        import asyncio
+        import anyio
+        import pytest
+
+        async def test_async(isolated_database):
+            assert await isolated_database.fetchval("SELECT 1") == 1
+
+        @pytest.fixture
+        def made_in_a_loop_of_its_own():
+            async def make():
+                return 41
+            return anyio.run(make)
+
+        def test_sync(made_in_a_loop_of_its_own):
+            async def add(n):
+                return n + 1
+            assert anyio.run(add, made_in_a_loop_of_its_own) == 42
+            assert asyncio.run(add(0)) == 1
+
+        async def test_async_again(isolated_database):
+            assert await isolated_database.fetchval("SELECT 2") == 2
+    """)
+    run(pytester, "-p", "no:xdist").assert_outcomes(passed=3)
+
+
 def test_works_under_xdist(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(SUITE)
     # the worker that started a server may leave before the other one is done with it
