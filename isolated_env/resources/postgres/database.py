@@ -3,8 +3,7 @@ the warm pool (:mod:`.warm`); IntegreSQL's idea, done in-process.
 
 A lease is a pop from a list of ready clones, kept by the process's background loop; the test's
 loop only takes over the session parked for the clone. A released database is never handed out
-again as it is: in the background it is recycled to its template's state under a new name when
-that is provably exact (:mod:`.recycle`), else dropped; :func:`settle` waits for that. Every database carries
+again (it is dropped in the background, :func:`settle` waits for that). Every database carries
 its owner in a comment (:mod:`.labels`); a failed test's database can be kept
 (``keep_on_failure``, :mod:`.janitor`).
 """
@@ -34,7 +33,7 @@ __all__ = ["WarmPoolStatistics", "database_mode", "settle", "warm_pool_statistic
 
 
 async def settle() -> None:
-    """Wait until every database released so far has been recycled or dropped (releases drop in the
+    """Wait until every database released so far has been dropped (releases drop in the
     background loop so that a test's teardown does not wait for ``DROP DATABASE``)."""
     async def settle_all() -> None:
         for warm in warm_pools(await current_runtime()):
@@ -97,7 +96,7 @@ async def database_mode(
                      capacity=settings.capacity, lease_timeout=settings.lease_timeout),
     )
     async with pool.lease() as lease:
-        lease.discard()  # a used database is never handed out again (recycled, it is another)
+        lease.discard()  # a used database is never handed out again
         handle = DatabaseHandle(lease.value, warm.login(lease.value.name), pool, warm.template_name,
                                 keep_on_failure, admin=server, grant=guard.role,
                                 closing=warm.closing_sql(lease.value.name))

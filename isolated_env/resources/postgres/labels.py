@@ -24,8 +24,8 @@ from .leases import expiry, hold, let_go
 from .sql import quote_ident, quote_literal
 
 __all__ = [
-    "CLONE_PREFIX", "create_database", "disown", "disown_server", "drop", "drop_database", "drop_leftovers",
-    "no_createdb", "own", "server_key",
+    "CLONE_PREFIX", "create_database", "disown", "disown_server", "drop", "drop_database", "no_createdb", "own",
+    "server_key",
 ]
 
 log = logging.getLogger("isolated_env")
@@ -64,28 +64,6 @@ async def drop_database(admin: Any, name: str) -> None:
     await admin.execute(f"DROP DATABASE IF EXISTS {quote_ident(name)} WITH (FORCE)")
     if name.startswith(CLONE_PREFIX):
         await admin.execute(f"DROP ROLE IF EXISTS {quote_ident(name)}")
-
-
-async def drop_leftovers(server: PostgresServer, leftovers: list[str]) -> None:
-    """Drop databases a closing pool did not finish with, once no CREATE DATABASE of theirs runs."""
-    admin = await driver.connect(server)
-    try:
-        # An interrupted CREATE DATABASE may still be running on the server: a DROP
-        # before it commits would miss it, so wait for it to finish first.
-        for _ in range(5000):
-            if not await admin.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
-                "pid <> pg_backend_pid() AND query LIKE 'CREATE DATABASE %' AND "
-                "split_part(query, '\"', 2) = ANY($1::text[])",
-                leftovers,
-            ):
-                break
-            await asyncio.sleep(0.002)
-        for name in leftovers:
-            await drop_database(admin, name)
-            disown(name)
-    finally:
-        await driver.close(admin)
 
 
 async def drop(admin: Any, name: str) -> None:

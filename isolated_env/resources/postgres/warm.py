@@ -1,8 +1,7 @@
 """The warm pool: clones of one template made ahead of demand by background tasks, each with a
 session already started and parked (:mod:`~isolated_env._drivers.asyncpg_sessions`), so a lease
 is a pop from a list and the test's loop takes the session over without starting a backend;
-released clones are recycled when that is provably exact (:mod:`.recycle`), else dropped in the
-background; never handed out dirty.
+released clones are dropped in the background, never handed out again.
 
 The pools live in the process's background loop (:mod:`~isolated_env._background`), not in a
 test's: a database belongs to no loop, and with a loop per test (pytest-asyncio) the refills
@@ -33,9 +32,7 @@ from ..._metrics import percentile
 from ..._runtime import Runtime
 from ..._servers.postgres import PostgresServer
 from .handle import Clone
-from .labels import CLONE_PREFIX, create_database, disown, drop_database, drop_leftovers, no_createdb, own, server_key
-from .recycle import Recycler, recycler, reuse
-from .recycle import enabled as recycling
+from .labels import CLONE_PREFIX, create_database, disown, drop_database, no_createdb, own, server_key
 from .roles import lease_server, lease_sql
 from .templates import PostgresTemplate, forget_template, template_database
 
@@ -73,8 +70,6 @@ class WarmPoolStatistics:
     pending_drops: int
     starved: int  # leases that found no ready clone and waited for one
     errors: int
-    recycled: int = 0  # released clones put back to the template's state and handed out again
-    recycle_p50_ms: float = 0.0
 
 
 class WarmPool:
@@ -94,11 +89,6 @@ class WarmPool:
         self.waiters: collections.deque[asyncio.Future[Clone]] = collections.deque()
         self.creating: set[str] = set()
         self.drops: collections.deque[str] = collections.deque()
-        self.recycles: collections.deque[str] = collections.deque()  # released, to recycle or drop
-        self.recycling: set[str] = set()
-        self.recycler: Recycler | None = None
-        if grant and lease_server(self.tests, template_name) is not None:  # tests log in as the clone's role
-            self.recycler = recycler(server, template_name)
         self.dropping: set[str] = set()
         self.closed = False
         self._wake = asyncio.Event()
@@ -108,7 +98,7 @@ class WarmPool:
         self._running = 0
         self._stopped = anyio.Event()
         self._clone_ms: collections.deque[float] = collections.deque(maxlen=10_000)
-        self._clones = self._spares = self._drops_done = self._starved = self._errors = self._recycles = 0
+        self._clones = self._spares = self._drops_done = self._starved = self._errors = 0
         self.last_error: BaseException | None = None
 
     def login(self, name: str) -> PostgresServer:
@@ -171,18 +161,13 @@ class WarmPool:
             raise
 
     def release(self, clone: Clone) -> None:
-        """Close the clone's connection and have it recycled (when a clone is wanted next) or dropped
-        in the background (kept ones stay)."""
+        """Close the clone's connection and have it dropped in the background (kept ones stay)."""
         if clone.conn is not None:
             clone.conn.terminate()
         if clone.kept:
             return
         if self.closed:
             return  # still owned (postgres.own): dropped at exit
-        if self.recycler is not None and recycling() and len(self.recycles) < self.target:
-            self.recycles.append(clone.name)
-            self._wake.set()
-            return
         self.drops.append(clone.name)
         self._wake_dropper.set()
 
@@ -203,24 +188,17 @@ class WarmPool:
     # -- background -----------------------------------------------------------------------
 
     def _wanted(self) -> int:
-        return self.target + len(self.waiters) - len(self.ready) - len(self.creating) - len(self.recycling)
+        return self.target + len(self.waiters) - len(self.ready) - len(self.creating)
 
     async def _worker(self) -> None:
         asyncpg = driver.module()
         admin: Any = None
-        box: list[Any] = [None]  # the recycler's connection
         backoff = 0.05
         try:
             while True:
                 while self._wanted() <= 0:
                     self._wake.clear()
                     await self._wake.wait()
-                recycled = await reuse(self, box, _new_name)  # its session started and parked
-                if recycled is not None:
-                    self._deliver(Clone(recycled, None))
-                    continue
-                if self._wanted() <= 0:
-                    continue  # woken to recycle, not to clone
                 spare = self._take_spare()
                 name = spare or _new_name(self.server)
                 self.creating.add(name)
@@ -234,8 +212,6 @@ class WarmPool:
                                               then=self.closing_sql(name), mode="database",
                                               origin=self.template_name)
                         created = True
-                        if self.recycler is not None:
-                            await self.recycler.created(admin, name, self.login(name).user)
                     # Started here, parked for the loop that leases the clone to take over.
                     conn = await driver.connect(self.login(name), name, reuse=True)
                     await driver.close(conn, park=True)
@@ -275,9 +251,8 @@ class WarmPool:
                     self._spares += 1
                 self._deliver(Clone(name, None))
         finally:
-            for conn in (admin, box[0]):
-                if conn is not None:
-                    conn.terminate()
+            if admin is not None:
+                admin.terminate()
 
     def _take_spare(self) -> str | None:
         with _spare_lock:
@@ -306,8 +281,6 @@ class WarmPool:
                 else:
                     self._drops_done += 1
                     disown(name)
-                    if self.recycler is not None:
-                        self.recycler.forget(name)
                 finally:
                     self.dropping.discard(name)
         finally:
@@ -315,13 +288,8 @@ class WarmPool:
                 admin.terminate()
 
     async def settle(self) -> None:
-        """Wait until every released database has been dropped or recycled (those waiting for a
-        lease to want them are dropped)."""
-        if self.recycles:
-            self.drops.extend(self.recycles)
-            self.recycles.clear()
-            self._wake_dropper.set()
-        while (self.drops or self.dropping or self.recycling) and not self.closed:
+        """Wait until every released database has been dropped."""
+        while (self.drops or self.dropping) and not self.closed:
             self._dropped.clear()
             await self._dropped.wait()
 
@@ -346,17 +314,37 @@ class WarmPool:
         with _spare_lock:
             _spare[self.spare_key].extend(spares)
         # Clones interrupted mid-creation may or may not exist: drop them if they do.
-        leftovers = [*self.drops, *self.dropping, *self.creating, *self.recycles]
-        self.recycles.clear()
+        leftovers = [*self.drops, *self.dropping, *self.creating]
         self.drops.clear()
         self.dropping.clear()
         self.creating.clear()
         if leftovers:
             with anyio.move_on_after(10):
                 try:
-                    await drop_leftovers(self.server, leftovers)
+                    await self._drop_leftovers(leftovers)
                 except Exception as exc:  # still owned: dropped at exit, or by the next start's reaper
                     log.debug("isolated_env: dropping %s on close failed: %r", leftovers, exc)
+
+    async def _drop_leftovers(self, leftovers: list[str]) -> None:
+        """Drop clones a closing pool did not finish with, once no CREATE DATABASE of theirs runs."""
+        admin = await driver.connect(self.server)
+        try:
+            # An interrupted CREATE DATABASE may still be running on the server: a DROP
+            # before it commits would miss it, so wait for it to finish first.
+            for _ in range(5000):
+                if not await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+                    "pid <> pg_backend_pid() AND query LIKE 'CREATE DATABASE %' AND "
+                    "split_part(query, '\"', 2) = ANY($1::text[])",
+                    leftovers,
+                ):
+                    break
+                await asyncio.sleep(0.002)
+            for name in leftovers:
+                await drop_database(admin, name)
+                disown(name)
+        finally:
+            await driver.close(admin)
 
     def statistics(self) -> WarmPoolStatistics:
         samples = sorted(self._clone_ms)
@@ -373,8 +361,6 @@ class WarmPool:
             pending_drops=len(self.drops) + len(self.dropping),
             starved=self._starved,
             errors=self._errors,
-            recycled=self._recycles,
-            recycle_p50_ms=percentile(sorted(self.recycler.ms), 0.5) if self.recycler else 0.0,
         )
 
 
