@@ -109,6 +109,18 @@ class _LeaseKeeper:
             finally:
                 client.close()
         except Exception as exc:  # the server may answer on the next beat; the TTL decides
+            from .._leases import stopped
+
+            if stopped(server.unix_socket or (server.host or "127.0.0.1", server.port or 6379)):
+                # It will not answer (a test's own server, stopped): its leases go now, and the
+                # beats of the servers still up are not held up by it, beat after beat.
+                log.info("isolated_env: the Redis server at %s stopped; its leases are lost", redact_url(url))
+                with self._lock:
+                    self._held.pop(url, None)
+                for slot in slots.values():
+                    slot.lost = slot.lost or f"the lease of {self._what(slot.db)} was lost: its server stopped"
+                    self._lost(slot)
+                return
             log.warning("isolated_env: refreshing Redis leases on %s failed: %r", redact_url(url), exc)
             if time.monotonic() - last_ok.setdefault(url, time.monotonic()) > self._ttl_ms() / 1000:
                 for slot in slots.values():

@@ -68,8 +68,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def small_redis(tmp_path: Path) -> Iterator[str]:
+def small_redis(redis_process: tuple[str, subprocess.Popen[bytes]]) -> str:
     """A real server with the stock 16 databases on TCP, like a managed or shared one."""
+    return redis_process[0]
+
+
+@pytest.fixture
+def redis_process(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """That server's URL and process (a test may stop it; it is stopped after the test anyway)."""
     binary, _ = find_binary()
     port = _free_port()
     proc = subprocess.Popen(
@@ -86,7 +92,7 @@ def small_redis(tmp_path: Path) -> Iterator[str]:
                 import time
 
                 time.sleep(0.01)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", proc
     finally:
         proc.terminate()
         proc.wait()
@@ -284,3 +290,29 @@ def test_idle_leases_stay_alive_while_the_event_loop_is_not_running(
         assert control.pttl(f"ie:slot:{db}") > 0, "an idle slot's lease expired while its loop was paused"
         assert runner.run(lease_once()) == db  # the same slot, still ours, handed out again
     control.close()
+
+
+async def test_the_heartbeat_drops_a_redis_server_that_stopped(
+    clean_environ: pytest.MonkeyPatch, redis_process: tuple[str, subprocess.Popen[bytes]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that stopped while a test held a database of it fails that test at once ("its
+    server stopped") and is no longer knocked on at every beat, which held up the beats of the
+    servers still up (and so their leases) for as long as the TTL."""
+    import logging
+
+    from isolated_env.resources import redis as resource
+
+    url, proc = redis_process
+    clean_environ.setattr(resource, "HEARTBEAT_S", 0.05)
+    clean_environ.setenv("TEST_REDIS_URL", url)
+    caplog.set_level(logging.INFO, logger="isolated_env")
+    with pytest.raises(ie.IsolationBroken, match=r"lease of Redis database \d+ was lost: its server stopped"):
+        async with ie.isolated_redis() as r:
+            await r.set("k", "v")
+            proc.terminate()
+            await anyio.to_thread.run_sync(proc.wait)
+            for _ in range(100):
+                await anyio.sleep(0.02)
+    assert any("stopped; its leases are lost" in rec.getMessage() for rec in caplog.records)
+    assert not [rec for rec in caplog.records if "refreshing Redis leases" in rec.getMessage()]
