@@ -322,6 +322,14 @@ class Cassette:
     def unused(self) -> list[Interaction]:
         return [item for item in self.interactions if not item.used]
 
+    def unused_messages(self) -> list[str]:
+        """One line for each interaction replay never used (what a replaying server reports at exit)."""
+        return [
+            f"recorded interaction {item.request['method']} {item.request['path']} "
+            f"(key {item.key}) was never requested: unused in {self.path}"
+            for item in self.unused()
+        ]
+
     def add(self, item: Interaction) -> None:
         self.added.append(item)
 

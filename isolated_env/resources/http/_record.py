@@ -133,13 +133,7 @@ class Recorder:
     def unmet(self) -> list[Problem]:
         if self.mode not in ("replay", "record_missing"):
             return []
-        return [
-            Problem(
-                f"recorded interaction {item.request['method']} {item.request['path']} "
-                f"(key {item.key}) was never requested: unused in {self.cassette.path}"
-            )
-            for item in self.cassette.unused()
-        ]
+        return [Problem(message) for message in self.cassette.unused_messages()]
 
     async def aclose(self, problems: ProblemLog) -> None:
         try:
