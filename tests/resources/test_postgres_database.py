@@ -337,6 +337,27 @@ async def test_files_and_setup_callable_build_the_template(tmp_path: Path, admin
     await prune_templates(admin, [tpl.database_name])
 
 
+async def test_a_template_has_its_name_only_once_it_is_whole(admin: asyncpg.Connection) -> None:
+    """Built under a name of its own and renamed as it is sealed: a warm pool copying the template
+    while it is dropped and rebuilt finds no database to copy, never an empty one."""
+    seen: dict[str, object] = {}
+
+    async def setup(db: ie.PostgresHandle) -> None:
+        await db.execute("INSERT INTO t VALUES (1)")
+        seen["building_as"] = db.database
+        seen["name_exists"] = await database_exists(admin, tpl.database_name)
+        with pytest.raises(asyncpg.InvalidCatalogNameError):
+            await admin.execute(f'CREATE DATABASE "{unique("copy")}" TEMPLATE "{tpl.database_name}"')
+
+    tpl = PostgresTemplate(name=unique("whole"), sql="CREATE TABLE t (x int)", setup=setup)
+    async with ie.isolated_postgres(mode="database", template=tpl) as db:
+        assert await db.fetchval("SELECT count(*) FROM t") == 1
+    assert seen["name_exists"] is False and seen["building_as"] != tpl.database_name
+    assert not await database_exists(admin, str(seen["building_as"]))  # renamed, not copied
+    await settle()
+    await prune_templates(admin, [tpl.database_name])
+
+
 async def test_failing_setup_is_a_template_error_and_leaves_nothing(admin: asyncpg.Connection) -> None:
     async def setup(db: ie.PostgresHandle) -> None:
         await db.execute("CREATE TABLE half (x int)")
@@ -347,6 +368,7 @@ async def test_failing_setup_is_a_template_error_and_leaves_nothing(admin: async
         async with ie.isolated_postgres(mode="database", template=tpl):
             pass  # pragma: no cover
     assert not await database_exists(admin, tpl.database_name)
+    assert not await database_exists(admin, "ie_tpb_" + tpl.database_name.removeprefix("ie_tpl_"))  # nor half of it
 
 
 async def test_transaction_mode_on_a_template() -> None:

@@ -2,7 +2,8 @@
 content and reused while that hash holds (also by later runs while the server is up).
 
 A build runs under an advisory lock, so racing processes build a template once; it is finished
-and labelled in one step, and nothing half-built is left behind, even when it is cancelled.
+and labelled in one step, and nothing half-built is left behind, even when it is cancelled. It is built under a name of
+its own (``ie_tpb_…``) and renamed into place as it is sealed, so nothing can copy it half-built.
 """
 
 from __future__ import annotations
@@ -287,20 +288,29 @@ async def build_template(server: PostgresServer, template: PostgresTemplate) -> 
     return TemplateBuild(name, template.digest, built=built, ms=(time.perf_counter() - started) * 1000)
 
 
+def _building_name(name: str) -> str:
+    """The name a template is built under until it is finished: ``ie_tpb_…`` for ``ie_tpl_…``."""
+    return "ie_tpb_" + name.removeprefix("ie_tpl_")
+
+
 async def _build(admin: Any, server: PostgresServer, template: PostgresTemplate, name: str, using: Rails) -> None:
+    """Build ``template`` under a name of its own and rename it into place when finished, so no
+    database named ``name`` exists half-built: a clone of it (a warm pool copying while the
+    template is dropped and rebuilt) gets the whole template or fails for want of it."""
     asyncpg = driver.module()
     _digest, sources = template._content
-    # A database of this name that is not a finished template was left by a builder that died
-    # (we hold the lock, so nobody is building it now).
+    building = _building_name(name)
+    # What a builder that died left, under either name (we hold the lock: nobody is building it now).
     await drop(admin, name)
+    await drop(admin, building)
     try:
-        await create_database(admin, server, name, using.base, grant=using.role, building=template.name)
+        await create_database(admin, server, building, using.base, grant=using.role, building=template.name)
     except asyncpg.InsufficientPrivilegeError as exc:
         raise no_createdb(server, exc) from exc
     except asyncpg.PostgresError as exc:
-        raise TemplateError(f"template {template.name!r}: cannot create its database {name}: {exc}") from exc
+        raise TemplateError(f"template {template.name!r}: cannot create its database {building}: {exc}") from exc
     try:
-        conn = await driver.connect(using.tests, name)  # what it makes belongs to the tests' role
+        conn = await driver.connect(using.tests, building)  # what it makes belongs to the tests' role
         try:
             for source, text in sources:
                 for number, (line, statement) in enumerate(split_sql(text), 1):
@@ -310,7 +320,7 @@ async def _build(admin: Any, server: PostgresServer, template: PostgresTemplate,
                         message = _statement_failed(template, source, number, line, statement, exc)
                         raise TemplateError(message) from exc
             if template.setup is not None:
-                handle = PostgresHandle(conn, using.tests, name, "template", None)
+                handle = PostgresHandle(conn, using.tests, building, "template", None)
                 try:
                     await template.setup(handle)
                 except Exception as exc:
@@ -319,10 +329,11 @@ async def _build(admin: Any, server: PostgresServer, template: PostgresTemplate,
         finally:
             with anyio.CancelScope(shield=True):
                 await driver.close(conn)
-        await _disconnect_all(admin, name)
+        await _disconnect_all(admin, building)
         label = json.dumps({"template": template.name, "digest": template.digest, "run": run_id(),
                             "built_at": round(time.time()), "built_by": me().as_dict()})
-        async with admin.transaction():  # finished and labelled in one step: complete, or not there
+        async with admin.transaction():  # renamed, finished and labelled in one step: complete, or not there
+            await admin.execute(f"ALTER DATABASE {quote_ident(building)} RENAME TO {quote_ident(name)}")
             await admin.execute(
                 f"ALTER DATABASE {quote_ident(name)} WITH IS_TEMPLATE true ALLOW_CONNECTIONS false"
             )
@@ -333,9 +344,9 @@ async def _build(admin: Any, server: PostgresServer, template: PostgresTemplate,
             try:
                 if admin.is_in_transaction():  # cancelled inside the sealing transaction
                     await admin.execute("ROLLBACK")
-                await drop(admin, name)
+                await drop(admin, building)
             except Exception as exc:  # the build's own error matters more; the next builder drops it
-                log.debug("isolated_env: could not drop the half-built template %s: %r", name, exc)
+                log.debug("isolated_env: could not drop the half-built template %s: %r", building, exc)
         raise
 
 
