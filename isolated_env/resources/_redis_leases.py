@@ -43,15 +43,31 @@ class _LeaseKeeper:
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self.on_lost: Callable[[Any], None] | None = None  # told of each slot found lost
+        self._period: float | None = None  # the period the thread last waited by
 
     def add(self, slot: Any) -> None:
         with self._lock:
             self._held.setdefault(slot.server.key, (slot.server, {}))[1][slot.db] = slot
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="isolated-env-redis-leases", daemon=True)
                 self._thread.start()
             else:
                 self._wake.set()  # the period may have changed (tests shorten it): the thread looks again
+
+    def reused(self, slot: Any) -> bool:
+        """Whether a held slot may be handed out again from a loop's pool: not if its lease was
+        lost while it sat there. As :meth:`add` does, wakes the thread when its period has changed
+        since it last looked (tests shorten it), or a slot handed out again would be kept by the
+        old period, and a loss found too late."""
+        if slot.lost is not None:
+            return False
+        try:
+            changed = self._period is not None and self._every_s() != self._period
+        except Exception:  # a bad setting: the thread reports it on its next beat
+            changed = False
+        if changed:
+            self._wake.set()
+        return True
 
     def remove(self, slot: Any) -> None:
         self.discard(slot.server, slot.db)
@@ -68,13 +84,20 @@ class _LeaseKeeper:
 
     def _run(self) -> None:
         last_ok: dict[str, float] = {}
+        beating: dict[str, threading.Thread] = {}  # each server's beat in flight
         beat = time.monotonic()
-        applied_ttl_s = self._ttl_ms() / 1000
+        ttl_ms = self._ttl_or(30_000)
+        applied_ttl_s = ttl_ms / 1000
 
         def due() -> float:
             # Never later than a third of the TTL the last beat gave the keys: when the TTL grows
             # (tests shorten it for a while), keys set with the short one are renewed in time.
-            return beat + min(self._every_s(), applied_ttl_s / 3)
+            try:
+                every = self._every_s()
+            except Exception:  # a bad setting for a while (reported on the beat): keep the last good period
+                every = self._period if self._period is not None else applied_ttl_s / 3
+            self._period = every
+            return beat + min(every, applied_ttl_s / 3)
 
         while True:
             self._wake.wait(max(0.0, due() - time.monotonic()))
@@ -90,11 +113,40 @@ class _LeaseKeeper:
                     continue  # woken early by add(): not due yet
                 held = [(url, server, dict(slots)) for url, (server, slots) in self._held.items()]
             beat = time.monotonic()
-            applied_ttl_s = self._ttl_ms() / 1000
+            ttl_ms = self._ttl_or(ttl_ms)
+            applied_ttl_s = ttl_ms / 1000
             for url, server, slots in held:
-                self._refresh(url, server, slots, last_ok)
+                # Each server is beaten on a thread of its own: one slow to answer (stopped with
+                # SIGSTOP, a network in trouble: up to the socket timeout) holds up no other's beat.
+                # A server still on its last beat is skipped this time.
+                running = beating.get(url)
+                if running is not None and running.is_alive():
+                    continue
+                beating[url] = threading.Thread(
+                    target=self._refresh_safely, args=(url, server, slots, last_ok, ttl_ms),
+                    name="isolated-env-redis-lease-beat", daemon=True,
+                )
+                beating[url].start()
+            for url in [u for u, t in beating.items() if not t.is_alive()]:
+                del beating[url]
 
-    def _refresh(self, url: str, server: RedisServer, slots: dict[int, Any], last_ok: dict[str, float]) -> None:
+    def _refresh_safely(self, *args: Any) -> None:
+        try:
+            self._refresh(*args)
+        except Exception as exc:  # whatever it was, the heartbeat goes on: the leases depend on it
+            log.warning("isolated_env: a Redis lease heartbeat on %s failed (%r); trying again next beat",
+                        redact_url(args[0]), exc)
+
+    def _ttl_or(self, last: int) -> int:
+        try:
+            return self._ttl_ms()
+        except Exception as exc:  # a bad ISOLATED_ENV_LEASE_TTL set for a while: keep the last good one
+            log.warning("isolated_env: the Redis lease TTL cannot be read (%s); keeping %d ms", exc, last)
+            return last
+
+    def _refresh(
+        self, url: str, server: RedisServer, slots: dict[int, Any], last_ok: dict[str, float], ttl_ms: int
+    ) -> None:
         from .._drivers.redis import sync_client
 
         keys = [self._key(db) for db in slots]
@@ -105,7 +157,7 @@ class _LeaseKeeper:
             client = (self._connect(server, **timeouts) if self._connect is not None
                       else sync_client(**server.client_kwargs(0), **timeouts, retry=None))
             try:
-                lost = client.eval(self._script, len(keys), *keys, self._owner(), self._ttl_ms())
+                lost = client.eval(self._script, len(keys), *keys, self._owner(), ttl_ms)
             finally:
                 client.close()
         except Exception as exc:  # the server may answer on the next beat; the TTL decides
@@ -122,11 +174,11 @@ class _LeaseKeeper:
                     self._lost(slot)
                 return
             log.warning("isolated_env: refreshing Redis leases on %s failed: %r", redact_url(url), exc)
-            if time.monotonic() - last_ok.setdefault(url, time.monotonic()) > self._ttl_ms() / 1000:
+            if time.monotonic() - last_ok.setdefault(url, time.monotonic()) > ttl_ms / 1000:
                 for slot in slots.values():
                     slot.lost = slot.lost or (
                         f"the lease of {self._what(slot.db)} expired: its heartbeat could not reach the server "
-                        f"for over {self._ttl_ms() // 1000} s ({exc!r}); another run may have used the database"
+                        f"for over {ttl_ms // 1000} s ({exc!r}); another run may have used the database"
                     )
                     self._lost(slot)
             return

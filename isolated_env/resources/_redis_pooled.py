@@ -32,6 +32,7 @@ class RedisPooled(PooledResource[T, H]):
     what: ClassVar[str]  # what is leased, in messages: "database", "key prefix"
     many: ClassVar[str]  # and in the pool's name: "databases", "prefixes"
     pool_tag: ClassVar[str]
+    keeper: ClassVar[Any]  # the _LeaseKeeper of its leases
 
     def __init__(self, *, keep_on_failure: bool | None = None) -> None:
         self.keep_on_failure = keep_on_failure
@@ -66,6 +67,11 @@ class RedisPooled(PooledResource[T, H]):
     async def destroy(self, item: T) -> None:
         with redis_driver.translate(f"releasing {self.describe(item)}", failure=TeardownError):
             await self.slots.destroy(item)
+
+    def validate(self, item: T) -> bool:
+        # An idle item whose lease was lost meanwhile is never handed out again (it is released
+        # unwiped: someone else may hold it now).
+        return bool(type(self).keeper.reused(item))
 
     def wrap(self, item: T) -> H:
         item.clean = False  # type: ignore[attr-defined]

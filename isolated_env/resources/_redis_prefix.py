@@ -18,6 +18,7 @@ from . import redis as db_mode
 from ._redis_handle import RedisPrefixHandle
 from ._redis_pooled import RedisPooled
 from ._redis_prefixes import PREFIXES, _Prefix, prefixes_for
+from ._redis_prefixes import _keeper as _prefix_keeper
 
 __all__ = ["MODES", "RedisPrefixResource", "by_mode", "choose_mode", "self_check"]
 
@@ -43,6 +44,7 @@ class RedisPrefixResource(RedisPooled[_Prefix, RedisPrefixHandle]):
 
     handle = RedisPrefixHandle
     what, many, pool_tag = "key prefix", "prefixes", "redis-prefix"
+    keeper = _prefix_keeper
 
     def slots_for(self, server: RedisServer, runtime: Runtime) -> Any:
         return prefixes_for(server, runtime)

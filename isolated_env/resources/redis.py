@@ -266,6 +266,7 @@ class RedisResource(RedisPooled[_Slot, RedisHandle]):
 
     handle = RedisHandle
     what, many, pool_tag = "database", "databases", "redis"
+    keeper = _keeper
 
     def slots_for(self, server: RedisServer, runtime: Runtime) -> _Slots:
         return _slots_for(server, runtime)

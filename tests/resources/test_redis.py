@@ -237,6 +237,31 @@ async def test_a_lost_lease_fails_the_test_that_holds_it(
         await control.aclose()
 
 
+async def test_the_heartbeat_outlives_a_bad_setting_read_on_a_beat(
+    clean_environ: pytest.MonkeyPatch, small_redis: str
+) -> None:
+    """A beat that raises (here a bad ISOLATED_ENV_LEASE_TTL, set for a while by some code) must not
+    end the heartbeat thread: the leases it keeps would otherwise quietly expire, and be leased again."""
+    from isolated_env.resources import redis as resource
+
+    clean_environ.setattr(resource, "HEARTBEAT_S", None)
+    clean_environ.setattr(resource, "LEASE_TTL_MS", None)
+    clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "1.5")  # a beat every 0.5 s
+    clean_environ.setenv("TEST_REDIS_URL", small_redis)
+    control = aredis.from_url(small_redis)
+    try:
+        with pytest.raises(ie.IsolationBroken, match=r"lease of Redis database \d+ was taken by someone else"):
+            async with ie.isolated_redis() as r:
+                await r.set("k", "v")
+                clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "soon")
+                await anyio.sleep(2.0)  # beats that read the bad setting, for longer than the TTL
+                clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "1.5")
+                assert await control.delete(f"ie:slot:{r.db}") == 1  # kept alive all along, now taken
+                await anyio.sleep(1.5)  # the beats that find it taken
+    finally:
+        await control.aclose()
+
+
 async def test_keep_on_failure_keeps_the_database_leased_until_pruned(
     clean_environ: pytest.MonkeyPatch, small_redis: str
 ) -> None:
