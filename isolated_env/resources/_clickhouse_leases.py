@@ -1,23 +1,29 @@
-"""Server-side leases of the ClickHouse databases a process made on an external server.
+"""Server-side leases of what a process made on an external ClickHouse server: its databases, and
+in prefix mode its table prefixes.
 
-A database's comment is its owner label (:mod:`isolated_env._ownership`) plus ``exp``, the end of its
-lease in the server's clock, renewed by the heartbeat (:class:`isolated_env._leases.Keeper`) while
-the process holds it. A reaper anywhere drops a database only when its owner is provably dead (in
-the reaper's own machine and PID namespace) or its lease has ended.
+A database's comment (in prefix mode, the comment of the prefix's marker table ``<prefix>_owner``)
+is its owner label (:mod:`isolated_env._ownership`) plus ``exp``, the end of its lease in the
+server's clock, renewed by the heartbeat (:class:`isolated_env._leases.Keeper`) while the process
+holds it. A reaper anywhere drops it only when its owner is provably dead (in the reaper's own
+machine and PID namespace) or its lease has ended.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._errors import IsolationBroken
 from .._leases import Keeper, expired, lease_label
-from .._ownership import alive, lease_ttl, me, parse
+from .._ownership import Scope, alive, lease_ttl, me, parse
 
 if TYPE_CHECKING:
     from .._servers.clickhouse import ClickHouseServer
 
-__all__ = ["check", "comment", "hold", "keeper", "let_go", "reapable", "server_now", "untouched"]
+__all__ = [
+    "check", "comment", "hold", "hold_marker", "keeper", "let_go", "lost", "markers", "reapable", "server_now",
+    "untouched",
+]
 
 NOW = "toFloat64(toUnixTimestamp64Milli(now64(3))) / 1000"
 
@@ -35,20 +41,42 @@ async def server_now(client: Any) -> float:
 
 
 async def renew(client: Any, names: list[str]) -> tuple[dict[str, str], float]:
-    """Push the leases of ``names`` one TTL ahead; returns those found lost, with why, and the
-    server's time."""
+    """Push the leases of the databases ``names`` one TTL ahead; returns those found lost, with why,
+    and the server's time."""
     result = await client.query(
         f"SELECT name, comment, {NOW} FROM system.databases WHERE has({{names:Array(String)}}, name)",
         parameters={"names": names},
     )
-    rows = {name: (text, now) for name, text, now in result.result_rows}
+    return await _renew(client, names, result.result_rows, "database",
+                        lambda name: f"DATABASE {_ident(name)}")
+
+
+async def renew_markers(client: Any, names: list[str]) -> tuple[dict[str, str], float]:
+    """The same for prefix mode's marker tables, named ``<database>.<table>``."""
+    result = await client.query(
+        f"SELECT concat(database, '.', name), comment, {NOW} FROM system.tables "
+        "WHERE has({names:Array(String)}, concat(database, '.', name))",
+        parameters={"names": names},
+    )
+    return await _renew(client, names, result.result_rows, "marker table", _table)
+
+
+def _table(name: str) -> str:
+    database, _, table = name.rpartition(".")
+    return f"TABLE {_ident(database)}.{_ident(table)}"
+
+
+async def _renew(
+    client: Any, names: list[str], found: list[Any], what: str, target: Callable[[str], str]
+) -> tuple[dict[str, str], float]:
+    rows = {name: (text, now) for name, text, now in found}
     now = next(iter(rows.values()))[1] if rows else await server_now(client)
     lost: dict[str, str] = {}
     mine = me()
     for name in names:
         parsed = parse(rows[name][0]) if name in rows else None
         if name not in rows:
-            lost[name] = "the database was dropped by someone else"
+            lost[name] = f"the {what} was dropped by someone else"
         elif parsed is None or parsed[0] != mine:
             lost[name] = "its comment now names another owner"
         elif expired(parsed[1], now):
@@ -56,13 +84,12 @@ async def renew(client: Any, names: list[str]) -> tuple[dict[str, str], float]:
         else:
             label = mine.label(**{**parsed[1], "exp": round(now + lease_ttl(), 1)})
             try:
-                await client.command(f"ALTER DATABASE {_ident(name)} MODIFY COMMENT {_literal(label)}",
-                                     use_database=False)
+                await client.command(f"ALTER {target(name)} MODIFY COMMENT {_literal(label)}", use_database=False)
             except Exception:
                 # Dropped between the look and the renewal (its owner let it go): lost if still held.
-                if await client.command(f"EXISTS DATABASE {_ident(name)}", use_database=False) not in (0, "0"):
+                if await client.command(f"EXISTS {target(name)}", use_database=False) not in (0, "0"):
                     raise
-                lost[name] = "the database was dropped by someone else"
+                lost[name] = f"the {what} was dropped by someone else"
     return lost, float(now)
 
 
@@ -76,18 +103,31 @@ async def _close(client: Any) -> None:
     await client.close()
 
 
-_keeper = Keeper("ClickHouse database", lambda server: f"{server.url}#{server.username}", _connect, _close, renew,
-                 lambda server: (server.host, server.port))
+def _server_key(server: ClickHouseServer) -> str:
+    return f"{server.url}#{server.username}"
+
+
+def _where(server: ClickHouseServer) -> tuple[str, int]:
+    return (server.host, server.port)
+
+
+_keeper = Keeper("ClickHouse database", _server_key, _connect, _close, renew, _where)
+# Prefix mode: the lease of a table prefix lives in its marker table's comment.
+_markers = Keeper("ClickHouse table prefix", _server_key, _connect, _close, renew_markers, _where)
 
 
 def keeper() -> Keeper:
     return _keeper
 
 
-async def comment(client: Any, server: ClickHouseServer, *, kept: bool = False, leased: bool = True) -> str:
-    """The label of a database made now: with a lease on an external server (unless kept, or not
-    ``leased``: a prefix mode marker table, judged by its owner's liveness alone)."""
-    if server.source != "external" or kept or not leased:
+def markers() -> Keeper:
+    return _markers
+
+
+async def comment(client: Any, server: ClickHouseServer, *, kept: bool = False) -> str:
+    """The label of a database (or marker table) made now: with a lease on an external server,
+    unless kept."""
+    if server.source != "external" or kept:
         return lease_label({"kept": True} if kept else {}, None)
 
     async def now() -> float:
@@ -101,22 +141,39 @@ def hold(server: ClickHouseServer, name: str) -> None:
         _keeper.hold(server, name)
 
 
+def hold_marker(server: ClickHouseServer, name: str) -> None:
+    """Keep the lease of the marker table ``name`` (``<database>.<table>``) alive."""
+    if server.source == "external":
+        _markers.hold(server, name)
+
+
 def let_go(name: str) -> None:
+    """Stop renewing the lease of database (or marker table) ``name``."""
     _keeper.let_go(name)
+    _markers.let_go(name)
+
+
+def lost(name: str) -> str | None:
+    """Why the lease of database (or marker table) ``name`` was lost; None while it holds."""
+    return _keeper.lost(name) or _markers.lost(name)
 
 
 def check(name: str) -> None:
-    """Raise ``IsolationBroken`` when the lease of database ``name`` was lost."""
-    why = _keeper.lost(name)
+    """Raise ``IsolationBroken`` when the lease of database (or marker table) ``name`` was lost."""
+    why = lost(name)
     if why is not None:
         raise IsolationBroken(why)
 
 
-def reapable(text: str, now: float, *, kept: bool = False) -> bool:
-    """Whether a database labelled ``text`` may be dropped: one of ours whose owner is provably dead,
-    or whose lease has ended; a kept one only when ``kept`` asks for those too."""
+_ALL = Scope()
+
+
+def reapable(text: str, now: float, *, kept: bool = False, scope: Scope = _ALL) -> bool:
+    """Whether a database (or marker table) labelled ``text`` may be dropped: one of ours, named by
+    ``scope``, whose owner is provably dead or whose lease has ended; a kept one only when ``kept``
+    asks for those too."""
     parsed = parse(text)
-    if parsed is None:
+    if parsed is None or not scope.covers(parsed[0]):
         return False
     if parsed[1].get("kept"):
         return kept

@@ -1,6 +1,6 @@
 """The private databases (or table prefixes) behind isolated_clickhouse, on one server and loop:
 made, swapped on release, dropped in the background, kept for a failed test, reaped when their
-owner has died."""
+lease has ended or their owner has died (:mod:`._clickhouse_reap`)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ from .._runtime import Runtime
 from .._servers.clickhouse import ClickHouseServer
 from ._clickhouse_leases import check as check_lease
 from ._clickhouse_leases import comment as lease_comment
-from ._clickhouse_leases import hold, let_go, reapable, server_now, untouched
+from ._clickhouse_leases import hold, hold_marker, let_go, untouched
+from ._clickhouse_reap import drop_prefixed as _drop_prefixed
+from ._clickhouse_reap import reap
 
 __all__ = ["Mode", "connect", "reap"]
 
@@ -45,55 +47,6 @@ async def connect(server: ClickHouseServer, database: str) -> Any:
     return await ch_driver.connect(**server.client_kwargs(database), autogenerate_session_id=False)
 
 
-async def reap(admin: Any, server: ClickHouseServer, mode: Mode, *, kept: bool = False) -> list[str]:
-    """Drop what isolated_env created for owners that provably died or whose lease ended; returns
-    what was dropped."""
-    dropped: list[str] = []
-    now = await server_now(admin)
-    if mode == "database":
-        rows = (
-            await admin.query("SELECT name, comment FROM system.databases WHERE startsWith(name, 'ie_')")
-        ).result_rows
-        for name, comment in rows:
-            if reapable(comment, now, kept=kept):
-                await admin.command(f"DROP DATABASE IF EXISTS {_ident(name)} SYNC", use_database=False)
-                dropped.append(name)
-        if dropped:
-            log.info("isolated_env: dropped ClickHouse databases %s: their owner died, or they were kept and "
-                     "pruned", ", ".join(dropped))
-        return dropped
-    rows = (
-        await admin.query(
-            "SELECT name, comment FROM system.tables WHERE database = {db:String} "
-            "AND startsWith(name, 'ie_') AND endsWith(name, '__owner')",
-            parameters={"db": server.database},
-        )
-    ).result_rows
-    for marker, comment in rows:
-        if reapable(comment, now, kept=kept):
-            prefix = marker[: -len("_owner")]
-            dropped += await _drop_prefixed(admin, server.database, prefix, keep=None)
-    return dropped
-
-
-async def _drop_prefixed(client: Any, database: str, prefix: str, keep: str | None) -> list[str]:
-    rows = (
-        await client.query(
-            "SELECT name, engine FROM system.tables "
-            "WHERE database = {db:String} AND startsWith(name, {p:String})",
-            parameters={"db": database, "p": prefix},
-        )
-    ).result_rows
-    dropped = []
-    for name, engine in rows:
-        if name == keep:
-            continue
-        kind = "DICTIONARY" if engine == "Dictionary" else "TABLE"
-        await client.command(f"DROP {kind} IF EXISTS {_ident(database)}.{_ident(name)} SYNC")
-        dropped.append(f"{database}.{name}")
-    return dropped
-
-
 class _Slot:
     __slots__ = ("base", "client", "database", "prefix", "user")
 
@@ -109,6 +62,11 @@ class _Slot:
     @property
     def marker(self) -> str:
         return self.prefix + "_owner"
+
+    @property
+    def lease(self) -> str:
+        """The name its lease is held by: the database, or in prefix mode ``<database>.<marker>``."""
+        return f"{self.database}.{self.marker}" if self.prefix else self.database
 
 
 class _Slots:
@@ -187,8 +145,9 @@ class _Slots:
                 slot = _Slot(client, self.server.database, name + "_", base=self._admin_base())
                 await client.command(
                     f"CREATE TABLE {_ident(slot.database)}.{_ident(slot.marker)} (x UInt8) ENGINE = Memory "
-                    f"COMMENT {_literal(await lease_comment(client, self.server, leased=False))}"
+                    f"COMMENT {_literal(await lease_comment(client, self.server))}"
                 )
+                hold_marker(self.server, slot.lease)
                 return slot
             await self._make_database(client, name)
         except BaseException:
@@ -229,6 +188,7 @@ class _Slots:
         database as a spare if the test made nothing in it, else drops it. Without a spare, an
         untouched database stays with the slot (one SELECT); a used one is replaced in-line."""
         if self.mode == "prefix":
+            check_lease(slot.lease)  # lost while the test held it: another run may have reaped it
             await self.clean(slot)
             return
         check_lease(slot.database)  # lost while the test held it: another run may have reaped it
@@ -343,6 +303,7 @@ class _Slots:
             self._forget(slot)
             where = f"database {slot.database} at {redact_url(self.server.url)}"
         else:
+            let_go(slot.lease)
             await slot.client.command(
                 f"ALTER TABLE {_ident(slot.database)}.{_ident(slot.marker)} "
                 f"MODIFY COMMENT {_literal(await lease_comment(slot.client, self.server, kept=True))}"
@@ -385,6 +346,7 @@ class _Slots:
             if self.mode == "database":
                 await self._drop_database(await self._ddl(slot), slot.database)
             else:
+                let_go(slot.lease)
                 await _drop_prefixed(slot.client, slot.database, slot.prefix, keep=None)
         finally:
             await slot.client.close()

@@ -59,6 +59,10 @@ class RedisPrefixHandle(RedisHandle):
 
     ``.url`` logs in as that user (``.username``, ``.password``); ``.db`` is 0; ``.server.cluster``
     says whether the client is a ``RedisCluster``.
+
+    ACL key patterns do not filter ``SCAN`` (``KEYS`` is refused): the handle's ``scan`` and
+    ``scan_iter`` stay in the prefix, a ``match`` that does not start with it being put under it
+    (none: ``prefix*``); ``.client.scan()`` without a ``MATCH`` lists other tests' key names.
     """
 
     def __init__(self, item: Any) -> None:  # a prefix's lease (``_redis_prefixes._Prefix``)
@@ -70,6 +74,22 @@ class RedisPrefixHandle(RedisHandle):
         self.username: str | None = item.username
         self.password = item.password
         self.prefix = item.prefix
+
+    def within(self, match: str | bytes | None) -> str | bytes:
+        """A SCAN pattern confined to the prefix: ``match`` if it starts with it, else under it."""
+        if match is None:
+            return self.prefix + "*"
+        if isinstance(match, bytes):
+            return match if match.startswith(self.prefix.encode()) else self.prefix.encode() + match
+        return match if match.startswith(self.prefix) else self.prefix + match
+
+    if not TYPE_CHECKING:  # the signatures are redis-py's own, as type checkers see them on Redis
+
+        def scan(self, cursor=0, match=None, count=None, _type=None, **kwargs):
+            return self.client.scan(cursor, match=self.within(match), count=count, _type=_type, **kwargs)
+
+        def scan_iter(self, match=None, count=None, _type=None, **kwargs):
+            return self.client.scan_iter(match=self.within(match), count=count, _type=_type, **kwargs)
 
     def __repr__(self) -> str:
         return f"<RedisPrefixHandle prefix={self.prefix} url={redact_url(self.url)}>"

@@ -5,8 +5,10 @@ key of one prefix lives in one cluster slot, so multi-key commands, transactions
 on a cluster as on a single server. The test's client authenticates as ``ie-p-<n>``, an ACL user
 allowed the keys ``{ie:<n>}:*`` and the channels ``{ie:<n>}:*`` and nothing else: a read, write or
 publish outside its namespace is refused by the server (``NOPERM``), as are ``FLUSHDB``,
-``FLUSHALL``, ``KEYS``, ``SELECT`` and the ``@admin`` commands. ``SCAN`` stays allowed (with
-``MATCH handle.key("*")``); without a pattern it lists the names of other tests' keys.
+``FLUSHALL``, ``KEYS``, ``SELECT`` and the ``@admin`` commands. ``SCAN`` stays allowed (apps scan
+their key prefix): the handle's ``scan``/``scan_iter`` stay in the prefix, a bare one lists other
+tests' key names. A connection a test logged in as someone else is closed on release
+(:mod:`._redis_reauth`).
 
 The prefixes are leased in the server as the databases are (:mod:`.redis`): ``SET NX PX`` on
 ``{ie:leases}:p:<n>`` (one slot, so one script leases on a cluster too), kept alive by the same
@@ -36,6 +38,7 @@ from .._servers import _redis_acl
 from .._servers.redis import RedisServer
 from . import redis as db_mode
 from ._redis_leases import _Bank, _LeaseKeeper
+from ._redis_reauth import guard, log_in_again
 
 __all__ = ["PREFIXES", "lease_key", "prefix_of", "prefixes_for", "reap_prefixes", "user_of"]
 
@@ -168,8 +171,8 @@ def _test_client(server: RedisServer, n: int) -> Any:
     user = _user_server(server, n)
     if server.cluster:
         commands = _commands.setdefault(server.key, {})
-        return redis_cluster.asyncio_cluster_client(**redis_cluster.cluster_kwargs(user), commands=commands)
-    return redis_driver.asyncio_client(**user.client_kwargs(0))
+        return guard(redis_cluster.asyncio_cluster_client(**redis_cluster.cluster_kwargs(user), commands=commands))
+    return guard(redis_driver.asyncio_client(**user.client_kwargs(0)))
 
 
 class _Prefixes:
@@ -281,6 +284,7 @@ class _Prefixes:
         if item.lost is not None:
             raise IsolationBroken(item.lost)
         await self.wipe(item.db)
+        await log_in_again(item.client)  # a test that logged a connection in as someone else
         item.clean = True
 
     async def destroy(self, item: _Prefix) -> None:

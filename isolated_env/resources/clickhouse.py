@@ -9,8 +9,8 @@ databases of owners that have died (a SIGKILLed run leaves nothing behind after 
 
 ``mode="prefix"`` is for servers where the user may not create databases: the test shares the
 server's database and names its tables with ``handle.table("events")`` (``<prefix>events``);
-every table carrying the prefix is dropped on release. The owner is recorded in the comment of a
-marker table ``<prefix>_owner``.
+every table carrying the prefix is dropped on release. The owner (and, on an external server, the
+prefix's lease) is recorded in the comment of a marker table ``<prefix>_owner``.
 """
 
 from __future__ import annotations
@@ -20,14 +20,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 from .._config import Settings
-from .._contract import Kept, PooledResource, current_settings
+from .._contract import Kept, Outcome, PooledResource, current_settings
 from .._drivers import clickhouse as ch_driver
 from .._errors import ConfigError, IsolationBroken, TeardownError
+from .._ownership import Scope
 from .._redact import redact_url
 from .._resource import ResourceContext
 from .._runtime import current_runtime
 from .._servers import clickhouse as servers
 from .._servers.clickhouse import ClickHouseServer
+from ._clickhouse_leases import lost as lease_lost
 from ._clickhouse_slots import Mode, _Slot, _Slots
 from ._clickhouse_slots import connect as _connect
 from ._clickhouse_slots import reap as _reap
@@ -35,6 +37,8 @@ from ._died import died as _died
 from ._died import watch as _watch
 
 __all__ = ["ClickHouseHandle", "ClickHouseResource", "isolated_clickhouse", "prune", "settle"]
+
+_ALL = Scope()
 
 if TYPE_CHECKING:
     # Type checkers see every client method on the handle; at run time the handle is a plain
@@ -138,6 +142,16 @@ class ClickHouseResource(PooledResource[_Slot, ClickHouseHandle]):
         if self._lease is not None:
             await self.slots.clean(self._lease.value)
 
+    async def release(self, handle: ClickHouseHandle, outcome: Outcome) -> Kept | None:
+        """Give the slot back; a lease lost while the test held it fails the test (after the
+        release, which drops what the slot held rather than hand it out again)."""
+        lease = self._lease
+        lost = lease_lost(lease.value.lease) if lease is not None else None
+        kept = await super().release(handle, outcome)
+        if lost is not None:
+            raise IsolationBroken(lost)
+        return kept
+
     async def keep(self, item: _Slot) -> Kept:
         with ch_driver.translate(f"keeping database {item.database}", failure=TeardownError):
             return await self.slots.keep(item)
@@ -152,11 +166,18 @@ class ClickHouseResource(PooledResource[_Slot, ClickHouseHandle]):
                 raise IsolationBroken("isolation self-check failed: a concurrent test saw another's table")
 
     @classmethod
-    async def reap(cls, settings: Settings, *, kept: bool = False) -> list[str]:
+    async def reap(
+        cls, settings: Settings, *, kept: bool = False, scope: Scope = _ALL, dry_run: bool = False
+    ) -> list[str]:
+        """``isolated-env prune``: databases and table prefixes whose owner died or whose lease ended
+        (``scope`` narrows it, ``dry_run`` only lists them)."""
         server = await servers.ensure_server(settings)
         admin = await _connect(server, server.database)
         try:
-            return await _reap(admin, server, "database", kept=kept) + await _reap(admin, server, "prefix", kept=kept)
+            return [
+                *await _reap(admin, server, "database", kept=kept, scope=scope, dry_run=dry_run),
+                *await _reap(admin, server, "prefix", kept=kept, scope=scope, dry_run=dry_run),
+            ]
         finally:
             await admin.close()
 
@@ -181,11 +202,14 @@ async def settle() -> None:
             await slots.settle()
 
 
-async def prune(mode: Mode = "database", *, kept: bool = False) -> list[str]:
-    """Drop the databases (or prefixed tables) whose owner process has died; for ``isolated-env prune``."""
+async def prune(
+    mode: Mode = "database", *, kept: bool = False, scope: Scope = _ALL, dry_run: bool = False
+) -> list[str]:
+    """Drop the databases (or prefixed tables) whose owner process has died or whose lease ended;
+    for ``isolated-env prune``."""
     server = await servers.ensure_server(current_settings())
     admin = await _connect(server, server.database)
     try:
-        return await _reap(admin, server, mode, kept=kept)
+        return await _reap(admin, server, mode, kept=kept, scope=scope, dry_run=dry_run)
     finally:
         await admin.close()
