@@ -5,11 +5,13 @@ embedded chdb adaptor named by TEST_CLICKHOUSE_URL (so: external, leased)."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -26,11 +28,23 @@ NOW = "SELECT toFloat64(toUnixTimestamp64Milli(now64(3))) / 1000"
 
 
 @pytest.fixture
-async def external(clean_environ: pytest.MonkeyPatch) -> AsyncIterator[tuple[Any, Any]]:
-    """The embedded ClickHouse named by TEST_CLICKHOUSE_URL, with a short TTL, and an admin client."""
+async def external(clean_environ: pytest.MonkeyPatch, private_state_dir: Path) -> AsyncIterator[tuple[Any, Any]]:
+    """An embedded ClickHouse of this test's own (another worker's reaper would rightly remove the
+    ended leases these tests make), named by TEST_CLICKHOUSE_URL, with a short TTL, and an admin client."""
     from isolated_env._servers import clickhouse as ch_servers
+    from isolated_env._servers import registry
     from isolated_env.resources import _clickhouse_slots as slots
 
+    clean_environ.setenv("ISOLATED_ENV_STATE_DIR", str(private_state_dir))
+    try:
+        async with _external(clean_environ, ch_servers, slots) as found:
+            yield found
+    finally:
+        registry.release("clickhouse", private_state_dir)
+
+
+@contextlib.asynccontextmanager
+async def _external(clean_environ: pytest.MonkeyPatch, ch_servers: Any, slots: Any) -> AsyncIterator[tuple[Any, Any]]:
     embedded = await ch_servers.ensure_server(resolve())
     clean_environ.setenv("TEST_CLICKHOUSE_URL", embedded.dsn())
     clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", str(TTL))
