@@ -5,13 +5,10 @@ embedded chdb adaptor named by TEST_CLICKHOUSE_URL (so: external, leased)."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -23,44 +20,8 @@ from isolated_env._ownership import Owner, Scope, me, parse
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("chdb") is None, reason="needs the chdb extra")
 
-TTL = 3.0
+TTL = 3.0  # the lease TTL the external_clickhouse fixture sets
 NOW = "SELECT toFloat64(toUnixTimestamp64Milli(now64(3))) / 1000"
-
-
-@pytest.fixture
-async def external(clean_environ: pytest.MonkeyPatch, private_state_dir: Path) -> AsyncIterator[tuple[Any, Any]]:
-    """An embedded ClickHouse of this test's own (another worker's reaper would rightly remove the
-    ended leases these tests make), named by TEST_CLICKHOUSE_URL, with a short TTL, and an admin client."""
-    from isolated_env._servers import clickhouse as ch_servers
-    from isolated_env._servers import registry
-    from isolated_env.resources import _clickhouse_slots as slots
-
-    clean_environ.setenv("ISOLATED_ENV_STATE_DIR", str(private_state_dir))
-    try:
-        async with _external(clean_environ, ch_servers, slots) as found:
-            yield found
-    finally:
-        registry.release("clickhouse", private_state_dir)
-
-
-@contextlib.asynccontextmanager
-async def _external(clean_environ: pytest.MonkeyPatch, ch_servers: Any, slots: Any) -> AsyncIterator[tuple[Any, Any]]:
-    embedded = await ch_servers.ensure_server(resolve())
-    clean_environ.setenv("TEST_CLICKHOUSE_URL", embedded.dsn())
-    clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", str(TTL))
-    for attempt in range(3):  # the embedded engine can take longer than the 4 s check on a loaded machine
-        try:
-            server = await ch_servers.ensure_server(resolve())
-            break
-        except ie.ServiceUnavailable:
-            if attempt == 2:
-                raise
-    assert server.source == "external"
-    admin = await slots.connect(server, server.database)
-    try:
-        yield server, admin
-    finally:
-        await admin.close()
 
 
 async def _marker_label(admin: Any, database: str, marker: str) -> dict[str, Any]:
@@ -71,8 +32,8 @@ async def _marker_label(admin: Any, database: str, marker: str) -> dict[str, Any
     return dict(json.loads(rows[0][0])) if rows else {}
 
 
-async def test_a_table_prefix_is_leased_and_renewed(external: tuple[Any, Any]) -> None:
-    _server, admin = external
+async def test_a_table_prefix_is_leased_and_renewed(external_clickhouse: tuple[Any, Any]) -> None:
+    _server, admin = external_clickhouse
     async with ie.isolated_clickhouse(mode="prefix") as ch:
         marker = ch.prefix + "_owner"
         first = await _marker_label(admin, ch.database, marker)
@@ -83,8 +44,8 @@ async def test_a_table_prefix_is_leased_and_renewed(external: tuple[Any, Any]) -
 
 
 @pytest.mark.parametrize("mode", ["database", "prefix"])
-async def test_a_lost_lease_fails_the_test_holding_it(external: tuple[Any, Any], mode: str) -> None:
-    _server, admin = external
+async def test_a_lost_lease_fails_the_test_holding_it(external_clickhouse: tuple[Any, Any], mode: str) -> None:
+    _server, admin = external_clickhouse
     what = "ClickHouse database" if mode == "database" else "ClickHouse table prefix"
     with pytest.raises(ie.IsolationBroken, match=f"lease of {what} .* was lost: the .* was dropped by someone else"):
         async with ie.isolated_clickhouse(mode=mode) as ch:
@@ -103,13 +64,13 @@ def _owner(run: str, *, here: bool, pid: int = 999_999, start: int = 0) -> Owner
     return Owner(me().machine if here else "0therm4chine", me().pidns, pid, start, run)
 
 
-async def test_clickhouse_prune_can_be_narrowed_and_dry_run(external: tuple[Any, Any]) -> None:
+async def test_clickhouse_prune_can_be_narrowed_and_dry_run(external_clickhouse: tuple[Any, Any]) -> None:
     """A database or prefix goes when its lease ended (another machine) or its owner provably died
     (this one), only when ``scope`` names its run or machine; a dry run lists it and drops nothing;
     a live lease, a lease-less foreign owner and a live local owner are never touched."""
     from isolated_env.resources.clickhouse import ClickHouseResource
 
-    server, admin = external
+    server, admin = external_clickhouse
     child = await anyio.run_process([sys.executable, "-c", "import os; print(os.getpid())"])
     gone = int(child.stdout.decode())
     run, other = "zk" + os.urandom(3).hex(), "zl" + os.urandom(3).hex()
@@ -163,8 +124,8 @@ async def test_clickhouse_prune_can_be_narrowed_and_dry_run(external: tuple[Any,
                 await admin.command(f"DROP TABLE IF EXISTS `{db}`.`{prefixes[key]}{table}` SYNC")
 
 
-async def test_the_cli_prune_narrows_clickhouse_instead_of_skipping_it(external: tuple[Any, Any]) -> None:
-    _server, admin = external
+async def test_the_cli_prune_narrows_clickhouse_instead_of_skipping_it(external_clickhouse: tuple[Any, Any]) -> None:
+    _server, admin = external_clickhouse
     run = "zm" + os.urandom(3).hex()
     now = float(await admin.command(NOW))
     name = f"ie_{run}_ended"
