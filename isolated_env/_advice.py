@@ -56,14 +56,14 @@ def recommendation(figures: Figures) -> str | None:
     why = f"{ms:.0f} ms, {100 * share:.0f}% of setup"
     if name == CAPACITY_WAITS:
         return (f"raise the capacity (ISOLATED_ENV_CAPACITY) or switch to a larger profile "
-                f"(--isolated-env-profile): {n} leases waited for a free slot ({why})")
+                f"(--isolated-env-profile): {n} leases waited for a free slot, {why}")
     if name == CLONES:
         return (f"use transaction mode (isolated_postgres(), the default) where a test needs no database of "
-                f"its own: {n} database-mode leases waited for a clone ({why})")
+                f"its own: {n} database-mode leases waited for clones, {why}")
     if name == TEMPLATE_BUILDS:
         return (f"pin the template's version (PostgresTemplate(version=...), with content that does not change "
-                f"from run to run): {n} template builds ({why})")
-    return f"keep the servers warm with `isolated-env up`: {n} server starts ({why})"
+                f"from run to run): {n} template builds took {why}")
+    return f"keep the servers warm with `isolated-env up`: {n} server starts and joins took {why}"
 
 
 def advice(figures: Figures) -> list[str]:
