@@ -2,9 +2,10 @@
 (IntegreSQL keeps between NumCPU and 4 x NumCPU ready; :func:`warm_bounds` says ours).
 
 Demand is the most leases seen within one refill time (how long making one instance takes, as
-measured) over a sliding window. That many ready instances means the next lease of a burst that
-size, or of a steady stream at that rate (Little's law: rate x refill time), finds one ready
-instead of waiting for one being made; a lease that did wait in the window asks for one more. Past
+measured), or waiting at once for an instance, over a sliding window. That many ready instances
+means the next lease of a burst that size, or of a steady stream at that rate (Little's law:
+rate x refill time), finds one ready instead of waiting for one being made; a lease that did wait
+in the window asks for one more. Past
 the window the demand is forgotten and the target falls back towards the low bound: a pool does
 not keep instances ready, each costing a copy of its template, for a burst long over.
 
@@ -43,6 +44,7 @@ class Demand:
         self.hi = max(self.lo, hi)
         self.window = window
         self.refill = refill
+        self._measured = False
         self._clock = clock
         self._recent: collections.deque[float] = collections.deque()  # leases within one refill time
         # (time, leases within one refill time then): times rising, counts falling, so the first
@@ -50,14 +52,16 @@ class Demand:
         self._peaks: collections.deque[tuple[float, int]] = collections.deque()
         self._starved: collections.deque[float] = collections.deque()
 
-    def lease(self, *, starved: bool = False) -> None:
-        """A lease was made; ``starved`` when it found no ready instance and waited for one."""
+    def lease(self, *, starved: bool = False, waiting: int = 0) -> None:
+        """A lease was made; ``starved`` when it found no ready instance and waited for one, with
+        ``waiting`` leases (itself included) waiting then: a burst spread over more than one
+        refill time still counts whole while none of it has been served."""
         now = self._clock()
         recent = self._recent
         recent.append(now)
         while recent[0] < now - self.refill:
             recent.popleft()
-        burst = len(recent)
+        burst = max(len(recent), waiting)
         while self._peaks and self._peaks[-1][1] <= burst:
             self._peaks.pop()
         self._peaks.append((now, burst))
@@ -65,8 +69,11 @@ class Demand:
             self._starved.append(now)
 
     def made(self, seconds: float) -> None:
-        """Making one instance took ``seconds`` (the refill time, averaged)."""
-        self.refill = min(5.0, max(0.005, 0.8 * self.refill + 0.2 * seconds))
+        """Making one instance took ``seconds`` (the refill time: the first measure replaces the
+        guess, later ones are averaged in)."""
+        average = 0.8 * self.refill + 0.2 * seconds if self._measured else seconds
+        self._measured = True
+        self.refill = min(5.0, max(0.005, average))
 
     def peak(self) -> int:
         """The most leases seen within one refill time in the window (0 when none)."""

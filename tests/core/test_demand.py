@@ -45,6 +45,7 @@ def test_a_burst_raises_the_target_to_its_size_and_the_window_forgets_it() -> No
 def test_a_steady_stream_asks_for_rate_times_refill_time() -> None:
     clock = Clock()
     demand = Demand(1, 50, refill=0.05, clock=clock)
+    demand.made(0.05)
     for _ in range(200):  # 100 leases a second, each clone taking 50 ms: five leases per refill
         demand.lease()
         clock.now += 0.01
@@ -55,6 +56,23 @@ def test_a_steady_stream_asks_for_rate_times_refill_time() -> None:
         demand.lease()
         clock.now += 0.01
     assert demand.target() == 10
+
+
+def test_leases_waiting_at_once_count_whole_however_spread_their_arrival() -> None:
+    clock = Clock()
+    demand = Demand(2, 8, refill=0.05, clock=clock)
+    for waiting in range(1, 7):  # six leases 40 ms apart, none served: six waiting by the last
+        demand.lease(starved=True, waiting=waiting)
+        clock.now += 0.04
+    assert demand.peak() == 6 and demand.target() == 7
+
+
+def test_the_first_measured_refill_time_replaces_the_guess() -> None:
+    demand = Demand(1, 8, refill=0.05, clock=Clock())
+    demand.made(0.3)
+    assert demand.refill == 0.3
+    demand.made(0.1)
+    assert abs(demand.refill - 0.26) < 1e-9
 
 
 def test_the_high_bound_caps_the_target() -> None:

@@ -154,7 +154,7 @@ class WarmPool:
                 return clone
             self.release(clone)
         self._starved += 1
-        self.demand.lease(starved=True)
+        self.demand.lease(starved=True, waiting=len(self.waiters) + 1)
         waiter: asyncio.Future[Clone] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         self._wake.set()
