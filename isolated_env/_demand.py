@@ -5,9 +5,9 @@ Demand is the most leases seen within one refill time (how long making one insta
 measured), or waiting at once for an instance, over a sliding window. That many ready instances
 means the next lease of a burst that size, or of a steady stream at that rate (Little's law:
 rate x refill time), finds one ready instead of waiting for one being made; a lease that did wait
-in the window asks for one more. Past
-the window the demand is forgotten and the target falls back towards the low bound: a pool does
-not keep instances ready, each costing a copy of its template, for a burst long over.
+in the window asks for one more. Past the window the demand is forgotten and the target falls
+back towards the low bound: a pool does not keep instances ready, each costing a copy of its
+template, for a burst long over.
 
 Each step is O(1) amortised (a monotonic deque gives the window's maximum), so recording a lease
 and reading the target cost a few deque operations.
