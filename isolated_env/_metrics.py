@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import dataclasses
 import os
 import sys
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 
 import psutil
 
@@ -23,6 +25,19 @@ _served = [0]  # resources set up in this process, ever (a deque's maxlen does n
 _pending: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("isolated_env_leases", default=None)
 _setup_ms: dict[str, collections.deque[float]] = collections.defaultdict(lambda: collections.deque(maxlen=100_000))
 _teardown_ms: dict[str, collections.deque[float]] = collections.defaultdict(lambda: collections.deque(maxlen=100_000))
+CAPACITY_WAITS = "capacity waits"
+CLONES = "clone waits"
+TEMPLATE_BUILDS = "template builds"
+SERVER_STARTS = "server starts"
+CONNECTION_OPENS = "connection opens"
+# Where setup time went (:func:`phase`): per phase, its own milliseconds (nested phases excluded)
+# and how often it ran; ``_totals`` holds "setup" (every resource setup), "outside" (phase time
+# outside any resource setup: a marker's probe) and "machinery" (a test's setup beyond them).
+_phase_ms: dict[str, float] = collections.defaultdict(float)
+_phase_n: dict[str, int] = collections.defaultdict(int)
+_totals: dict[str, float] = collections.defaultdict(float)
+# The open phase of this task: [milliseconds of the phases nested in it], or None outside any.
+_frame: contextvars.ContextVar[list[float] | None] = contextvars.ContextVar("isolated_env_phase", default=None)
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -50,12 +65,72 @@ def lease_counts() -> dict[str, int]:
         return dict(_leases)
 
 
+def record_phase(name: str, ms: float) -> None:
+    """``ms`` of setup went to ``name`` (a capacity wait, a clone, a server start, ...); the phase
+    around it, if any, does not count them again as its own."""
+    frame = _frame.get()
+    if frame is not None:
+        frame[0] += ms
+    with _lock:
+        _phase_ms[name] += ms
+        _phase_n[name] += 1
+        if frame is None:
+            _totals["outside"] += ms
+
+
+@contextlib.contextmanager
+def phase(name: str) -> Iterator[None]:
+    """Time the block as phase ``name``, less the phases nested in it (two perf_counter calls)."""
+    frame = [0.0]
+    token = _frame.set(frame)
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        ms = (time.perf_counter() - started) * 1000
+        _frame.reset(token)
+        record_phase(name, ms - frame[0])
+        if frame[0]:  # the nested phases are the enclosing phase's too (counted once, as theirs)
+            outer = _frame.get()
+            if outer is not None:
+                outer[0] += frame[0]
+
+
+@contextlib.contextmanager
+def setting_up() -> Iterator[None]:
+    """The frame of one resource's setup: the phases in it are not "outside" (see :func:`phase`)."""
+    token = _frame.set([0.0])
+    try:
+        yield
+    finally:
+        _frame.reset(token)
+
+
+def add_machinery(ms: float) -> None:
+    """A test's setup took ``ms`` beyond its resources' setups (pytest and fixture machinery)."""
+    with _lock:
+        _totals["machinery"] += max(0.0, ms)
+
+
+def accounted_ms() -> float:
+    """Setup time measured so far: resources' setups and phases outside them."""
+    with _lock:
+        return _totals["setup"] + _totals["outside"]
+
+
+def phase_totals() -> tuple[dict[str, float], dict[str, int], dict[str, float]]:
+    """Per phase its milliseconds and count, and the totals (setup, outside, machinery)."""
+    with _lock:
+        return dict(_phase_ms), dict(_phase_n), dict(_totals)
+
+
 def record_setup(kind: str, ms: float) -> None:
     """One resource of ``kind`` set up in ``ms``; the first of each kind in a process (which may
     include starting its server) is kept apart from the per-test figures."""
     pending = _pending.get()
     with _lock:
         _served[0] += 1
+        _totals["setup"] += ms
         if kind not in _first_ms:
             _first_ms[kind] = ms
         else:
@@ -119,6 +194,9 @@ def reset_timings() -> None:
         _first_ms.clear()
         _setup_ms.clear()
         _teardown_ms.clear()
+        _phase_ms.clear()
+        _phase_n.clear()
+        _totals.clear()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,21 +322,30 @@ class Figures:
     samples: Mapping[str, list[float]]
     first: Mapping[str, list[float]]
     leases: Mapping[str, Mapping[str, int]]
+    phases: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    phase_counts: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    totals: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of_process(cls, tests: int) -> Figures:
-        return cls(tests, setup_samples(), {k: [v] for k, v in first_setups().items()}, kind_lease_counts())
+        phases, counts, totals = phase_totals()
+        return cls(tests, setup_samples(), {k: [v] for k, v in first_setups().items()}, kind_lease_counts(),
+                    phases, counts, totals)
 
     def to_json(self) -> dict[str, object]:
-        return {"tests": self.tests, "samples": self.samples, "first": self.first, "leases": self.leases}
+        return {"tests": self.tests, "samples": self.samples, "first": self.first, "leases": self.leases,
+                "phases": self.phases, "phase_counts": self.phase_counts, "totals": self.totals}
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> Figures:
+        def get(key: str) -> dict[str, object]:
+            value = data.get(key, {})
+            return dict(value) if isinstance(value, Mapping) else {}
+
         return cls(
             int(data.get("tests", 0)),  # type: ignore[call-overload]
-            dict(data.get("samples", {})),  # type: ignore[call-overload]
-            dict(data.get("first", {})),  # type: ignore[call-overload]
-            dict(data.get("leases", {})),  # type: ignore[call-overload]
+            get("samples"), get("first"), get("leases"),  # type: ignore[arg-type]
+            get("phases"), get("phase_counts"), get("totals"),  # type: ignore[arg-type]
         )
 
     @classmethod
@@ -266,15 +353,25 @@ class Figures:
         samples: dict[str, list[float]] = collections.defaultdict(list)
         first: dict[str, list[float]] = collections.defaultdict(list)
         leases: dict[str, dict[str, int]] = collections.defaultdict(lambda: {"reused": 0, "created": 0})
+        phases: dict[str, float] = collections.defaultdict(float)
+        counts: dict[str, int] = collections.defaultdict(int)
+        totals: dict[str, float] = collections.defaultdict(float)
         for part in parts:
             for kind, values in part.samples.items():
                 samples[kind].extend(values)
             for kind, values in part.first.items():
                 first[kind].extend(values)
-            for kind, counts in part.leases.items():
-                for key, value in counts.items():
+            for kind, lease_counts in part.leases.items():
+                for key, value in lease_counts.items():
                     leases[kind][key] = leases[kind].get(key, 0) + value
-        return cls(sum(p.tests for p in parts), dict(samples), dict(first), dict(leases))
+            for name, ms in part.phases.items():
+                phases[name] += ms
+            for name, n in part.phase_counts.items():
+                counts[name] += n
+            for name, ms in part.totals.items():
+                totals[name] += ms
+        return cls(sum(p.tests for p in parts), dict(samples), dict(first), dict(leases), dict(phases),
+                   dict(counts), dict(totals))
 
     def summary_lines(self, kinds: set[str]) -> list[str]:
         """One header line and one row per resource kind among ``kinds``; none when nothing ran."""
@@ -297,4 +394,6 @@ class Figures:
                 if first else f"  {kind:<12} {len(per_test):>6} set up   p50 {p50:>10}   p95 {p95:>10}   "
                 f"pool hit ratio {ratio}"
             )
-        return lines
+        from ._advice import advice
+
+        return lines + advice(self)

@@ -143,6 +143,7 @@ class Pool(Generic[T]):
                 self._waits += 1
                 with anyio.fail_after(self.lease_timeout):
                     await self._limiter.acquire_on_behalf_of(token)
+                _metrics.record_phase(_metrics.CAPACITY_WAITS, (time.perf_counter() - started) * 1000)
         except TimeoutError:
             raise LeaseTimeout(
                 f"no {self.name} became free within {self.lease_timeout:g} s: all {self.capacity} are leased. "
@@ -207,7 +208,7 @@ class Pool(Generic[T]):
             try:
                 # Shielded so a cancel cannot leave a half-made instance (a slot leased on a
                 # server, a connection opened) that nobody owns; bounded by the lease timeout.
-                with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True), _metrics.phase(_metrics.CONNECTION_OPENS):
                     with anyio.move_on_after(max(0.001, deadline - anyio.current_time())) as bound:
                         item = await self._create()
                 if bound.cancelled_caught:

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import sys
+import time
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -177,6 +178,23 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:
         if _served() != before:  # the test set up a resource (a fixture, or its own code)
             _state(item.config).tests_served += 1
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    """A test's setup beyond its resources' own (pytest's fixtures, ours, the environment around
+    them) is the summary's "fixture machinery"; two clock reads a test."""
+    metrics = _metrics()
+    served, accounted = _served(), (metrics.accounted_ms() if metrics is not None else 0.0)
+    started = time.perf_counter()
+    try:
+        return (yield)
+    finally:
+        if _served() != served:
+            metrics = _metrics()
+            if metrics is not None:
+                took = (time.perf_counter() - started) * 1000
+                metrics.add_machinery(took - (metrics.accounted_ms() - accounted))
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

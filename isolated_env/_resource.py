@@ -66,7 +66,8 @@ class ResourceContext(Generic[H]):
         self._settings = settings
         started = time.perf_counter()
         try:
-            handle = await self.resource.acquire()
+            with _metrics.setting_up():
+                handle = await self.resource.acquire()
         finally:
             if token is not None:
                 _settings.reset(token)

@@ -118,7 +118,10 @@ class Embedded(Generic[T]):
             if self.died(cached) is not None:
                 for listener in self._listeners:
                     await listener(cached)
-        return await anyio.to_thread.run_sync(self.join, settings)
+        from .. import _metrics  # loaded by then: a resource is being set up
+
+        with _metrics.phase(_metrics.SERVER_STARTS):
+            return await anyio.to_thread.run_sync(self.join, settings)
 
     def died(self, server: T) -> ServerDied | None:
         """The error for a test whose embedded ``server`` is dead, or None while it runs (or when

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
+from ... import _metrics
 from ..._background import call as in_background
 from ..._background import submit
 from ..._config import Settings
@@ -26,10 +27,19 @@ from .labels import server_key
 from .leases import check as check_lease
 from .nesting import settle_nested
 from .roles import rails
-from .templates import PostgresTemplate, template_database
+from .templates import PostgresTemplate, as_template, build_template
 from .warm import WarmPool, WarmPoolStatistics, warm_pool, warm_pools
 
-__all__ = ["WarmPoolStatistics", "database_mode", "settle", "warm_pool_statistics"]
+__all__ = ["WarmPoolStatistics", "database_mode", "settle", "template_for_tests", "warm_pool_statistics"]
+
+
+async def template_for_tests(server: PostgresServer, template: object) -> str:
+    """The name of ``template``'s built database on ``server``, a build counted in the summary's
+    figures (:mod:`isolated_env._advice`: builds that recur are worth pinning)."""
+    build = await build_template(server, as_template(template))
+    if build.built:
+        _metrics.record_phase(_metrics.TEMPLATE_BUILDS, build.ms)
+    return build.database
 
 
 async def settle() -> None:
@@ -59,7 +69,7 @@ async def database_mode(
     """A private database cloned from ``template``, leased from the warm pool; the test connects as
     the test role (:mod:`.roles`), or as ``server``'s own user with ``superuser=True``."""
     await reap_once(server, unlabelled=True)
-    template_name = await template_database(server, template)
+    template_name = await template_for_tests(server, template)
     guard = await rails(server)
     tests = server if superuser else guard.tests
     scope = await current_runtime()
@@ -72,7 +82,8 @@ async def database_mode(
 
     async def take() -> Clone:
         with driver.translate(f"make a database from {warm.template_name} on", driver.redacted_dsn(server)):
-            clone = await in_background(warm.take)
+            with _metrics.phase(_metrics.CLONES):
+                clone = await in_background(warm.take)
             try:
                 clone.conn = await driver.connect(warm.login(clone.name), clone.name, reuse=True)
             except BaseException:

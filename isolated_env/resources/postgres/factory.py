@@ -13,13 +13,13 @@ from ..._ownership import Scope
 from ..._resource import report_kept, resource
 from ..._servers import postgres as servers
 from .._died import died, watch
-from .database import database_mode
+from .database import database_mode, template_for_tests
 from .handle import DatabaseHandle, PostgresHandle
 from .janitor import prune
 from .labels import disown_server, server_key
 from .nesting import nested_postgres
 from .private import private_database
-from .templates import as_template, template_database
+from .templates import as_template
 from .transaction import transaction_mode
 
 __all__ = ["isolated_postgres"]
@@ -118,7 +118,7 @@ async def isolated_postgres(
                            else ""),
                     ))
         else:
-            template_name = None if template is None else await template_database(server, checked)
+            template_name = None if template is None else await template_for_tests(server, checked)
             async with transaction_mode(server, settings, template_name, superuser=superuser) as handle:
                 outcome = yield handle
     except Exception as exc:

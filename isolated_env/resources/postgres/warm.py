@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 
 from ..._config import run_id
+from ..._demand import Demand, warm_bounds
 from ..._drivers import asyncpg as driver
 from ..._errors import PoolClosed
 from ..._metrics import percentile
@@ -59,8 +60,10 @@ class WarmPoolStatistics:
     """A snapshot of one warm pool; times in milliseconds."""
 
     template: str
-    target: int
+    target: int  # ready clones wanted now: observed demand within bounds (:mod:`isolated_env._demand`)
+    capacity: int
     ready: int
+    peak_ready: int
     in_flight: int
     clones: int
     reused_spares: int
@@ -84,7 +87,9 @@ class WarmPool:
         self.grant = grant  # the role given CREATE on each clone
         self.template = template
         self.template_name = template_name
-        self.target = target
+        self.capacity = target
+        self.demand = Demand(*warm_bounds(target))
+        self._peak = 0
         self.ready: collections.deque[Clone] = collections.deque()
         self.waiters: collections.deque[asyncio.Future[Clone]] = collections.deque()
         self.creating: set[str] = set()
@@ -115,7 +120,7 @@ class WarmPool:
 
     async def start(self, runtime: Runtime) -> None:
         """Refill workers and the dropper run in the runtime's task group (never as stray tasks)."""
-        for n in range(max(1, min(_MAX_WORKERS, self.target))):
+        for n in range(max(1, min(_MAX_WORKERS, self.demand.hi))):
             await runtime.spawn(self._guarded, self._worker, name=f"isolated_env refill {self.template_name} #{n}",
                                 daemon=True)
         await runtime.spawn(self._guarded, self._dropper, name=f"isolated_env drop {self.template_name}", daemon=True)
@@ -145,9 +150,11 @@ class WarmPool:
             clone = self.ready.popleft()
             self._wake.set()
             if clone.conn is None or not clone.conn.is_closed():
+                self.demand.lease()
                 return clone
             self.release(clone)
         self._starved += 1
+        self.demand.lease(starved=True, waiting=len(self.waiters) + 1)
         waiter: asyncio.Future[Clone] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
         self._wake.set()
@@ -178,6 +185,7 @@ class WarmPool:
                 waiter.set_result(clone)
                 return
         self.ready.append(clone)
+        self._peak = max(self._peak, len(self.ready))
 
     def _fail_waiters(self, exc: BaseException) -> None:
         while self.waiters:
@@ -188,7 +196,7 @@ class WarmPool:
     # -- background -----------------------------------------------------------------------
 
     def _wanted(self) -> int:
-        return self.target + len(self.waiters) - len(self.ready) - len(self.creating)
+        return self.demand.target() + len(self.waiters) - len(self.ready) - len(self.creating)
 
     async def _worker(self) -> None:
         asyncpg = driver.module()
@@ -247,6 +255,7 @@ class WarmPool:
                 if spare is None:
                     self._clones += 1
                     self._clone_ms.append((time.perf_counter() - started) * 1000)
+                    self.demand.made(time.perf_counter() - started)
                 else:
                     self._spares += 1
                 self._deliver(Clone(name, None))
@@ -350,8 +359,10 @@ class WarmPool:
         samples = sorted(self._clone_ms)
         return WarmPoolStatistics(
             template=self.template_name,
-            target=self.target,
+            target=self.demand.target(),
+            capacity=self.capacity,
             ready=len(self.ready),
+            peak_ready=self._peak,
             in_flight=len(self.creating),
             clones=self._clones,
             reused_spares=self._spares,
