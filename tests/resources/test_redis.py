@@ -6,7 +6,7 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -215,6 +215,21 @@ async def test_unreachable_server(clean_environ: pytest.MonkeyPatch) -> None:
             pass
 
 
+async def _lease_taken_while_held(small_redis: str, before: Callable[[], Awaitable[None]], wait_s: float) -> None:
+    """A test that holds a database whose lease key is deleted (as a FLUSHALL elsewhere would),
+    after ``before``, must fail with IsolationBroken once the heartbeat finds out (within ``wait_s``)."""
+    control = aredis.from_url(small_redis)
+    try:
+        with pytest.raises(ie.IsolationBroken, match=r"lease of Redis database \d+ was taken by someone else"):
+            async with ie.isolated_redis() as r:
+                await r.set("k", "v")
+                await before()
+                assert await control.delete(f"ie:slot:{r.db}") == 1  # kept alive until now, now taken
+                await anyio.sleep(wait_s)
+    finally:
+        await control.aclose()
+
+
 async def test_a_lost_lease_fails_the_test_that_holds_it(
     clean_environ: pytest.MonkeyPatch, small_redis: str
 ) -> None:
@@ -222,19 +237,14 @@ async def test_a_lost_lease_fails_the_test_that_holds_it(
 
     clean_environ.setattr(resource, "HEARTBEAT_S", 0.02)
     clean_environ.setenv("TEST_REDIS_URL", small_redis)
-    control = aredis.from_url(small_redis)
-    try:
-        with pytest.raises(ie.IsolationBroken, match=r"lease of Redis database \d+ was taken by someone else"):
-            async with ie.isolated_redis() as r:
-                await r.set("k", "v")
-                assert await control.delete(f"ie:slot:{r.db}") == 1  # as a FLUSHALL elsewhere would
-                for _ in range(200):  # a few heartbeats
-                    await anyio.sleep(0.01)
-        # the database was not flushed by a lease that no longer owned it, nor handed out again
-        async with ie.isolated_redis() as again:
-            assert await again.dbsize() == 0
-    finally:
-        await control.aclose()
+
+    async def nothing() -> None:
+        pass
+
+    await _lease_taken_while_held(small_redis, nothing, 2.0)  # a few heartbeats
+    # the database was not flushed by a lease that no longer owned it, nor handed out again
+    async with ie.isolated_redis() as again:
+        assert await again.dbsize() == 0
 
 
 async def test_the_heartbeat_outlives_a_bad_setting_read_on_a_beat(
@@ -248,18 +258,13 @@ async def test_the_heartbeat_outlives_a_bad_setting_read_on_a_beat(
     clean_environ.setattr(resource, "LEASE_TTL_MS", None)
     clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "1.5")  # a beat every 0.5 s
     clean_environ.setenv("TEST_REDIS_URL", small_redis)
-    control = aredis.from_url(small_redis)
-    try:
-        with pytest.raises(ie.IsolationBroken, match=r"lease of Redis database \d+ was taken by someone else"):
-            async with ie.isolated_redis() as r:
-                await r.set("k", "v")
-                clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "soon")
-                await anyio.sleep(2.0)  # beats that read the bad setting, for longer than the TTL
-                clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "1.5")
-                assert await control.delete(f"ie:slot:{r.db}") == 1  # kept alive all along, now taken
-                await anyio.sleep(1.5)  # the beats that find it taken
-    finally:
-        await control.aclose()
+
+    async def a_bad_setting_for_a_while() -> None:
+        clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "soon")
+        await anyio.sleep(2.0)  # beats that read the bad setting, for longer than the TTL
+        clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "1.5")
+
+    await _lease_taken_while_held(small_redis, a_bad_setting_for_a_while, 1.5)
 
 
 async def test_keep_on_failure_keeps_the_database_leased_until_pruned(
