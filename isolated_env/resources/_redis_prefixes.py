@@ -47,12 +47,7 @@ PREFIXES = 1024
 """How many prefixes may be leased from one server at once (by every process and run together)."""
 
 _ANCHOR = "{ie:leases}:p:0"  # never leased: it names the leases' slot, so a cluster routes the scripts
-_ACQUIRE = """
-for i = tonumber(ARGV[3]), tonumber(ARGV[4]) do
-  if redis.call('SET', '{ie:leases}:p:' .. i, ARGV[1], 'NX', 'PX', ARGV[2]) then return i end
-end
-return -1
-"""
+_ACQUIRE = db_mode.acquire_script("{ie:leases}:p:")
 _CLEAN = """
 local cursor, n = '0', 0
 repeat

@@ -53,12 +53,19 @@ def _ttl_ms() -> int:
 def _heartbeat_s() -> float:
     return HEARTBEAT_S if HEARTBEAT_S is not None else _ttl_ms() / 3000
 
-_ACQUIRE = """
+
+def acquire_script(key_prefix: str) -> str:
+    """The script that leases the first free number in ARGV[3]..ARGV[4] (its key ``key_prefix<n>``
+    set to the owner ARGV[1] for ARGV[2] ms, if nobody holds it) and returns it, or -1."""
+    return f"""
 for i = tonumber(ARGV[3]), tonumber(ARGV[4]) do
-  if redis.call('SET', 'ie:slot:' .. i, ARGV[1], 'NX', 'PX', ARGV[2]) then return i end
+  if redis.call('SET', '{key_prefix}' .. i, ARGV[1], 'NX', 'PX', ARGV[2]) then return i end
 end
 return -1
 """
+
+
+_ACQUIRE = acquire_script("ie:slot:")
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
