@@ -97,6 +97,7 @@ class WarmPool:
         self._scopes: list[anyio.CancelScope] = []
         self._running = 0
         self._stopped = anyio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the background loop, once started
         self._clone_ms: collections.deque[float] = collections.deque(maxlen=10_000)
         self._clones = self._spares = self._drops_done = self._starved = self._errors = 0
         self.last_error: BaseException | None = None
@@ -115,6 +116,7 @@ class WarmPool:
 
     async def start(self, runtime: Runtime) -> None:
         """Refill workers and the dropper run in the runtime's task group (never as stray tasks)."""
+        self._loop = asyncio.get_running_loop()
         for n in range(max(1, min(_MAX_WORKERS, self.target))):
             await runtime.spawn(self._guarded, self._worker, name=f"isolated_env refill {self.template_name} #{n}",
                                 daemon=True)
@@ -137,20 +139,33 @@ class WarmPool:
 
     # -- leasing --------------------------------------------------------------------------
 
+    def take_ready(self) -> Clone | None:
+        """A ready clone, popped from any thread without a hop to this pool's busy loop (None: none
+        ready, or closed); the caller wakes the refill (:meth:`refill`) once it took the session over."""
+        if self.closed or self._loop is None:
+            return None
+        with contextlib.suppress(IndexError):
+            return self.ready.popleft()  # atomic: _deliver appends and aclose drains in the pool's loop
+        return None
+
+    def refill(self) -> None:
+        """Wake the refill from any thread, without waiting: last in a lease, so the background
+        thread takes the GIL at the test's next wait for I/O, not in the lease's own syscalls."""
+        if self._loop is not None and not self.closed:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing left to refill
+                self._loop.call_soon_threadsafe(self._wake.set)
+
     async def take(self) -> Clone:
         """A ready clone at once, or the next one made; never waits for refill when one is ready."""
         if self.closed:
             raise PoolClosed(f"the warm pool of {self.template_name} is closed (its event loop ended)")
-        while self.ready:
-            clone = self.ready.popleft()
-            self._wake.set()
-            if clone.conn is None or not clone.conn.is_closed():
-                return clone
-            self.release(clone)
+        self._wake.set()
+        clone = self.take_ready()  # a clone holds no connection while ready: its session is parked
+        if clone is not None:
+            return clone
         self._starved += 1
         waiter: asyncio.Future[Clone] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
-        self._wake.set()
         try:
             return await waiter
         except BaseException:
@@ -212,8 +227,9 @@ class WarmPool:
                                               then=self.closing_sql(name), mode="database",
                                               origin=self.template_name)
                         created = True
-                    # Started here, parked for the loop that leases the clone to take over.
-                    conn = await driver.connect(self.login(name), name, reuse=True)
+                    # Started here as the clone's own role, parked for the leasing loop to take over.
+                    login = self.login(name)
+                    conn = await driver.connect(login, name, reuse=True)
                     await driver.close(conn, park=True)
                 except Exception as exc:  # reported to waiting leases, then retried
                     self.creating.discard(name)
@@ -249,7 +265,7 @@ class WarmPool:
                     self._clone_ms.append((time.perf_counter() - started) * 1000)
                 else:
                     self._spares += 1
-                self._deliver(Clone(name, None))
+                self._deliver(Clone(name, None, login=login))
         finally:
             if admin is not None:
                 admin.terminate()
