@@ -5,18 +5,22 @@ database; ``superuser=True`` gives them back on a server of the test's own."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 
 import isolated_env as ie
 from isolated_env._contract import current_settings
+from isolated_env._runtime import close_current_runtime
 from isolated_env._servers.postgres import PostgresServer, ensure_server
-from isolated_env.resources.postgres import settle, template_database
+from isolated_env.resources.postgres import settle, template_database, warm_pool_statistics
 from isolated_env.resources.postgres.roles import TEST_ROLE
 
 MODES = ["transaction", "database"]
@@ -92,6 +96,51 @@ async def test_connecting_to_another_tests_database_is_refused(mode: str, admin:
         victim_role = victim.user
     await settle()  # its role goes with the database
     assert await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", victim_role) == 0
+
+
+async def test_a_lease_takes_over_a_session_its_own_role_opened_ahead(
+    server: PostgresServer, admin: asyncpg.Connection,
+) -> None:
+    """The warm pool opens each clone's session as the clone's own role before it is asked for; a
+    lease from any loop and thread takes over that session, and only that one: its own database as
+    its own role, unable to become another clone's role or the superuser."""
+    async with ie.isolated_postgres(mode="database", template=SCHEMA):
+        pass  # the pool is made, and fills up in the background
+    name = await template_database(server, SCHEMA)
+    with anyio.fail_after(30):
+        while not any(s.ready >= 2 for s in await warm_pool_statistics() if s.template == name):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    asked = await admin.fetchval("SELECT clock_timestamp()")
+    me = "SELECT current_database() AS db, session_user AS login, current_user AS who, pg_backend_pid() AS pid"
+    started = "SELECT backend_start FROM pg_stat_activity WHERE pid = $1"  # hidden from the test's own role
+
+    def lease_in_a_loop_of_its_own(other: str) -> tuple[str, dict[str, Any]]:
+        async def run() -> tuple[str, dict[str, Any]]:
+            watcher = await asyncpg.connect(**server.connect_kwargs())
+            try:
+                async with ie.isolated_postgres(mode="database", template=SCHEMA) as db:
+                    for refused in ("SET ROLE", "SET SESSION AUTHORIZATION"):
+                        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied to set"):
+                            async with db.transaction():
+                                await db.execute(f'{refused} "{other}"')  # the other test's role
+                    row = dict(await db.fetchrow(me))
+                    return db.database, {**row, "started": await watcher.fetchval(started, row["pid"])}
+            finally:
+                await watcher.close()
+                await close_current_runtime()
+
+        return asyncio.run(run())
+
+    async with ie.isolated_postgres(mode="database", template=SCHEMA) as db:
+        row = dict(await db.fetchrow(me))
+        leases = [(db.database, {**row, "started": await admin.fetchval(started, row["pid"])})]
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match=f'permission denied to set role "{server.user}"'):
+            await db.execute(f'SET ROLE "{server.user}"')  # the superuser
+        leases.append(await anyio.to_thread.run_sync(lease_in_a_loop_of_its_own, db.database))
+    for database, row in leases:
+        assert (row["db"], row["login"], row["who"]) == (database, database, TEST_ROLE)
+        assert row["started"] < asked  # the session the pool opened ahead, not one the lease opened
+    assert leases[0][0] != leases[1][0]
 
 
 @pytest.mark.parametrize("mode", MODES)

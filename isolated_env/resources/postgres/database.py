@@ -10,6 +10,7 @@ its owner in a comment (:mod:`.labels`); a failed test's database can be kept
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 from collections.abc import AsyncIterator
@@ -90,8 +91,9 @@ async def database_mode(
             except BaseException:
                 await release(clone)
                 raise
-            finally:
-                warm.refill()
+            # Woken once this loop next waits (in the test's first query), not now: waking the
+            # background thread hands it the GIL, and the lease would wait for its slice.
+            asyncio.get_running_loop().call_soon(warm.refill)
             return clone
 
     async def release(clone: Clone) -> None:

@@ -149,8 +149,7 @@ class WarmPool:
         return None
 
     def refill(self) -> None:
-        """Wake the refill from any thread, without waiting: last in a lease, so the background
-        thread takes the GIL at the test's next wait for I/O, not in the lease's own syscalls."""
+        """Wake the refill from any thread, without waiting (:meth:`release` wakes it too)."""
         if self._loop is not None and not self.closed:
             with contextlib.suppress(RuntimeError):  # the loop closed: nothing left to refill
                 self._loop.call_soon_threadsafe(self._wake.set)
@@ -179,6 +178,7 @@ class WarmPool:
         """Close the clone's connection and have it dropped in the background (kept ones stay)."""
         if clone.conn is not None:
             clone.conn.terminate()
+        self._wake.set()  # in case the lease's own wake was lost with its loop
         if clone.kept:
             return
         if self.closed:
