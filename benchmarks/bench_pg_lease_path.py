@@ -81,7 +81,7 @@ def _leases_in_loops_of_their_own(n: int) -> list[float]:
     return [asyncio.run(one()) for _ in range(n)]
 
 
-async def _handover(key: tuple[str, str, int], hops: bool, find: Callable[[], Awaitable[WarmPool]],
+async def _handover(key: tuple[int, str, str, int], hops: bool, find: Callable[[], Awaitable[WarmPool]],
                     timings: dict[str, float]) -> float:
     t0 = time.perf_counter()
     if hops:
@@ -116,7 +116,7 @@ async def main(batches: int, leases: int) -> dict[str, Any]:
         pass  # makes the warm pool, which fills up in the background
     await anyio.sleep(1.0)
     name = await template_database(server, TEMPLATE)
-    key = (server_key(guard.tests), name, settings.capacity)
+    key = (os.getpid(), server_key(guard.tests), name, settings.capacity)
 
     async def find() -> WarmPool:
         return await warm_pool(await current_runtime(), server, TEMPLATE, name, settings.capacity, guard.tests,

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ import isolated_env as ie
 from isolated_env._contract import current_settings
 from isolated_env._runtime import close_current_runtime
 from isolated_env._servers.postgres import PostgresServer, ensure_server
-from isolated_env.resources.postgres import settle, template_database, warm_pool_statistics
+from isolated_env.resources.postgres import prune, settle, template_database, warm_pool_statistics
 from isolated_env.resources.postgres.roles import TEST_ROLE
 
 MODES = ["transaction", "database"]
@@ -141,6 +144,54 @@ async def test_a_lease_takes_over_a_session_its_own_role_opened_ahead(
         assert (row["db"], row["login"], row["who"]) == (database, database, TEST_ROLE)
         assert row["started"] < asked  # the session the pool opened ahead, not one the lease opened
     assert leases[0][0] != leases[1][0]
+
+
+async def test_a_forked_child_never_leases_its_parents_clones(server: PostgresServer) -> None:
+    """A forked child (a server forking workers, multiprocessing's fork) inherits the parent's warm
+    pools in memory, whose clones the parent will hand out: it makes clones of its own."""
+    async with ie.isolated_postgres(mode="database", template=SCHEMA):
+        pass  # the parent's pool, filling up in the background
+    name = await template_database(server, SCHEMA)
+    with anyio.fail_after(30):
+        while not any(s.ready >= 1 for s in await warm_pool_statistics() if s.template == name):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+    def lease_in_a_child() -> str:
+        async def lease() -> str:
+            try:
+                async with ie.isolated_postgres(mode="database", template=SCHEMA) as db:
+                    return f"{db.database} {await db.fetchval('SELECT count(*) FROM items')}"
+            finally:
+                await settle()
+                await close_current_runtime()
+
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads running (3.12+)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.write(write, asyncio.run(lease()).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        deadline = time.monotonic() + 60
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.01)
+        with os.fdopen(read) as pipe:
+            return pipe.read()
+
+    got = await anyio.to_thread.run_sync(lease_in_a_child)
+    try:
+        child = got.split(" ")[0]
+        assert got.endswith(" 0") and child.startswith("ie_db_"), got
+        assert f"_{os.getpid()}_" not in child  # clone names carry their maker's pid
+    finally:
+        await prune(server, kept=False, orphans=True)  # the clones the child made and did not lease
 
 
 @pytest.mark.parametrize("mode", MODES)

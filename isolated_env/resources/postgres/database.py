@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 from collections.abc import AsyncIterator
 
 from ..._background import call as in_background
@@ -35,7 +36,7 @@ __all__ = ["WarmPoolStatistics", "database_mode", "settle", "warm_pool_statistic
 
 
 # The background loop's open warm pools, found from any loop and thread without a hop to it.
-_open: dict[tuple[str, str, int], WarmPool] = {}
+_open: dict[tuple[int, str, str, int], WarmPool] = {}
 
 
 async def settle() -> None:
@@ -76,7 +77,7 @@ async def database_mode(
 
     # The background loop is busy making clones: a hop to it cost a test ~1.5 ms while the GIL
     # passed back and forth, so an open pool and a ready clone are taken from here directly.
-    key = (server_key(tests), template_name, settings.capacity)
+    key = (os.getpid(), server_key(tests), template_name, settings.capacity)  # a forked child makes its own
     warm = _open.get(key)
     if warm is None or warm.closed:
         warm = _open[key] = await in_background(warm_in_background)

@@ -44,7 +44,7 @@ _MAX_WORKERS = 4  # concurrent clones per pool: FILE_COPY checkpoints coalesce, 
 
 # What this process made, across event loops: clean clones nobody leased (no connection open).
 _spare_lock = threading.Lock()
-_spare: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
+_spare: dict[tuple[int, str, str], list[str]] = collections.defaultdict(list)
 _counter = itertools.count(1)
 
 
@@ -111,8 +111,8 @@ class WarmPool:
         return lease_sql(name, lease_server(self.tests, name)) if self.grant else ""
 
     @property
-    def spare_key(self) -> tuple[str, str]:
-        return (server_key(self.tests), self.template_name)
+    def spare_key(self) -> tuple[int, str, str]:  # a forked child never takes its parent's
+        return (os.getpid(), server_key(self.tests), self.template_name)
 
     async def start(self, runtime: Runtime) -> None:
         """Refill workers and the dropper run in the runtime's task group (never as stray tasks)."""
