@@ -75,8 +75,8 @@ async def database_mode(
         return await warm_pool(await current_runtime(), server, template, template_name, settings.capacity,
                                tests, guard.role)
 
-    # The background loop is busy making clones: a hop to it cost a test ~1.5 ms while the GIL
-    # passed back and forth, so an open pool and a ready clone are taken from here directly.
+    # The background loop is busy making clones: each call into it cost a lease 1.5-6 ms (more
+    # under load) waiting for the GIL to come back, so the pool and a ready clone are found here.
     key = (os.getpid(), server_key(tests), template_name, settings.capacity)  # a forked child makes its own
     warm = _open.get(key)
     if warm is None or warm.closed:
