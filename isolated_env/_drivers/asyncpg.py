@@ -74,14 +74,16 @@ def _fix_for(exc: BaseException, asyncpg: Any) -> str | None:
 
 @contextlib.contextmanager
 def translate(
-    doing: str, where: str | Server, *, failure: type[TemplateError] | type[TeardownError] | None = None
+    doing: str, where: str | Server, *, failure: type[TemplateError] | type[TeardownError] | None = None,
+    database: str | None = None,
 ) -> Iterator[None]:
     """Raise our error, from the driver's, for a failure while ``doing`` something on ``where``.
 
     A refused, closed or overloaded connection, a login or privilege failure is
     :class:`ServiceUnavailable` with the fix; any other driver failure is ``failure`` (a template
     build's :class:`TemplateError`, a teardown's :class:`TeardownError`), or ServiceUnavailable
-    when none is given. Our own errors and cancellation pass through unchanged.
+    when none is given. Our own errors and cancellation pass through unchanged. A server
+    ``where`` (and its ``database``) is spelled out only on failure.
     """
     asyncpg = module()
     try:
@@ -91,7 +93,7 @@ def translate(
     except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
             asyncpg.InternalClientError) as exc:
         detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        place = where if isinstance(where, str) else redacted_dsn(where)  # only on failure: off the hot path
+        place = where if isinstance(where, str) else redacted_dsn(where, database)  # only on failure: off the hot path
         problem = f"cannot {doing} {place}: {detail}"
         fix = _fix_for(exc, asyncpg)
         if fix is None and failure is not None:
@@ -103,7 +105,7 @@ def translate(
 async def connect(server: Server, database: str | None = None, *, reuse: bool = False) -> Any:
     """An asyncpg connection to ``database`` (the server's own by default); with ``reuse``, on a
     session an earlier event loop parked (:mod:`.asyncpg_sessions`) when one is waiting."""
-    with translate("connect to", redacted_dsn(server, database)):
+    with translate("connect to", server, database=database):
         if reuse:
             from . import asyncpg_sessions
 

@@ -5,18 +5,25 @@ database; ``superuser=True`` gives them back on a server of the test's own."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
+import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 
 import isolated_env as ie
 from isolated_env._contract import current_settings
+from isolated_env._runtime import close_current_runtime
 from isolated_env._servers.postgres import PostgresServer, ensure_server
-from isolated_env.resources.postgres import settle, template_database
+from isolated_env.resources.postgres import prune, settle, template_database, warm_pool_statistics
 from isolated_env.resources.postgres.roles import TEST_ROLE
 
 MODES = ["transaction", "database"]
@@ -92,6 +99,99 @@ async def test_connecting_to_another_tests_database_is_refused(mode: str, admin:
         victim_role = victim.user
     await settle()  # its role goes with the database
     assert await admin.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", victim_role) == 0
+
+
+async def test_a_lease_takes_over_a_session_its_own_role_opened_ahead(
+    server: PostgresServer, admin: asyncpg.Connection,
+) -> None:
+    """The warm pool opens each clone's session as the clone's own role before it is asked for; a
+    lease from any loop and thread takes over that session, and only that one: its own database as
+    its own role, unable to become another clone's role or the superuser."""
+    async with ie.isolated_postgres(mode="database", template=SCHEMA):
+        pass  # the pool is made, and fills up in the background
+    name = await template_database(server, SCHEMA)
+    with anyio.fail_after(30):
+        while not any(s.ready >= 2 for s in await warm_pool_statistics() if s.template == name):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+    asked = await admin.fetchval("SELECT clock_timestamp()")
+    me = "SELECT current_database() AS db, session_user AS login, current_user AS who, pg_backend_pid() AS pid"
+    started = "SELECT backend_start FROM pg_stat_activity WHERE pid = $1"  # hidden from the test's own role
+
+    def lease_in_a_loop_of_its_own(other: str) -> tuple[str, dict[str, Any]]:
+        async def run() -> tuple[str, dict[str, Any]]:
+            watcher = await asyncpg.connect(**server.connect_kwargs())
+            try:
+                async with ie.isolated_postgres(mode="database", template=SCHEMA) as db:
+                    for refused in ("SET ROLE", "SET SESSION AUTHORIZATION"):
+                        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="permission denied to set"):
+                            async with db.transaction():
+                                await db.execute(f'{refused} "{other}"')  # the other test's role
+                    row = dict(await db.fetchrow(me))
+                    return db.database, {**row, "started": await watcher.fetchval(started, row["pid"])}
+            finally:
+                await watcher.close()
+                await close_current_runtime()
+
+        return asyncio.run(run())
+
+    async with ie.isolated_postgres(mode="database", template=SCHEMA) as db:
+        row = dict(await db.fetchrow(me))
+        leases = [(db.database, {**row, "started": await admin.fetchval(started, row["pid"])})]
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match=f'permission denied to set role "{server.user}"'):
+            await db.execute(f'SET ROLE "{server.user}"')  # the superuser
+        leases.append(await anyio.to_thread.run_sync(lease_in_a_loop_of_its_own, db.database))
+    for database, row in leases:
+        assert (row["db"], row["login"], row["who"]) == (database, database, TEST_ROLE)
+        assert row["started"] < asked  # the session the pool opened ahead, not one the lease opened
+    assert leases[0][0] != leases[1][0]
+
+
+async def test_a_forked_child_never_leases_its_parents_clones(server: PostgresServer) -> None:
+    """A forked child (a server forking workers, multiprocessing's fork) inherits the parent's warm
+    pools in memory, whose clones the parent will hand out: it makes clones of its own."""
+    async with ie.isolated_postgres(mode="database", template=SCHEMA):
+        pass  # the parent's pool, filling up in the background
+    name = await template_database(server, SCHEMA)
+    with anyio.fail_after(30):
+        while not any(s.ready >= 1 for s in await warm_pool_statistics() if s.template == name):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+    def lease_in_a_child() -> str:
+        async def lease() -> str:
+            try:
+                async with ie.isolated_postgres(mode="database", template=SCHEMA) as db:
+                    return f"{db.database} {await db.fetchval('SELECT count(*) FROM items')}"
+            finally:
+                await settle()
+                await close_current_runtime()
+
+        read, write = os.pipe()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads running (3.12+)
+            pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            try:
+                os.write(write, asyncio.run(lease()).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        deadline = time.monotonic() + 60
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.01)
+        with os.fdopen(read) as pipe:
+            return pipe.read()
+
+    got = await anyio.to_thread.run_sync(lease_in_a_child)
+    try:
+        child = got.split(" ")[0]
+        assert got.endswith(" 0") and child.startswith("ie_db_"), got
+        assert f"_{os.getpid()}_" not in child  # clone names carry their maker's pid
+    finally:
+        await prune(server, kept=False, orphans=True)  # the clones the child made and did not lease
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -4,6 +4,7 @@ same database from any other client."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..._drivers import asyncpg as driver
@@ -50,11 +51,13 @@ class PostgresHandle(ConnectionMethods):
 
 @dataclasses.dataclass
 class Clone:
-    """A private database made from a template, with a connection already open to it."""
+    """A private database made from a template, with a connection already open to it; ``login``
+    is whom tests log in to it as, when the warm pool worked it out ahead of the lease."""
 
     name: str
     conn: Any
     kept: bool = False
+    login: PostgresServer | None = None
 
 
 class DatabaseHandle(PostgresHandle):
@@ -66,12 +69,14 @@ class DatabaseHandle(PostgresHandle):
 
     def __init__(
         self, clone: Clone, server: PostgresServer, pool: Any, template: str, keep_on_failure: bool, *,
-        admin: PostgresServer | None = None, grant: str | None = None, closing: str = "",
+        admin: PostgresServer | None = None, grant: str | None = None, closing: str | Callable[[], str] = "",
     ) -> None:
         super().__init__(clone.conn, server, clone.name, "database", pool)
         self._admin = admin or server  # creates, relabels and drops the database
         self._grant = grant
-        self._closing = closing  # the SQL that closes it to other roles (and makes its own)
+        # The SQL that closes it to other roles (and makes its own), or what writes it when a reset
+        # needs it (a role's SCRAM verifier took each lease ~0.13 ms to compute; few tests reset).
+        self._closing = closing
         self.template = template
         self.keep_on_failure = keep_on_failure
         self.kept = False
@@ -87,7 +92,8 @@ class DatabaseHandle(PostgresHandle):
             try:
                 await drop_database(admin, self.database)
                 await create_database(admin, self._admin, self.database, self.template, grant=self._grant,
-                                      then=self._closing, mode="database", origin=self.template)
+                                      then=self._closing() if callable(self._closing) else self._closing,
+                                      mode="database", origin=self.template)
             finally:
                 await driver.close(admin)
             self.connection = self._ie_clone.conn = await driver.connect(self.server, self.database)

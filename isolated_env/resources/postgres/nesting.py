@@ -88,7 +88,7 @@ async def _create(outer: DatabaseHandle, name: str) -> str:
 async def _take(outer: DatabaseHandle) -> str:
     """The clone made ahead while the previous test ran, else one made now; then the next one is
     started in the background, so a test waits for a connection, not for a copy."""
-    from .warm import _new_name
+    from .spares import new_name
 
     spare: concurrent.futures.Future[str] | None = outer.__dict__.pop("_ie_spare", None)
     name = None
@@ -100,8 +100,8 @@ async def _take(outer: DatabaseHandle) -> str:
         except Exception:  # a spare that failed: made again in this loop, where a real failure raises
             name = None
     if name is None:
-        name = await _create(outer, _new_name(outer._admin))
-    outer._ie_spare = submit(_create, outer, _new_name(outer._admin))  # type: ignore[attr-defined]
+        name = await _create(outer, new_name(outer._admin))
+    outer._ie_spare = submit(_create, outer, new_name(outer._admin))  # type: ignore[attr-defined]
     return name
 
 

@@ -14,18 +14,14 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import dataclasses
-import itertools
 import logging
 import os
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
-from ..._config import run_id
 from ..._demand import Demand, warm_bounds
 from ..._drivers import asyncpg as driver
 from ..._errors import PoolClosed
@@ -33,8 +29,9 @@ from ..._metrics import percentile
 from ..._runtime import Runtime
 from ..._servers.postgres import PostgresServer
 from .handle import Clone
-from .labels import CLONE_PREFIX, create_database, disown, drop_database, no_createdb, own, server_key
+from .labels import create_database, disown, drop_database, no_createdb, server_key
 from .roles import lease_server, lease_sql
+from .spares import WarmPoolStatistics, new_name, put_spares, take_spare
 from .templates import PostgresTemplate, forget_template, template_database
 
 __all__ = ["WarmPool", "WarmPoolStatistics", "warm_pool", "warm_pools"]
@@ -42,38 +39,6 @@ __all__ = ["WarmPool", "WarmPoolStatistics", "warm_pool", "warm_pools"]
 log = logging.getLogger("isolated_env")
 
 _MAX_WORKERS = 4  # concurrent clones per pool: FILE_COPY checkpoints coalesce, 2-4 in flight is fastest
-
-# What this process made, across event loops: clean clones nobody leased (no connection open).
-_spare_lock = threading.Lock()
-_spare: dict[tuple[str, str], list[str]] = collections.defaultdict(list)
-_counter = itertools.count(1)
-
-
-def _new_name(server: PostgresServer) -> str:
-    name = f"{CLONE_PREFIX}{run_id()}_{os.getpid()}_{next(_counter)}"
-    own(name, server)
-    return name
-
-
-@dataclasses.dataclass(frozen=True)
-class WarmPoolStatistics:
-    """A snapshot of one warm pool; times in milliseconds."""
-
-    template: str
-    target: int  # ready clones wanted now: observed demand within bounds (:mod:`isolated_env._demand`)
-    capacity: int
-    ready: int
-    peak_ready: int
-    in_flight: int
-    clones: int
-    reused_spares: int
-    clone_p50_ms: float
-    clone_p95_ms: float
-    drops: int
-    pending_drops: int
-    starved: int  # leases that found no ready clone and waited for one
-    errors: int
-
 
 class WarmPool:
     """Ready clones of one template for one event loop, refilled by worker tasks, drained by a dropper."""
@@ -102,6 +67,8 @@ class WarmPool:
         self._scopes: list[anyio.CancelScope] = []
         self._running = 0
         self._stopped = anyio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None  # the background loop, once started
+        self._taken: collections.deque[None] = collections.deque()  # ready clones taken from other threads
         self._clone_ms: collections.deque[float] = collections.deque(maxlen=10_000)
         self._clones = self._spares = self._drops_done = self._starved = self._errors = 0
         self.last_error: BaseException | None = None
@@ -115,11 +82,12 @@ class WarmPool:
         return lease_sql(name, lease_server(self.tests, name)) if self.grant else ""
 
     @property
-    def spare_key(self) -> tuple[str, str]:
-        return (server_key(self.tests), self.template_name)
+    def spare_key(self) -> tuple[int, str, str]:  # a forked child never takes its parent's
+        return (os.getpid(), server_key(self.tests), self.template_name)
 
     async def start(self, runtime: Runtime) -> None:
         """Refill workers and the dropper run in the runtime's task group (never as stray tasks)."""
+        self._loop = asyncio.get_running_loop()
         for n in range(max(1, min(_MAX_WORKERS, self.demand.hi))):
             await runtime.spawn(self._guarded, self._worker, name=f"isolated_env refill {self.template_name} #{n}",
                                 daemon=True)
@@ -142,22 +110,46 @@ class WarmPool:
 
     # -- leasing --------------------------------------------------------------------------
 
+    def take_ready(self) -> Clone | None:
+        """A ready clone, popped from any thread without a hop to this pool's busy loop (None: none
+        ready, or closed); the caller wakes the refill (:meth:`refill`) once it took the session over."""
+        if self.closed or self._loop is None:
+            return None
+        try:
+            clone = self.ready.popleft()  # atomic: _deliver appends and aclose drains in the pool's loop
+        except IndexError:
+            return None
+        self._taken.append(None)  # a lease for the demand, counted in the pool's loop (Demand is not thread-safe)
+        return clone
+
+    def _tally(self) -> None:
+        while self._taken:  # only this loop takes from it
+            self._taken.popleft()
+            self.demand.lease()
+
+    def _refilled(self) -> None:
+        self._tally()
+        self._wake.set()
+
+    def refill(self) -> None:
+        """Wake the refill from any thread, without waiting (:meth:`release` wakes it too)."""
+        if self._loop is not None and not self.closed:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nothing left to refill
+                self._loop.call_soon_threadsafe(self._refilled)
+
     async def take(self) -> Clone:
         """A ready clone at once, or the next one made; never waits for refill when one is ready."""
         if self.closed:
             raise PoolClosed(f"the warm pool of {self.template_name} is closed (its event loop ended)")
-        while self.ready:
-            clone = self.ready.popleft()
-            self._wake.set()
-            if clone.conn is None or not clone.conn.is_closed():
-                self.demand.lease()
-                return clone
-            self.release(clone)
+        self._wake.set()
+        clone = self.take_ready()  # a clone holds no connection while ready: its session is parked
+        if clone is not None:
+            self._tally()
+            return clone
         self._starved += 1
         self.demand.lease(starved=True, waiting=len(self.waiters) + 1)
         waiter: asyncio.Future[Clone] = asyncio.get_running_loop().create_future()
         self.waiters.append(waiter)
-        self._wake.set()
         try:
             return await waiter
         except BaseException:
@@ -171,6 +163,7 @@ class WarmPool:
         """Close the clone's connection and have it dropped in the background (kept ones stay)."""
         if clone.conn is not None:
             clone.conn.terminate()
+        self._wake.set()  # in case the lease's own wake was lost with its loop
         if clone.kept:
             return
         if self.closed:
@@ -208,7 +201,7 @@ class WarmPool:
                     self._wake.clear()
                     await self._wake.wait()
                 spare = self._take_spare()
-                name = spare or _new_name(self.server)
+                name = spare or new_name(self.server)
                 self.creating.add(name)
                 started = time.perf_counter()
                 created = spare is not None
@@ -220,8 +213,9 @@ class WarmPool:
                                               then=self.closing_sql(name), mode="database",
                                               origin=self.template_name)
                         created = True
-                    # Started here, parked for the loop that leases the clone to take over.
-                    conn = await driver.connect(self.login(name), name, reuse=True)
+                    # Started here as the clone's own role, parked for the leasing loop to take over.
+                    login = self.login(name)
+                    conn = await driver.connect(login, name, reuse=True)
                     await driver.close(conn, park=True)
                 except Exception as exc:  # reported to waiting leases, then retried
                     self.creating.discard(name)
@@ -258,15 +252,13 @@ class WarmPool:
                     self.demand.made(time.perf_counter() - started)
                 else:
                     self._spares += 1
-                self._deliver(Clone(name, None))
+                self._deliver(Clone(name, None, login=login))
         finally:
             if admin is not None:
                 admin.terminate()
 
     def _take_spare(self) -> str | None:
-        with _spare_lock:
-            spares = _spare.get(self.spare_key)
-            return spares.pop() if spares else None
+        return take_spare(self.spare_key)
 
     async def _dropper(self) -> None:
         admin: Any = None
@@ -320,8 +312,7 @@ class WarmPool:
             if clone.conn is not None:
                 clone.conn.terminate()
             spares.append(clone.name)
-        with _spare_lock:
-            _spare[self.spare_key].extend(spares)
+        put_spares(self.spare_key, spares)
         # Clones interrupted mid-creation may or may not exist: drop them if they do.
         leftovers = [*self.drops, *self.dropping, *self.creating]
         self.drops.clear()
