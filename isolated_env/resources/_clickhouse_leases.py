@@ -8,7 +8,10 @@ the reaper's own machine and PID namespace) or its lease has ended.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from .._errors import IsolationBroken
 from .._leases import Keeper, expired, lease_label
@@ -17,7 +20,12 @@ from .._ownership import alive, lease_ttl, me, parse
 if TYPE_CHECKING:
     from .._servers.clickhouse import ClickHouseServer
 
-__all__ = ["check", "comment", "hold", "keeper", "let_go", "reapable", "server_now", "untouched"]
+__all__ = [
+    "Looks", "check", "comment", "drop_prefixed", "hold", "keeper", "let_go", "reap", "reapable", "server_now",
+    "untouched",
+]
+
+log = logging.getLogger("isolated_env")
 
 NOW = "toFloat64(toUnixTimestamp64Milli(now64(3))) / 1000"
 
@@ -141,3 +149,96 @@ async def untouched(admin: Any, databases: list[str]) -> set[str]:
         if not used and label is not None and label[0] == mine and set(label[1]) <= {"exp"}:
             found.add(name)
     return found
+
+
+async def reap(admin: Any, server: ClickHouseServer, mode: str, *, kept: bool = False) -> list[str]:
+    """Drop what isolated_env created for owners that provably died or whose lease ended; returns
+    what was dropped."""
+    dropped: list[str] = []
+    now = await server_now(admin)
+    if mode == "database":
+        rows = (
+            await admin.query("SELECT name, comment FROM system.databases WHERE startsWith(name, 'ie_')")
+        ).result_rows
+        for name, comment in rows:
+            if reapable(comment, now, kept=kept):
+                await admin.command(f"DROP DATABASE IF EXISTS {_ident(name)} SYNC", use_database=False)
+                dropped.append(name)
+        if dropped:
+            log.info("isolated_env: dropped ClickHouse databases %s: their owner died, or they were kept and "
+                     "pruned", ", ".join(dropped))
+        return dropped
+    rows = (
+        await admin.query(
+            "SELECT name, comment FROM system.tables WHERE database = {db:String} "
+            "AND startsWith(name, 'ie_') AND endsWith(name, '__owner')",
+            parameters={"db": server.database},
+        )
+    ).result_rows
+    for marker, comment in rows:
+        if reapable(comment, now, kept=kept):
+            prefix = marker[: -len("_owner")]
+            dropped += await drop_prefixed(admin, server.database, prefix, keep=None)
+    return dropped
+
+
+async def drop_prefixed(client: Any, database: str, prefix: str, keep: str | None) -> list[str]:
+    rows = (
+        await client.query(
+            "SELECT name, engine FROM system.tables "
+            "WHERE database = {db:String} AND startsWith(name, {p:String})",
+            parameters={"db": database, "p": prefix},
+        )
+    ).result_rows
+    dropped = []
+    for name, engine in rows:
+        if name == keep:
+            continue
+        kind = "DICTIONARY" if engine == "Dictionary" else "TABLE"
+        await client.command(f"DROP {kind} IF EXISTS {_ident(database)}.{_ident(name)} SYNC")
+        dropped.append(f"{database}.{name}")
+    return dropped
+
+
+class _Ask:
+    __slots__ = ("found", "names")
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.found: set[str] | None = None
+
+
+class Looks:
+    """:func:`untouched` shared by everyone asking at once: one SELECT runs at a time, and those who
+    ask while it runs are answered together by the next one. Twenty releases at once wait for two
+    round trips at most, not for twenty in a row (nor send twenty to a server busy with them)."""
+
+    def __init__(self) -> None:
+        self._queued: list[_Ask] = []
+        self._busy = False
+        self._done = anyio.Event()
+
+    async def untouched(self, admin: Any, names: list[str]) -> set[str]:
+        ask = _Ask(names)
+        self._queued.append(ask)
+        while ask.found is None:
+            if self._busy:
+                await self._done.wait()
+                continue
+            self._busy = True
+            batch, self._queued = self._queued, []
+            try:
+                found = await untouched(admin, sorted({name for each in batch for name in each.names}))
+            except BaseException:
+                for each in batch:  # the others look again, or count theirs as used: never as untouched
+                    if each is not ask:
+                        each.found = None
+                        self._queued.append(each)
+                raise
+            finally:
+                self._busy = False
+                done, self._done = self._done, anyio.Event()
+                done.set()
+            for each in batch:
+                each.found = found.intersection(each.names)
+        return ask.found

@@ -174,8 +174,8 @@ _watch("clickhouse", lambda server: server.url)
 
 
 async def settle() -> None:
-    """Wait until the databases released in this event loop have been dropped (they are dropped in
-    the background, off the test's path)."""
+    """Wait for the background work of this event loop: the databases released in it dropped (or
+    spares again) and the spares made, all off the test's path."""
     for slots in list((await current_runtime()).objects.values()):
         if isinstance(slots, _Slots):
             await slots.settle()
