@@ -218,6 +218,11 @@ class Looks:
         self._busy = False
         self._done = anyio.Event()
 
+    async def settled(self) -> None:
+        """Wait for the look in flight, if any (its askers have their answers when this returns)."""
+        if self._busy:
+            await self._done.wait()
+
     async def untouched(self, admin: Any, names: list[str]) -> set[str]:
         ask = _Ask(names)
         self._queued.append(ask)

@@ -188,6 +188,8 @@ class _Slots:
         check_lease(slot.database)  # lost while the test held it: another run may have reaped it
         spares = self.spare_sets.setdefault(slot.user, [])
         self.releases += 1
+        if not spares and any(owner == slot.user for _, owner in self._looking):
+            await self._looks.settled()  # the look in flight brings this user's returned databases back
         if spares:
             name = spares.pop()
             self.returned.append((slot.database, slot.user))
