@@ -166,6 +166,22 @@ async def concurrent_rounds(concurrency: int, rounds: int) -> list[float]:
     return samples
 
 
+async def sequential_rounds(concurrency: int, rounds: int) -> list[float]:
+    """A round's floor: the same ``concurrency`` environments one after another, timed as one (the
+    event loop runs the tasks of a concurrent round on one thread: its last task waits for all)."""
+    from isolated_env import Environment
+    from isolated_env.resources.clickhouse import isolated_clickhouse
+
+    samples: list[float] = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(concurrency):
+            async with Environment(capacity=concurrency) as env:
+                await env.enter(isolated_clickhouse())
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
 async def _unspared() -> int:
     """Releases so far that found no spare database (each waited for a look or for DDL)."""
     from isolated_env._runtime import current_runtime
@@ -265,6 +281,8 @@ async def measure_leases(leases: int, concurrency: int, floors: tuple[str, Any])
     before = await _unspared()
     concurrent = await concurrent_rounds(concurrency, rounds)
     warm_unspared = await _unspared() - before
+    await settle()
+    in_a_row = await sequential_rounds(concurrency, rounds)
 
     return {
         "first_lease_in_process_ms": round(first_ms, 3),
@@ -273,6 +291,8 @@ async def measure_leases(leases: int, concurrency: int, floors: tuple[str, Any])
         "lease_plus_release_ms": _summary(total),
         "concurrent_lease_plus_release_ms": {
             **_summary(concurrent), "concurrency": concurrency, "releases_without_a_spare": warm_unspared,
+            "floor_one_after_another_p50_ms": round(statistics.median(in_a_row), 3),
+            "p95_to_floor": round(_pct(concurrent, 0.95) / statistics.median(in_a_row), 2),
         },
         "concurrent_right_after_first_round_ms": {
             **_summary(warming), "concurrency": concurrency, "releases_without_a_spare": warming_unspared,
@@ -403,6 +423,9 @@ def main() -> None:
     print(f"SELECT 1: p50 {result['select_1_round_trip_ms']['p50_ms']:.2f} ms = {floors['ratio_to_floor_p50']}x "
           f"its floor ({floors['floor_p50']:.2f} ms: chdb's query + a bare HTTP round trip); floor + the two "
           f"thread hops (adaptor, clickhouse-connect): {floors['floor_plus_two_hops_p50']:.2f} ms")
+    warm = result["concurrent_lease_plus_release_ms"]
+    print(f"{args.concurrency} at once, warm: p95 {warm['p95_ms']:.2f} ms = {warm['p95_to_floor']}x the floor of a "
+          f"round ({warm['floor_one_after_another_p50_ms']:.2f} ms: the same {args.concurrency} one after another)")
     for key in ("concurrent_lease_plus_release_ms", "concurrent_right_after_first_round_ms"):
         print(f"{key}: {result[key]['releases_without_a_spare']} of {result[key]['n']} releases found no spare")
     first = result["first_lease_in_process_ms"]
