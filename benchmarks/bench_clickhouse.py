@@ -146,7 +146,7 @@ async def measure_select_1(ch: Any, admin: Any, floors: tuple[str, Any], rounds:
     }
 
 
-async def concurrent_rounds(concurrency: int, rounds: int) -> list[float]:
+async def concurrent_rounds(concurrency: int, rounds: int, *, leak_check: bool = True) -> list[float]:
     """``rounds`` rounds of ``concurrency`` environments at once, lease + release each."""
     from isolated_env import Environment
     from isolated_env.resources.clickhouse import isolated_clickhouse
@@ -155,7 +155,7 @@ async def concurrent_rounds(concurrency: int, rounds: int) -> list[float]:
 
     async def one() -> None:
         t0 = time.perf_counter()
-        async with Environment(capacity=concurrency) as env:
+        async with Environment(capacity=concurrency, leak_check=leak_check) as env:
             await env.enter(isolated_clickhouse())
         samples.append((time.perf_counter() - t0) * 1000)
 
@@ -209,7 +209,7 @@ def measure_startup(state_dir: Path, starts: int) -> tuple[list[float], float]:
     return times, rss
 
 
-async def measure_leases(leases: int, concurrency: int, floors: tuple[str, Any]) -> dict[str, Any]:
+async def measure_leases(leases: int, concurrency: int) -> dict[str, Any]:
     from isolated_env import Environment
     from isolated_env._contract import current_settings
     from isolated_env._servers import clickhouse as servers
@@ -260,13 +260,6 @@ async def measure_leases(leases: int, concurrency: int, floors: tuple[str, Any])
         dirty.append((time.perf_counter() - t0) * 1000)
         await settle()
 
-    admin = await connect(server, server.database)
-    try:
-        async with isolated_clickhouse() as ch:
-            select = await measure_select_1(ch, admin, floors, min(leases, 500))
-    finally:
-        await admin.close()
-
     breakdown = await measure_breakdown(server, min(leases, 200))
 
     # Concurrent tests: `concurrency` environments at once, lease + release each. The first round
@@ -283,6 +276,19 @@ async def measure_leases(leases: int, concurrency: int, floors: tuple[str, Any])
     warm_unspared = await _unspared() - before
     await settle()
     in_a_row = await sequential_rounds(concurrency, rounds)
+    await settle()
+    # As the pytest plugin's per-test environments run: without the process snapshots of a leak check.
+    unchecked = await concurrent_rounds(concurrency, rounds, leak_check=False)
+
+    # Last: the floors start chdb's engine in this process, and with it running (its background
+    # work) the rounds above measured 4-10x slower.
+    admin = await connect(server, server.database)
+    try:
+        async with isolated_clickhouse() as ch:
+            with floor_servers(Path(os.environ["ISOLATED_ENV_STATE_DIR"])) as floors:
+                select = await measure_select_1(ch, admin, floors, min(leases, 500))
+    finally:
+        await admin.close()
 
     return {
         "first_lease_in_process_ms": round(first_ms, 3),
@@ -294,6 +300,7 @@ async def measure_leases(leases: int, concurrency: int, floors: tuple[str, Any])
             "floor_one_after_another_p50_ms": round(statistics.median(in_a_row), 3),
             "p95_to_floor": round(_pct(concurrent, 0.95) / statistics.median(in_a_row), 2),
         },
+        "concurrent_without_leak_check_ms": {**_summary(unchecked), "concurrency": concurrency},
         "concurrent_right_after_first_round_ms": {
             **_summary(warming), "concurrency": concurrency, "releases_without_a_spare": warming_unspared,
         },
@@ -366,8 +373,7 @@ def main() -> None:
     load_before = os.getloadavg()
     try:
         startup, idle_rss = measure_startup(state_dir, args.starts)
-        with floor_servers(state_dir) as floors:
-            leases = anyio.run(measure_leases, args.leases, args.concurrency, floors)
+        leases = anyio.run(measure_leases, args.leases, args.concurrency)
     finally:
         from isolated_env._servers import clickhouse as servers
         from isolated_env._servers import registry
@@ -400,6 +406,7 @@ def main() -> None:
         ("lease + release, one at a time", result["lease_plus_release_ms"]),
         (f"lease + release, {args.concurrency} at once (warm: spares made)",
          result["concurrent_lease_plus_release_ms"]),
+        ("  the same, without leak check (as the pytest plugin)", result["concurrent_without_leak_check_ms"]),
         (f"lease + release, {args.concurrency} at once (rounds after the first)",
          result["concurrent_right_after_first_round_ms"]),
         (f"lease + release, {args.concurrency} at once (first round)", result["concurrent_first_round_ms"]),
