@@ -5,6 +5,13 @@
 Starts its own embedded server (chdb behind the adaptor) in a private state directory, so the
 figures do not depend on a server another run left warm. Prints a table and writes
 ``benchmarks/results/clickhouse.json``.
+
+A ``SELECT 1`` round trip is set against its floors, measured in this process in the same rounds
+(one of each in turn, so the machine's load weighs on all alike): chdb's own query on a connection
+of this process, and an HTTP round trip with clickhouse-connect's transport (aiohttp) to a bare
+uvicorn + httptools server in a process of its own that answers ``1``. Their sum is the floor; a
+thread hop (``anyio.to_thread``, which the adaptor takes to run the engine and clickhouse-connect
+takes to parse a reply) is measured too.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +53,143 @@ def _summary(samples: list[float]) -> dict[str, float]:
     }
 
 
+# A bare HTTP server: uvicorn + httptools (as the adaptor), answering every request with "1\n".
+# The socket is made with IPPROTO_TCP so that asyncio sets TCP_NODELAY on what it accepts (as on
+# the adaptor's inherited socket): without it, Nagle's algorithm and delayed ACKs add 40 ms.
+_ECHO = """
+import socket, sys, uvicorn
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+    await send({"type": "http.response.body", "body": b"1\\n"})
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+sock.bind(("127.0.0.1", 0))
+sock.listen(128)
+print(sock.getsockname()[1], flush=True)
+uvicorn.Server(uvicorn.Config(app, http="httptools", lifespan="off", log_level="warning", access_log=False,
+                              server_header=False, date_header=False, ws="none")).run(sockets=[sock])
+"""
+
+
+async def interleaved(cases: dict[str, Callable[[], Awaitable[Any]]], rounds: int) -> dict[str, list[float]]:
+    """Each case once per round, in turn: the load of the machine weighs on every case alike."""
+    for fn in cases.values():
+        for _ in range(20):
+            await fn()
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            await fn()
+            samples[name].append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+@contextmanager
+def floor_servers(state_dir: Path) -> Iterator[tuple[str, Any]]:
+    """The bare HTTP server's URL and a chdb connection of this process (its own engine)."""
+    import chdb
+
+    echo = subprocess.Popen([sys.executable, "-c", _ECHO], stdout=subprocess.PIPE, text=True)
+    conn = chdb.connect(tempfile.mkdtemp(prefix="chdb-floor-", dir=state_dir))
+    try:
+        assert echo.stdout is not None
+        yield f"http://127.0.0.1:{int(echo.stdout.readline())}/", conn
+    finally:
+        conn.close()
+        echo.kill()
+        echo.wait()
+
+
+async def measure_select_1(ch: Any, admin: Any, floors: tuple[str, Any], rounds: int) -> dict[str, Any]:
+    """``SELECT 1`` through the test's client and the admin client, against the floors (module doc)."""
+    import aiohttp
+    import anyio.to_thread
+
+    echo_url, conn = floors
+    async with aiohttp.ClientSession() as http:
+
+        async def handle() -> None:
+            await ch.command("SELECT 1")
+
+        async def admin_client() -> None:
+            await admin.command("SELECT 1")
+
+        async def bare_http() -> None:
+            async with http.post(echo_url, data=b"SELECT 1") as reply:
+                await reply.read()
+
+        async def engine() -> None:
+            conn.query("SELECT 1", "TabSeparated").bytes()
+
+        async def hop() -> None:
+            await anyio.to_thread.run_sync(int)
+
+        got = await interleaved({"handle": handle, "admin": admin_client, "http": bare_http,
+                                 "engine": engine, "hop": hop}, rounds)
+    med = statistics.median
+    floor = med(got["http"]) + med(got["engine"])
+    return {
+        "select_1_round_trip_ms": _summary(got["handle"]),
+        "select_1_floors_ms": {
+            "admin_client_no_session": _summary(got["admin"]),
+            "bare_http_round_trip": _summary(got["http"]),
+            "chdb_query_in_process": _summary(got["engine"]),
+            "thread_hop": _summary(got["hop"]),
+            "floor_p50": round(floor, 3),
+            "ratio_to_floor_p50": round(med(got["handle"]) / floor, 2),
+            "floor_plus_two_hops_p50": round(floor + 2 * med(got["hop"]), 3),
+        },
+    }
+
+
+async def concurrent_rounds(concurrency: int, rounds: int, *, leak_check: bool = True) -> list[float]:
+    """``rounds`` rounds of ``concurrency`` environments at once, lease + release each."""
+    from isolated_env import Environment
+    from isolated_env.resources.clickhouse import isolated_clickhouse
+
+    samples: list[float] = []
+
+    async def one() -> None:
+        t0 = time.perf_counter()
+        async with Environment(capacity=concurrency, leak_check=leak_check) as env:
+            await env.enter(isolated_clickhouse())
+        samples.append((time.perf_counter() - t0) * 1000)
+
+    for _ in range(rounds):
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrency):
+                tg.start_soon(one)
+    return samples
+
+
+async def sequential_rounds(concurrency: int, rounds: int) -> list[float]:
+    """A round's floor: the same ``concurrency`` environments one after another, timed as one (the
+    event loop runs the tasks of a concurrent round on one thread: its last task waits for all)."""
+    from isolated_env import Environment
+    from isolated_env.resources.clickhouse import isolated_clickhouse
+
+    samples: list[float] = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(concurrency):
+            async with Environment(capacity=concurrency) as env:
+                await env.enter(isolated_clickhouse())
+        samples.append((time.perf_counter() - t0) * 1000)
+    return samples
+
+
+async def _unspared() -> int:
+    """Releases so far that found no spare database (each waited for a look or for DDL)."""
+    from isolated_env._runtime import current_runtime
+    from isolated_env.resources._clickhouse_slots import _Slots
+
+    return sum(o.unspared for o in (await current_runtime()).objects.values() if isinstance(o, _Slots))
+
+
 def _rss_mb(pid: int) -> float:
     return round(psutil.Process(pid).memory_info().rss / 2**20, 1)
 
@@ -66,6 +213,7 @@ async def measure_leases(leases: int, concurrency: int) -> dict[str, Any]:
     from isolated_env import Environment
     from isolated_env._contract import current_settings
     from isolated_env._servers import clickhouse as servers
+    from isolated_env.resources._clickhouse_slots import connect
     from isolated_env.resources.clickhouse import isolated_clickhouse, settle
 
     server = await servers.ensure_server(current_settings())
@@ -112,42 +260,55 @@ async def measure_leases(leases: int, concurrency: int) -> dict[str, Any]:
         dirty.append((time.perf_counter() - t0) * 1000)
         await settle()
 
-    select: list[float] = []
-    async with isolated_clickhouse() as ch:
-        for _ in range(min(leases, 500)):
-            t0 = time.perf_counter()
-            await ch.command("SELECT 1")
-            select.append((time.perf_counter() - t0) * 1000)
-
     breakdown = await measure_breakdown(server, min(leases, 200))
 
-    # Concurrent tests: `concurrency` environments at once, lease + release each.
-    concurrent: list[float] = []
+    # Concurrent tests: `concurrency` environments at once, lease + release each. The first round
+    # makes the slots (a cold pool); the rounds right after it run while the background work makes
+    # each slot's spare databases; once that is done (settle), the pool is warm.
+    rounds = max(1, leases // concurrency // 2)
+    cold_concurrent = await concurrent_rounds(concurrency, 1)
+    before = await _unspared()
+    warming = await concurrent_rounds(concurrency, rounds)
+    warming_unspared = await _unspared() - before
+    await settle()
+    before = await _unspared()
+    concurrent = await concurrent_rounds(concurrency, rounds)
+    warm_unspared = await _unspared() - before
+    await settle()
+    in_a_row = await sequential_rounds(concurrency, rounds)
+    await settle()
+    # As the pytest plugin's per-test environments run: without the process snapshots of a leak check.
+    unchecked = await concurrent_rounds(concurrency, rounds, leak_check=False)
 
-    async def one() -> None:
-        t0 = time.perf_counter()
-        async with Environment(capacity=concurrency) as env:
-            await env.enter(isolated_clickhouse())
-        concurrent.append((time.perf_counter() - t0) * 1000)
-
-    for _round in range(1 + max(1, leases // concurrency // 2)):
-        async with anyio.create_task_group() as tg:
-            for _ in range(concurrency):
-                tg.start_soon(one)
-        if _round == 0:  # the first round makes the slots: a cold pool, reported on its own
-            cold_concurrent, concurrent = concurrent, []
+    # Last: the floors start chdb's engine in this process, and with it running (its background
+    # work) the rounds above measured 4-10x slower.
+    admin = await connect(server, server.database)
+    try:
+        async with isolated_clickhouse() as ch:
+            with floor_servers(Path(os.environ["ISOLATED_ENV_STATE_DIR"])) as floors:
+                select = await measure_select_1(ch, admin, floors, min(leases, 500))
+    finally:
+        await admin.close()
 
     return {
         "first_lease_in_process_ms": round(first_ms, 3),
         "lease_ms": _summary(enter),
         "release_ms": _summary(exit_),
         "lease_plus_release_ms": _summary(total),
-        "concurrent_lease_plus_release_ms": {**_summary(concurrent), "concurrency": concurrency},
+        "concurrent_lease_plus_release_ms": {
+            **_summary(concurrent), "concurrency": concurrency, "releases_without_a_spare": warm_unspared,
+            "floor_one_after_another_p50_ms": round(statistics.median(in_a_row), 3),
+            "p95_to_floor": round(_pct(concurrent, 0.95) / statistics.median(in_a_row), 2),
+        },
+        "concurrent_without_leak_check_ms": {**_summary(unchecked), "concurrency": concurrency},
+        "concurrent_right_after_first_round_ms": {
+            **_summary(warming), "concurrency": concurrency, "releases_without_a_spare": warming_unspared,
+        },
         "concurrent_first_round_ms": {**_summary(cold_concurrent), "concurrency": concurrency},
         "release_after_a_table_ms": _summary(dirty),
         "breakdown_ms": breakdown,
         "test_with_table_insert_select_ms": _summary(work),
-        "select_1_round_trip_ms": _summary(select),
+        **select,
         "adaptor_rss_after_load_mb": _rss_mb(server.pid),
         "server": {"engine": server.engine, "version": server.version},
     }
@@ -236,16 +397,25 @@ def main() -> None:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
+    floors = result["select_1_floors_ms"]
     rows = [
         ("adaptor startup (cold: python + chdb + first query)", result["adaptor_startup_ms"]),
         ("lease (warm pool)", result["lease_ms"]),
         ("release, the test made nothing", result["release_ms"]),
         ("release after a test made a table", result["release_after_a_table_ms"]),
         ("lease + release, one at a time", result["lease_plus_release_ms"]),
-        (f"lease + release, {args.concurrency} at once (warm)", result["concurrent_lease_plus_release_ms"]),
+        (f"lease + release, {args.concurrency} at once (warm: spares made)",
+         result["concurrent_lease_plus_release_ms"]),
+        ("  the same, without leak check (as the pytest plugin)", result["concurrent_without_leak_check_ms"]),
+        (f"lease + release, {args.concurrency} at once (rounds after the first)",
+         result["concurrent_right_after_first_round_ms"]),
         (f"lease + release, {args.concurrency} at once (first round)", result["concurrent_first_round_ms"]),
         ("test: table + insert 100 rows + select", result["test_with_table_insert_select_ms"]),
-        ("SELECT 1 round trip", result["select_1_round_trip_ms"]),
+        ("SELECT 1 round trip (the test's client)", result["select_1_round_trip_ms"]),
+        ("  floor: chdb's own query, in this process", floors["chdb_query_in_process"]),
+        ("  floor: bare HTTP round trip (aiohttp, uvicorn)", floors["bare_http_round_trip"]),
+        ("  a thread hop (anyio.to_thread)", floors["thread_hop"]),
+        ("  SELECT 1, admin client (no session)", floors["admin_client_no_session"]),
         ("  breakdown: HTTP hop (admin SELECT 1)", result["breakdown_ms"]["http_hop_select_1"]),
         ("  breakdown: CREATE DATABASE round trip", result["breakdown_ms"]["create_database"]),
         ("  breakdown: DROP DATABASE SYNC round trip", result["breakdown_ms"]["drop_database_sync"]),
@@ -257,6 +427,14 @@ def main() -> None:
     print(f"{'isolated_clickhouse (chdb adaptor)':<52} {'n':>5} {'p50 ms':>9} {'p95 ms':>9}")
     for label, s in rows:
         print(f"{label:<52} {s['n']:>5} {s['p50_ms']:>9.2f} {s['p95_ms']:>9.2f}")
+    print(f"SELECT 1: p50 {result['select_1_round_trip_ms']['p50_ms']:.2f} ms = {floors['ratio_to_floor_p50']}x "
+          f"its floor ({floors['floor_p50']:.2f} ms: chdb's query + a bare HTTP round trip); floor + the two "
+          f"thread hops (adaptor, clickhouse-connect): {floors['floor_plus_two_hops_p50']:.2f} ms")
+    warm = result["concurrent_lease_plus_release_ms"]
+    print(f"{args.concurrency} at once, warm: p95 {warm['p95_ms']:.2f} ms = {warm['p95_to_floor']}x the floor of a "
+          f"round ({warm['floor_one_after_another_p50_ms']:.2f} ms: the same {args.concurrency} one after another)")
+    for key in ("concurrent_lease_plus_release_ms", "concurrent_right_after_first_round_ms"):
+        print(f"{key}: {result[key]['releases_without_a_spare']} of {result[key]['n']} releases found no spare")
     first = result["first_lease_in_process_ms"]
     print(f"{'first lease of the process (imports, clients)':<52} {'':>5} {first:>9.2f}")
     print(f"adaptor RSS: {idle_rss} MB idle, {result['adaptor_rss_after_load_mb']} MB after the run")

@@ -131,6 +131,7 @@ class PooledResource(Generic[T, H]):
     aliases: ClassVar[tuple[str, ...]] = ()
     provider: ClassVar[str | None] = None
     extra: ClassVar[str | None] = None
+    reuse_oldest: ClassVar[bool] = False  # hand out the idle instance released first (see Pool)
 
     keep_on_failure: bool | None = None
 
@@ -214,6 +215,7 @@ class PooledResource(Generic[T, H]):
             validate=self.validate,
             capacity=self.capacity(),
             lease_timeout=settings.lease_timeout,
+            reuse_oldest=self.reuse_oldest,
         )
 
     async def reset(self, handle: H) -> None:

@@ -95,6 +95,7 @@ class Pool(Generic[T]):
         capacity: int,
         lease_timeout: float,
         reset_timeout: float = 30.0,
+        reuse_oldest: bool = False,
     ) -> None:
         self.name = name
         self.capacity = capacity
@@ -104,6 +105,10 @@ class Pool(Generic[T]):
         self._reset = reset
         self._validate = validate
         self._reset_timeout = reset_timeout
+        # The idle instance handed out next: the one released last (warm caches), or with
+        # ``reuse_oldest`` the one released first (a resource whose background work on a released
+        # instance must have had time to finish: ClickHouse slots and their spare databases).
+        self._reuse_oldest = reuse_oldest
         self._limiter = anyio.CapacityLimiter(capacity)
         self._idle: list[T] = []
         self._closed = False
@@ -198,7 +203,7 @@ class Pool(Generic[T]):
         delay = 0.002
         while True:
             while self._idle:
-                item = self._idle.pop()
+                item = self._idle.pop(0 if self._reuse_oldest else -1)
                 if self._validate is None or self._validate(item):
                     self._reused += 1
                     _metrics.record_lease(self.name, reused=True)

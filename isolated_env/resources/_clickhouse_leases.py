@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from .._errors import IsolationBroken
 from .._leases import Keeper, expired, lease_label
 from .._ownership import Scope, alive, lease_ttl, me, parse
@@ -21,8 +23,8 @@ if TYPE_CHECKING:
     from .._servers.clickhouse import ClickHouseServer
 
 __all__ = [
-    "check", "comment", "hold", "hold_marker", "keeper", "let_go", "lost", "markers", "reapable", "server_now",
-    "untouched",
+    "Looks", "check", "comment", "hold", "hold_marker", "keeper", "let_go", "lost", "markers", "reapable",
+    "server_now", "untouched",
 ]
 
 NOW = "toFloat64(toUnixTimestamp64Milli(now64(3))) / 1000"
@@ -198,3 +200,52 @@ async def untouched(admin: Any, databases: list[str]) -> set[str]:
         if not used and label is not None and label[0] == mine and set(label[1]) <= {"exp"}:
             found.add(name)
     return found
+
+
+class _Ask:
+    __slots__ = ("found", "names")
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        self.found: set[str] | None = None
+
+
+class Looks:
+    """:func:`untouched` shared by everyone asking at once: one SELECT runs at a time, and those who
+    ask while it runs are answered together by the next one. Twenty releases at once wait for two
+    round trips at most, not for twenty in a row (nor send twenty to a server busy with them)."""
+
+    def __init__(self) -> None:
+        self._queued: list[_Ask] = []
+        self._busy = False
+        self._done = anyio.Event()
+
+    async def settled(self) -> None:
+        """Wait for the look in flight, if any (its askers have their answers when this returns)."""
+        if self._busy:
+            await self._done.wait()
+
+    async def untouched(self, admin: Any, names: list[str]) -> set[str]:
+        ask = _Ask(names)
+        self._queued.append(ask)
+        while ask.found is None:
+            if self._busy:
+                await self._done.wait()
+                continue
+            self._busy = True
+            batch, self._queued = self._queued, []
+            try:
+                found = await untouched(admin, sorted({name for each in batch for name in each.names}))
+            except BaseException:
+                for each in batch:  # the others look again, or count theirs as used: never as untouched
+                    if each is not ask:
+                        each.found = None
+                        self._queued.append(each)
+                raise
+            finally:
+                self._busy = False
+                done, self._done = self._done, anyio.Event()
+                done.set()
+            for each in batch:
+                each.found = found.intersection(each.names)
+        return ask.found

@@ -18,9 +18,9 @@ from .._errors import ConfigError
 from .._redact import redact_url
 from .._runtime import Runtime
 from .._servers.clickhouse import ClickHouseServer
+from ._clickhouse_leases import Looks, hold, hold_marker, let_go
 from ._clickhouse_leases import check as check_lease
 from ._clickhouse_leases import comment as lease_comment
-from ._clickhouse_leases import hold, hold_marker, let_go, untouched
 from ._clickhouse_reap import drop_prefixed as _drop_prefixed
 from ._clickhouse_reap import reap
 
@@ -93,10 +93,11 @@ class _Slots:
         self.dropping = 0  # released databases not yet dropped or reused (in the lists, or in hand)
         self.live = 0  # slots made and not destroyed
         self.releases = 0  # a loop that releases once (a loop per test) makes no spares
+        self.unspared = 0  # releases that found no spare (each waited for a look, or for DDL)
         self._working = False
         self._admin: Any = None
         self._admin_lock = anyio.Lock()
-        self._reclaim_lock = anyio.Lock()
+        self._looks = Looks()  # one SELECT at a time answers every release and the worker waiting on one
         self._looking: list[tuple[str, str | None]] = []  # released databases being looked at now
 
     def _name(self, user: str | None = None) -> str:
@@ -186,7 +187,9 @@ class _Slots:
     async def recycle(self, slot: _Slot) -> None:
         """On release: the slot moves to a spare made ahead of time, and the worker reuses the used
         database as a spare if the test made nothing in it, else drops it. Without a spare, an
-        untouched database stays with the slot (one SELECT); a used one is replaced in-line."""
+        untouched database stays with the slot (one SELECT, shared with the releases and the worker
+        looking at the same time, which also brings the returned databases back as spares); a used
+        one is replaced in-line."""
         if self.mode == "prefix":
             check_lease(slot.lease)  # lost while the test held it: another run may have reaped it
             await self.clean(slot)
@@ -194,16 +197,17 @@ class _Slots:
         check_lease(slot.database)  # lost while the test held it: another run may have reaped it
         spares = self.spare_sets.setdefault(slot.user, [])
         self.releases += 1
-        if not spares and (self._reclaim_lock.locked() or any(user == slot.user for _, user in self.returned)):
-            await self._reclaim()  # one look at every returned database (or the worker's) refills the spares
+        if not spares and any(owner == slot.user for _, owner in self._looking):
+            await self._looks.settled()  # the look in flight brings this user's returned databases back
         if spares:
             name = spares.pop()
             self.returned.append((slot.database, slot.user))
-        elif slot.database in await untouched(await self._admin_client(), [slot.database]):
-            if self.releases > 1:  # nothing was made in it: it stays, with no DDL; spares if more releases come
-                await self._kick()
-            return
         else:
+            self.unspared += 1
+            if await self._reclaim(slot.database):
+                if self.releases > 1:  # nothing was made in it: it stays, with no DDL; spares if more releases come
+                    await self._kick()
+                return
             name = self._name(slot.user)
             await self._make_database(await self._ddl(slot), name)
             self.retired.append(slot.database)
@@ -217,31 +221,37 @@ class _Slots:
         in_flight = sum(1 for _, owner in self.returned + self._looking if owner == user)
         return len(self.spare_sets.get(user, ())) + in_flight < wanted
 
-    async def _reclaim(self) -> None:
-        """Looks at every returned database at once: an untouched one is a spare again, the rest retire."""
-        async with self._reclaim_lock:
-            returned, self.returned = self.returned, []
-            if not returned:
-                return
-            self._looking = returned
-            names = [name for name, _ in returned]
-            try:
-                reuse = set() if self.runtime.closed else await untouched(await self._admin_client(), names)
-            except Exception as exc:  # looked at again as retired databases: dropped, or retried
-                log.warning("isolated_env: checking ClickHouse databases %s failed: %r", returned, exc)
-                reuse = set()
-            except BaseException:  # cancelled: still to be looked at
-                self.returned.extend(returned)
+    async def _reclaim(self, own: str | None = None) -> bool:
+        """Looks at every returned database, and ``own`` (a releasing slot's), in one SELECT: an
+        untouched returned one is a spare again, the rest retire. Returns whether ``own`` is untouched."""
+        returned, self.returned = self.returned, []
+        names = [name for name, _ in returned] + ([own] if own is not None else [])
+        if not names:
+            return False
+        self._looking.extend(returned)
+        try:
+            closed = self.runtime.closed and own is None
+            reuse = set() if closed else await self._looks.untouched(await self._admin_client(), names)
+        except Exception as exc:  # looked at again as retired databases: dropped, or retried
+            log.warning("isolated_env: checking ClickHouse databases %s failed: %r", returned, exc)
+            self.retired.extend(name for name, _ in returned)
+            if own is not None:
                 raise
-            finally:
-                self._looking = []
-            for name, user in returned:
-                spares = self.spare_sets.get(user)
-                if name in reuse and spares is not None:
-                    spares.append(name)
-                    self.dropping -= 1
-                else:
-                    self.retired.append(name)
+            return False
+        except BaseException:  # cancelled: still to be looked at
+            self.returned.extend(returned)
+            raise
+        finally:
+            for item in returned:
+                self._looking.remove(item)
+        for name, user in returned:
+            spares = self.spare_sets.get(user)
+            if name in reuse and spares is not None:
+                spares.append(name)
+                self.dropping -= 1
+            else:
+                self.retired.append(name)
+        return own is not None and own in reuse
 
     async def _kick(self) -> None:
         if not self._working:
@@ -249,38 +259,54 @@ class _Slots:
             await self.runtime.spawn(self._work, name="isolated-env clickhouse drops and spares")
 
     async def _work(self) -> None:
-        """Drops retired databases and keeps SPARES empty ones ready, off the test's path. A DROP
-        that fails is logged and retried on the next round (or at close): one failure must not
-        stop the drops that follow."""
+        """Off the test's path: looks at returned databases, makes spares (every user short of them
+        gets one before any gets two), then drops retired databases. A DROP that
+        fails is logged and retried on the next round (or at close): one failure must not stop the
+        drops that follow."""
         try:
             admin = await self._admin_client()
-            while self.returned:
-                await self._reclaim()
-            failed: list[str] = []
-            while self.retired:
-                name = self.retired.pop()
-                try:
-                    await self._drop_database(admin, name)
-                except Exception as exc:
-                    log.warning("isolated_env: dropping ClickHouse database %s failed (retried later): %r", name, exc)
-                    failed.append(name)
+            while not self.runtime.closed:
+                if self.returned:
+                    await self._reclaim()
                     continue
-                self.dropping -= 1
-            self.retired.extend(failed)
-            for user, spares in list(self.spare_sets.items()):
                 # A released database still to be looked at counts: it may come back as a spare, so
                 # a slot's databases stay its own, its spares and those being dropped.
-                while self._short(user) and not self.runtime.closed and user in self.spare_sets:
-                    name = self._name(user)
-                    await self._make_database(admin, name)
-                    spares.append(name)
+                short = [user for user in self.spare_sets if self._short(user)]
+                if short:
+                    await self._make_spare(admin, min(short, key=lambda user: len(self.spare_sets[user])))
+                    continue
+                failed: list[str] = []
+                while self.retired:
+                    name = self.retired.pop()
+                    try:
+                        await self._drop_database(admin, name)
+                    except Exception as exc:
+                        log.warning("isolated_env: dropping ClickHouse database %s failed (retried later): %r",
+                                    name, exc)
+                        failed.append(name)
+                        continue
+                    self.dropping -= 1
+                self.retired.extend(failed)
+                return
         finally:
             self._working = False
 
+    async def _make_spare(self, admin: Any, user: str | None) -> None:
+        name = self._name(user)
+        await self._make_database(admin, name)
+        spares = self.spare_sets.get(user)
+        if spares is None:  # its slot went away meanwhile: dropped with the retired ones
+            self.retired.append(name)
+            self.dropping += 1
+        else:
+            spares.append(name)
+
     async def settle(self) -> None:
-        """Wait until every released database has been dropped (raises the last failure when a
-        drop keeps failing)."""
+        """Wait for the background work: every released database dropped or a spare again, the
+        spares made (raises the last failure when a drop keeps failing)."""
         for _ in range(3):
+            if self._working:
+                await self.runtime.settle()
             if not self.dropping:
                 return
             await self._kick()

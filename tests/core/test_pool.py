@@ -85,6 +85,19 @@ async def test_failed_reset_destroys_the_instance() -> None:
     await pool.aclose()
 
 
+@pytest.mark.parametrize("reuse_oldest", [False, True])
+async def test_the_idle_instance_handed_out_is_the_last_released_or_the_first(reuse_oldest: bool) -> None:
+    c = Counter()
+    pool = Pool("things", create=c.create, reset=c.reset, destroy=c.destroy, capacity=3, lease_timeout=5,
+                reuse_oldest=reuse_oldest)
+    async with pool.lease() as first, pool.lease() as second:
+        assert (first.value, second.value) == (1, 2)
+    # Released in reverse order of leasing (the inner lease first): 2, then 1.
+    async with pool.lease() as again:
+        assert again.value == (2 if reuse_oldest else 1)
+    await pool.aclose()
+
+
 async def test_discarded_lease_is_destroyed() -> None:
     c = Counter()
     pool = c.pool(2)

@@ -5,8 +5,9 @@ on the one engine path of a process, each with its own current database and sett
 one costs ~0.1 ms (settings can ride in its connection string); queries on different connections
 run in parallel and release the GIL; the engine stops when its last connection closes, so a
 keeper connection stays open for the adaptor's life; ``send_insert`` feeds raw ``FORMAT`` bytes
-(Native included). So a request without a session runs on a fresh connection in a worker thread,
-and a session is a connection kept between requests.
+(Native included). So a request without a session runs in a worker thread on a connection opened
+with its settings and database (an idle one with the same connection string when there is one,
+see :mod:`.conns`), and a session is a connection kept between requests.
 
 Everything goes through chdb's public API (``chdb.connect``, ``Connection.query`` and
 ``send_insert``, the result's statistics) except counting the statements of a query, which only
@@ -20,7 +21,6 @@ import contextlib
 import dataclasses
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,6 +31,7 @@ from isolated_env._drivers import _seams
 
 from . import native
 from .config import write_config
+from .conns import CONNECTION_SAFE, Idle, Use, connection_string, reusable
 from .guard import ADMIN, check
 from .protocol import (
     EngineError,
@@ -43,10 +44,10 @@ from .protocol import (
     quote_literal,
     result_format,
 )
-from .reply import summary
+from .reply import result_summary, summary
 from .stream import concatenable, open_stream, streams
 
-__all__ = ["CHDB_TESTED", "CHDB_CORE_TESTED", "Engine", "statement_count"]
+__all__ = ["CHDB_TESTED", "CHDB_CORE_TESTED", "Engine", "connection_string", "statement_count"]
 
 _log = logging.getLogger("isolated_env")
 
@@ -55,10 +56,6 @@ CHDB_TESTED = ">=4.4.0,<4.5"
 CHDB_CORE_TESTED = ">=26.9.0,<26.10"
 """chdb-core (the extension whose connection has ``classify_query``) versions it was tested on."""
 
-# A value that can ride in a connection string as it is. chdb re-parses that string as a URL
-# query (``+`` would become a space, an empty value a bare flag, meaning 1), so anything else is
-# applied with ``SET`` after connecting.
-_CONNECTION_SAFE = re.compile(r"^[A-Za-z0-9_.:-]+$")
 
 
 def statement_count(conn: Any, sql: str) -> int:
@@ -74,29 +71,11 @@ def statement_count(conn: Any, sql: str) -> int:
     return count_statements(sql)
 
 
-def connection_string(path: str, settings: Mapping[str, str], database: str | None) -> tuple[str, dict[str, str]]:
-    """The connection string for ``settings`` and ``database``, and the settings left for ``SET``."""
-    options: dict[str, str] = {}
-    late: dict[str, str] = {}
-    for name, value in settings.items():
-        (options if _CONNECTION_SAFE.match(value) else late)[name] = value
-    if database and _CONNECTION_SAFE.match(database):
-        options["database"] = database
-    return path + ("?" + "&".join(f"{k}={v}" for k, v in options.items()) if options else ""), late
-
-
 def _close(conn: Any, what: str) -> None:
     try:
         conn.close()
     except Exception:  # the connection is being let go: a failure to close it changes nothing else
         _log.debug("chdb adaptor: closing %s failed", what, exc_info=True)
-
-
-def _figure(result: Any, name: str) -> float:
-    getter: Callable[[], Any] | None = getattr(result, name, None)
-    if getter is None:  # a statistic this chdb does not keep is reported as 0
-        return 0.0
-    return float(getter())
 
 
 class _Session:
@@ -133,6 +112,7 @@ class Engine:
         self._sessions: dict[tuple[str, str], _Session] = {}
         self._sessions_lock = threading.Lock()
         self._known: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self._idle = Idle(lambda conn: _close(conn, "an idle connection"))
 
     def close(self) -> None:
         with self._sessions_lock:
@@ -140,6 +120,7 @@ class Engine:
         for session in sessions:
             with session.lock:
                 _close(session.conn, "a session's connection")
+        self._idle.clear()
         _close(self._keeper, "the keeper connection")
 
     def check_settings(self, settings: Mapping[str, str]) -> None:
@@ -154,11 +135,14 @@ class Engine:
         if query.user != ADMIN:
             query = dataclasses.replace(query, sql=check(query.user, query.database, query.sql, self.databases))
         cleanup = contextlib.ExitStack()
+        use: Use | None = None
         try:
             if query.session_id is None:
-                conn = self._connect(query.settings, query.database)
-                cleanup.callback(_close, conn, "a request's connection")
-                outcome = self._run(conn, query, cleanup)
+                use = self._connect(query.settings, query.database)
+                if query.external or not reusable(query.sql):
+                    use.target = None
+                cleanup.callback(self._let_go, use)
+                outcome = self._run(use, query, cleanup)
             else:
                 session = self._session(query)
                 if not session.lock.acquire(blocking=False):
@@ -167,15 +151,23 @@ class Engine:
                     )
                 cleanup.callback(self._release, session)
                 self._apply_session_state(session, query)
-                outcome = self._run(session.conn, query, cleanup)
+                outcome = self._run(Use(session.conn, None), query, cleanup)
                 if first_word(query.sql) == b"USE":  # the session's own database changes, as a server's would
                     session.own_database = session.database = self._current_database(session.conn)
         except BaseException:
+            if use is not None:
+                use.ok = False
             cleanup.close()
             raise
         if outcome.rest is None:
             cleanup.close()
         return outcome
+
+    def _let_go(self, use: Use) -> None:
+        if use.target is not None and use.ok and (use.chunks is None or use.chunks.finished):
+            self._idle.give(use.target, use.conn)
+        else:
+            _close(use.conn, "a request's connection")
 
     @staticmethod
     def _release(session: _Session) -> None:
@@ -208,18 +200,24 @@ class Engine:
         except RuntimeError as exc:
             raise EngineError.from_engine(exc) from None
 
-    def _connect(self, settings: Mapping[str, str], database: str | None) -> Any:
+    def _connect(self, settings: Mapping[str, str], database: str | None) -> Use:
+        """A connection for ``settings`` and ``database``: an idle one, or opened now (one that
+        needed a ``USE`` or ``SET`` after opening is not kept: its target does not describe it)."""
         target, late = connection_string(self.path, settings, database)
+        keyed = not late and not (database and not CONNECTION_SAFE.match(database))
+        idle = self._idle.take(target) if keyed else None
+        if idle is not None:
+            return Use(idle, target)
         conn = self._open(target)
         try:
-            if database and not _CONNECTION_SAFE.match(database):
+            if database and not CONNECTION_SAFE.match(database):
                 conn.query(f"USE {quote_ident(database)}", "TabSeparated")
             if late:
                 conn.query("SET " + ", ".join(f"{k} = {quote_literal(v)}" for k, v in late.items()), "TabSeparated")
         except RuntimeError as exc:
             _close(conn, "a connection that failed to set up")
             raise EngineError.from_engine(exc) from None
-        return conn
+        return Use(conn, target if keyed else None)
 
     def _session(self, query: Query) -> _Session:
         assert query.session_id is not None
@@ -294,7 +292,8 @@ class Engine:
         done = inserter.finish()
         return summary(written_rows=done.rows_written, written_bytes=done.bytes_written, elapsed=done.elapsed)
 
-    def _run(self, conn: Any, query: Query, cleanup: contextlib.ExitStack) -> Outcome:
+    def _run(self, use: Use, query: Query, cleanup: contextlib.ExitStack) -> Outcome:
+        conn = use.conn
         try:
             for table in query.external:
                 name = quote_ident(table.name)
@@ -302,7 +301,7 @@ class Engine:
                 # A session outlives the request; its tables must not (dropped when the reply ends).
                 cleanup.callback(self._drop_external, conn, table.name)
                 self._insert(conn, f"INSERT INTO {name}", table.format, table.data)
-            return self._run_query(conn, query, cleanup)
+            return self._run_query(use, query, cleanup)
         except RuntimeError as exc:
             raise EngineError.from_engine(exc) from None
 
@@ -313,7 +312,8 @@ class Engine:
         except RuntimeError:
             _log.warning("chdb adaptor: external table %s outlives its request", name, exc_info=True)
 
-    def _run_query(self, conn: Any, query: Query, cleanup: contextlib.ExitStack) -> Outcome:
+    def _run_query(self, use: Use, query: Query, cleanup: contextlib.ExitStack) -> Outcome:
+        conn = use.conn
         if query.insert_format is not None:
             written = self._insert(conn, query.sql, query.insert_format, query.data)
             return Outcome(b"", None, written)
@@ -333,7 +333,7 @@ class Engine:
             and streams()
         ):
             try:
-                return self._stream(conn, query, sql, fmt, cleanup, revision, whole)
+                return self._stream(use, query, sql, fmt, cleanup, revision, whole)
             except EngineError as err:
                 if not err.message.startswith("Code: 36. DB::Exception: Streaming query is not supported"):
                     raise  # WITH ... INSERT is not a query chdb streams: it runs whole below
@@ -341,7 +341,7 @@ class Engine:
         body: bytes = result.bytes()
         if revision >= native.REVISION_WITH_BLOCK_INFO and body:
             body = self._zone_header(query, body, revision) + native.with_block_info(body)
-        return Outcome(body, fmt, _summary([result], len(body)))
+        return Outcome(body, fmt, result_summary([result], len(body)))
 
     def _zone_header(self, query: Query, first_block: bytes, revision: int) -> bytes:
         """The block restoring ``DateTime('tz')`` column types (:mod:`.native`), or b"": ``DESCRIBE``
@@ -349,26 +349,27 @@ class Engine:
         if revision < native.REVISION_WITH_DATETIME_ZONE or not native.column_types_stripped(first_block):
             return b""
         try:
-            conn = self._connect(query.settings, query.database)
+            use = self._connect(query.settings, query.database)
         except EngineError:
             return b""
         try:
-            described = conn.query(native.describe_query(query.sql).encode("utf-8", "surrogateescape"), "JSONEachRow",
-                                   params=dict(query.params)).bytes()
+            sql = native.describe_query(query.sql).encode("utf-8", "surrogateescape")
+            described = use.conn.query(sql, "JSONEachRow", params=dict(query.params)).bytes()
             return native.zone_header(described)
         except RuntimeError:  # not a statement DESCRIBE takes (or a session's temporary table): as written
+            use.ok = False
             return b""
         finally:
-            _close(conn, "a connection describing a result")
+            self._let_go(use)
 
     def _stream(
-        self, conn: Any, query: Query, sql: bytes, fmt: str | None, cleanup: contextlib.ExitStack, revision: int,
+        self, use: Use, query: Query, sql: bytes, fmt: str | None, cleanup: contextlib.ExitStack, revision: int,
         whole: bool,
     ) -> Outcome:
         # The reply starts once two chunks are in (``whole``: all of them): a result that fits goes out
         # whole, with its summary; a longer one streams, a failure after its first chunks written
         # into the body as a server's exception block.
-        chunks = open_stream(conn, sql, query.default_format, dict(query.params), cleanup)
+        chunks = use.chunks = open_stream(use.conn, sql, query.default_format, dict(query.params), cleanup)
         if revision >= native.REVISION_WITH_BLOCK_INFO:
             chunks.prefix = native.BLOCK_INFO
         parts: list[bytes] = []
@@ -380,20 +381,11 @@ class Engine:
                     header = self._zone_header(query, part, revision)
                 if not part:
                     body = header + b"".join(parts)
-                    return Outcome(body, fmt, _summary(chunks.stats, len(body)))
+                    return Outcome(body, fmt, result_summary(chunks.stats, len(body)))
                 parts.append(part)
         except BaseException:
             chunks.close()
             raise
         chunks.pending = header + b"".join(parts)
-        return Outcome(b"", fmt, _summary(chunks.stats, 0), rest=chunks)
+        return Outcome(b"", fmt, result_summary(chunks.stats, 0), rest=chunks)
 
-
-def _summary(results: list[Any], result_bytes: int) -> dict[str, str]:
-    return summary(
-        read_rows=sum(int(_figure(r, "rows_read")) for r in results),
-        read_bytes=sum(int(_figure(r, "bytes_read")) for r in results),
-        written_rows=sum(int(_figure(r, "rows_written")) for r in results),
-        written_bytes=sum(int(_figure(r, "bytes_written")) for r in results),
-        result_bytes=result_bytes, elapsed=max((_figure(r, "elapsed") for r in results), default=0.0),
-    )

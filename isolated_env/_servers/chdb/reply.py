@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .protocol import EngineError, Outcome
 
 __all__ = [
     "common_headers", "content_type", "encode_headers", "error_reply", "exception_block", "status_for",
-    "success_headers", "summary",
+    "result_summary", "success_headers", "summary",
 ]
 
 _CONTENT_TYPES = {
@@ -51,6 +52,24 @@ def summary(
         "result_bytes": str(result_bytes),
         "elapsed_ns": str(int(elapsed * 1e9)),
     }
+
+
+def _figure(result: Any, name: str) -> float:
+    getter: Callable[[], Any] | None = getattr(result, name, None)
+    if getter is None:  # a statistic this chdb does not keep is reported as 0
+        return 0.0
+    return float(getter())
+
+
+def result_summary(results: list[Any], result_bytes: int) -> dict[str, str]:
+    """The summary of the engine's results ``results`` (the chunks of a stream, or one result)."""
+    return summary(
+        read_rows=sum(int(_figure(r, "rows_read")) for r in results),
+        read_bytes=sum(int(_figure(r, "bytes_read")) for r in results),
+        written_rows=sum(int(_figure(r, "rows_written")) for r in results),
+        written_bytes=sum(int(_figure(r, "bytes_written")) for r in results),
+        result_bytes=result_bytes, elapsed=max((_figure(r, "elapsed") for r in results), default=0.0),
+    )
 
 
 def status_for(code: int) -> int:

@@ -70,6 +70,7 @@ class Chunks:
         self._handle = handle
         self._cleanup = cleanup
         self._done = False
+        self.finished = False  # read to its end without a failure (its connection may serve again)
         self.stats: list[Any] = []  # the chunks' results (their read figures feed the summary)
         self.pending = b""  # read ahead, returned first by a call
         self.prefix = b""  # written before each chunk (one block each: its block info, see .native)
@@ -91,7 +92,7 @@ class Chunks:
             raise EngineError.from_engine(exc) from None
         body: bytes = result.bytes() if result is not None else b""
         if not body:
-            self._done = True
+            self._done = self.finished = True
             self.close()
             return b""
         self.stats.append(result)
