@@ -256,15 +256,15 @@ async def test_the_heartbeat_outlives_a_bad_setting_read_on_a_beat(
 
     clean_environ.setattr(resource, "HEARTBEAT_S", None)
     clean_environ.setattr(resource, "LEASE_TTL_MS", None)
-    clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "1.5")  # a beat every 0.5 s
+    clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "3")  # a beat every second (a loaded machine may be late)
     clean_environ.setenv("TEST_REDIS_URL", small_redis)
 
     async def a_bad_setting_for_a_while() -> None:
         clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "soon")
-        await anyio.sleep(2.0)  # beats that read the bad setting, for longer than the TTL
-        clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "1.5")
+        await anyio.sleep(4.0)  # beats that read the bad setting, for longer than the TTL
+        clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "3")
 
-    await _lease_taken_while_held(small_redis, a_bad_setting_for_a_while, 1.5)
+    await _lease_taken_while_held(small_redis, a_bad_setting_for_a_while, 3.0)
 
 
 async def test_keep_on_failure_keeps_the_database_leased_until_pruned(
