@@ -84,3 +84,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     sessions = sys.modules.get("isolated_env._drivers.asyncpg_sessions")
     if sessions is not None:  # PostgreSQL sessions parked between event loops end with the run
         sessions.close_all()
+    redis = sys.modules.get("isolated_env.resources.redis")
+    if redis is not None:  # and the Redis test connections' sockets
+        redis.close_parked()

@@ -17,6 +17,7 @@ from typing import Any
 from .._drivers import redis as redis_driver
 from .._servers import _redis_acl
 from .._servers.redis import RedisServer
+from ._redis_carry import Carried
 
 __all__ = ["test_client", "untaint"]
 
@@ -156,10 +157,29 @@ class _PrivateChannels:
         await super().disconnect(*args, **kwargs)  # type: ignore[misc]
 
 
-def _connection_class(base: type, prefix: bytes, allow: Callable[[list[Any]], Awaitable[None]]) -> type:
-    # A class per client (made once per slot, not per test): ``tainted`` is that client's.
-    attrs = {"channel_prefix": prefix, "tainted": [False], "allow_patterns": staticmethod(allow)}
-    return type(f"Private{base.__name__}", (_PrivateChannels, base), attrs)
+def _connection_class(
+    base: type, prefix: bytes, allow: Callable[[list[Any]], Awaitable[None]], parked: list[Any] | None
+) -> type:
+    # A class per client: ``tainted`` is that client's, ``parked`` its slot's sockets of a past loop.
+    attrs = {"channel_prefix": prefix, "tainted": [False], "allow_patterns": staticmethod(allow),
+             "parked": parked if parked is not None else ()}
+    return type(f"Private{base.__name__}", (_PrivateChannels, Carried, base), attrs)
+
+
+# The connection class of a database's test client, made once per process and database, not per
+# client: a loop per test would make (and the garbage collector sweep) a class per test. One client
+# of a database exists at a time (its slot is in one loop, or banked with its client closed).
+_classes: dict[tuple[Any, ...], type] = {}
+
+
+def _class_for(server: RedisServer, db: int, base: type, prefix: bytes, parked: list[Any] | None) -> type:
+    key = (server.key, server.acl_secret, db, base)
+    cls = _classes.get(key)
+    if cls is None:
+        cls = _classes[key] = _connection_class(base, prefix, _pattern_allower(server, db, prefix), parked)
+    cls.tainted = [False]  # type: ignore[attr-defined]  # the new client's
+    cls.parked = parked if parked is not None else ()  # type: ignore[attr-defined]
+    return cls
 
 
 def _pattern_allower(server: RedisServer, db: int, prefix: bytes) -> Callable[[list[Any]], Awaitable[None]]:
@@ -198,15 +218,16 @@ def _stripping(prefix: bytes, then: Callable[..., Any] | None, pairs: bool) -> C
     return callback
 
 
-def test_client(server: RedisServer, db: int) -> Any:
+def test_client(server: RedisServer, db: int, parked: list[Any] | None = None) -> Any:
     """The client a test gets for database ``db``: its restricted user, with private channels, when
-    the server has guard rails; else an admin client as before."""
+    the server has guard rails; else an admin client as before. ``parked``: sockets of this
+    database's test connections in a past loop, taken over before connecting anew (:mod:`._redis_carry`)."""
     client = redis_driver.asyncio_client(**server.test_kwargs(db))
     if not server.guarded:
         return client
     prefix = _redis_acl.CHANNELS.format(db).encode()
     pool = client.connection_pool
-    pool.connection_class = _connection_class(pool.connection_class, prefix, _pattern_allower(server, db, prefix))
+    pool.connection_class = _class_for(server, db, pool.connection_class, prefix, parked)
     for command, pairs in (("PUBSUB CHANNELS", False), ("PUBSUB SHARDCHANNELS", False),
                            ("PUBSUB NUMSUB", True), ("PUBSUB SHARDNUMSUB", True)):
         client.set_response_callback(command, _stripping(prefix, client.response_callbacks.get(command), pairs))

@@ -200,6 +200,13 @@ class _LeaseKeeper:
 
 
 
+def _drop_parked(slot: Any) -> None:
+    """Close the sockets a banked slot carries for the next loop (a database slot's; see _redis_carry)."""
+    drop = getattr(slot, "drop_parked", None)
+    if drop is not None:
+        drop()
+
+
 class _Bank:
     """Database numbers this process holds the lease of and no event loop is using: flushed, kept
     alive by the keeper, and handed to the next loop that needs one without a round trip.
@@ -248,6 +255,7 @@ class _Bank:
                 if slot.lost is None:
                     return slot
                 self._keeper.remove(slot)  # lost while banked: never handed out
+                _drop_parked(slot)
             return None
 
     def forget(self, slot: Any) -> None:
@@ -258,6 +266,7 @@ class _Bank:
                 return
             entry[1].remove(slot)
             self._keeper.remove(slot)
+            _drop_parked(slot)
 
     def put(self, slot: Any) -> None:
         """Bank ``slot`` (flushed, its client closed), still leased and kept alive."""
@@ -268,6 +277,12 @@ class _Bank:
                 self._hooked = True
                 atexit.register(self.release_all)
 
+    def banked(self) -> list[Any]:
+        """Every slot in the bank now."""
+        with self._lock:
+            self._mine()
+            return [slot for _, slots in self._idle.values() for slot in slots]
+
     def release_all(self) -> None:
         """Give back every banked lease (at exit; the keys expire by their TTL anyway)."""
         with self._lock:
@@ -276,6 +291,7 @@ class _Bank:
         for server, slots in idle.values():
             for slot in slots:
                 self._keeper.remove(slot)
+                _drop_parked(slot)
             if not slots:
                 continue
             try:

@@ -30,6 +30,7 @@ from .._resource import ResourceContext
 from .._runtime import Runtime
 from .._servers import redis as servers
 from .._servers.redis import RedisServer
+from . import _redis_carry
 from ._died import watch as _watch
 from ._redis_flusher import BackgroundAdmin
 from ._redis_guard import test_client, untaint
@@ -89,7 +90,7 @@ def _owner() -> str:
 
 
 class _Slot:
-    __slots__ = ("admin", "clean", "client", "db", "lost", "server", "url")
+    __slots__ = ("admin", "clean", "client", "db", "lost", "parked", "server", "url")
 
     def __init__(self, server: RedisServer, db: int, client: Any, admin: Any = None) -> None:
         self.server = server
@@ -101,6 +102,11 @@ class _Slot:
         self.url = server.test_url(db)  # once per slot: it derives the user's password
         self.lost: str | None = None  # why the lease was lost, once the heartbeat finds out
         self.clean = True  # flushed since a test last had it
+        self.parked: list[Any] = []  # the test client's sockets of the last loop (see _redis_carry)
+
+    def drop_parked(self) -> None:
+        """Close the sockets parked for the next loop (the lease ends, or is lost, or kept)."""
+        _redis_carry.close(self.parked)
 
     async def close_clients(self) -> None:
         """Close the test's client and ours (one, when they are the same); the slot keeps neither."""
@@ -180,10 +186,10 @@ class _Slots:
                 # Another loop had it, and this one may not outlive its test: flushes go through
                 # the background loop's admin client, only the test's client is opened here.
                 banked.admin = BackgroundAdmin(self.server, banked.db)
-                banked.client = test_client(self.server, banked.db)
+                banked.client = test_client(self.server, banked.db, banked.parked)
                 return banked
             banked.admin = redis_driver.asyncio_client(**self.server.client_kwargs(banked.db))
-            banked.client = test_client(self.server, banked.db) if self.server.guarded else banked.admin
+            banked.client = test_client(self.server, banked.db, banked.parked) if self.server.guarded else banked.admin
             return banked
         async with self.lock:
             if _bank.first_use(self.server):
@@ -221,10 +227,18 @@ class _Slots:
     async def destroy(self, slot: _Slot) -> None:
         if slot.clean and slot.lost is None:
             # Idle in a closing loop's pool, flushed when it came back: the lease stays with the
-            # process for the next loop, only this loop's clients go.
-            await slot.close_clients()
+            # process for the next loop, only this loop's clients go (the test client's sockets
+            # with it, for the next loop's test client).
+            carried = _redis_carry.detach(slot.client, _redis_carry.MAX_CARRIED - len(slot.parked))
+            try:
+                await slot.close_clients()
+            except BaseException:
+                _redis_carry.close(carried)
+                raise
+            slot.parked.extend(carried)
             _bank.put(slot)
             return
+        slot.drop_parked()
         try:
             if slot.lost is None:
                 await slot.admin.flushdb()
@@ -239,6 +253,7 @@ class _Slots:
         async with self.lock:
             await self.control.eval(_KEEP, 1, f"ie:slot:{slot.db}", _owner(), label)
         _keeper.remove(slot)
+        slot.drop_parked()
         await slot.close_clients()
         server = self.server
         reach = (f"redis-cli -s {server.unix_socket} -n {slot.db}" if server.unix_socket
@@ -257,6 +272,13 @@ class _Slots:
     async def aclose(self) -> None:
         if self._control is not None:
             await self._control.aclose()
+
+
+def close_parked() -> None:
+    """Close the test connections' sockets banked slots carry for a next loop (a test run ends:
+    they would count as its leaked descriptors); the leases stay banked."""
+    for slot in _bank.banked():
+        slot.drop_parked()
 
 
 def _slots_for(server: RedisServer, runtime: Runtime) -> _Slots:

@@ -171,3 +171,42 @@ def test_a_closed_loop_leaves_no_descriptor_of_its_own() -> None:
     # a descriptor left per loop would show as 20 or more; a few may be sessions the background
     # loop parks for the warm pool meanwhile
     assert len(os.listdir("/proc/self/fd")) <= before + 8
+
+
+def _client_id() -> Callable[[], Awaitable[tuple[int, int]]]:
+    async def one() -> tuple[int, int]:
+        async with ie.isolated_redis() as r:
+            return int(r.db), int(await r.client_id())
+
+    return one
+
+
+async def _admin_redis(url: str, *args: Any) -> Any:
+    admin = aredis.from_url(url)
+    try:
+        return await admin.execute_command(*args)
+    finally:
+        await admin.aclose()
+
+
+def test_the_redis_test_connection_carries_over_to_the_next_loop() -> None:
+    """Its socket, not redis-py's object: the server session of the last loop serves the next one."""
+    from isolated_env.resources import redis as resource
+
+    db, first = in_a_new_loop(_client_id())
+    db2, second = in_a_new_loop(_client_id())
+    assert (db2, second) == (db, first)  # the same database and the same server-side client
+    url = resource._bank.banked()[0].server.url(0)
+    # A parked socket the server ended meanwhile is dropped for a new connection.
+    assert asyncio.run(_admin_redis(url, "CLIENT", "KILL", "ID", str(second))) == 1
+    db3, third = in_a_new_loop(_client_id())
+    assert db3 == db and third != second
+    # The run's end closes the parked sockets: the server sees the client leave.
+    resource.close_parked()
+    for _ in range(200):
+        if str(third).encode() not in asyncio.run(_admin_redis(url, "CLIENT", "LIST", "ID", str(third))):
+            break
+    else:
+        pytest.fail(f"the parked Redis connection {third} outlived close_parked()")
+    db4, fourth = in_a_new_loop(_client_id())
+    assert db4 == db and fourth not in (first, third)
