@@ -54,10 +54,12 @@ class ServerUser:
             return {}
         return {"user": self.uid, "group": self.gid, "extra_groups": []}
 
-    def chown(self, path: Path) -> None:
+    def chown(self, path: Path, *, recursive: bool = True) -> None:
         if self.entry is None:
             return
         os.chown(path, self.uid, self.gid)
+        if not recursive:
+            return
         for root, dirs, files in os.walk(path):
             for name in dirs + files:
                 os.chown(os.path.join(root, name), self.uid, self.gid, follow_symlinks=False)

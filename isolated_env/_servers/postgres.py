@@ -196,7 +196,10 @@ def _run(
     cached = _pg_cluster.cached_cluster(settings, bindir, run_bindir, version, user)
     data = server_dir / "data"
     _pg_cluster.copy_cluster(settings, cached, data)
-    user.chown(server_dir)
+    # cp -a kept the cache's owner, the server user that ran initdb: walking the ~1000 files of the
+    # copy to chown each one again is needed only when the cache belongs to someone else.
+    copied = os.stat(data)
+    user.chown(server_dir, recursive=(copied.st_uid, copied.st_gid) != (user.uid, user.gid))
     # The socket's directory: the server user's alone (root still connects, as root).
     os.chmod(server_dir, 0o700)
     tcp = settings.postgres_tcp
