@@ -9,8 +9,10 @@ is this kind's :class:`~._provider.ServerProvider`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
+import hashlib
 import importlib.util
 import itertools
 import os
@@ -107,10 +109,25 @@ class PostgresServer:
         return f"postgresql://{auth}@{self.host}:{self.port}/{db}" + (f"?{extra[1:]}" if extra else "")
 
 
-def _version_of(bindir: Path) -> str:
-    out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True)
+def _version_of(settings: Settings, bindir: Path) -> str:
+    """``postgres --version``, remembered in the cluster cache per binary (its path, inode, size and
+    mtime): the process costs a start 10-30 ms, the server binary loading every library it links."""
+    binary = bindir / "postgres"
+    st = binary.stat()
+    key = hashlib.sha1(f"{os.path.realpath(binary)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    memo = _pg_cluster.cache_root(settings) / f"version-{key[:12]}"
+    with contextlib.suppress(OSError):
+        known = memo.read_text().strip()
+        if known:
+            return known
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True)
     match = re.search(r"(\d+(?:\.\d+)*)", out.stdout)
-    return match.group(1) if match else out.stdout.strip()
+    version = match.group(1) if match else out.stdout.strip()
+    with contextlib.suppress(OSError):  # unremembered, the next start only asks the binary again
+        tmp = memo.with_name(f"{memo.name}.tmp{os.getpid()}")
+        tmp.write_text(version)
+        os.replace(tmp, memo)
+    return version
 
 
 def find_bindir(override: Path | None = None) -> tuple[Path, list[str]]:
@@ -177,7 +194,7 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
     # Before the cache was one per machine, each state directory kept its own: ~40 MB of RAM each.
     shutil.rmtree(root / "pgcache", ignore_errors=True)
     run_bindir = readable_copy(bindir.parent, root, user) / "bin"
-    version = _version_of(run_bindir)
+    version = _version_of(settings, run_bindir)
     major = version.split(".")[0]
     first = not _pg_cluster.is_cached(settings, bindir, version)
     with progress("postgres", f"PostgreSQL {major}", "first run, builds the cluster cache" if first else None):
