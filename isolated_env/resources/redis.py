@@ -183,13 +183,6 @@ class _Slots:
             slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), _ttl_ms(), 1, last))
             if slot < 0 and await _reap(self.control, last):
                 slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), _ttl_ms(), 1, last))
-        if _bank.first_use(self.server):
-            # Freeing dead owners' slots is no part of the first lease (one that finds every slot
-            # taken reaps above): it goes on in the background, settled before the event loop closes.
-            if self.runtime.closed:
-                await self._reap(last)
-            else:
-                await self.runtime.spawn(self._reap, last, name="isolated_env redis reaper")
         if slot < 0:
             raise TryLater(
                 f"all {last} Redis databases of {self.server.redacted} are leased (by this and other "
@@ -208,6 +201,13 @@ class _Slots:
             raise
         item = _Slot(self.server, slot, client, admin)
         _keeper.add(item)
+        if _bank.first_use(self.server):
+            # Freeing dead owners' slots is no part of the first lease (one that finds every slot
+            # taken reaps above): it goes on in the background, settled before the event loop closes.
+            if self.runtime.closed:
+                await self._reap(last)
+            else:
+                await self.runtime.spawn(self._reap, last, name="isolated_env redis reaper")
         return item
 
     async def clean(self, slot: _Slot) -> None:
