@@ -21,7 +21,8 @@ load of 7 on the 2 cores, where everything takes 3-4x what it does on an idle ma
 - PostgreSQL's first lease: the server found through the registry (state file, pidfd, users lock;
   ~5 %), the work database made (one admin connection and CREATE DATABASE ... FILE_COPY, most of it),
   one pooled connection as the test role, BEGIN. The guard-rail check (a connection and two queries)
-  is skipped when the server's directory holds the marker its setup leaves; the reaper's scan of
+  is skipped when the server's directory holds the marker its setup leaves (``isolated-env up`` sets
+  them up); the reaper's scan of
   dead owners' databases and the admin connection's close run in the background.
 - Redis's first lease: the control connection, the reaper's MGET of the 1023 lease keys, the SET NX
   lease script, the admin client's connect, AUTH and FLUSHDB.
