@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import os
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -301,7 +300,7 @@ def run_id() -> str:
     if _RUN_ID is None:
         raw = os.environ.get("ISOLATED_ENV_RUN_ID") or os.environ.get("PYTEST_XDIST_TESTRUNUID") or ""
         cleaned = "".join(ch for ch in raw.lower() if ch.isalnum())[:8]
-        _RUN_ID = cleaned or uuid.uuid4().hex[:8]
+        _RUN_ID = cleaned or os.urandom(4).hex()  # as uuid4().hex[:8], without importing uuid (and platform)
     return _RUN_ID
 
 

@@ -22,9 +22,10 @@ __all__ = ["Environment", "EnvironmentStatistics"]
 H = TypeVar("H")
 
 def _canonical(name: str) -> str:
-    from ._registry import aliases
+    from ._registry import aliases, builtin_kind
 
-    return aliases().get(name, name)
+    # A built-in name needs no look at the entry points (no other resource may take it).
+    return builtin_kind(name) or aliases().get(name, name)
 
 
 @dataclasses.dataclass(frozen=True)

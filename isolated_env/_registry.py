@@ -16,15 +16,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import importlib.metadata
 import logging
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
 
-__all__ = ["ResourceSpec", "aliases", "require_backend", "spec", "specs"]
+if TYPE_CHECKING:
+    import importlib.metadata
+
+__all__ = ["ResourceSpec", "aliases", "builtin_kind", "require_backend", "spec", "specs"]
 
 ENTRY_POINT_GROUP = "isolated_env.resources"
 log = logging.getLogger("isolated_env")
@@ -109,6 +111,10 @@ def _from_entry_point(ep: importlib.metadata.EntryPoint) -> ResourceSpec:
 @functools.cache
 def specs() -> tuple[ResourceSpec, ...]:
     """Every registered resource: built-in ones first, then entry points in name order."""
+    # Imported here: importlib.metadata (email, zipfile, csv ...) and the scan of every installed
+    # distribution cost a start-up more than the rest of the package; built-in names need neither.
+    import importlib.metadata
+
     found = list(_BUILTIN)
     taken = {name for s in found for name in (s.kind, *s.aliases)}
     for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -151,6 +157,14 @@ def require_backend(kind: str) -> None:
         "run the test on asyncio: @pytest.mark.anyio with an anyio_backend fixture (or "
         "@pytest.mark.parametrize('anyio_backend', ['asyncio'])) that returns \"asyncio\""
     )
+
+
+def builtin_kind(name: str) -> str | None:
+    """The built-in kind ``name`` is (a kind or an alias), or None; reads no entry point."""
+    for entry in _BUILTIN:
+        if name == entry.kind or name in entry.aliases:
+            return entry.kind
+    return None
 
 
 @functools.cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import operator
 import re
+import sys
 from collections.abc import Callable
 
 __all__ = ["installed_version", "parse_version", "tested"]
@@ -58,10 +59,19 @@ def matches(version: str, spec: str) -> bool:
     return True
 
 
+_OWN_MODULE = frozenset({"asyncpg", "redis"})
+
+
 @functools.cache
 def installed_version(distribution: str) -> str | None:
-    # Imported here, not at the top: importlib.metadata (email, zipfile, csv ...) costs a good
-    # part of a cold start, and most processes never ask.
+    # The imported module's own __version__ when it has one (asyncpg, redis): the seam is asked
+    # on a test's first lease, and importlib.metadata (email, zipfile, csv ...) plus its scan of
+    # the installed distributions would cost that lease more than the rest of its work.
+    # Only where the distribution alone installs that module (chdb-core, say, also writes chdb/).
+    module = sys.modules.get(distribution) if distribution in _OWN_MODULE else None
+    version = getattr(module, "__version__", None)
+    if isinstance(version, str) and parse_version(version):
+        return version
     import importlib.metadata
 
     try:

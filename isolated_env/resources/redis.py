@@ -157,8 +157,9 @@ class _Slots:
     A slot another loop of this process gave back (the bank) is taken first: then this loop only
     opens its client. The control connection is opened when a new lease is needed."""
 
-    def __init__(self, server: RedisServer) -> None:
+    def __init__(self, server: RedisServer, runtime: Runtime) -> None:
         self.server = server
+        self.runtime = runtime
         self._control: Any = None
         # One control connection is plenty (each call is a microsecond script); a lock keeps a burst
         # of 200 concurrent leases from opening 200 connections.
@@ -192,8 +193,6 @@ class _Slots:
             banked.client = test_client(self.server, banked.db, banked.parked) if self.server.guarded else banked.admin
             return banked
         async with self.lock:
-            if _bank.first_use(self.server):
-                await _reap(self.control, last)
             slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), _ttl_ms(), 1, last))
             if slot < 0 and await _reap(self.control, last):
                 slot = int(await self.control.eval(_ACQUIRE, 0, _owner(), _ttl_ms(), 1, last))
@@ -215,6 +214,13 @@ class _Slots:
             raise
         item = _Slot(self.server, slot, client, admin)
         _keeper.add(item)
+        if _bank.first_use(self.server):
+            # Freeing dead owners' slots is no part of the first lease (one that finds every slot
+            # taken reaps above): it goes on in the background, settled before the event loop closes.
+            if self.runtime.closed:
+                await self._reap(last)
+            else:
+                await self.runtime.spawn(self._reap, last, name="isolated_env redis reaper")
         return item
 
     async def clean(self, slot: _Slot) -> None:
@@ -264,6 +270,10 @@ class _Slots:
             reach = f"REDISCLI_AUTH=<the password of TEST_REDIS_URL> {reach}"
         return Kept("redis", f"database {slot.db} at {redact_url(server.url(slot.db))}", reach)
 
+    async def _reap(self, last: int) -> None:
+        async with self.lock:
+            await _reap(self.control, last)
+
     async def _release(self, db: int) -> None:
         _keeper.discard(self.server, db)
         async with self.lock:
@@ -285,7 +295,7 @@ def _slots_for(server: RedisServer, runtime: Runtime) -> _Slots:
     key = ("redis-slots", server.key)
     slots: _Slots | None = runtime.objects.get(key)
     if slots is None:
-        slots = runtime.objects[key] = _Slots(server)
+        slots = runtime.objects[key] = _Slots(server, runtime)
         runtime.on_close(slots.aclose)
     return slots
 

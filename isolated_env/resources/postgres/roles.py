@@ -27,10 +27,12 @@ URL's user; ``docs/postgres.md`` says how to set up the same rails there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
 import threading
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -129,8 +131,14 @@ async def rails(server: PostgresServer) -> Rails:
     if server.source != "embedded":
         made = Rails(server, "template1", None)
     else:
-        with driver.translate("set up the test role on", driver.redacted_dsn(server)):
-            await _set_up(server)
+        # The embedded server's directory says when some process already set them up on it (they
+        # last as long as the server, whose directory goes with it): no round trip at all then.
+        done = Path(server.host) / f".rails-{BASE}"
+        if not done.exists():
+            with driver.translate("set up the test role on", driver.redacted_dsn(server)):
+                await _set_up(server)
+            with contextlib.suppress(OSError):  # without it, the next process only checks again
+                done.touch()
         tests = dataclasses.replace(server, user=TEST_ROLE, password=role_password(server))
         made = Rails(tests, BASE, TEST_ROLE)
     with _lock:
@@ -169,7 +177,9 @@ async def _role_exists(admin: Any) -> bool:
 
 async def _make_role(admin: Any, server: PostgresServer) -> None:
     password = role_password(server)
-    secret = f" PASSWORD {quote_literal(password)}" if password else ""
+    # As a verifier of few rounds, as the superuser's: the password is random, so the default 4096
+    # rounds would only cost every login of the test role its PBKDF2, on both sides.
+    secret = f" PASSWORD {quote_literal(scram_verifier(password))}" if password else ""
     verb = "ALTER" if await _role_exists(admin) else "CREATE"
     await admin.execute(
         f"{verb} ROLE {quote_ident(TEST_ROLE)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "

@@ -99,7 +99,17 @@ _work: dict[tuple[str, str, str, str], _WorkDatabase] = {}
 _counter = 0
 
 
-async def _work_database(server: PostgresServer, template: str | None, guard: Rails) -> _WorkDatabase:
+async def _reap_and_close(server: PostgresServer, admin: Any) -> None:
+    try:
+        await reap_once(server, unlabelled=False, admin=admin)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await driver.close(admin)
+
+
+async def _work_database(
+    scope: Runtime, server: PostgresServer, template: str | None, guard: Rails
+) -> _WorkDatabase:
     global _counter
     # The source too: the embedded server named by TEST_POSTGRES_URL is the same host, port and
     # user, but external (no guard rails, work databases from template1, not from the base).
@@ -109,8 +119,8 @@ async def _work_database(server: PostgresServer, template: str | None, guard: Ra
         return work
     asyncpg = driver.module()
     admin = await driver.connect(server)
+    handed_off = False
     try:
-        await reap_once(server, unlabelled=False, admin=admin)
         work = _work.get(key)  # another task may have made it while we connected
         if work is not None:
             return work
@@ -131,9 +141,14 @@ async def _work_database(server: PostgresServer, template: str | None, guard: Ra
             else:
                 work = _WorkDatabase(name, server, template or guard.base, guard.role, owned=True)
         _work[key] = work
+        # The reaper's scan of dead owners' databases, and this connection's goodbye, are no part of
+        # the first lease: they go on in the background (settled before the event loop closes).
+        await scope.spawn(_reap_and_close, server, admin, name="isolated_env postgres reaper")
+        handed_off = True
         return work
     finally:
-        await driver.close(admin)
+        if not handed_off:
+            await driver.close(admin)
 
 
 async def _heal(scope: Runtime, work: _WorkDatabase) -> None:
@@ -197,7 +212,7 @@ async def _lease(
     for attempt in (1, 2):
         async with _scope_lock(scope):
             with driver.translate("prepare the work database on", server):
-                work = await _work_database(server, template_name, guard)
+                work = await _work_database(scope, server, template_name, guard)
                 if work.owned and work.dirty and work.leased == 0:
                     await _heal(scope, work)  # left dirty by a heal that failed
         key = ("postgres-tx", server_key(tests), work.name, work.generation, settings.capacity)
