@@ -69,7 +69,7 @@ class Keeper:
             self._held.setdefault(self._key(server), (server, set()))[1].add(name)
             self._ttl_used = min(self._ttl_used, lease_ttl())
             self._lost.pop(name, None)
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name=f"isolated-env-leases-{self.what}", daemon=True)
                 self._thread.start()
             else:
@@ -108,7 +108,7 @@ class Keeper:
     def _period(self) -> float:
         # A third of the TTL, and never longer than a third of the one leases were last written
         # with: when the TTL grows (tests shorten it for a while), those are renewed in time.
-        return min(lease_ttl(), self._ttl_used) / 3
+        return min(lease_ttl(strict=False), self._ttl_used) / 3
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -128,7 +128,7 @@ class Keeper:
                     if time.monotonic() < beat + self._period():
                         continue  # woken by hold(): the TTL may have changed, not due yet
                     held = [(key, server, set(names)) for key, (server, names) in self._held.items()]
-                    self._ttl_used = lease_ttl()  # what this beat writes
+                    self._ttl_used = lease_ttl(strict=False)  # what this beat writes
                 beat = time.monotonic()
                 for key, server, names in held:
                     loop.run_until_complete(self._beat(key, server, names, conns, last_ok))
@@ -157,9 +157,10 @@ class Keeper:
                     self._mark(name, "its server stopped")
                 return
             log.warning("isolated_env: renewing %s leases on %s failed: %r", self.what, key, exc)
-            if started - last_ok.setdefault(key, started) > lease_ttl():
+            if started - last_ok.setdefault(key, started) > lease_ttl(strict=False):
                 for name in names:
-                    self._mark(name, f"its heartbeat could not reach the server for over {lease_ttl():g} s ({exc!r})")
+                    ttl = lease_ttl(strict=False)
+                    self._mark(name, f"its heartbeat could not reach the server for over {ttl:g} s ({exc!r})")
             return
         self.beats += 1
         last_ok[key] = started

@@ -161,23 +161,33 @@ LEASE_TTL_ENV = "ISOLATED_ENV_LEASE_TTL"
 _DEFAULT_TTL = 30.0
 
 
-def lease_ttl() -> float:
+_good_ttl = _DEFAULT_TTL  # the last ISOLATED_ENV_LEASE_TTL that parsed
+
+
+def lease_ttl(*, strict: bool = True) -> float:
     """``ISOLATED_ENV_LEASE_TTL``: seconds a server-side lease lives without a heartbeat (default 30;
-    the heartbeat beats every third of it)."""
+    the heartbeat beats every third of it). A bad value is a ConfigError; the heartbeat threads read
+    it with ``strict=False`` and keep the last good value instead, so a bad setting for a while
+    (reported where leases are taken) never stops the renewal of the leases already held."""
+    global _good_ttl
     raw = os.environ.get(LEASE_TTL_ENV, "").strip()
     if not raw:
+        _good_ttl = _DEFAULT_TTL
         return _DEFAULT_TTL
     try:
         ttl = float(raw)
     except ValueError:
         ttl = -1.0
     if not 0.5 <= ttl <= 3600:
+        if not strict:
+            return _good_ttl
         from ._errors import ConfigError
 
         raise ConfigError(
             f"{LEASE_TTL_ENV}={raw!r} is not a number of seconds between 0.5 and 3600; "
             f"set it to e.g. {_DEFAULT_TTL:g}, or unset it"
         )
+    _good_ttl = ttl
     return ttl
 
 

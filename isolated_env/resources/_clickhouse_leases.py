@@ -84,7 +84,7 @@ async def _renew(
         elif expired(parsed[1], now):
             lost[name] = "it ended before this renewal"
         else:
-            label = mine.label(**{**parsed[1], "exp": round(now + lease_ttl(), 1)})
+            label = mine.label(**{**parsed[1], "exp": round(now + lease_ttl(strict=False), 1)})
             try:
                 await client.command(f"ALTER {target(name)} MODIFY COMMENT {_literal(label)}", use_database=False)
             except Exception:

@@ -168,7 +168,14 @@ class _LeaseKeeper:
                 # beats of the servers still up are not held up by it, beat after beat.
                 log.info("isolated_env: the Redis server at %s stopped; its leases are lost", redact_url(url))
                 with self._lock:
-                    self._held.pop(url, None)
+                    # Only what this beat looked at: a server started since on the same port (the
+                    # same URL) may hold new leases here, which this server's end does not touch.
+                    entry = self._held.get(url)
+                    for db, slot in slots.items():
+                        if entry is not None and entry[1].get(db) is slot:
+                            del entry[1][db]
+                    if entry is not None and not entry[1]:
+                        del self._held[url]
                 for slot in slots.values():
                     slot.lost = slot.lost or f"the lease of {self._what(slot.db)} was lost: its server stopped"
                     self._lost(slot)

@@ -87,6 +87,24 @@ async def test_the_heartbeat_renews_the_lease(external: tuple[Any, Any]) -> None
         assert "exp" in await _label(admin, work)
 
 
+async def test_a_bad_setting_for_a_while_does_not_stop_the_renewals(
+    external: tuple[Any, Any], clean_environ: pytest.MonkeyPatch
+) -> None:
+    """The heartbeat thread reads the TTL on every beat: a bad ISOLATED_ENV_LEASE_TTL set meanwhile
+    keeps the last good TTL there (taking a new lease would report it), and the thread goes on."""
+    _server, admin = external
+    async with ie.isolated_postgres(mode="database") as db:
+        first = await _label(admin, db.database)
+        clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", "soon")
+        await anyio.sleep(TTL + 1)  # longer than the TTL: only renewals keep the lease
+        clean_environ.setenv("ISOLATED_ENV_LEASE_TTL", str(TTL))
+        now = await admin.fetchval("SELECT extract(epoch FROM clock_timestamp())::float8")
+        renewed = await _label(admin, db.database)
+        assert renewed["exp"] > first["exp"] and renewed["exp"] > now, (first, renewed, now)
+        assert leases.lost(db.database) is None
+        assert await db.fetchval("SELECT 1") == 1
+
+
 def _foreign(run: str, pid: int = 999_999, start: int = 0) -> Owner:
     return Owner("0therm4chine", me().pidns, pid, start, run)
 

@@ -346,3 +346,28 @@ async def test_the_heartbeat_drops_a_redis_server_that_stopped(
                 await anyio.sleep(0.02)
     assert any("stopped; its leases are lost" in rec.getMessage() for rec in caplog.records)
     assert not [rec for rec in caplog.records if "refreshing Redis leases" in rec.getMessage()]
+
+
+async def test_a_server_that_stopped_takes_only_its_own_leases_with_it(
+    clean_environ: pytest.MonkeyPatch, redis_process: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    """A beat that finds its server stopped lets go of the leases it looked at, not of a server's
+    started since on the same port (the same URL: free ports are handed out again) and leased
+    meanwhile: those would never be renewed again, and their keys would expire under their tests."""
+    from isolated_env._config import resolve
+    from isolated_env._servers.redis import ensure_server
+    from isolated_env.resources import redis as resource
+    from isolated_env.resources._redis_leases import _LeaseKeeper
+
+    url, proc = redis_process
+    clean_environ.setenv("TEST_REDIS_URL", url)
+    server = await ensure_server(resolve())
+    keeper = _LeaseKeeper(resource._REFRESH, resource._owner, lambda: 30_000, lambda: 3600.0)
+    old, new = resource._Slot(server, 1, None), resource._Slot(server, 2, None)
+    with keeper._lock:
+        keeper._held[server.key] = (server, {1: old, 2: new})  # the new one leased after the beat's look
+    proc.terminate()
+    await anyio.to_thread.run_sync(proc.wait)
+    await anyio.to_thread.run_sync(keeper._refresh, server.key, server, {1: old}, {}, 30_000)
+    assert old.lost is not None and "its server stopped" in old.lost
+    assert new.lost is None and keeper._held[server.key][1] == {2: new}

@@ -50,7 +50,7 @@ async def renew(conn: Any, names: list[str]) -> tuple[dict[str, str], float]:
         elif float(parsed[1].get("exp", now)) < now:
             lost[name] = "it ended before this renewal"
         else:
-            fields = {**parsed[1], "exp": round(now + lease_ttl(), 1)}
+            fields = {**parsed[1], "exp": round(now + lease_ttl(strict=False), 1)}
             statements[name] = f"COMMENT ON DATABASE {quote_ident(name)} IS {quote_literal(mine.label(**fields))}"
     if statements:
         try:
