@@ -61,11 +61,7 @@ class _LeaseKeeper:
         old period, and a loss found too late."""
         if slot.lost is not None:
             return False
-        try:
-            changed = self._period is not None and self._every_s() != self._period
-        except Exception:  # a bad setting: the thread reports it on its next beat
-            changed = False
-        if changed:
+        if self._period is not None and self._every_s() != self._period:
             self._wake.set()
         return True
 
@@ -86,17 +82,13 @@ class _LeaseKeeper:
         last_ok: dict[str, float] = {}
         beating: dict[str, threading.Thread] = {}  # each server's beat in flight
         beat = time.monotonic()
-        ttl_ms = self._ttl_or(30_000)
+        ttl_ms = self._ttl_ms()
         applied_ttl_s = ttl_ms / 1000
 
         def due() -> float:
             # Never later than a third of the TTL the last beat gave the keys: when the TTL grows
             # (tests shorten it for a while), keys set with the short one are renewed in time.
-            try:
-                every = self._every_s()
-            except Exception:  # a bad setting for a while (reported on the beat): keep the last good period
-                every = self._period if self._period is not None else applied_ttl_s / 3
-            self._period = every
+            every = self._period = self._every_s()
             return beat + min(every, applied_ttl_s / 3)
 
         while True:
@@ -113,7 +105,7 @@ class _LeaseKeeper:
                     continue  # woken early by add(): not due yet
                 held = [(url, server, dict(slots)) for url, (server, slots) in self._held.items()]
             beat = time.monotonic()
-            ttl_ms = self._ttl_or(ttl_ms)
+            ttl_ms = self._ttl_ms()
             applied_ttl_s = ttl_ms / 1000
             for url, server, slots in held:
                 # Each server is beaten on a thread of its own: one slow to answer (stopped with
@@ -136,13 +128,6 @@ class _LeaseKeeper:
         except Exception as exc:  # whatever it was, the heartbeat goes on: the leases depend on it
             log.warning("isolated_env: a Redis lease heartbeat on %s failed (%r); trying again next beat",
                         redact_url(args[0]), exc)
-
-    def _ttl_or(self, last: int) -> int:
-        try:
-            return self._ttl_ms()
-        except Exception as exc:  # a bad ISOLATED_ENV_LEASE_TTL set for a while: keep the last good one
-            log.warning("isolated_env: the Redis lease TTL cannot be read (%s); keeping %d ms", exc, last)
-            return last
 
     def _refresh(
         self, url: str, server: RedisServer, slots: dict[int, Any], last_ok: dict[str, float], ttl_ms: int

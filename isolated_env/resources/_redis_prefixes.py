@@ -124,7 +124,7 @@ class _LeaseNode:
 
 
 _keeper = _LeaseKeeper(
-    db_mode._REFRESH, db_mode._owner, db_mode._ttl_ms, db_mode._heartbeat_s,
+    db_mode._REFRESH, db_mode._owner, db_mode._beat_ttl_ms, db_mode._beat_every_s,
     key=lease_key, what=lambda n: f"Redis prefix {prefix_of(n)}", connect=_connect,
 )
 # Clean prefixes this process still leases, between event loops (pytest-asyncio makes one per test).

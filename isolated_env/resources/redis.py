@@ -12,6 +12,7 @@ longer than the TTL would otherwise expire and be leased (and flushed) by anothe
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from typing import Any
@@ -47,12 +48,17 @@ LEASE_TTL_MS: int | None = None  # None: ISOLATED_ENV_LEASE_TTL (tests set numbe
 HEARTBEAT_S: float | None = None  # None: a third of the TTL
 
 
-def _ttl_ms() -> int:
-    return LEASE_TTL_MS if LEASE_TTL_MS is not None else int(lease_ttl() * 1000)
+def _ttl_ms(*, strict: bool = True) -> int:
+    return LEASE_TTL_MS if LEASE_TTL_MS is not None else int(lease_ttl(strict=strict) * 1000)
 
 
-def _heartbeat_s() -> float:
-    return HEARTBEAT_S if HEARTBEAT_S is not None else _ttl_ms() / 3000
+def _heartbeat_s(*, strict: bool = True) -> float:
+    return HEARTBEAT_S if HEARTBEAT_S is not None else _ttl_ms(strict=strict) / 3000
+
+
+# What the heartbeat threads read: a bad setting for a while keeps the last good TTL there.
+_beat_ttl_ms = functools.partial(_ttl_ms, strict=False)
+_beat_every_s = functools.partial(_heartbeat_s, strict=False)
 
 
 def acquire_script(key_prefix: str) -> str:
@@ -147,7 +153,7 @@ async def _reap(
     return freed
 
 
-_keeper = _LeaseKeeper(_REFRESH, _owner, _ttl_ms, _heartbeat_s)
+_keeper = _LeaseKeeper(_REFRESH, _owner, _beat_ttl_ms, _beat_every_s)
 _bank = _Bank(_keeper, _RELEASE, lambda: _owner())
 
 
