@@ -10,6 +10,7 @@ import bisect
 import collections
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -264,13 +265,21 @@ class Pool(Generic[T]):
         except Exception as exc:
             self.errors.append(exc)
 
-    async def aclose(self) -> None:
-        """Destroy idle instances; leased ones are destroyed when they come back."""
+    async def aclose(self, *, deadline: float = math.inf) -> None:
+        """Destroy idle instances; leased ones are destroyed when they come back. Past
+        ``deadline`` (anyio's clock) the rest are let go undestroyed: a server that stopped
+        answering must not hold a closing event loop for a reset timeout per instance. What they
+        held ends with the process (connections) or with its lease's TTL (a leased slot)."""
         self._closed = True
         idle, self._idle = self._idle, []
-        with anyio.CancelScope(shield=True):
+        left = len(idle)
+        with anyio.CancelScope(shield=True, deadline=deadline) as scope:
             for item in idle:
                 await self._destroy_quietly(item)
+                left -= 1
+        if scope.cancelled_caught:
+            _log.warning("isolated_env: closing the %s pool took too long; %d idle instance(s) let go undestroyed",
+                         self.name, left)
 
     def _sample_wait(self, ms: float) -> None:
         if len(self._wait_ms) == self._wait_ms.maxlen:

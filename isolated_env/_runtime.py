@@ -27,6 +27,7 @@ T = TypeVar("T")
 log = logging.getLogger("isolated_env")
 
 _SETTLE_ON_CLOSE_S = 10.0
+_CLOSE_S = 10.0  # pools and closers, together
 _DROP_S = 5.0
 
 
@@ -176,16 +177,22 @@ class Runtime:
             self._tg.cancel_scope.cancel()
             if self._host_done is not None:
                 await self._host_done.wait()
+        # One bound for all of it: a server gone silent costs the closing loop seconds, not a
+        # reset timeout per pooled instance (minutes, with a session's pools).
+        deadline = anyio.current_time() + _CLOSE_S
         pools = list(self.pools.values())
         self.pools.clear()
         for pool in pools:
-            await pool.aclose()
+            await pool.aclose(deadline=deadline)
         closers, self._closers = self._closers, []
         for closer in reversed(closers):
-            try:
-                await closer()
-            except Exception as exc:  # one closer failing must not keep the others from running
-                log.debug("isolated_env: closing %r failed: %r", closer, exc)
+            with anyio.CancelScope(shield=True, deadline=deadline) as bound:
+                try:
+                    await closer()
+                except Exception as exc:  # one closer failing must not keep the others from running
+                    log.debug("isolated_env: closing %r failed: %r", closer, exc)
+            if bound.cancelled_caught:
+                log.warning("isolated_env: closing %r took too long; let go", closer)
 
 
 _runtimes: dict[int, tuple[object, Runtime]] = {}

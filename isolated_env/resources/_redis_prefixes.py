@@ -290,9 +290,12 @@ class _Prefixes:
             await client.aclose()
             _bank.put(item)
             return
+        if item.lost is not None:  # not ours any more: nothing to wipe or give back (see RedisPooled.destroy)
+            _keeper.discard(self.server, item.db)
+            await item.client.aclose()
+            return
         try:
-            if item.lost is None:
-                await self.wipe(item.db)
+            await self.wipe(item.db)
         finally:
             try:
                 await self._release(item.db)

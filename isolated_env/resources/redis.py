@@ -251,9 +251,14 @@ class _Slots:
             _bank.put(slot)
             return
         slot.drop_parked()
+        if slot.lost is not None:
+            # Not ours any more (its server stopped, it expired, or another run took it): nothing
+            # to flush or give back, and a stopped server would only keep this waiting.
+            _keeper.discard(self.server, slot.db)
+            await slot.close_clients()
+            return
         try:
-            if slot.lost is None:
-                await slot.admin.flushdb()
+            await slot.admin.flushdb()
         finally:
             try:
                 await self._release(slot.db)

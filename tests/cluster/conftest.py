@@ -4,13 +4,14 @@ fixture; a node process left behind fails the test that started it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -55,9 +56,9 @@ def failover_cluster() -> Iterator[LocalCluster]:
     yield from _cluster(replicas=1)
 
 
-@pytest.fixture(scope="module")
-def single_db_redis() -> Iterator[str]:
-    """A server started with ``databases 1`` on TCP, with a password: a managed single-db Redis."""
+@contextlib.contextmanager
+def single_db_server() -> Iterator[str]:
+    """A server started with ``databases 1`` on TCP, with a password, until the block ends: its URL."""
     binary, _ = find_binary()
     directory = Path(tempfile.mkdtemp(prefix="ie-1db-", dir=_base()))
     with socket.socket() as s:
@@ -86,6 +87,20 @@ def single_db_redis() -> Iterator[str]:
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def single_db_redis() -> Iterator[str]:
+    """A managed single-db Redis (:func:`single_db_server`) shared by a module's tests."""
+    with single_db_server() as url:
+        yield url
+
+
+@pytest.fixture
+def stoppable_single_db_redis() -> Iterator[tuple[str, Callable[[], None]]]:
+    """A single-db server of one test's own, and a function that stops it mid-test."""
+    with contextlib.ExitStack() as stack:
+        yield stack.enter_context(single_db_server()), stack.close
 
 
 @pytest.fixture(params=["cluster", "single-db", "embedded"])

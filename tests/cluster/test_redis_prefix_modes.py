@@ -4,10 +4,13 @@ refused by the server, and its keys are gone when it ends."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -379,3 +382,35 @@ def test_a_new_event_loop_takes_the_prefix_the_last_one_gave_back(prefix_server:
             assert admin.pttl(lease_key(int(first[4:-2]))) > 0
         finally:
             admin.close()
+
+
+def test_a_loop_ends_at_once_when_the_server_of_a_pooled_prefix_stopped(
+    stoppable_single_db_redis: tuple[str, Callable[[], None]], clean_environ: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A prefix idle in the loop's pool when its server stops (a test's own server, stopped by its
+    fixture before the session's loop ends): the heartbeat finds the server gone and the lease
+    lost, and closing the loop gives nothing back to a server that cannot answer. It took the
+    loop's close minutes (redis-py's retries with backoff, a reset timeout per instance)."""
+    from isolated_env.resources import redis as resource
+
+    url, stop = stoppable_single_db_redis
+    clean_environ.setenv("TEST_REDIS_URL", url)
+    clean_environ.setattr(resource, "HEARTBEAT_S", 0.02)
+    ended: list[float] = []
+
+    async def main() -> None:
+        async with redis_ctx() as r:
+            await r.set(r.key("k"), "v")
+        stop()
+        for _ in range(500):
+            if "stopped; its leases are lost" in caplog.text:
+                break
+            await anyio.sleep(0.01)
+        ended.append(time.perf_counter())
+
+    with caplog.at_level(logging.INFO, logger="isolated_env"):
+        asyncio.run(main())
+        closed = time.perf_counter()
+    assert "stopped; its leases are lost" in caplog.text
+    assert closed - ended[0] < 3, f"the loop took {closed - ended[0]:.1f} s to close"

@@ -4,6 +4,9 @@ runs in its task group with failures that reach whoever asked for the work."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
+import time
 from typing import Any
 
 import anyio
@@ -45,6 +48,44 @@ def test_the_runtime_closes_its_pools_and_closers_when_the_loop_ends() -> None:
     asyncio.run(main())
     assert log == ["destroyed", "closed"]
     assert seen[0].closed and seen[0] not in open_runtimes()
+
+
+def test_a_loop_closes_within_its_bound_when_a_server_stops_answering(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each idle instance's destroy talks to a server that accepts and never answers (a real
+    listening socket nobody reads): unbounded, the loop's close would wait a 30 s reset timeout
+    per instance."""
+    monkeypatch.setattr("isolated_env._runtime._CLOSE_S", 0.5)
+    silent = socket.create_server(("127.0.0.1", 0))
+    port = silent.getsockname()[1]
+    destroys: list[str] = []
+
+    async def create() -> int:
+        return 1
+
+    async def destroy(item: int) -> None:
+        destroys.append("started")
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(b"QUIT\r\n")
+            await stream.receive()
+
+    async def main() -> None:
+        runtime = await current_runtime()
+        pool = runtime.pool("silent", lambda: Pool("silent", create=create, destroy=destroy, capacity=3,
+                                                      lease_timeout=5))
+        async with pool.lease(), pool.lease(), pool.lease():
+            pass  # three idle instances when the loop ends
+
+    started = time.perf_counter()
+    try:
+        with caplog.at_level(logging.WARNING, logger="isolated_env"):
+            asyncio.run(main())
+    finally:
+        silent.close()
+    assert time.perf_counter() - started < 5
+    assert destroys == ["started"]  # the bound ran out in the first; the other two were let go
+    assert "closing the silent pool took too long; 3 idle instance(s) let go undestroyed" in caplog.text
 
 
 def test_each_loop_gets_its_own_runtime() -> None:
