@@ -21,6 +21,7 @@ async def external_clickhouse(
     """An embedded ClickHouse of this test's own, named by TEST_CLICKHOUSE_URL (so: external, its
     databases leased) with a short lease TTL, and an admin client of it. Its own, because the ended
     leases these tests make are fair game for another xdist worker's reaper."""
+    from isolated_env._runtime import current_runtime
     from isolated_env._servers import clickhouse as ch_servers
     from isolated_env._servers import registry
     from isolated_env.resources import _clickhouse_slots as slots
@@ -43,5 +44,8 @@ async def external_clickhouse(
             yield server, admin
         finally:
             await admin.close()
+            # The server stops below: this loop (the session's) must not keep making spares on
+            # it, or a later test's settle() reports their failures as its own.
+            await (await current_runtime()).drop(server.url)
     finally:
         registry.release("clickhouse", private_state_dir)

@@ -375,10 +375,13 @@ async def warm_pool(
     if warm is None or warm.closed:
         warm = scope.objects[key] = WarmPool(server, template, template_name, target, tests, grant)
         scope.on_close(warm.aclose)
-        # Shielded: a lease cancelled here would leave a registered pool with no workers, on which
-        # every later lease of this template waits out the lease timeout.
+        # Started in a task of its own: a lease cancelled here would leave a registered pool with
+        # no workers, on which every later lease of this template waits out the lease timeout. An
+        # anyio shield is not enough: the lease waits from its own loop, and its cancellation
+        # reaches this (background) loop as a plain Task.cancel(), which no cancel scope stops.
+        starting = asyncio.get_running_loop().create_task(warm.start(scope), name="isolated_env warm pool start")
         with anyio.CancelScope(shield=True):
-            await warm.start(scope)
+            await asyncio.shield(starting)
     return warm
 
 
