@@ -17,7 +17,7 @@ async def test_postgres(isolated_database: ie.PostgresHandle) -> None:
 
 async def test_redis(isolated_redis: ie.RedisHandle) -> None:
     await isolated_redis.sett("k", "v")  # E: attr-defined
-    await isolated_redis.set("k", "v", ex="a minute")  # E: arg-type
+    await isolated_redis.set("k", "v", ex=[60])  # E: arg-type
     print(isolated_redis.uri)  # E: attr-defined
 
 
