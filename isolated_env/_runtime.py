@@ -49,6 +49,7 @@ class Runtime:
         self._sentinel: AsyncGenerator[None, None] | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._host_done: anyio.Event | None = None
+        self._host_started: anyio.Event | None = None
         self._running = 0
         self._idle = anyio.Event()
         self._idle.set()
@@ -103,23 +104,28 @@ class Runtime:
                 await anyio.sleep_forever()
         finally:
             self._tg = None
+            self._host_started = None
             done.set()
 
     async def _ensure_host(self) -> anyio.abc.TaskGroup:
         if self._tg is not None:
             return self._tg
-        started = anyio.Event()
-        import asyncio
+        # Callers racing on a new runtime wait for one host: a second host would replace the
+        # first's task group, whose tasks closing would then never stop.
+        started = self._host_started
+        if started is None:
+            started = self._host_started = anyio.Event()
+            import asyncio
 
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not asyncio: trio
-            import trio
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # not asyncio: trio
+                import trio
 
-            trio.lowlevel.spawn_system_task(self._host, started)
-        else:
-            # Held by the runtime; cancelled by aclose() or by the loop's own shutdown.
-            self._host_task = loop.create_task(self._host(started), name="isolated-env-runtime")
+                trio.lowlevel.spawn_system_task(self._host, started)
+            else:
+                # Held by the runtime; cancelled by aclose() or by the loop's own shutdown.
+                self._host_task = loop.create_task(self._host(started), name="isolated-env-runtime")
         await started.wait()
         assert self._tg is not None
         return self._tg

@@ -4,6 +4,7 @@ runs in its task group with failures that reach whoever asked for the work."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 import time
@@ -152,6 +153,32 @@ def test_a_daemon_is_not_waited_for_and_is_cancelled_at_close() -> None:
 
     asyncio.run(main())
     assert state == {"stopped": True, "closed": True}
+
+
+def test_spawns_racing_on_a_new_runtime_share_one_host_and_all_stop_at_close() -> None:
+    """Two first spawns at once (two leases of a fresh loop): one host task group for both, so
+    closing the runtime stops both daemons, not only those of the group it knew last."""
+    stopped: list[str] = []
+
+    async def forever(name: str) -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            stopped.append(name)
+
+    async def main() -> None:
+        runtime = await current_runtime()
+        async with anyio.create_task_group() as tg:
+            for name in ("a", "b"):
+                tg.start_soon(functools.partial(runtime.spawn, forever, name, name=name, daemon=True))
+        await anyio.lowlevel.checkpoint()
+        hosts = [t for t in asyncio.all_tasks() if t.get_name() == "isolated-env-runtime"]
+        assert len(hosts) == 1, hosts
+        with anyio.fail_after(5):
+            await close_current_runtime()
+        assert sorted(stopped) == ["a", "b"]  # before the loop's own shutdown cancels what is left
+
+    asyncio.run(main())
 
 
 def test_spawn_after_close_is_refused() -> None:
