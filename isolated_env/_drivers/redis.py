@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .._errors import IsolatedEnvError, MissingDependencyError, ServiceUnavailable
+from .._hosts import is_loopback
 from .._redact import scrubbed
 
 __all__ = ["asyncio_client", "module", "sync_client", "translate"]
@@ -44,15 +45,12 @@ def _client_defaults() -> dict[str, Any]:
     return {} if info is None else {"driver_info": info}
 
 
-_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
 def asyncio_client(**kwargs: Any) -> Any:
     """A ``redis.asyncio.Redis``. On a unix socket (the embedded server) or a loopback port, a
     failed command is retried once, at once: redis-py's default retries with backoff (nested in
     the connect and in the command) only delay, by tens of seconds, the error of a server that
     stopped, since a local socket that refuses a connection keeps refusing."""
-    local = "unix_socket_path" in kwargs or str(kwargs.get("host", "")).strip("[]") in _LOOPBACK
+    local = "unix_socket_path" in kwargs or is_loopback(str(kwargs.get("host", "localhost")))  # redis-py's default host
     if local and "retry" not in kwargs:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff

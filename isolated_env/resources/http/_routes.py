@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from ..._errors import ConfigError
+from ..._hosts import is_loopback
 
 __all__ = ["AsyncRouter", "Router", "Routes"]
 
@@ -40,15 +41,6 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return host.endswith(".localhost")
 
 
 def service_hosts() -> list[str]:
