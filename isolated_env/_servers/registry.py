@@ -49,6 +49,7 @@ StartFn = Callable[[Path], tuple[subprocess.Popen[bytes], dict[str, Any]]]
 """Starts a server in the given fresh directory; returns the process and connection info."""
 
 _local = threading.Lock()
+_kind_locks: dict[tuple[str, str], threading.Lock] = {}
 _held: dict[tuple[str, str], ServerState] = {}
 _user_locks: dict[tuple[str, str], tuple[str, int]] = {}  # (kind, root) -> (server dir, users.lock fd)
 _children: dict[int, subprocess.Popen[bytes]] = {}
@@ -102,6 +103,10 @@ def acquire(
             atexit.register(release_all)
             _atexit_registered = True
         _collect_spawners()
+    # One start or join per kind at a time, and kinds in parallel (the pytest plugin starts a run's
+    # servers together): the lock of a kind is taken before ``_local`` and the kind's file lock,
+    # and ``_local`` is not taken under the file lock.
+    with _kind_lock(key):
         held = _held.get(key)
         if held is not None and held.server_alive() and not pin:
             return held
@@ -184,7 +189,7 @@ class Private:
         root.chmod(0o711)  # as the state dir: an unprivileged server user (PostgreSQL's) traverses it
         with _local:
             _collect_spawners()
-            state = _start(kind, root, start, stop_signal, private=True)
+        state = _start(kind, root, start, stop_signal, private=True)
         directory = state.directory
         fd = hold_users_lock(directory) if directory is not None else None
         if fd is None:  # its directory vanished under us: nothing to supervise, so nothing may run
@@ -201,6 +206,11 @@ class Private:
                 self._users_fd = None
             with _local:
                 _collect_spawners()
+
+
+def _kind_lock(key: tuple[str, str]) -> threading.Lock:
+    with _local:
+        return _kind_locks.setdefault(key, threading.Lock())
 
 
 def _join_users(key: tuple[str, str], state: ServerState) -> None:
@@ -231,10 +241,11 @@ def _collect(state: ServerState) -> None:
 def _collect_spawners(wait: float = 0.0) -> None:
     """Collect the supervisor launchers that exited (each exits once it forked its supervisor off);
     with ``wait``, wait that long for each one still starting."""
-    for proc in _spawners:
+    for proc in list(_spawners):
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(wait) if wait else proc.poll()
-    _spawners[:] = [p for p in _spawners if p.returncode is None]
+    for proc in [p for p in _spawners if p.returncode is not None]:
+        _spawners.remove(proc)  # not a rebuilt list: a start in another thread may be appending
 
 
 def release(kind: str, state_dir: Path, *, unpin: bool = False) -> bool:
@@ -244,7 +255,7 @@ def release(kind: str, state_dir: Path, *, unpin: bool = False) -> bool:
     """
     root = state_dir
     key = (kind, str(root))
-    with _local:
+    with _kind_lock(key), _local:
         _held.pop(key, None)
         _leave_users(key)
         _collect_spawners()

@@ -93,3 +93,36 @@ def test_killed_user_is_pruned_and_a_dead_server_replaced(state_dir: Path) -> No
     again.communicate(timeout=60)
     assert again.returncode == 0
     assert not (tmp_path / "redis-stale").exists()
+
+
+def test_two_kinds_start_at_once_in_one_process_and_one_kind_once(state_dir: Path) -> None:
+    """The pytest plugin starts a run's servers together, one thread each: a start of one kind must
+    not wait for another kind's (each start below waits for the other at a barrier, so run one
+    after the other they fail), and two threads joining one kind start it once."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from isolated_env._servers import registry
+
+    both_starting = threading.Barrier(2, timeout=20)
+    starts: list[str] = []
+
+    def starter(kind: str):  # type: ignore[no-untyped-def]
+        def start(directory: Path) -> tuple[subprocess.Popen[bytes], dict[str, object]]:
+            starts.append(kind)
+            both_starting.wait()
+            proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True,
+                                    cwd=directory)
+            return proc, {"version": "1", "binary": sys.executable, "log": str(directory / "x.log")}
+
+        return start
+
+    kinds = ["kind-a", "kind-b", "kind-a"]
+    try:
+        with ThreadPoolExecutor(3) as pool:
+            states = list(pool.map(lambda kind: registry.acquire(kind, state_dir, starter(kind)), kinds))
+        assert sorted(starts) == ["kind-a", "kind-b"]
+        assert states[0].pid == states[2].pid != states[1].pid
+    finally:
+        for kind in ("kind-a", "kind-b"):
+            assert registry.release(kind, state_dir)
