@@ -371,3 +371,14 @@ async def test_a_server_that_stopped_takes_only_its_own_leases_with_it(
     await anyio.to_thread.run_sync(keeper._refresh, server.key, server, {1: old}, {}, 30_000)
     assert old.lost is not None and "its server stopped" in old.lost
     assert new.lost is None and keeper._held[server.key][1] == {2: new}
+
+
+async def test_the_client_names_its_library_and_version_to_the_server() -> None:
+    # Taken from redis.__version__ once, not from the package metadata per client (a scan of every
+    # installed distribution): the server still sees what redis-py itself would send.
+    import importlib.metadata
+
+    async with ie.isolated_redis() as r:
+        info = await r.client_info()
+    assert info.get("lib-name") == "redis-py"
+    assert info.get("lib-ver") == importlib.metadata.version("redis")
