@@ -195,7 +195,7 @@ _ENV_NAMES = (
 )
 # Read elsewhere, not settings; known so a near miss of one is not taken for a misspelling.
 _OTHER_NAMES = ("ISOLATED_ENV_RUN_ID", "ISOLATED_ENV_RUNNERS_CACHE", "ISOLATED_ENV_MACHINE_ID",
-                "ISOLATED_ENV_LEASE_TTL")
+                "ISOLATED_ENV_LEASE_TTL", "ISOLATED_ENV_PRESTART")
 _resolved: dict[tuple[Any, ...], Settings] = {}
 
 

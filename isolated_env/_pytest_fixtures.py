@@ -33,6 +33,11 @@ class _Host(Protocol):
 
 Enter = Callable[["Environment", AbstractAsyncContextManager[Any]], Awaitable[Any]]
 
+KINDS_ATTR = "_isolated_env_kinds"
+"""Set on a fixture function (``environment_fixture``'s) to the resource kinds it enters: the servers
+started ahead of the first test (:mod:`._pytest_prestart`) include theirs."""
+
+
 def with_async_variant(sync: Callable[..., Any], variant: Callable[..., Any]) -> Callable[..., Any]:
     """Mark ``sync`` as having the async twin ``variant`` (for tests anyio runs)."""
     sync._isolated_env_async = variant  # type: ignore[attr-defined]

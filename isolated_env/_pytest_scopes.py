@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from ._errors import ConfigError, ServiceUnavailable
-from ._pytest_fixtures import with_async_variant
+from ._pytest_fixtures import KINDS_ATTR, with_async_variant
 
 if TYPE_CHECKING:  # loaded by the first test that uses a fixture: loading the plugin imports no event loop
     from ._environment import Environment
@@ -87,8 +87,19 @@ def environment_fixture(
             yield env
 
     fixture.__doc__ = f"An environment of {', '.join(configs[0])} ({scope} scope)."
+    # What it enters, for the servers started ahead of the first test (_pytest_prestart).
+    kinds = {_kind_of(value) for config in configs for value in config.values()} - {None}
+    setattr(fixture, KINDS_ATTR, frozenset(kinds))
     marker = pytest.fixture(name=name, params=list(range(len(configs))) if params else None, ids=ids)
     return marker(with_async_variant(fixture, variant))
+
+
+def _kind_of(value: Any) -> str | None:
+    """The registered name of an environment's resource: a kind, a resource or its factory."""
+    if isinstance(value, str):
+        return value
+    kind = getattr(value, "kind", None) or getattr(getattr(value, "resource_class", None), "kind", None)
+    return kind if isinstance(kind, str) else None
 
 
 async def _fill(env: Environment, config: Mapping[str, Any], setup: Setup | None) -> None:

@@ -116,6 +116,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.import_plugin("isolated_env._pytest_session")
     config.pluginmanager.import_plugin("isolated_env._pytest_presets")
     config.pluginmanager.import_plugin("isolated_env._pytest_load")
+    config.pluginmanager.import_plugin("isolated_env._pytest_prestart")
 
 
 def unavailable(exc: ServiceUnavailable) -> NoReturn:

@@ -313,3 +313,63 @@ def test_fixtures_of_a_test_are_entered_together(pytester: pytest.Pytester) -> N
     pytester.makepyfile(TOGETHER)
     result = run(pytester)
     result.assert_outcomes(passed=4)
+
+
+PRESTART = """
+import os, time
+from pathlib import Path
+
+import isolated_env as ie
+from isolated_env._servers import registry
+
+cache = ie.environment_fixture(cache="redis")
+
+def _running(kind):
+    return registry.status(kind, Path(os.environ["ISOLATED_ENV_STATE_DIR"])) is not None
+
+def test_0_runs_before_any_fixture():
+    deadline = time.monotonic() + float(os.environ["WAIT_S"])
+    while time.monotonic() < deadline and not all(_running(k) for k in os.environ["EXPECT"].split()):
+        time.sleep(0.01)
+    print(f"up before the first fixture: postgres={_running('postgres')} redis={_running('redis')}")
+
+async def test_1_database(isolated_database):
+    assert await isolated_database.fetchval("SELECT 1") == 1
+
+async def test_2_redis_through_an_environment_fixture(cache):
+    assert await cache["cache"].ping()
+"""
+
+
+@pytest.mark.parametrize(
+    ("selected", "prestart", "expect"),
+    [
+        pytest.param(("-k", "test_0 or test_1 or test_2"), "1", "postgres=True redis=True", id="all"),
+        pytest.param(("-k", "test_0 or test_2"), "1", "postgres=False redis=True", id="environment-fixture"),
+        pytest.param(("-k", "test_0 or test_1"), "1", "postgres=True redis=False", id="deselected"),
+        pytest.param(("-k", "test_0 or test_1 or test_2"), "0", "postgres=False redis=False", id="turned-off"),
+    ],
+)
+def test_the_servers_the_selected_tests_need_start_before_the_first_test(
+    pytester: pytest.Pytester, selected: tuple[str, ...], prestart: str, expect: str
+) -> None:
+    pytester.makepyfile(PRESTART)
+    wanted = " ".join(part.split("=")[0] for part in expect.split() if part.endswith("True"))
+    result = run(pytester, "-s", "-p", "no:randomly", *selected, ISOLATED_ENV_PRESTART=prestart,
+                 EXPECT=wanted or "postgres redis", WAIT_S="30" if wanted else "1.5")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines([f"*up before the first fixture: {expect}*"])
+
+
+def test_collect_only_starts_no_server(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(PRESTART)
+    result = run(pytester, "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    assert not list(Path(os.environ["ISOLATED_ENV_STATE_DIR"]).glob("*.json"))
+
+
+def test_a_bad_prestart_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(PRESTART)
+    result = run(pytester, ISOLATED_ENV_PRESTART="sometimes")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ISOLATED_ENV_PRESTART='sometimes' is not a boolean*"])

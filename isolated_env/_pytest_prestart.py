@@ -1,0 +1,146 @@
+"""The embedded servers a run's tests need, started while pytest gets to the first test.
+
+When collection ends, the selected tests' fixtures say which servers the run uses: PostgreSQL for
+``isolated_database`` (and ``isolated_postgres``, ``isolated_database_dsn``), Redis for
+``isolated_redis`` and ``isolated_redis_url``, ClickHouse for ``isolated_clickhouse``, and the kinds
+an :func:`~isolated_env.environment_fixture` names. Each of those not pointed at an external
+server (``TEST_<KIND>_*``) is started, or joined if another process runs it, in a thread of its
+own, all at once. The first test's fixture then waits for that start (the same lock as any join)
+instead of making it: the starts overlap each other and the rest of the first test's setup (its
+imports, the event loop), which is what a warm start to the first test costs. PostgreSQL's guard
+rails (the test role and its base database) are set up in the same thread, as ``isolated-env up``
+does; meanwhile the main thread imports the modules the first test's fixtures will (the resources'
+and their drivers').
+
+Nothing else changes: the start is the one the fixture would have made (its progress line, its
+log lines, its errors: a start that fails here is left for the fixture, which reports it as
+before), and the summary counts the first test's wait for it as a server start. ``--collect-only``
+and a run whose tests use no server start nothing; ``ISOLATED_ENV_PRESTART=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import threading
+from collections.abc import Iterable
+
+import pytest
+
+from ._config import _truthy, resolve
+from ._errors import ConfigError
+from ._pytest_fixtures import KINDS_ATTR
+from ._registry import ResourceSpec, specs
+
+__all__: list[str] = []
+
+_log = logging.getLogger("isolated_env")
+
+PRESTART_VAR = "ISOLATED_ENV_PRESTART"
+
+_IMPORTS = {
+    "postgres": ("isolated_env.resources.postgres", "isolated_env.resources.postgres.roles", "asyncpg"),
+    "redis": ("isolated_env.resources.redis", "redis.asyncio"),
+    "clickhouse": ("isolated_env.resources.clickhouse",),
+}
+_JOIN_S = 90.0  # a start's own bound is 60 s to readiness; the rest is the cluster cache's first build
+_threads_key = pytest.StashKey[list[threading.Thread]]()
+
+
+def provider_of(name: str, registered: Iterable[ResourceSpec]) -> str | None:
+    """The server provider behind a resource named ``name`` (a kind or an alias), if it has one."""
+    for entry in registered:
+        if name == entry.kind or name in entry.aliases:
+            return entry.provider
+    return None
+
+
+def _by_fixture(registered: tuple[ResourceSpec, ...]) -> dict[str, str]:
+    out = {name: entry.provider for entry in registered if entry.provider for name in entry.fixtures}
+    return out | {"isolated_database_dsn": "postgres", "isolated_redis_url": "redis"}
+
+
+def needed(items: Iterable[pytest.Item]) -> set[str]:
+    """The server providers the fixtures of ``items`` use."""
+    registered = specs()
+    named = _by_fixture(registered)
+    seen: set[str] = set()
+    found: set[str] = set()
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            if fixture in seen:
+                continue
+            seen.add(fixture)
+            if fixture in named:
+                found.add(named[fixture])
+                continue
+            # pytest's own table of the item's fixture definitions (``_fixtureinfo``, since 3.0): a
+            # fixture made by environment_fixture carries the kinds it enters.
+            info = getattr(item, "_fixtureinfo", None)
+            definitions = getattr(info, "name2fixturedefs", {}).get(fixture) or ()
+            for definition in definitions[-1:]:
+                for kind in getattr(getattr(definition, "func", None), KINDS_ATTR, ()):
+                    provider = provider_of(kind, registered)
+                    if provider is not None:
+                        found.add(provider)
+    return found
+
+
+def _start(kind: str) -> None:
+    from ._servers._provider import provider
+
+    try:
+        settings = resolve()
+        server = provider(kind)
+        if server.find(settings) is not None:
+            return  # an external server: checked by the first test's loop, as before
+        view = server.embedded.join(settings)
+        if kind == "postgres":  # its guard rails (test role, base database), as `isolated-env up` does
+            import anyio
+
+            from .resources.postgres.roles import rails
+
+            anyio.run(rails, view)
+    except Exception as exc:  # the first test that needs it starts it again and reports the error
+        _log.debug("isolated_env: starting the %s server ahead of the first test failed: %r", kind, exc)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    if config.option.collectonly or not session.items:
+        return
+    try:
+        if not _truthy(PRESTART_VAR, os.environ.get(PRESTART_VAR, "1") or "1"):
+            return
+    except ConfigError as exc:
+        raise pytest.UsageError(f"isolated_env: {exc}") from None
+    kinds = sorted(needed(session.items))
+    if not kinds:
+        return
+    from ._pytest_session import _progress_through_terminal
+    from ._servers._provider import provider
+
+    _progress_through_terminal(config)  # a slow start's line goes where the fixture's would
+    for kind in kinds:
+        provider(kind)  # its module imported here, not by two threads at once
+    threads = config.stash.setdefault(_threads_key, [])
+    for kind in kinds:
+        thread = threading.Thread(target=_start, args=(kind,), name=f"isolated-env-start-{kind}", daemon=True)
+        thread.start()
+        threads.append(thread)
+    # While the threads wait for their servers, this thread imports what the first test's fixtures
+    # will (the resources' modules and their drivers, ~60 ms for PostgreSQL and Redis): that work
+    # is then done when the servers are up. A thread finds asyncpg imported here, not by itself.
+    for module in [m for kind in kinds for m in _IMPORTS.get(kind, ())]:
+        with contextlib.suppress(ImportError):  # the fixture says what is missing
+            importlib.import_module(module)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A start still running ends before the session releases its servers (a run that stopped early)."""
+    for thread in session.config.stash.get(_threads_key, []):
+        thread.join(_JOIN_S)
