@@ -25,7 +25,7 @@ import anyio
 from .._config import ExternalEndpoint, Settings, _truthy, external_endpoint
 from .._errors import ConfigError, ServiceUnavailable
 from .._redact import redact_url, secret_digest
-from . import _redis_acl, registry
+from . import _private, _redis_acl, registry
 from ._diagnostics import progress
 from ._process import read_secret, wait_ready, write_secret
 from ._provider import Provider, ServerProvider, unreachable
@@ -212,10 +212,10 @@ def _start(
                   "log": str(log), "tcp_port": port or None, "password_file": str(server_dir / "password")}
 
 
-def start_private(settings: Settings) -> tuple[registry.Private, RedisServer]:
+def start_private(settings: Settings) -> tuple[_private.Private, RedisServer]:
     """Blocking: a server of one test's own (``isolated_redis(admin=True)``): no guard rails, not
     shared, stopped by ``close()`` of the first item (or by its supervisor if the process dies)."""
-    private = registry.Private.start("redis", settings.state_dir, lambda d: _start(settings, d, guard=False))
+    private = _private.Private.start("redis", settings.state_dir, lambda d: _start(settings, d, guard=False))
     info = private.state.info
     password = info.get("password")
     if password is None and info.get("password_file"):  # a server that asks for its admin password

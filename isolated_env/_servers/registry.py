@@ -39,7 +39,7 @@ from ._process import poll_until
 from ._recover import adopt, load, stop_orphans
 from ._statefile import CorruptState, ServerState, file_lock, read_state, remove_server_dir, write_state
 
-__all__ = ["Private", "ServerState", "acquire", "file_lock", "pin", "reap", "release", "release_all", "state_root",
+__all__ = ["ServerState", "acquire", "file_lock", "pin", "reap", "release", "release_all", "state_root",
            "status", "stop"]
 
 _log = logging.getLogger("isolated_env")
@@ -168,44 +168,6 @@ def _start(kind: str, root: Path, start: StartFn, stop_signal: signal.Signals, *
     _spawners.append(_supervisor.spawn(root, kind, server_dir, grace))
     _diagnostics.started(kind, state.pid, info, root, state.startup_ms)
     return state
-
-
-class Private:
-    """A server of one user's own (``isolated_redis(admin=True)``, ``isolated_postgres(superuser=True)``)
-    in a fresh ``<state dir>/private/<kind>-…`` (outside the shared ``<kind>-*`` names, so no reaper
-    takes it for a leftover). Supervised like a shared server: this process holds its users lock, so
-    if it dies (SIGKILL too) the server stops within ``ISOLATED_ENV_REAP_AFTER``; ``close()`` at once."""
-
-    def __init__(self, state: ServerState, users_fd: int | None) -> None:
-        self.state = state
-        self._users_fd = users_fd
-
-    @classmethod
-    def start(cls, kind: str, state_dir: Path, start: StartFn, *,
-              stop_signal: signal.Signals = signal.SIGTERM) -> Private:
-        """Blocking: start a private server of ``kind`` with ``start`` (as :func:`acquire` would)."""
-        root = state_root(state_dir) / "private"
-        root.mkdir(exist_ok=True)
-        root.chmod(0o711)  # as the state dir: an unprivileged server user (PostgreSQL's) traverses it
-        with _local:
-            _collect_spawners()
-        state = _start(kind, root, start, stop_signal, private=True)
-        directory = state.directory
-        fd = hold_users_lock(directory) if directory is not None else None
-        if fd is None:  # its directory vanished under us: nothing to supervise, so nothing may run
-            stop(state)
-        return cls(state, fd)
-
-    def close(self) -> None:
-        """Blocking: stop the server, remove its directory, leave its users."""
-        try:
-            stop(self.state)
-        finally:
-            if self._users_fd is not None:
-                os.close(self._users_fd)
-                self._users_fd = None
-            with _local:
-                _collect_spawners()
 
 
 def _kind_lock(key: tuple[str, str]) -> threading.Lock:

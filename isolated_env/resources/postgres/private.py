@@ -5,7 +5,7 @@ test's own server.
 
 The server is started from the cached cluster (a copy, then a start: a few hundred ms), in
 ``<state dir>/private/``, and stopped with the test; its supervisor stops it if the process is
-killed (:class:`~isolated_env._servers.registry.Private`). The test gets a database made from its
+killed (:class:`~isolated_env._servers._private.Private`). The test gets a database made from its
 template there, in either mode: commits are allowed (the server goes with the test), and
 ``env.reset()`` makes the database a fresh copy of the template again.
 """
@@ -22,8 +22,8 @@ import anyio.to_thread
 from ..._config import Settings
 from ..._drivers import asyncpg as driver
 from ..._pool import Pool
+from ..._servers import _private
 from ..._servers import postgres as servers
-from ..._servers import registry
 from ..._servers.postgres import PostgresServer
 from .handle import Clone, DatabaseHandle
 from .labels import create_database
@@ -36,8 +36,8 @@ DATABASE = "ie_private"
 
 @contextlib.asynccontextmanager
 async def _private_server(settings: Settings) -> AsyncIterator[PostgresServer]:
-    def start() -> registry.Private:
-        return registry.Private.start("postgres", settings.state_dir,
+    def start() -> _private.Private:
+        return _private.Private.start("postgres", settings.state_dir,
                                       lambda directory: servers.PROVIDER.start(settings, directory),
                                       stop_signal=servers.PROVIDER.stop_signal)
 
