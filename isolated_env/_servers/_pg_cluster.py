@@ -4,10 +4,12 @@ each server gets when it starts.
 The cache lives on tmpfs, outside any state directory (``/dev/shm/isolated-env-cache-<uid>``, or
 ``ISOLATED_ENV_CACHE_DIR``), so every state directory of the machine copies the same one, and only
 the newest :data:`KEEP` builds are kept. Its ``pg_hba.conf`` trusts the server's own socket alone,
-which sits in a 0700 directory: only the server user (and root) can reach it. On start,
-:func:`set_password` uses that bootstrap path once to give the superuser a fresh random password
-(as a SCRAM verifier, so the clear text reaches neither the server nor its log) and replaces the
-trust line with ``scram-sha-256`` for sockets and loopback TCP alike.
+which sits in a 0700 directory: only the server user (and root) can reach it. A build also holds
+the guard rails' test role and base database (:mod:`._pg_rails`), made by single-user backends
+right after initdb. On start, :func:`set_password` uses that bootstrap path once to give the
+superuser a fresh random password and the test role the one derived from it (as SCRAM verifiers,
+so the clear text reaches neither the server nor its log) and replaces the trust line with
+``scram-sha-256`` for sockets and loopback TCP alike.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from pathlib import Path
 from .._checks import checked_private_dir
 from .._config import Settings
 from .._errors import ServiceUnavailable
+from . import _pg_rails
 from ._process import ServerUser, poll_until
 
 __all__ = ["KEEP", "auth_code", "cache_root", "cached_cluster", "copy_cluster", "is_cached", "set_password"]
 
 KEEP = 3  # cluster builds kept in the cache (one per PostgreSQL version and installation)
-_LAYOUT = "3"  # bump when what a build holds changes: an older build is then never copied
+_LAYOUT = f"4-{_pg_rails.BASE}"  # changes when what a build holds does: an older build is then never copied
 _BOOTSTRAP_HBA = "local all postgres trust\n"
 _HBA = (
     "# written by isolated_env: the superuser's password is in the server directory's 0600 file\n"
@@ -106,11 +109,34 @@ def cached_cluster(settings: Settings, bindir: Path, run_bindir: Path, version: 
                 fix=f"check that {root} is writable (or set ISOLATED_ENV_CACHE_DIR), and that the PostgreSQL "
                 "installation works (ISOLATED_ENV_POSTGRES_BINDIR)",
             )
+        _build_rails(run_bindir, tmp, version, user, root)
         (tmp / "pg_hba.conf").write_text(_BOOTSTRAP_HBA)  # keeps the server user's ownership
         os.replace(tmp, data)
         (cache / ".complete").touch()
         _evict(root, keep=cache)
     return data
+
+
+def _build_rails(run_bindir: Path, data: Path, version: str, user: ServerUser, root: Path) -> None:
+    """The guard rails' role and base database, made in the new cluster by single-user backends
+    (no server, no socket), so every server copied from it starts with them (:mod:`._pg_rails`)."""
+    major = int(version.split(".")[0])
+    for database, statements in _pg_rails.build_statements(major):
+        script = "".join(f"{statement};\n\n" for statement in statements)  # -j: ";" and a blank line end one
+        cmd = [str(run_bindir / "postgres"), "--single", "-j", "-D", str(data), "-c", "fsync=off", database]
+        result = subprocess.run(cmd, input=script, capture_output=True, text=True, cwd=str(data.parent),
+                                **user.popen_kwargs())
+        failed = [line for line in (result.stdout + result.stderr).splitlines() if " ERROR: " in line or
+                  line.startswith(("ERROR:", "FATAL:")) or " FATAL: " in line]
+        if result.returncode != 0 or failed:
+            shutil.rmtree(data.parent, ignore_errors=True)
+            raise ServiceUnavailable(
+                "PostgreSQL",
+                f"setting up the cluster cache's test role and base failed ({' '.join(cmd)}): "
+                + ("; ".join(failed) or result.stderr.strip())[-800:],
+                fix=f"remove {root} (or set ISOLATED_ENV_CACHE_DIR elsewhere) and run again; check that the "
+                "PostgreSQL installation works (ISOLATED_ENV_POSTGRES_BINDIR)",
+            )
 
 
 def _evict(root: Path, *, keep: Path) -> None:
@@ -209,7 +235,9 @@ def set_password(sock_dir: str, port: int, data: Path, password: str) -> None:
             s.connect(os.path.join(sock_dir, f".s.PGSQL.{port}"))
             _startup(s)
             _until_ready(s)
-            _query(s, f"ALTER ROLE postgres PASSWORD '{scram_verifier(password)}'")
+            tests = _pg_rails.role_password(password)
+            _query(s, f"ALTER ROLE postgres PASSWORD '{scram_verifier(password)}'; "
+                      f"ALTER ROLE {_pg_rails.TEST_ROLE} PASSWORD '{scram_verifier(tests)}'")
             (data / "pg_hba.conf").write_text(_HBA)
             _query(s, "SELECT pg_reload_conf()")
             s.sendall(b"X\x00\x00\x00\x04")
@@ -224,3 +252,5 @@ def set_password(sock_dir: str, port: int, data: Path, password: str) -> None:
             "PostgreSQL", "the embedded server did not take its password authentication within 10 s",
             fix="read the server's log in its directory under ISOLATED_ENV_STATE_DIR",
         )
+    # The rails came with the cluster, and the test role now has its password: no test sets them up.
+    (Path(sock_dir) / _pg_rails.MARKER).touch()

@@ -298,3 +298,42 @@ async def test_superuser_must_be_a_bool() -> None:
     with pytest.raises(ie.ConfigError, match=r"superuser='yes'\): superuser must be True or False"):
         async with ie.isolated_postgres(superuser="yes"):  # type: ignore[arg-type]
             pass
+
+
+
+def test_a_new_server_starts_with_its_rails_from_the_cached_cluster(private_state_dir: Path) -> None:
+    """The role and the base are in the cluster every server is copied from, and the start gives the
+    role its password: a server that no test has used yet is ready for tests."""
+    from isolated_env._config import resolve
+    from isolated_env._servers import _pg_rails, registry
+    from isolated_env._servers.postgres import PROVIDER
+    from isolated_env.resources.postgres.roles import BASE, role_password
+
+    view = PROVIDER.embedded.join(resolve(state_dir=private_state_dir))  # started alone, nothing else
+    try:
+        assert (Path(view.host) / _pg_rails.MARKER).exists()
+
+        async def check() -> None:
+            admin = await asyncpg.connect(**view.connect_kwargs())
+            try:
+                base = await admin.fetchrow("SELECT datistemplate, datallowconn FROM pg_database WHERE datname = $1",
+                                            BASE)
+                assert base is not None and base["datistemplate"] and not base["datallowconn"]
+                role = await admin.fetchrow("SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin FROM pg_roles "
+                                            "WHERE rolname = $1", TEST_ROLE)
+                assert role is not None and dict(role) == {
+                    "rolsuper": False, "rolcreatedb": False, "rolcreaterole": False, "rolcanlogin": True}
+                owner = await admin.fetchval("SELECT datdba::regrole::text FROM pg_database WHERE datname = $1", BASE)
+                assert owner == "postgres"  # the role owns no database
+            finally:
+                await admin.close()
+            tests = await asyncpg.connect(**{**view.connect_kwargs("postgres"), "user": TEST_ROLE,
+                                             "password": role_password(view)})
+            try:
+                assert await tests.fetchval("SELECT current_user") == TEST_ROLE
+            finally:
+                await tests.close()
+
+        anyio.run(check)
+    finally:
+        assert registry.release("postgres", private_state_dir)

@@ -38,6 +38,7 @@ from typing import Any
 import anyio
 
 from ..._drivers import asyncpg as driver
+from ..._servers import _pg_rails
 from ..._servers._pg_cluster import scram_verifier
 from ..._servers.postgres import PostgresServer
 from .labels import create_database, drop, server_key
@@ -45,24 +46,11 @@ from .sql import quote_ident, quote_literal
 
 __all__ = ["BASE", "TEST_ROLE", "Rails", "lease_server", "lease_sql", "ready", "role_password", "tests_server"]
 
-TEST_ROLE = "ie_test"
-BASE = "ie_base_1"  # bump the number when _BASE_SQL changes
+TEST_ROLE = _pg_rails.TEST_ROLE
+BASE = _pg_rails.BASE  # its number is bumped when _BASE_SQL changes
 _LOCK = (0x1E7E, 0x0BA5E)  # advisory lock of the one-time setup (first key shared with templates)
 
-_BASE_SQL = f"""
-ALTER SCHEMA public OWNER TO {TEST_ROLE};
-DO $$
-DECLARE f regprocedure;
-BEGIN
-    FOR f IN SELECT oid::regprocedure FROM pg_proc
-             WHERE pronamespace = 'pg_catalog'::regnamespace
-               AND proname IN ('pg_terminate_backend', 'pg_cancel_backend')
-    LOOP
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
-    END LOOP;
-END
-$$;
-"""
+_BASE_SQL = _pg_rails.BASE_SQL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,9 +69,7 @@ _ready: dict[str, Rails] = {}
 
 def role_password(server: PostgresServer) -> str | None:
     """The test role's password: derived from the superuser's (None when the server has none)."""
-    if not server.password:
-        return None
-    return hmac.new(server.password.encode(), b"isolated_env test role", hashlib.sha256).hexdigest()
+    return _pg_rails.role_password(server.password) if server.password else None
 
 
 def lease_server(tests: PostgresServer, database: str) -> PostgresServer | None:
@@ -133,7 +119,7 @@ async def rails(server: PostgresServer) -> Rails:
     else:
         # The embedded server's directory says when some process already set them up on it (they
         # last as long as the server, whose directory goes with it): no round trip at all then.
-        done = Path(server.host) / f".rails-{BASE}"
+        done = Path(server.host) / _pg_rails.MARKER  # made by the server's start (the cluster has them)
         if not done.exists():
             with driver.translate("set up the test role on", driver.redacted_dsn(server)):
                 await _set_up(server)
@@ -182,8 +168,7 @@ async def _make_role(admin: Any, server: PostgresServer) -> None:
     secret = f" PASSWORD {quote_literal(scram_verifier(password))}" if password else ""
     verb = "ALTER" if await _role_exists(admin) else "CREATE"
     await admin.execute(
-        f"{verb} ROLE {quote_ident(TEST_ROLE)} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
-        f"NOBYPASSRLS{secret}"
+        f"{verb} ROLE {quote_ident(TEST_ROLE)} {_pg_rails.ROLE_OPTIONS}{secret}"
     )
 
 
