@@ -247,7 +247,7 @@ def set_password(sock_dir: str, port: int, data: Path, password: str) -> None:
             fix="read the server's log in its directory under ISOLATED_ENV_STATE_DIR",
         ) from exc
     # The reload is asynchronous: wait until a new session is asked for its password.
-    if not poll_until(lambda: auth_code(sock_dir, port) == 10, 10.0):
+    if not poll_until(lambda: auth_code(sock_dir, port) == 10, 10.0, first=0.001, most=0.004):
         raise ServiceUnavailable(
             "PostgreSQL", "the embedded server did not take its password authentication within 10 s",
             fix="read the server's log in its directory under ISOLATED_ENV_STATE_DIR",
