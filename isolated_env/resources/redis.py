@@ -33,7 +33,7 @@ from .._servers import redis as servers
 from .._servers.redis import RedisServer
 from . import _redis_carry
 from ._died import watch as _watch
-from ._redis_flusher import BackgroundAdmin
+from ._redis_flusher import BackgroundAdmin, RawAdmin
 from ._redis_guard import test_client, untaint
 from ._redis_handle import RedisHandle
 from ._redis_leases import _Bank, _LeaseKeeper
@@ -96,7 +96,7 @@ def _owner() -> str:
 
 
 class _Slot:
-    __slots__ = ("admin", "clean", "client", "db", "lost", "parked", "server", "url")
+    __slots__ = ("admin", "clean", "client", "db", "lost", "parked", "raw", "server", "url")
 
     def __init__(self, server: RedisServer, db: int, client: Any, admin: Any = None) -> None:
         self.server = server
@@ -109,10 +109,14 @@ class _Slot:
         self.lost: str | None = None  # why the lease was lost, once the heartbeat finds out
         self.clean = True  # flushed since a test last had it
         self.parked: list[Any] = []  # the test client's sockets of the last loop (see _redis_carry)
+        self.raw: RawAdmin | None = None  # the admin socket that flushes it in any loop (see _redis_flusher)
 
     def drop_parked(self) -> None:
         """Close the sockets parked for the next loop (the lease ends, or is lost, or kept)."""
         _redis_carry.close(self.parked)
+        raw, self.raw = self.raw, None
+        if raw is not None:
+            raw.close()
 
     async def close_clients(self) -> None:
         """Close the test's client and ours (one, when they are the same); the slot keeps neither."""
@@ -187,12 +191,16 @@ class _Slots:
         banked: _Slot | None = _bank.take(self.server)
         if banked is not None and banked.server.acl_secret != self.server.acl_secret:
             _keeper.remove(banked)  # banked before its server restarted: that lease went with it
+            banked.drop_parked()
             banked = None
         if banked is not None:
             if self.server.guarded and not _background.is_background():
-                # Another loop had it, and this one may not outlive its test: flushes go through
-                # the background loop's admin client, only the test's client is opened here.
-                banked.admin = BackgroundAdmin(self.server, banked.db)
+                # Another loop had it, and this one may not outlive its test: flushes go over the
+                # slot's own admin socket (or the background loop's client, on TLS), and only the
+                # test's client is made here.
+                if banked.raw is None and RawAdmin.usable(self.server):
+                    banked.raw = RawAdmin(self.server, banked.db)
+                banked.admin = banked.raw or BackgroundAdmin(self.server, banked.db)
                 banked.client = test_client(self.server, banked.db, banked.parked)
                 return banked
             banked.admin = redis_driver.asyncio_client(**self.server.client_kwargs(banked.db))
@@ -250,10 +258,10 @@ class _Slots:
             slot.parked.extend(carried)
             _bank.put(slot)
             return
-        slot.drop_parked()
         if slot.lost is not None:
             # Not ours any more (its server stopped, it expired, or another run took it): nothing
             # to flush or give back, and a stopped server would only keep this waiting.
+            slot.drop_parked()
             _keeper.discard(self.server, slot.db)
             await slot.close_clients()
             return
@@ -263,7 +271,10 @@ class _Slots:
             try:
                 await self._release(slot.db)
             finally:
-                await slot.close_clients()
+                try:
+                    await slot.close_clients()
+                finally:
+                    slot.drop_parked()  # after the flush: its admin socket is among them
 
     async def keep(self, slot: _Slot) -> Kept:
         label = json.dumps({**json.loads(_owner()), "kept": True}, separators=(",", ":"))

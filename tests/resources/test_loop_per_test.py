@@ -210,3 +210,62 @@ def test_the_redis_test_connection_carries_over_to_the_next_loop() -> None:
         pytest.fail(f"the parked Redis connection {third} outlived close_parked()")
     db4, fourth = in_a_new_loop(_client_id())
     assert db4 == db and fourth not in (first, third)
+
+
+def _flushers(url: str, db: int) -> set[int]:
+    """The server's clients logged in as the admin user, selected to ``db``, last seen flushing it."""
+    listing = asyncio.run(_admin_redis(url, "CLIENT", "LIST"))
+    found = set()
+    for line in listing.decode().splitlines():
+        fields = dict(part.split("=", 1) for part in line.split() if "=" in part)
+        if fields.get("db") == str(db) and fields.get("cmd") == "flushdb" and fields.get("user") == "default":
+            found.add(int(fields["id"]))
+    return found
+
+
+def test_a_slot_taken_over_by_a_new_loop_is_flushed_over_its_own_admin_connection() -> None:
+    """One admin connection per slot flushes it in whichever loop holds it, is replaced when the
+    server ends it, and closes with the run's parked sockets."""
+    from isolated_env.resources import redis as resource
+
+    async def fill() -> int:
+        async with ie.isolated_redis() as r:
+            assert await r.dbsize() == 0  # what the last loop left was flushed
+            await r.set("k", "v")
+            return int(r.db)
+
+    db = in_a_new_loop(fill)
+    url = resource._bank.banked()[0].server.url(0)
+    assert in_a_new_loop(fill) == db
+    first = _flushers(url, db)
+    assert len(first) == 1
+    assert in_a_new_loop(fill) == db
+    assert _flushers(url, db) == first  # the same connection, carried from loop to loop
+    assert asyncio.run(_admin_redis(url, "CLIENT", "KILL", "ID", str(*first))) == 1
+    assert in_a_new_loop(fill) == db  # its flush went over a new connection: the next loop finds it empty
+    second = _flushers(url, db)
+    assert len(second) == 1 and second != first
+    assert in_a_new_loop(fill) == db
+    resource.close_parked()
+    for _ in range(200):
+        if not _flushers(url, db) & second:
+            break
+    else:
+        pytest.fail(f"the admin connection {second} outlived close_parked()")
+
+
+def test_a_flush_over_the_admin_socket_says_why_it_was_refused_and_keeps_no_socket() -> None:
+    import dataclasses
+
+    import redis.exceptions as rex
+
+    from isolated_env.resources._redis_flusher import RawAdmin
+
+    async def refused() -> RawAdmin:
+        async with ie.isolated_redis() as r:
+            admin = RawAdmin(dataclasses.replace(r.server, password="not-the-password"), int(r.db))
+            with pytest.raises(rex.AuthenticationError, match="WRONGPASS"):
+                await admin.flushdb()
+            return admin
+
+    assert in_a_new_loop(refused)._sock is None
