@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -111,6 +113,40 @@ async def connect(server: Server, database: str | None = None, *, reuse: bool = 
 
             return await asyncpg_sessions.connect(module(), {**server.connect_kwargs(database), "timeout": 30})
         return await module().connect(**server.connect_kwargs(database), timeout=30)
+
+
+_TERMINATE = b"X\x00\x00\x00\x04"
+
+
+def detach(conn: Any) -> socket.socket | None:
+    """Let go of ``conn`` in its loop without a word to the server: its session's socket (a copy of
+    the descriptor) is returned, for :func:`end_session` elsewhere, or None when it has none.
+
+    The Terminate message asyncpg's ``terminate()`` writes wakes the backend, which on a machine
+    with few cores often runs its exit at once, on the writer's time (about 0.3 ms of each
+    database-mode test on a 2-core machine, measured over 300-test runs). The background loop,
+    which drops the database next, ends the session instead."""
+    transport = getattr(conn, "_transport", None)  # asyncpg's, since 0.10
+    raw = transport.get_extra_info("socket") if transport is not None else None
+    if transport is None or raw is None or conn.is_closed():
+        conn.terminate()
+        return None
+    try:
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+    except OSError:
+        conn.terminate()
+        return None
+    transport.write = lambda data: None  # asyncpg's Terminate: swallowed, the session lives in ``sock``
+    conn.terminate()
+    return sock
+
+
+def end_session(sock: socket.socket) -> None:
+    """End a session :func:`detach` let go of (Terminate, then close)."""
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)
+        sock.send(_TERMINATE)
+    sock.close()
 
 
 async def close(conn: Any, *, park: bool = False) -> None:

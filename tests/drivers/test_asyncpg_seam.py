@@ -1,4 +1,5 @@
-"""Canary for the one private seam of asyncpg (``Transaction._state``, ``Connection._top_xact``).
+"""Canary for the private seams of asyncpg (``Transaction._state``, ``Connection._top_xact``, and
+``Connection._transport`` for a connection let go of without a Terminate).
 
 Transaction mode sends ``BEGIN`` itself (one round trip) and then tells asyncpg that this is the
 connection's top transaction, so a test's own ``db.transaction()`` becomes a SAVEPOINT. Should a
@@ -9,6 +10,7 @@ are checked on a real server.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 
@@ -65,6 +67,29 @@ async def test_private_attributes_mean_what_the_seam_assumes(dsn: str) -> None:
         assert not conn.is_in_transaction()
     finally:
         await conn.close()
+
+
+async def test_a_detached_session_lives_on_until_it_is_ended_elsewhere(dsn: str) -> None:
+    """Database mode lets go of a test's connection in the test's loop without a word to the server
+    (through ``Connection._transport``, private), and the background loop ends the session."""
+    conn = await asyncpg.connect(dsn)
+    pid = conn.get_server_pid()
+    watcher = await asyncpg.connect(dsn)
+    alive = "SELECT count(*) FROM pg_stat_activity WHERE pid = $1"
+    try:
+        session = driver.detach(conn)
+        assert session is not None and conn.is_closed()
+        assert await watcher.fetchval(alive, pid) == 1  # no Terminate was sent, no descriptor closed it
+        driver.end_session(session)
+        assert session.fileno() == -1
+        for _ in range(500):
+            if await watcher.fetchval(alive, pid) == 0:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail(f"the session {pid} outlived end_session()")
+    finally:
+        await watcher.close()
 
 
 async def test_nested_transaction_is_a_savepoint_that_never_commits_the_outer_one(dsn: str, path: str) -> None:

@@ -109,11 +109,14 @@ async def database_mode(
             return clone
 
     async def release(clone: Clone) -> None:
+        session = None
         if clone.conn is not None:
-            clone.conn.terminate()  # in this loop, which owns the connection
+            session = driver.detach(clone.conn)  # in this loop, which owns the connection
             clone.conn = None
 
         async def drop() -> None:
+            if session is not None:
+                driver.end_session(session)
             warm.release(clone)
 
         submit(drop)  # not waited for: the drop is the background's business
