@@ -10,7 +10,8 @@ instead of making it: the starts overlap each other and the rest of the first te
 imports, the event loop), which is what a warm start to the first test costs. PostgreSQL's guard
 rails (the test role and its base database) are set up in the same thread, as ``isolated-env up``
 does; meanwhile the main thread imports the modules the first test's fixtures will (the resources'
-and their drivers').
+and their drivers'), and the rails wait for that: two threads importing one package's modules,
+which import each other, can deadlock.
 
 Nothing else changes: the start is the one the fixture would have made (its progress line, its
 log lines, its errors: a start that fails here is left for the fixture, which reports it as
@@ -46,6 +47,7 @@ _IMPORTS = {
     "clickhouse": ("isolated_env.resources.clickhouse",),
 }
 _JOIN_S = 90.0  # a start's own bound is 60 s to readiness; the rest is the cluster cache's first build
+_IMPORTED_S = 30.0
 _threads_key = pytest.StashKey[list[threading.Thread]]()
 
 
@@ -88,7 +90,7 @@ def needed(items: Iterable[pytest.Item]) -> set[str]:
     return found
 
 
-def _start(kind: str) -> None:
+def _start(kind: str, imported: threading.Event) -> None:
     from ._servers._provider import provider
 
     try:
@@ -98,6 +100,10 @@ def _start(kind: str) -> None:
             return  # an external server: checked by the first test's loop, as before
         view = server.embedded.join(settings)
         if kind == "postgres":  # its guard rails (test role, base database), as `isolated-env up` does
+            # Not before the main thread is done importing the resource's package: its modules
+            # import each other, and two threads importing them at once deadlock in importlib.
+            if not imported.wait(_IMPORTED_S):
+                return
             import anyio
 
             from .resources.postgres.roles import rails
@@ -127,16 +133,24 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     for kind in kinds:
         provider(kind)  # its module imported here, not by two threads at once
     threads = config.stash.setdefault(_threads_key, [])
+    imported = threading.Event()
     for kind in kinds:
-        thread = threading.Thread(target=_start, args=(kind,), name=f"isolated-env-start-{kind}", daemon=True)
+        thread = threading.Thread(
+            target=_start, args=(kind, imported), name=f"isolated-env-start-{kind}", daemon=True
+        )
         thread.start()
         threads.append(thread)
     # While the threads wait for their servers, this thread imports what the first test's fixtures
     # will (the resources' modules and their drivers, ~60 ms for PostgreSQL and Redis): that work
-    # is then done when the servers are up. A thread finds asyncpg imported here, not by itself.
-    for module in [m for kind in kinds for m in _IMPORTS.get(kind, ())]:
-        with contextlib.suppress(ImportError):  # the fixture says what is missing
-            importlib.import_module(module)
+    # is then done when the servers are up. A start imports nothing of a resource's package
+    # before this is done (what its server's start imports is the provider's, loaded above, and
+    # drivers that import none of ours).
+    try:
+        for module in [m for kind in kinds for m in _IMPORTS.get(kind, ())]:
+            with contextlib.suppress(ImportError):  # the fixture says what is missing
+                importlib.import_module(module)
+    finally:
+        imported.set()
 
 
 @pytest.hookimpl(tryfirst=True)

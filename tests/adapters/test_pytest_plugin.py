@@ -361,6 +361,65 @@ def test_the_servers_the_selected_tests_need_start_before_the_first_test(
     result.stdout.fnmatch_lines([f"*up before the first fixture: {expect}*"])
 
 
+# Holds the main thread in its import of the PostgreSQL resource's package (inside its
+# ``database`` module) until the start thread has joined the server, then a little longer: a start
+# thread that imported the package's ``roles`` then would be running its code while the main thread
+# holds the package, the interleaving that deadlocks in importlib.
+RACING_IMPORTS = """
+import importlib.abc, importlib.machinery, os, sys, threading, time
+
+HELD = "isolated_env.resources.postgres.database"
+WATCHED = "isolated_env.resources.postgres.roles"
+
+
+def _hold_until_the_server_is_joined():
+    from isolated_env._config import resolve
+    from isolated_env._servers._provider import provider
+
+    embedded, settings = provider("postgres").embedded, resolve()
+    deadline = time.monotonic() + 60
+    while embedded.cached(settings) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name not in (HELD, WATCHED):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            if name == HELD and threading.current_thread() is threading.main_thread():
+                _hold_until_the_server_is_joined()
+            if name == WATCHED:
+                with open(os.environ["IMPORTED_BY"], "a") as out:
+                    out.write(threading.current_thread().name + "\\n")
+            run(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _Finder())
+"""
+
+
+def test_a_start_ahead_of_the_first_test_imports_nothing_the_main_thread_is_importing(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    pytester.makeconftest(RACING_IMPORTS)
+    pytester.makepyfile(
+        "async def test_database(isolated_database):\n"
+        "    assert await isolated_database.fetchval('SELECT 1') == 1\n"
+    )
+    imported_by = tmp_path / "imported-by"
+    result = run(pytester, IMPORTED_BY=str(imported_by))
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    assert imported_by.read_text().split() == ["MainThread"]
+
+
 def test_collect_only_starts_no_server(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(PRESTART)
     result = run(pytester, "--collect-only", "-q")
