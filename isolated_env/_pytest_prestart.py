@@ -10,8 +10,9 @@ instead of making it: the starts overlap each other and the rest of the first te
 imports, the event loop), which is what a warm start to the first test costs. PostgreSQL's guard
 rails (the test role and its base database) are set up in the same thread, as ``isolated-env up``
 does; meanwhile the main thread imports the modules the first test's fixtures will (the resources'
-and their drivers'), and the rails wait for that: two threads importing one package's modules,
-which import each other, can deadlock.
+and their drivers', and anyio's asyncio backend), and the rails wait for that: two threads
+importing one package's modules, which import each other, can deadlock, and a module one thread
+is still importing is seen half made by code that reads ``sys.modules`` (anyio's backend lookup).
 
 Nothing else changes: the start is the one the fixture would have made (its progress line, its
 log lines, its errors: a start that fails here is left for the fixture, which reports it as
@@ -41,8 +42,16 @@ _log = logging.getLogger("isolated_env")
 
 PRESTART_VAR = "ISOLATED_ENV_PRESTART"
 
+# What the first test's fixtures import, by server. PostgreSQL's rails run under anyio's asyncio
+# backend: it is imported here too, in the main thread, since anyio finds its backend in
+# ``sys.modules`` without the import lock, and the first test's loop would see it half made.
 _IMPORTS = {
-    "postgres": ("isolated_env.resources.postgres", "isolated_env.resources.postgres.roles", "asyncpg"),
+    "postgres": (
+        "anyio._backends._asyncio",
+        "isolated_env.resources.postgres",
+        "isolated_env.resources.postgres.roles",
+        "asyncpg",
+    ),
     "redis": ("isolated_env.resources.redis", "redis.asyncio"),
     "clickhouse": ("isolated_env.resources.clickhouse",),
 }
@@ -100,8 +109,10 @@ def _start(kind: str, imported: threading.Event) -> None:
             return  # an external server: checked by the first test's loop, as before
         view = server.embedded.join(settings)
         if kind == "postgres":  # its guard rails (test role, base database), as `isolated-env up` does
-            # Not before the main thread is done importing the resource's package: its modules
-            # import each other, and two threads importing them at once deadlock in importlib.
+            # Not before the main thread is done with its imports: the package's modules import
+            # each other, and two threads importing them at once deadlock in importlib; and a
+            # module this thread imported would be half made while the first test's fixtures
+            # read it from ``sys.modules`` (as anyio does its backend).
             if not imported.wait(_IMPORTED_S):
                 return
             import anyio
