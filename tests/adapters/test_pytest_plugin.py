@@ -440,8 +440,59 @@ def test_a_start_ahead_of_the_first_test_imports_nothing_the_main_thread_is_impo
     ]
 
 
+# Loaded with ``-p``, before any plugin: writes down every module a thread other than the main one
+# looks for, by thread.
+THREAD_IMPORTS = """
+import importlib.abc, os, sys, threading
+
+
+class _Recorder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if threading.current_thread() is not threading.main_thread():
+            with open(os.environ["THREAD_IMPORTS"], "a") as out:
+                out.write(threading.current_thread().name + " " + name + "\\n")
+        return None
+
+
+sys.meta_path.insert(0, _Recorder())
+"""
+
+# Says, as the project's conftest loads, which servers are already being started.
+STARTING_AT_CONFTEST = """
+import os, threading
+
+with open(os.environ["STARTING"], "a") as out:
+    names = sorted(t.name for t in threading.enumerate() if t.name.startswith("isolated-env-start-"))
+    out.write(" ".join(names) + "\\n")
+"""
+
+
+def test_the_servers_the_last_run_used_start_before_the_conftests_load(
+    pytester: pytest.Pytester, tmp_path: Path
+) -> None:
+    pytester.makepyfile(threadimports=THREAD_IMPORTS)
+    pytester.makeconftest(STARTING_AT_CONFTEST)
+    pytester.makepyfile(
+        "async def test_both(isolated_database, isolated_redis):\n"
+        "    assert await isolated_database.fetchval('SELECT 1') == 1\n"
+        "    assert await isolated_redis.ping()\n"
+    )
+    starting, thread_imports = tmp_path / "starting", tmp_path / "thread-imports"
+    for _ in range(2):  # the first run writes down what it used; the second starts it early
+        result = run(pytester, "-p", "threadimports", STARTING=str(starting), THREAD_IMPORTS=str(thread_imports))
+        assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    assert starting.read_text().splitlines() == ["", "isolated-env-start-postgres isolated-env-start-redis"]
+    # A start imports nothing of this package or of anyio: the main thread did, before it began.
+    looked_for = thread_imports.read_text().splitlines() if thread_imports.exists() else []
+    ours = [line for line in looked_for if line.startswith("isolated-env-start-")
+            and line.split()[1].split(".")[0] in {"isolated_env", "anyio"}]
+    assert not ours, looked_for
+
+
 def test_collect_only_starts_no_server(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(PRESTART)
+    result = run(pytester, "-k", "test_1")  # writes down that this project uses PostgreSQL
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
     result = run(pytester, "--collect-only", "-q")
     assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
     assert not list(Path(os.environ["ISOLATED_ENV_STATE_DIR"]).glob("*.json"))
