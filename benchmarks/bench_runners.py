@@ -9,8 +9,13 @@ Runners: pytest-asyncio 1.x with its default loop scope (a new event loop per te
 this project's own suite runs on). Kinds: ``transaction`` (``isolated_database``), ``redis``
 (``isolated_redis``), ``database`` (a user fixture entering ``isolated_postgres(mode="database")``)
 and ``three`` (``isolated_database``, ``isolated_redis`` and ``isolated_fs`` together), each test running
-one query per resource. Targets: at most 1 ms (Redis 0.5 ms) over the bare test under a loop per
-test; ``x bare`` at most 1.3 for ``transaction`` and 1.6 for ``three`` under any runner.
+one query per resource. ``database`` tests back to back (nothing else in the body) take databases
+faster than any server makes them: that row is the clone throughput (bench_postgres_database.py's
+subject), not the lease. ``database-10ms`` is the same test with 10 ms of other work in its body,
+as an integration test has, measured against trivial tests with the same 10 ms: what a lease costs
+with the warm pool keeping up. Targets: at most 1 ms (Redis 0.5 ms; database mode: ``database-10ms``)
+over the bare test under a loop per test; ``x bare`` at most 1.3 for ``transaction`` and 1.6 for
+``three`` under any runner.
 
 The per-test cost is (time of the run's test loop - the same for a project of N trivial tests under
 the same runner) / N, so pytest's and the runner's own per-test work cancel out; the test loop is
@@ -45,7 +50,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results" / "runners.json"
-TARGETS_MS = {"transaction": 1.0, "redis": 0.5, "database": 1.0}
+TARGETS_MS = {"transaction": 1.0, "redis": 0.5, "database-10ms": 1.0}
+# What a kind's per-test cost is measured against: the trivial test of the same body length.
+BASELINES = {"database-10ms": "trivial-10ms"}
+_BASES = set(BASELINES.values()) | {"trivial"}
 # Per-test wall as a ratio to the bare test of the same runner (any runner).
 TARGET_RATIOS = {"transaction": 1.3, "three": 1.6}
 
@@ -60,9 +68,12 @@ RUNNERS = {
 
 BODIES = {
     "trivial": ("", "pass"),
+    "trivial-10ms": ("", "await anyio.sleep(0.01)"),
     "transaction": ("isolated_database", 'assert await isolated_database.fetchval("select 1") == 1'),
     "redis": ("isolated_redis", 'assert await isolated_redis.ping()'),
     "database": ("private_database", 'assert await private_database.fetchval("select 1") == 1'),
+    "database-10ms": ("private_database", 'assert await private_database.fetchval("select 1") == 1\n'
+                             '    await anyio.sleep(0.01)'),
     "three": ("isolated_database, isolated_redis, isolated_fs",
               'assert await isolated_database.fetchval("select 1") == 1\n    assert await isolated_redis.ping()\n'
               '    await isolated_fs.write_text("a.txt", "x")'),
@@ -110,7 +121,7 @@ def _project(where: Path, runner: str, kind: str, tests: int) -> None:
     where.mkdir(parents=True, exist_ok=True)
     (where / "pytest.ini").write_text("[pytest]\n" + ini)
     (where / "conftest.py").write_text(CONFTEST)
-    source = ["import pytest", ""]
+    source = ["import anyio", "import pytest", ""]
     for n in range(tests):
         source.append(f"{mark}async def test_{n}({fixture}):\n    {body}\n")
     (where / "test_generated.py").write_text("\n".join(source))
@@ -137,14 +148,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--runners", nargs="*", default=list(RUNNERS), choices=list(RUNNERS))
     parser.add_argument("--baseline", default=None, help="a checkout of an earlier version to compare with")
-    parser.add_argument("--kinds", nargs="*", default=[k for k in BODIES if k != "trivial"],
-                        choices=[k for k in BODIES if k != "trivial"])
+    parser.add_argument("--kinds", nargs="*", default=[k for k in BODIES if k not in _BASES],
+                        choices=[k for k in BODIES if k not in _BASES])
     args = parser.parse_args()
     venv = _venv_builder()
     pythons = {runner: venv(RUNNERS[runner][0]) for runner in args.runners}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "PYTHONPATH"))}
     env["ISOLATED_ENV_REQUIRE"] = "1"
-    kinds = ["trivial", *args.kinds]
+    kinds = ["trivial", *sorted({BASELINES[k] for k in args.kinds if k in BASELINES}), *args.kinds]
     any_python = next(iter(pythons.values()))
     subprocess.run([str(any_python), "-m", "isolated_env.cli", "up", "postgres", "redis"], env=env, check=True,
                    capture_output=True)
@@ -191,8 +202,9 @@ def main() -> None:
 def _row(args: argparse.Namespace, runner: str, kind: str, loop_s: dict[tuple[str, str, str], list[float]],
          cpu_s: dict[tuple[str, str, str], list[float]], wall_s: dict[tuple[str, str, str], list[float]],
          source: str) -> dict[str, object]:
-    base = statistics.median(loop_s[(runner, "trivial", source)])
-    base_cpu = statistics.median(cpu_s[(runner, "trivial", source)])
+    baseline = BASELINES.get(kind, "trivial")
+    base = statistics.median(loop_s[(runner, baseline, source)])
+    base_cpu = statistics.median(cpu_s[(runner, baseline, source)])
     loop = statistics.median(loop_s[(runner, kind, source)])
     cpu = statistics.median(cpu_s[(runner, kind, source)])
     return {
