@@ -248,6 +248,18 @@ def _remember(config: pytest.Config, kinds: list[str]) -> None:
         _log.debug("isolated_env: could not write down the servers this run used: %r", exc)
 
 
+def _embedded(kinds: list[str]) -> list[str]:
+    """The servers of ``kinds`` that are embedded as the conftests left the environment: one named
+    by ``TEST_<KIND>_*`` (set in a conftest, say) is not started before the next run's conftests."""
+    from ._servers._provider import provider
+
+    try:
+        settings = resolve()
+    except ConfigError:
+        return []
+    return [kind for kind in kinds if provider(kind).find(settings) is None]
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session: pytest.Session) -> None:
     try:
@@ -268,7 +280,7 @@ def _collection_finish(session: pytest.Session) -> None:
     except ConfigError as exc:
         raise pytest.UsageError(f"isolated_env: {exc}") from None
     kinds = sorted(needed(session.items))
-    _remember(config, kinds)
+    _remember(config, _embedded(kinds))
     if not kinds:
         return
     from ._pytest_session import _progress_through_terminal
