@@ -251,6 +251,8 @@ def _remember(config: pytest.Config, kinds: list[str]) -> None:
 def _embedded(kinds: list[str]) -> list[str]:
     """The servers of ``kinds`` that are embedded as the conftests left the environment: one named
     by ``TEST_<KIND>_*`` (set in a conftest, say) is not started before the next run's conftests."""
+    if not kinds:
+        return []  # no server module imported: the session's end then looks for none
     from ._servers._provider import provider
 
     try:

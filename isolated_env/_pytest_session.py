@@ -107,7 +107,10 @@ def _server_pids() -> set[int]:
     for entry in specs():
         if entry.provider is None:
             continue
-        state = registry.status(entry.provider, root)
+        try:
+            state = registry.status(entry.provider, root)
+        except OSError:  # a state directory that cannot be made: no server of ours runs there
+            continue
         if state is not None:
             pids.add(state.pid)
     return pids
