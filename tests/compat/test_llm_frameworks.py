@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+import httpx
 import pytest
 
 from isolated_env.resources.llm import isolated_llm
@@ -34,12 +35,14 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_langchain_chat_stream_and_tool_calls() -> None:
     langchain_openai = framework("langchain_openai", "langchain-openai")
-    async with isolated_llm(budget_usd="0.01") as llm:
+    # An HTTP client of the test's own, closed with it: langchain-openai's default one is cached for
+    # the process and left open at exit.
+    async with isolated_llm(budget_usd="0.01") as llm, httpx.AsyncClient() as http:
         llm.respond("LangChain says hi")
         llm.respond(chunks=["Lang", "Chain", " streams"])
         llm.respond(tool_calls=[("get_weather", {"city": "Lyon"})], match={"tools": "get_weather"})
         chat = langchain_openai.ChatOpenAI(
-            model="gpt-4o-mini", base_url=llm.base_url, api_key=llm.api_key, max_tokens=100
+            model="gpt-4o-mini", base_url=llm.base_url, api_key=llm.api_key, max_tokens=100, http_async_client=http
         )
         assert (await chat.ainvoke("hello")).content == "LangChain says hi"
         pieces = [chunk.content async for chunk in chat.astream("hello")]
