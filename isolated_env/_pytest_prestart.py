@@ -210,8 +210,8 @@ def start_early(config: pytest.Config) -> None:
     record = _record(config)
     try:
         recorded = record.read_text().split() if record is not None else []
-    except OSError:
-        return  # never run here, or no cache yet
+    except (OSError, ValueError):
+        return  # never run here, no cache yet, or not a record (rewritten at the collection's end)
     kinds = sorted(set(recorded) & {entry.provider for entry in specs() if entry.provider})
     if not kinds:
         return
@@ -237,7 +237,7 @@ def _remember(config: pytest.Config, kinds: list[str]) -> None:
     try:
         if record.read_text() == text:
             return
-    except OSError:
+    except (OSError, ValueError):
         pass
     try:
         record.parent.mkdir(parents=True, exist_ok=True)
