@@ -41,6 +41,7 @@ from pathlib import Path
 
 import pytest
 
+from ._checks import checked_private_dir
 from ._config import _truthy, resolve
 from ._errors import ConfigError
 from ._pytest_fixtures import KINDS_ATTR
@@ -91,6 +92,7 @@ class _Starts:
 
 
 _starts_key = pytest.StashKey[_Starts]()
+_recorded_key = pytest.StashKey[list[str]]()
 # The options of a run that runs no test (their ``dest``): ``--collect-only``, ``--setup-plan``,
 # ``--help``, ``--version``, ``--fixtures``, ``--fixtures-per-test``, ``--markers``.
 _RUNS_NO_TEST = ("collectonly", "setupplan", "help", "version", "showfixtures", "show_fixtures_per_test",
@@ -168,13 +170,28 @@ def _enabled() -> bool:
 
 def _record(config: pytest.Config) -> Path | None:
     """Where the servers this project's last run used are written down (under the cluster cache,
-    one small file a project, by its root directory)."""
+    one small file a project, by its root directory); the path only, nothing is made."""
     try:
         cache = resolve().cache_dir
     except ConfigError:
         return None  # the plugin's configure reports it
     key = hashlib.sha256(str(config.rootpath).encode()).hexdigest()[:16]
     return cache / _RECORDS / key
+
+
+def _recorded(config: pytest.Config) -> list[str]:
+    """What the record says, read once a run: nothing when there is none, or it is not text, or the
+    cache is not this user's own (another user could have planted it)."""
+    if _recorded_key not in config.stash:
+        record, kinds = _record(config), []
+        if record is not None and record.is_file():
+            try:
+                checked_private_dir(record.parent.parent, "ISOLATED_ENV_CACHE_DIR")
+                kinds = record.read_text().split()
+            except (ConfigError, OSError, ValueError):
+                pass  # rewritten at the collection's end
+        config.stash[_recorded_key] = kinds
+    return config.stash[_recorded_key]
 
 
 def _launch(config: pytest.Config, kinds: Iterable[str]) -> None:
@@ -207,16 +224,9 @@ def start_early(config: pytest.Config) -> None:
         getattr(known, "numprocesses", None) and "PYTEST_XDIST_WORKER" not in os.environ
     ):
         return
-    record = _record(config)
-    try:
-        recorded = record.read_text().split() if record is not None else []
-    except (OSError, ValueError):
-        return  # never run here, no cache yet, or not a record (rewritten at the collection's end)
-    kinds = sorted(set(recorded) & {entry.provider for entry in specs() if entry.provider})
+    kinds = sorted(set(_recorded(config)) & {entry.provider for entry in specs() if entry.provider})
     if not kinds:
         return
-    from ._servers import _provider, registry  # noqa: F401  (what every start imports, here)
-
     _launch(config, kinds)
     config.add_cleanup(config.stash[_starts_key].release)  # a run that ends before its session does
 
@@ -230,21 +240,21 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _remember(config: pytest.Config, kinds: list[str]) -> None:
+    """Write down ``kinds`` (sorted) for the next run, through the state files' atomic writer; a run
+    that used no server removes the record, and makes nothing in a project that never used one."""
     record = _record(config)
-    if record is None:
+    if record is None or _recorded(config) == kinds:
         return
-    text = " ".join(kinds) + "\n"
     try:
-        if record.read_text() == text:
+        if not kinds:
+            record.unlink(missing_ok=True)
             return
-    except (OSError, ValueError):
-        pass
-    try:
-        record.parent.mkdir(parents=True, exist_ok=True)
-        partial = record.with_name(f"{record.name}.{os.getpid()}")
-        partial.write_text(text)
-        os.replace(partial, record)
-    except OSError as exc:  # a read-only cache: the next run starts at the collection's end, as this one
+        checked_private_dir(record.parent.parent, "ISOLATED_ENV_CACHE_DIR")
+        record.parent.mkdir(mode=0o700, exist_ok=True)
+        from ._servers._statefile import write_state
+
+        write_state(record, " ".join(kinds) + "\n")
+    except (ConfigError, OSError) as exc:  # the next run starts at the collection's end, as this one
         _log.debug("isolated_env: could not write down the servers this run used: %r", exc)
 
 

@@ -534,6 +534,14 @@ def test_a_server_a_conftest_points_at_is_not_started_before_the_next_runs_conft
     assert not list(Path(os.environ["ISOLATED_ENV_STATE_DIR"]).glob("redis*"))  # no embedded Redis started
 
 
+def test_a_project_that_uses_no_server_gets_no_record(pytester: pytest.Pytester, tmp_path: Path) -> None:
+    pytester.makepyfile("def test_plain():\n    assert 1 + 1 == 2\n")
+    cache = tmp_path / "cache"
+    result = run(pytester, ISOLATED_ENV_CACHE_DIR=str(cache))
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str() + result.stderr.str()
+    assert not cache.exists()
+
+
 def test_collect_only_starts_no_server(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(PRESTART)
     result = run(pytester, "-k", "test_1")  # writes down that this project uses PostgreSQL
