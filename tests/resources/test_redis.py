@@ -2,19 +2,16 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
 import redis.asyncio as aredis
 
 import isolated_env as ie
-from isolated_env._servers.redis import find_binary
 
 
 async def test_keys_are_private_and_flushed_on_release() -> None:
@@ -61,41 +58,10 @@ async def test_reset_flushes() -> None:
         assert await r.dbsize() == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def small_redis(redis_process: tuple[str, subprocess.Popen[bytes]]) -> str:
     """A real server with the stock 16 databases on TCP, like a managed or shared one."""
     return redis_process[0]
-
-
-@pytest.fixture
-def redis_process(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """That server's URL and process (a test may stop it; it is stopped after the test anyway)."""
-    binary, _ = find_binary()
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--databases", "16", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(500):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-                break
-            except OSError:
-                import time
-
-                time.sleep(0.01)
-        yield f"redis://127.0.0.1:{port}/0", proc
-    finally:
-        proc.terminate()
-        proc.wait()
 
 
 async def test_server_with_16_databases_waits_instead_of_colliding(
